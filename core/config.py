@@ -1,0 +1,148 @@
+"""Settings from the environment (prefix ``RASTAU_``) and ``.env``.
+
+Production refuses to start without its secrets; ``dev`` mode invents throwaway ones and says so loudly.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import enum
+import secrets
+import sys
+from functools import cached_property
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.codes import CodePolicy
+
+
+class Mode(str, enum.Enum):
+    DEV = "dev"
+    PRODUCTION = "production"
+
+
+class MissingSecrets(SystemExit):
+    """Raised at start when production secrets are absent; the message names each one."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RASTAU_", env_file=".env", env_file_encoding="utf-8",
+                                      extra="ignore")
+
+    mode: Mode = Mode.PRODUCTION
+    database_url: str = "sqlite+aiosqlite:///./data/rastau.db"
+    code_hmac_key: SecretStr | None = None
+    template_key: SecretStr | None = None
+    bot_token: SecretStr | None = None
+    api_key_pepper: SecretStr | None = None
+
+    timezone: str = "Asia/Almaty"
+    log_level: str = "INFO"
+    log_format: str = Field("console", pattern="^(json|console)$")
+
+    code_issue_lead_minutes: int = Field(15, ge=0, le=240)
+    code_validity_minutes: int = Field(10, ge=1, le=240)
+    code_max_attempts: int = Field(5, ge=1, le=20)
+    doctor_code_failures_per_hour: int = Field(20, ge=1, le=1000)
+    visit_grace_minutes: int = Field(15, ge=0, le=240)
+
+    face_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    face_workers: int = Field(2, ge=1, le=32)
+    face_max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    face_max_pixels: int = Field(25_000_000, ge=10_000)
+
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(8080, ge=1, le=65535)
+
+    telegram_api_base: str | None = None
+    bot_mode: str = Field("polling", pattern="^(polling|webhook)$")
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(8081, ge=1, le=65535)
+    redis_url: str | None = None
+    code_send_lead_minutes: int = Field(10, ge=0, le=240)
+    prompt_delay_minutes: int = Field(60, ge=0, le=7 * 24 * 60)
+    digest_time: str = Field("08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    send_rate_global: float = Field(30.0, gt=0)
+    send_rate_per_chat: float = Field(1.0, gt=0)
+
+    @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_missing(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @cached_property
+    def code_policy(self) -> CodePolicy:
+        return CodePolicy(issue_lead=dt.timedelta(minutes=self.code_issue_lead_minutes),
+                          validity=dt.timedelta(minutes=self.code_validity_minutes),
+                          max_attempts=self.code_max_attempts,
+                          doctor_failures_per_hour=self.doctor_code_failures_per_hour)
+
+    @property
+    def visit_grace(self) -> dt.timedelta:
+        return dt.timedelta(minutes=self.visit_grace_minutes)
+
+    def code_key_bytes(self) -> bytes:
+        return _secret_bytes(self.code_hmac_key, "RASTAU_CODE_HMAC_KEY", min_len=32)
+
+    def template_key_bytes(self) -> bytes:
+        raw = _secret_bytes(self.template_key, "RASTAU_TEMPLATE_KEY", min_len=32)
+        return raw[:32]
+
+    def pepper_bytes(self) -> bytes:
+        return _secret_bytes(self.api_key_pepper, "RASTAU_API_KEY_PEPPER", min_len=16)
+
+    def require_secrets(self, *, bot: bool = False) -> "Settings":
+        """Check secrets at start. Production: name every missing one and stop. Dev: invent them, loudly."""
+        needed = {"RASTAU_CODE_HMAC_KEY": "code_hmac_key", "RASTAU_TEMPLATE_KEY": "template_key",
+                  "RASTAU_API_KEY_PEPPER": "api_key_pepper"}
+        if bot:
+            needed["RASTAU_BOT_TOKEN"] = "bot_token"
+            if self.bot_mode == "webhook":
+                needed["RASTAU_WEBHOOK_SECRET"] = "webhook_secret"
+        missing = [env for env, attr in needed.items() if getattr(self, attr) is None]
+        bad = []
+        for env, attr in needed.items():
+            if env in missing or attr == "bot_token" or attr == "webhook_secret":
+                continue
+            try:
+                _secret_bytes(getattr(self, attr), env, min_len=32 if attr != "api_key_pepper" else 16)
+            except ValueError as exc:
+                bad.append(str(exc))
+        if self.mode is Mode.PRODUCTION:
+            if missing or bad:
+                lines = [f"  - {env} is not set" for env in missing] + [f"  - {b}" for b in bad]
+                raise MissingSecrets(
+                    "Rastau refuses to start in production mode without its secrets:\n" + "\n".join(lines)
+                    + "\nGenerate each with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                    + "\n(or set RASTAU_MODE=dev on a developer machine to use throwaway secrets)")
+            return self
+        invented = {}
+        for env, attr in needed.items():
+            if getattr(self, attr) is None and attr != "bot_token":
+                invented[attr] = SecretStr(secrets.token_urlsafe(32))
+        if invented:
+            print("!" * 78 + "\n!! RASTAU DEV MODE: throwaway secrets generated for "
+                  + ", ".join(sorted(invented)) + ".\n!! Codes and face references made now will not verify "
+                  "after a restart. Never use dev mode with real patients.\n" + "!" * 78, file=sys.stderr)
+        return self.model_copy(update=invented)
+
+
+def _secret_bytes(value: SecretStr | None, env: str, *, min_len: int) -> bytes:
+    """Accept a base64/urlsafe-base64 string or raw text; require enough entropy either way."""
+    if value is None:
+        raise ValueError(f"{env} is not set")
+    text = value.get_secret_value().strip()
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) < min_len:
+        raw = text.encode()
+    if len(raw) < min_len:
+        raise ValueError(f"{env} is too short: use at least {min_len} random bytes "
+                         "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return raw

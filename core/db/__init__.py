@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy 2 Core tables, engines for SQLite and PostgreSQL, repositories, unit of work."""

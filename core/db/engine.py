@@ -1,0 +1,51 @@
+"""Engines for the two supported databases.
+
+SQLite (embedded default): WAL, synchronous=FULL, a busy timeout, foreign keys on, and every transaction
+opened with BEGIN IMMEDIATE so concurrent writers queue instead of failing on lock upgrade.
+PostgreSQL (asyncpg): READ COMMITTED plus explicit row locks where counters must be exact.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _tune_sqlite(engine)
+        return engine
+    connect_args = {}
+    if "search_path" in parsed.query:  # e.g. ...?search_path=rastau: one schema per deployment (or per test)
+        connect_args["server_settings"] = {"search_path": parsed.query["search_path"]}
+        parsed = parsed.difference_update_query(["search_path"])
+    return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                               connect_args=connect_args)
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,427 @@
+"""Repositories: translate between table rows and domain objects. One per aggregate, all on one connection."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core import audit
+from core.db import tables as t
+from core.errors import NotFound
+from core.model import (Clinic, ClinicAdmin, Doctor, Language, OutboxMessage, Patient, Visit, VisitEvent, VisitMode,
+                        VisitState)
+
+
+class _Repo:
+    def __init__(self, conn: AsyncConnection, for_update: bool):
+        self.conn = conn
+        self._for_update = for_update  # PostgreSQL row locks; SQLite already holds the write lock
+
+    def _locked(self, stmt):
+        return stmt.with_for_update() if self._for_update else stmt
+
+
+class ClinicRepo(_Repo):
+    async def add(self, clinic: Clinic, now: dt.datetime) -> Clinic:
+        res = await self.conn.execute(insert(t.clinics).values(name=clinic.name, timezone=clinic.timezone,
+                                                               created_at=now).returning(t.clinics.c.id))
+        clinic.id = res.scalar_one()
+        return clinic
+
+    async def get(self, clinic_id: int) -> Clinic:
+        row = (await self.conn.execute(select(t.clinics).where(t.clinics.c.id == clinic_id))).first()
+        if row is None:
+            raise NotFound(f"clinic {clinic_id} not found")
+        return Clinic(id=row.id, name=row.name, timezone=row.timezone)
+
+    async def list(self) -> list[Clinic]:
+        rows = (await self.conn.execute(select(t.clinics).order_by(t.clinics.c.id))).all()
+        return [Clinic(id=r.id, name=r.name, timezone=r.timezone) for r in rows]
+
+
+def _doctor(row) -> Doctor:
+    return Doctor(id=row.id, clinic_id=row.clinic_id, full_name=row.full_name, phone=row.phone,
+                  external_ref=row.external_ref, chat_id=row.chat_id)
+
+
+class DoctorRepo(_Repo):
+    async def add(self, doctor: Doctor, now: dt.datetime) -> Doctor:
+        res = await self.conn.execute(insert(t.doctors).values(
+            clinic_id=doctor.clinic_id, full_name=doctor.full_name, phone=doctor.phone,
+            external_ref=doctor.external_ref, chat_id=doctor.chat_id, created_at=now).returning(t.doctors.c.id))
+        doctor.id = res.scalar_one()
+        return doctor
+
+    async def get(self, doctor_id: int, clinic_id: int | None = None) -> Doctor:
+        stmt = select(t.doctors).where(t.doctors.c.id == doctor_id)
+        if clinic_id is not None:
+            stmt = stmt.where(t.doctors.c.clinic_id == clinic_id)
+        row = (await self.conn.execute(stmt)).first()
+        if row is None:
+            raise NotFound(f"doctor {doctor_id} not found")
+        return _doctor(row)
+
+    async def lock(self, doctor_id: int) -> None:
+        """Serialise code checks per doctor so the hourly failure cap is exact under concurrency."""
+        if self._for_update:
+            await self.conn.execute(select(t.doctors.c.id).where(t.doctors.c.id == doctor_id).with_for_update())
+
+    async def by_phone(self, phone: str) -> list[Doctor]:
+        rows = (await self.conn.execute(select(t.doctors).where(t.doctors.c.phone == phone))).all()
+        return [_doctor(r) for r in rows]
+
+    async def by_chat(self, chat_id: int) -> list[Doctor]:
+        rows = (await self.conn.execute(select(t.doctors).where(t.doctors.c.chat_id == chat_id))).all()
+        return [_doctor(r) for r in rows]
+
+    async def list_by_clinic(self, clinic_id: int) -> list[Doctor]:
+        rows = (await self.conn.execute(select(t.doctors).where(t.doctors.c.clinic_id == clinic_id)
+                                        .order_by(t.doctors.c.id))).all()
+        return [_doctor(r) for r in rows]
+
+    async def set_chat(self, phone: str, chat_id: int | None) -> int:
+        res = await self.conn.execute(update(t.doctors).where(t.doctors.c.phone == phone).values(chat_id=chat_id))
+        return res.rowcount
+
+    async def unlink_chat(self, chat_id: int) -> int:
+        res = await self.conn.execute(update(t.doctors).where(t.doctors.c.chat_id == chat_id).values(chat_id=None))
+        return res.rowcount
+
+
+def _admin(row) -> ClinicAdmin:
+    return ClinicAdmin(id=row.id, clinic_id=row.clinic_id, full_name=row.full_name, phone=row.phone,
+                       chat_id=row.chat_id)
+
+
+class AdminRepo(_Repo):
+    async def add(self, admin: ClinicAdmin, now: dt.datetime) -> ClinicAdmin:
+        res = await self.conn.execute(insert(t.clinic_admins).values(
+            clinic_id=admin.clinic_id, full_name=admin.full_name, phone=admin.phone, chat_id=admin.chat_id,
+            created_at=now).returning(t.clinic_admins.c.id))
+        admin.id = res.scalar_one()
+        return admin
+
+    async def get(self, admin_id: int) -> ClinicAdmin:
+        row = (await self.conn.execute(select(t.clinic_admins).where(t.clinic_admins.c.id == admin_id))).first()
+        if row is None:
+            raise NotFound(f"clinic admin {admin_id} not found")
+        return _admin(row)
+
+    async def by_phone(self, phone: str) -> list[ClinicAdmin]:
+        rows = (await self.conn.execute(select(t.clinic_admins).where(t.clinic_admins.c.phone == phone))).all()
+        return [_admin(r) for r in rows]
+
+    async def by_chat(self, chat_id: int) -> list[ClinicAdmin]:
+        rows = (await self.conn.execute(select(t.clinic_admins).where(t.clinic_admins.c.chat_id == chat_id))).all()
+        return [_admin(r) for r in rows]
+
+    async def list_by_clinic(self, clinic_id: int) -> list[ClinicAdmin]:
+        rows = (await self.conn.execute(select(t.clinic_admins).where(t.clinic_admins.c.clinic_id == clinic_id)
+                                        .order_by(t.clinic_admins.c.id))).all()
+        return [_admin(r) for r in rows]
+
+    async def set_chat(self, phone: str, chat_id: int | None) -> int:
+        res = await self.conn.execute(update(t.clinic_admins).where(t.clinic_admins.c.phone == phone)
+                                      .values(chat_id=chat_id))
+        return res.rowcount
+
+    async def unlink_chat(self, chat_id: int) -> int:
+        res = await self.conn.execute(update(t.clinic_admins).where(t.clinic_admins.c.chat_id == chat_id)
+                                      .values(chat_id=None))
+        return res.rowcount
+
+
+def _patient(row) -> Patient:
+    return Patient(id=row.id, clinic_id=row.clinic_id, iin=row.iin, full_name=row.full_name, phone=row.phone,
+                   language=Language(row.language), chat_id=row.chat_id, chat_blocked=row.chat_blocked,
+                   consent_at=row.consent_at, consent_by=row.consent_by)
+
+
+class PatientRepo(_Repo):
+    async def get(self, patient_id: int, clinic_id: int | None = None) -> Patient:
+        stmt = select(t.patients).where(t.patients.c.id == patient_id)
+        if clinic_id is not None:
+            stmt = stmt.where(t.patients.c.clinic_id == clinic_id)
+        row = (await self.conn.execute(self._locked(stmt))).first()
+        if row is None:
+            raise NotFound(f"patient {patient_id} not found")
+        return _patient(row)
+
+    async def by_iin(self, clinic_id: int, iin: str) -> Patient | None:
+        row = (await self.conn.execute(select(t.patients).where(
+            and_(t.patients.c.clinic_id == clinic_id, t.patients.c.iin == iin)))).first()
+        return _patient(row) if row else None
+
+    async def by_phone(self, phone: str) -> list[Patient]:
+        rows = (await self.conn.execute(select(t.patients).where(t.patients.c.phone == phone))).all()
+        return [_patient(r) for r in rows]
+
+    async def by_chat(self, chat_id: int) -> list[Patient]:
+        rows = (await self.conn.execute(select(t.patients).where(t.patients.c.chat_id == chat_id)
+                                        .order_by(t.patients.c.id))).all()
+        return [_patient(r) for r in rows]
+
+    async def add(self, patient: Patient, now: dt.datetime) -> Patient:
+        res = await self.conn.execute(insert(t.patients).values(
+            clinic_id=patient.clinic_id, iin=patient.iin, full_name=patient.full_name, phone=patient.phone,
+            language=patient.language.value, chat_id=patient.chat_id, chat_blocked=patient.chat_blocked,
+            consent_at=patient.consent_at, consent_by=patient.consent_by, created_at=now, updated_at=now,
+        ).returning(t.patients.c.id))
+        patient.id = res.scalar_one()
+        return patient
+
+    async def save(self, patient: Patient, now: dt.datetime) -> None:
+        await self.conn.execute(update(t.patients).where(t.patients.c.id == patient.id).values(
+            full_name=patient.full_name, phone=patient.phone, language=patient.language.value,
+            chat_id=patient.chat_id, chat_blocked=patient.chat_blocked, consent_at=patient.consent_at,
+            consent_by=patient.consent_by, updated_at=now))
+
+    async def set_chat(self, phone: str, chat_id: int | None, language: Language | None = None) -> int:
+        values: dict = {"chat_id": chat_id, "chat_blocked": False}
+        if language is not None:
+            values["language"] = language.value
+        res = await self.conn.execute(update(t.patients).where(t.patients.c.phone == phone).values(**values))
+        return res.rowcount
+
+    async def unlink_chat(self, chat_id: int) -> int:
+        res = await self.conn.execute(update(t.patients).where(t.patients.c.chat_id == chat_id).values(chat_id=None))
+        return res.rowcount
+
+    async def set_language_for_chat(self, chat_id: int, language: Language) -> None:
+        await self.conn.execute(update(t.patients).where(t.patients.c.chat_id == chat_id)
+                                .values(language=language.value))
+
+    async def mark_chat_blocked(self, chat_id: int) -> None:
+        await self.conn.execute(update(t.patients).where(t.patients.c.chat_id == chat_id)
+                                .values(chat_blocked=True))
+
+
+class TemplateRepo(_Repo):
+    async def replace(self, patient_id: int, sealed: list[bytes], now: dt.datetime) -> int:
+        """Re-enrolment: revoke every active reference, then store the new ones."""
+        await self.revoke_all(patient_id, now)
+        for blob in sealed:
+            await self.conn.execute(insert(t.face_templates).values(patient_id=patient_id, sealed=blob,
+                                                                    created_at=now))
+        return len(sealed)
+
+    async def revoke_all(self, patient_id: int, now: dt.datetime) -> int:
+        res = await self.conn.execute(update(t.face_templates).where(and_(
+            t.face_templates.c.patient_id == patient_id, t.face_templates.c.revoked_at.is_(None)))
+            .values(revoked_at=now))
+        return res.rowcount
+
+    async def active(self, patient_id: int) -> list[bytes]:
+        rows = (await self.conn.execute(select(t.face_templates.c.sealed).where(and_(
+            t.face_templates.c.patient_id == patient_id, t.face_templates.c.revoked_at.is_(None)))
+            .order_by(t.face_templates.c.id))).all()
+        return [bytes(r.sealed) for r in rows]
+
+
+def _visit(row) -> Visit:
+    return Visit(id=row.id, clinic_id=row.clinic_id, doctor_id=row.doctor_id, patient_id=row.patient_id,
+                 start=row.start_at, duration=dt.timedelta(seconds=row.duration_s), mode=VisitMode(row.mode),
+                 service_code=row.service_code, state=VisitState(row.state), verified_by=row.verified_by,
+                 verified_at=row.verified_at, answered_at=row.answered_at, dispute_reason=row.dispute_reason,
+                 attended_claim_at=row.attended_claim_at)
+
+
+class VisitRepo(_Repo):
+    def __init__(self, conn: AsyncConnection, for_update: bool, audit_repo: "AuditRepo"):
+        super().__init__(conn, for_update)
+        self._audit = audit_repo
+
+    async def add(self, visit: Visit, now: dt.datetime) -> Visit:
+        res = await self.conn.execute(insert(t.visits).values(
+            clinic_id=visit.clinic_id, doctor_id=visit.doctor_id, patient_id=visit.patient_id,
+            start_at=visit.start, duration_s=int(visit.duration.total_seconds()), mode=visit.mode.value,
+            service_code=visit.service_code, state=visit.state.value, created_at=now).returning(t.visits.c.id))
+        visit.id = res.scalar_one()
+        return visit
+
+    async def get(self, visit_id: int, clinic_id: int | None = None, *, lock: bool = False) -> Visit:
+        stmt = select(t.visits).where(t.visits.c.id == visit_id)
+        if clinic_id is not None:
+            stmt = stmt.where(t.visits.c.clinic_id == clinic_id)
+        row = (await self.conn.execute(self._locked(stmt) if lock else stmt)).first()
+        if row is None:
+            raise NotFound(f"visit {visit_id} not found")
+        return _visit(row)
+
+    async def save(self, visit: Visit) -> None:
+        """Persist state fields and write each pending event to the events table and the audit chain."""
+        await self.conn.execute(update(t.visits).where(t.visits.c.id == visit.id).values(
+            state=visit.state.value, verified_by=visit.verified_by.value if visit.verified_by else None,
+            verified_at=visit.verified_at, answered_at=visit.answered_at, dispute_reason=visit.dispute_reason,
+            attended_claim_at=visit.attended_claim_at))
+        for event in visit.pending_events:
+            await self.record_event(visit.id, event)
+        visit.pending_events.clear()
+
+    async def record_event(self, visit_id: int, event: VisitEvent) -> None:
+        await self.conn.execute(insert(t.visit_events).values(
+            visit_id=visit_id, at=event.at, step=event.step,
+            from_state=event.from_state.value if event.from_state else None, to_state=event.to_state.value,
+            actor=event.actor.value, method=event.method, detail=event.detail))
+        await self._audit.append(event.at, event.actor.value, f"visit.{event.step}", f"visit:{visit_id}",
+                                 {"from": event.from_state.value if event.from_state else None,
+                                  "to": event.to_state.value, "method": event.method})
+
+    async def events(self, visit_id: int) -> list[VisitEvent]:
+        rows = (await self.conn.execute(select(t.visit_events).where(t.visit_events.c.visit_id == visit_id)
+                                        .order_by(t.visit_events.c.id))).all()
+        return [VisitEvent(visit_id=r.visit_id, at=r.at, step=r.step,
+                           from_state=VisitState(r.from_state) if r.from_state else None,
+                           to_state=VisitState(r.to_state), actor=r.actor, method=r.method, detail=r.detail)
+                for r in rows]
+
+    async def list(self, *, clinic_id: int, start_from: dt.datetime | None = None,
+                   start_to: dt.datetime | None = None, doctor_id: int | None = None,
+                   state: VisitState | None = None, patient_id: int | None = None,
+                   limit: int = 1000, offset: int = 0) -> list[Visit]:
+        stmt = select(t.visits).where(t.visits.c.clinic_id == clinic_id)
+        if start_from is not None:
+            stmt = stmt.where(t.visits.c.start_at >= start_from)
+        if start_to is not None:
+            stmt = stmt.where(t.visits.c.start_at < start_to)
+        if doctor_id is not None:
+            stmt = stmt.where(t.visits.c.doctor_id == doctor_id)
+        if state is not None:
+            stmt = stmt.where(t.visits.c.state == state.value)
+        if patient_id is not None:
+            stmt = stmt.where(t.visits.c.patient_id == patient_id)
+        rows = (await self.conn.execute(stmt.order_by(t.visits.c.start_at, t.visits.c.id)
+                                        .limit(limit).offset(offset))).all()
+        return [_visit(r) for r in rows]
+
+    async def for_patients(self, patient_ids: list[int], since: dt.datetime) -> list[Visit]:
+        if not patient_ids:
+            return []
+        rows = (await self.conn.execute(select(t.visits).where(and_(
+            t.visits.c.patient_id.in_(patient_ids), t.visits.c.start_at >= since))
+            .order_by(t.visits.c.start_at.desc()))).all()
+        return [_visit(r) for r in rows]
+
+    async def scheduled_ending_before(self, moment: dt.datetime, limit: int = 500) -> list[int]:
+        """Ids of scheduled visits whose end lies before ``moment`` (their window has closed)."""
+        end_expr = t.visits.c.start_at  # duration is bounded (≤12 h); filter precisely in Python
+        rows = (await self.conn.execute(select(t.visits.c.id, t.visits.c.start_at, t.visits.c.duration_s).where(and_(
+            t.visits.c.state == VisitState.SCHEDULED.value, end_expr < moment)).order_by(t.visits.c.start_at)
+            .limit(limit))).all()
+        return [r.id for r in rows if r.start_at + dt.timedelta(seconds=r.duration_s) < moment]
+
+    async def bump_code_attempts(self, visit_id: int) -> int:
+        """Atomically count one code attempt and return the new total (exact under concurrency)."""
+        res = await self.conn.execute(update(t.visits).where(t.visits.c.id == visit_id)
+                                      .values(code_attempts=t.visits.c.code_attempts + 1)
+                                      .returning(t.visits.c.code_attempts))
+        return res.scalar_one()
+
+    async def code_attempts(self, visit_id: int) -> int:
+        return (await self.conn.execute(select(t.visits.c.code_attempts).where(t.visits.c.id == visit_id))).scalar_one()
+
+    async def face_counters(self, visit_id: int) -> tuple[int, int, dt.datetime | None]:
+        row = (await self.conn.execute(select(t.visits.c.face_failures, t.visits.c.face_lockouts,
+                                              t.visits.c.face_retry_at).where(t.visits.c.id == visit_id))).one()
+        return row.face_failures, row.face_lockouts, row.face_retry_at
+
+    async def set_face_counters(self, visit_id: int, failures: int, lockouts: int,
+                                retry_at: dt.datetime | None) -> None:
+        await self.conn.execute(update(t.visits).where(t.visits.c.id == visit_id).values(
+            face_failures=failures, face_lockouts=lockouts, face_retry_at=retry_at))
+
+
+class CodeRepo(_Repo):
+    async def current(self, visit_id: int):
+        return (await self.conn.execute(select(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id))).first()
+
+    async def put(self, visit_id: int, code_hash: str, issued_at: dt.datetime, expires_at: dt.datetime) -> int:
+        """Store a new code for the visit, replacing (and so invalidating) any earlier one."""
+        row = await self.current(visit_id)
+        generation = (row.generation + 1) if row else 1
+        values = dict(generation=generation, code_hash=code_hash, issued_at=issued_at, expires_at=expires_at,
+                      used_at=None)
+        if row:
+            await self.conn.execute(update(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id).values(**values))
+        else:
+            await self.conn.execute(insert(t.visit_codes).values(visit_id=visit_id, **values))
+        return generation
+
+    async def next_generation(self, visit_id: int) -> int:
+        row = await self.current(visit_id)
+        return (row.generation + 1) if row else 1
+
+    async def mark_used(self, visit_id: int, at: dt.datetime) -> None:
+        await self.conn.execute(update(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id).values(used_at=at))
+
+    async def doctor_failures(self, doctor_id: int, hour_start: dt.datetime) -> int:
+        value = (await self.conn.execute(select(t.doctor_code_failures.c.failures).where(and_(
+            t.doctor_code_failures.c.doctor_id == doctor_id, t.doctor_code_failures.c.hour_start == hour_start))
+        )).scalar_one_or_none()
+        return value or 0
+
+    async def add_doctor_failure(self, doctor_id: int, hour_start: dt.datetime) -> None:
+        res = await self.conn.execute(update(t.doctor_code_failures).where(and_(
+            t.doctor_code_failures.c.doctor_id == doctor_id, t.doctor_code_failures.c.hour_start == hour_start))
+            .values(failures=t.doctor_code_failures.c.failures + 1))
+        if res.rowcount == 0:
+            await self.conn.execute(insert(t.doctor_code_failures).values(doctor_id=doctor_id,
+                                                                          hour_start=hour_start, failures=1))
+
+
+class OutboxRepo(_Repo):
+    async def add(self, message: OutboxMessage, now: dt.datetime) -> int | None:
+        """Queue a message; a repeated ``dedupe_key`` is ignored (returns None)."""
+        if message.dedupe_key is not None:
+            exists = (await self.conn.execute(select(t.outbox.c.id).where(
+                t.outbox.c.dedupe_key == message.dedupe_key))).first()
+            if exists:
+                return None
+        res = await self.conn.execute(insert(t.outbox).values(
+            created_at=now, due_at=message.due_at, kind=message.kind, recipient_kind=message.recipient_kind,
+            recipient_id=message.recipient_id, visit_id=message.visit_id,
+            payload=json.dumps(message.payload, ensure_ascii=False, sort_keys=True),
+            dedupe_key=message.dedupe_key).returning(t.outbox.c.id))
+        return res.scalar_one()
+
+    async def pending(self, *, visit_id: int | None = None, kind: str | None = None) -> list:
+        stmt = select(t.outbox).where(t.outbox.c.status == "pending")
+        if visit_id is not None:
+            stmt = stmt.where(t.outbox.c.visit_id == visit_id)
+        if kind is not None:
+            stmt = stmt.where(t.outbox.c.kind == kind)
+        return list((await self.conn.execute(stmt.order_by(t.outbox.c.id))).all())
+
+
+class AuditRepo(_Repo):
+    async def append(self, at: dt.datetime, actor: str, action: str, subject: str, details: dict) -> int:
+        """Append one chained row. The head row is updated first: its row lock orders concurrent appends."""
+        res = await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
+                                      .values(seq=t.audit_head.c.seq + 1)
+                                      .returning(t.audit_head.c.seq, t.audit_head.c.last_hash))
+        row = res.first()
+        if row is None:
+            raise RuntimeError("audit_head row is missing: the schema was not created by the migrations")
+        seq, prev = row.seq, row.last_hash
+        stamp = at.astimezone(dt.UTC).isoformat()
+        digest = audit.chain_hash(seq, stamp, actor, action, subject, details, prev)
+        await self.conn.execute(insert(t.audit_log).values(
+            seq=seq, at=stamp, actor=actor, action=action, subject=subject,
+            details=json.dumps(details, sort_keys=True, ensure_ascii=False), prev_hash=prev, hash=digest))
+        await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(last_hash=digest))
+        return seq
+
+    async def records(self) -> list[audit.AuditRecord]:
+        rows = (await self.conn.execute(select(t.audit_log).order_by(t.audit_log.c.seq))).all()
+        return [audit.AuditRecord(seq=r.seq, at=r.at, actor=r.actor, action=r.action, subject=r.subject,
+                                  details=json.loads(r.details), prev_hash=r.prev_hash, hash=r.hash) for r in rows]
+
+    async def head(self) -> tuple[int, str]:
+        row = (await self.conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1))).first()
+        return (row.seq, row.last_hash) if row else (0, audit.GENESIS)
+
+
+async def count_rows(conn: AsyncConnection, table) -> int:
+    return (await conn.execute(select(func.count()).select_from(table))).scalar_one()

@@ -1,0 +1,225 @@
+"""Table definitions. Alembic migrations are the source of truth for the live schema; these must match."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (false, BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData,
+                        String, Table, Text, UniqueConstraint)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s", "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s"})
+
+
+class UtcDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out, on both engines (SQLite has no time zones)."""
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use UTC-aware datetimes")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+clinics = Table(
+    "clinics", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False, server_default="Asia/Almaty"),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+doctors = Table(
+    "doctors", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("full_name", String(200), nullable=False),
+    Column("phone", String(16), nullable=False, index=True),
+    Column("external_ref", String(64)),
+    Column("chat_id", BigInteger, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("clinic_id", "phone", name="uq_doctors_clinic_phone"),
+)
+
+clinic_admins = Table(
+    "clinic_admins", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("full_name", String(200), nullable=False),
+    Column("phone", String(16), nullable=False, index=True),
+    Column("chat_id", BigInteger, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("clinic_id", "phone", name="uq_clinic_admins_clinic_phone"),
+)
+
+patients = Table(
+    "patients", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("iin", String(12), nullable=False),
+    Column("full_name", String(200), nullable=False),
+    Column("phone", String(16), nullable=False, index=True),
+    Column("language", String(2), nullable=False, server_default="ru"),
+    Column("chat_id", BigInteger, index=True),
+    Column("chat_blocked", Boolean, nullable=False, server_default=false()),
+    Column("consent_at", UtcDateTime),
+    Column("consent_by", String(200)),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("clinic_id", "iin", name="uq_patients_clinic_iin"),
+)
+
+face_templates = Table(
+    "face_templates", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_id", ForeignKey("patients.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime),
+)
+
+visits = Table(
+    "visits", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="RESTRICT"), nullable=False),
+    Column("doctor_id", ForeignKey("doctors.id", ondelete="RESTRICT"), nullable=False),
+    Column("patient_id", ForeignKey("patients.id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("start_at", UtcDateTime, nullable=False),
+    Column("duration_s", Integer, nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("service_code", String(64), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("verified_by", String(8)),
+    Column("verified_at", UtcDateTime),
+    Column("answered_at", UtcDateTime),
+    Column("dispute_reason", Text),
+    Column("attended_claim_at", UtcDateTime),
+    Column("code_attempts", Integer, nullable=False, server_default="0"),
+    Column("face_failures", Integer, nullable=False, server_default="0"),
+    Column("face_lockouts", Integer, nullable=False, server_default="0"),
+    Column("face_retry_at", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_visits_clinic_start", "clinic_id", "start_at"),
+    Index("ix_visits_doctor_start", "doctor_id", "start_at"),
+    Index("ix_visits_state_start", "state", "start_at"),
+)
+
+visit_codes = Table(
+    "visit_codes", metadata,
+    Column("visit_id", ForeignKey("visits.id", ondelete="CASCADE"), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("code_hash", String(64), nullable=False),
+    Column("issued_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime),
+)
+
+doctor_code_failures = Table(
+    "doctor_code_failures", metadata,
+    Column("doctor_id", ForeignKey("doctors.id", ondelete="CASCADE"), primary_key=True),
+    Column("hour_start", UtcDateTime, primary_key=True),
+    Column("failures", Integer, nullable=False),
+)
+
+visit_events = Table(
+    "visit_events", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("visit_id", ForeignKey("visits.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("step", String(40), nullable=False),
+    Column("from_state", String(24)),
+    Column("to_state", String(24), nullable=False),
+    Column("actor", String(24), nullable=False),
+    Column("method", String(8)),
+    Column("detail", Text),
+)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("recipient_kind", String(16), nullable=False),
+    Column("recipient_id", Integer, nullable=False),
+    Column("visit_id", ForeignKey("visits.id", ondelete="CASCADE"), index=True),
+    Column("payload", Text, nullable=False, server_default="{}"),
+    Column("dedupe_key", String(120), unique=True),
+    Column("status", String(12), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("claimed_by", String(64)),
+    Column("claim_expires_at", UtcDateTime),
+    Column("sent_at", UtcDateTime),
+    Column("last_error", String(300)),
+    Column("chat_message_id", BigInteger),
+    Index("ix_outbox_status_due", "status", "due_at"),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", String(40), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(120), nullable=False),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_head = Table(
+    "audit_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("key_prefix", String(16), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False),
+    Column("scopes", String(100), nullable=False),
+    Column("doctor_id", ForeignKey("doctors.id", ondelete="CASCADE")),
+    Column("label", String(200), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys", metadata,
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("response_status", Integer, nullable=False),
+    Column("response_body", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+chat_users = Table(
+    "chat_users", metadata,
+    Column("chat_id", BigInteger, primary_key=True),
+    Column("language", String(2), nullable=False),
+    Column("stopped", Boolean, nullable=False, server_default=false()),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+processed_updates = Table(
+    "processed_updates", metadata,
+    Column("update_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("bot_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", UtcDateTime, nullable=False),
+)

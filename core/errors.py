@@ -1,0 +1,46 @@
+"""Domain errors. Each carries a stable machine ``code`` and a sentence saying what was wrong."""
+
+
+class DomainError(Exception):
+    code = "domain_error"
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidIin(DomainError):
+    code = "invalid_iin"
+
+
+class InvalidPhone(DomainError):
+    code = "invalid_phone"
+
+
+class InvalidValue(DomainError):
+    code = "invalid_value"
+
+
+class IllegalTransition(DomainError):
+    code = "illegal_transition"
+
+    def __init__(self, visit_id: int | None, state: str, step: str, why: str = ""):
+        reason = f": {why}" if why else ""
+        super().__init__(f"visit {visit_id} is {state}; cannot {step}{reason}")
+        self.visit_id, self.state, self.step = visit_id, state, step
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class ConsentMissing(DomainError):
+    code = "consent_missing"
+
+
+class TemplateDecryptError(DomainError):
+    code = "template_decrypt_failed"
+
+
+class Conflict(DomainError):
+    code = "conflict"

@@ -1,0 +1,61 @@
+"""Kazakhstan's individual identification number (IIN / ЖСН / ИИН).
+
+Digits 1-6 are the birth date (YYMMDD), digit 7 the century and sex, digit 12 a check digit.
+An IIN is personal data: use :func:`mask_iin` for anything a human or a log will read.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from core.errors import InvalidIin
+
+_FIRST_WEIGHTS = tuple(range(1, 12))
+_SECOND_WEIGHTS = (3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2)
+# digit 7: 1/2 = 19th century, 3/4 = 20th, 5/6 = 21st; odd = male, even = female
+_CENTURY = {1: 1800, 2: 1800, 3: 1900, 4: 1900, 5: 2000, 6: 2000}
+
+
+@dataclass(frozen=True)
+class IinFacts:
+    iin: str
+    birth_date: dt.date
+    sex: str  # "male" | "female"
+
+
+def check_digit(first_eleven: str) -> int | None:
+    """The 12th digit for these 11 digits, or None when both weight sets give 10 (no valid IIN)."""
+    digits = [int(c) for c in first_eleven]
+    for weights in (_FIRST_WEIGHTS, _SECOND_WEIGHTS):
+        rest = sum(d * w for d, w in zip(digits, weights)) % 11
+        if rest != 10:
+            return rest
+    return None
+
+
+def parse_iin(raw: str) -> IinFacts:
+    """Validate an IIN and derive birth date and sex; raise InvalidIin saying what is wrong."""
+    if not isinstance(raw, str):
+        raise InvalidIin("IIN must be a string of 12 digits")
+    iin = raw.strip()
+    if not iin.isascii() or not iin.isdigit():
+        raise InvalidIin("IIN must contain digits only (12 digits, no spaces or letters)")
+    if len(iin) != 12:
+        raise InvalidIin(f"IIN must have 12 digits, got {len(iin)}")
+    expected = check_digit(iin[:11])
+    if expected is None or expected != int(iin[11]):
+        raise InvalidIin("IIN check digit does not match; please re-check the number")
+    century_digit = int(iin[6])
+    if century_digit not in _CENTURY:
+        raise InvalidIin("IIN digit 7 (century and sex) must be 1-6")
+    year = _CENTURY[century_digit] + int(iin[0:2])
+    try:
+        birth = dt.date(year, int(iin[2:4]), int(iin[4:6]))
+    except ValueError:
+        raise InvalidIin("IIN digits 1-6 are not a valid birth date (YYMMDD)") from None
+    return IinFacts(iin=iin, birth_date=birth, sex="male" if century_digit % 2 else "female")
+
+
+def mask_iin(iin: str) -> str:
+    """All but the last 4 digits hidden: enough for a clerk to match, useless to a thief."""
+    return "*" * max(len(iin) - 4, 0) + iin[-4:]

@@ -1,0 +1,258 @@
+"""The visit-verification domain: pure data and rules, no I/O.
+
+A visit moves through an explicit state machine. Every transition returns a :class:`VisitEvent`
+(UTC time, actor, method) that the storage layer records and chains into the audit log.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+
+from core.errors import IllegalTransition, InvalidValue
+from core.iin import parse_iin
+from core.phone import normalise_phone
+
+
+class Language(str, enum.Enum):
+    KK = "kk"
+    RU = "ru"
+
+
+class VisitMode(str, enum.Enum):
+    IN_PERSON = "in_person"
+    ONLINE = "online"
+
+
+class VisitState(str, enum.Enum):
+    SCHEDULED = "scheduled"
+    VERIFIED = "verified"
+    UNVERIFIED = "unverified"
+    PATIENT_CONFIRMED = "patient_confirmed"
+    PATIENT_DISPUTED = "patient_disputed"
+    CANCELLED = "cancelled"
+
+
+class VerificationMethod(str, enum.Enum):
+    FACE = "face"
+    CODE = "code"
+
+
+class Actor(str, enum.Enum):
+    CLINIC_SYSTEM = "clinic_system"
+    DOCTOR = "doctor"
+    PATIENT = "patient"
+    SCHEDULER = "scheduler"
+    ADMIN = "admin"
+
+
+# A patient may turn "yes, I was there" into "I wasn't there" for this long; after that answers are final.
+ANSWER_CORRECTION_WINDOW = dt.timedelta(hours=48)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def ensure_utc(moment: dt.datetime, what: str = "time") -> dt.datetime:
+    if moment.tzinfo is None:
+        raise InvalidValue(f"{what} must carry a time zone (e.g. 2026-11-25T09:00:00+05:00)")
+    return moment.astimezone(dt.UTC)
+
+
+@dataclass
+class Clinic:
+    id: int | None
+    name: str
+    timezone: str = "Asia/Almaty"
+
+
+@dataclass
+class Doctor:
+    id: int | None
+    clinic_id: int
+    full_name: str
+    phone: str
+    external_ref: str | None = None
+    chat_id: int | None = None
+
+    def __post_init__(self) -> None:
+        self.phone = normalise_phone(self.phone)
+
+
+@dataclass
+class ClinicAdmin:
+    id: int | None
+    clinic_id: int
+    full_name: str
+    phone: str
+    chat_id: int | None = None
+
+    def __post_init__(self) -> None:
+        self.phone = normalise_phone(self.phone)
+
+
+@dataclass
+class Patient:
+    id: int | None
+    clinic_id: int
+    iin: str
+    full_name: str
+    phone: str
+    language: Language = Language.RU
+    chat_id: int | None = None
+    chat_blocked: bool = False
+    consent_at: dt.datetime | None = None
+    consent_by: str | None = None
+
+    def __post_init__(self) -> None:
+        self.iin = parse_iin(self.iin).iin
+        self.phone = normalise_phone(self.phone)
+        self.language = Language(self.language)
+
+    @property
+    def birth_date(self) -> dt.date:
+        return parse_iin(self.iin).birth_date
+
+    @property
+    def sex(self) -> str:
+        return parse_iin(self.iin).sex
+
+    def record_consent(self, by: str, at: dt.datetime) -> None:
+        if not by or not by.strip():
+            raise InvalidValue("consent must name who recorded it (e.g. the nurse's name or staff id)")
+        self.consent_by, self.consent_at = by.strip(), ensure_utc(at, "consent time")
+
+
+@dataclass(frozen=True)
+class VisitEvent:
+    visit_id: int | None
+    at: dt.datetime
+    step: str
+    from_state: VisitState | None
+    to_state: VisitState
+    actor: Actor
+    method: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class Visit:
+    id: int | None
+    clinic_id: int
+    doctor_id: int
+    patient_id: int
+    start: dt.datetime
+    duration: dt.timedelta
+    mode: VisitMode
+    service_code: str
+    state: VisitState = VisitState.SCHEDULED
+    verified_by: VerificationMethod | None = None
+    verified_at: dt.datetime | None = None
+    answered_at: dt.datetime | None = None
+    dispute_reason: str | None = None
+    attended_claim_at: dt.datetime | None = None
+    pending_events: list[VisitEvent] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.start = ensure_utc(self.start, "visit start")
+        self.mode = VisitMode(self.mode)
+        self.state = VisitState(self.state)
+        if self.verified_by is not None:
+            self.verified_by = VerificationMethod(self.verified_by)
+        if self.duration <= dt.timedelta(0) or self.duration > dt.timedelta(hours=12):
+            raise InvalidValue("visit duration must be between 1 minute and 12 hours")
+        if not self.service_code or len(self.service_code) > 64:
+            raise InvalidValue("service code must be 1-64 characters")
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.start + self.duration
+
+    def _move(self, step: str, to: VisitState, actor: Actor, at: dt.datetime,
+              method: str | None = None, detail: str | None = None) -> VisitEvent:
+        event = VisitEvent(self.id, ensure_utc(at), step, self.state, to, actor, method, detail)
+        self.state = to
+        self.pending_events.append(event)
+        return event
+
+    def verify(self, method: VerificationMethod, actor: Actor, at: dt.datetime) -> VisitEvent:
+        """Record that the patient was proven present. Online visits accept codes only."""
+        method = VerificationMethod(method)
+        step = f"verify by {method.value}"
+        if method is VerificationMethod.FACE and self.mode is VisitMode.ONLINE:
+            raise IllegalTransition(self.id, self.state.value, step,
+                                    "online consultations are verified by one-time code only")
+        if self.state is not VisitState.SCHEDULED:
+            raise IllegalTransition(self.id, self.state.value, step, "only a scheduled visit can be verified")
+        self.verified_by, self.verified_at = method, ensure_utc(at)
+        return self._move("verify", VisitState.VERIFIED, actor, at, method.value)
+
+    def close_unverified(self, at: dt.datetime) -> VisitEvent:
+        """The verification window closed with no face match and no code."""
+        if self.state is not VisitState.SCHEDULED:
+            raise IllegalTransition(self.id, self.state.value, "mark unverified")
+        return self._move("close_unverified", VisitState.UNVERIFIED, Actor.SCHEDULER, at)
+
+    def cancel(self, actor: Actor, at: dt.datetime, reason: str | None = None) -> VisitEvent:
+        if self.state is not VisitState.SCHEDULED:
+            raise IllegalTransition(self.id, self.state.value, "cancel", "only a scheduled visit can be cancelled")
+        return self._move("cancel", VisitState.CANCELLED, actor, at, detail=reason)
+
+    def confirm_by_patient(self, at: dt.datetime) -> VisitEvent | None:
+        """Patient says "yes, I was there". Returns None when the same answer was already given."""
+        if self.state is VisitState.PATIENT_CONFIRMED:
+            return None
+        if self.state is not VisitState.VERIFIED:
+            raise IllegalTransition(self.id, self.state.value, "confirm attendance",
+                                    "only a verified visit can be confirmed by the patient")
+        self.answered_at = ensure_utc(at)
+        return self._move("patient_confirm", VisitState.PATIENT_CONFIRMED, Actor.PATIENT, at)
+
+    def claim_attended_unverified(self, at: dt.datetime) -> VisitEvent | None:
+        """Patient says "yes" to a visit that was never verified: kept as evidence, the state stays."""
+        if self.state is not VisitState.UNVERIFIED:
+            raise IllegalTransition(self.id, self.state.value, "record attendance claim")
+        if self.attended_claim_at is not None:
+            return None
+        self.attended_claim_at = ensure_utc(at)
+        event = VisitEvent(self.id, self.attended_claim_at, "patient_claims_attended", self.state, self.state,
+                           Actor.PATIENT)
+        self.pending_events.append(event)
+        return event
+
+    def dispute_by_patient(self, at: dt.datetime, reason: str | None = None) -> VisitEvent | None:
+        """Patient says "I wasn't there". Returns None when already disputed (a second press changes nothing)."""
+        at = ensure_utc(at)
+        if self.state is VisitState.PATIENT_DISPUTED:
+            return None
+        if self.state is VisitState.CANCELLED:
+            raise IllegalTransition(self.id, self.state.value, "dispute", "a cancelled visit was not billed")
+        if self.state is VisitState.PATIENT_CONFIRMED:
+            assert self.answered_at is not None
+            if at - self.answered_at > ANSWER_CORRECTION_WINDOW:
+                raise IllegalTransition(self.id, self.state.value, "dispute",
+                                        "the answer became final 48 hours after it was given")
+        self.answered_at = at
+        self.dispute_reason = (reason or "").strip()[:1000] or None
+        return self._move("patient_dispute", VisitState.PATIENT_DISPUTED, Actor.PATIENT, at)
+
+    def add_dispute_reason(self, reason: str, at: dt.datetime) -> VisitEvent:
+        if self.state is not VisitState.PATIENT_DISPUTED:
+            raise IllegalTransition(self.id, self.state.value, "add dispute reason")
+        self.dispute_reason = reason.strip()[:1000] or None
+        event = VisitEvent(self.id, ensure_utc(at), "dispute_reason", self.state, self.state, Actor.PATIENT)
+        self.pending_events.append(event)
+        return event
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A chat message to send later; stored in the same transaction as the change that causes it."""
+    kind: str
+    recipient_kind: str  # "patient" | "doctor" | "admin"
+    recipient_id: int
+    due_at: dt.datetime
+    payload: dict
+    visit_id: int | None = None
+    dedupe_key: str | None = None

@@ -1,0 +1,25 @@
+"""Use cases. Each opens one unit of work, applies domain rules, records events and outbox messages, commits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.clock import Clock
+from core.codes import CodeHasher
+from core.config import Settings
+from core.db.uow import UnitOfWorkFactory
+from core.templates import TemplateCipher
+
+
+@dataclass
+class Context:
+    """Everything a use case needs, built once at start by the server or the bot."""
+    uow: UnitOfWorkFactory
+    clock: Clock
+    settings: Settings
+    hasher: CodeHasher
+    cipher: TemplateCipher
+
+    @classmethod
+    def build(cls, settings: Settings, uow: UnitOfWorkFactory, clock: Clock) -> "Context":
+        return cls(uow=uow, clock=clock, settings=settings, hasher=CodeHasher(settings.code_key_bytes()),
+                   cipher=TemplateCipher(settings.template_key_bytes()))

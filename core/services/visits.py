@@ -1,0 +1,140 @@
+"""Visit lifecycle: registration (with its scheduled chat messages), cancellation, closing windows,
+and the patient's own answer ("I was there" / "I wasn't there")."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from core.errors import NotFound
+from core.model import Actor, OutboxMessage, Visit, VisitEvent, VisitMode, VisitState, ensure_utc
+from core.services import Context
+
+KIND_VISIT_CODE = "visit_code"
+KIND_PROMPT = "attendance_prompt"
+KIND_DISPUTE_NOTICE = "dispute_notice"
+KIND_DIGEST = "daily_digest"
+
+
+def window_end(visit: Visit, ctx: Context) -> dt.datetime:
+    """After this moment an unverified visit is closed as unverified."""
+    return visit.end + ctx.settings.visit_grace
+
+
+async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patient_id: int, start: dt.datetime,
+                         duration: dt.timedelta, mode: VisitMode | str, service_code: str,
+                         actor: Actor = Actor.CLINIC_SYSTEM) -> Visit:
+    """Create a scheduled visit and queue its messages: the code before an in-person visit and,
+    for every visit, the "were you there?" prompt after it."""
+    now = ctx.clock.now()
+    visit = Visit(id=None, clinic_id=clinic_id, doctor_id=doctor_id, patient_id=patient_id,
+                  start=ensure_utc(start, "visit start"), duration=duration, mode=VisitMode(mode),
+                  service_code=(service_code or "").strip())
+    settings = ctx.settings
+    async with ctx.uow() as uow:
+        await uow.doctors.get(doctor_id, clinic_id)
+        await uow.patients.get(patient_id, clinic_id)
+        await uow.visits.add(visit, now)
+        visit.pending_events.append(VisitEvent(visit.id, now, "register", None, VisitState.SCHEDULED, actor))
+        await uow.visits.save(visit)
+        if visit.mode is VisitMode.IN_PERSON:
+            await uow.outbox.add(OutboxMessage(
+                kind=KIND_VISIT_CODE, recipient_kind="patient", recipient_id=patient_id, visit_id=visit.id,
+                due_at=max(now, visit.start - dt.timedelta(minutes=settings.code_send_lead_minutes)),
+                payload={"reason": "scheduled"}, dedupe_key=f"code:{visit.id}:scheduled"), now)
+        await uow.outbox.add(OutboxMessage(
+            kind=KIND_PROMPT, recipient_kind="patient", recipient_id=patient_id, visit_id=visit.id,
+            due_at=visit.end + dt.timedelta(minutes=settings.prompt_delay_minutes), payload={},
+            dedupe_key=f"prompt:{visit.id}"), now)
+        await uow.commit()
+    return visit
+
+
+async def cancel_visit(ctx: Context, clinic_id: int, visit_id: int, reason: str | None = None,
+                       actor: Actor = Actor.CLINIC_SYSTEM) -> Visit:
+    async with ctx.uow() as uow:
+        visit = await uow.visits.get(visit_id, clinic_id, lock=True)
+        visit.cancel(actor, ctx.clock.now(), reason)
+        await uow.visits.save(visit)
+        await uow.commit()
+    return visit
+
+
+@dataclass(frozen=True)
+class VisitView:
+    visit: Visit
+    events: list[VisitEvent]
+
+
+async def get_visit(ctx: Context, clinic_id: int, visit_id: int) -> VisitView:
+    async with ctx.uow() as uow:
+        visit = await uow.visits.get(visit_id, clinic_id)
+        return VisitView(visit, await uow.visits.events(visit_id))
+
+
+async def close_expired_windows(ctx: Context, limit: int = 500) -> int:
+    """Mark scheduled visits whose window has closed as unverified. Returns how many were closed."""
+    now = ctx.clock.now()
+    cutoff = now - ctx.settings.visit_grace
+    closed = 0
+    async with ctx.uow() as uow:
+        for visit_id in await uow.visits.scheduled_ending_before(cutoff, limit):
+            visit = await uow.visits.get(visit_id, lock=True)
+            if visit.state is VisitState.SCHEDULED:
+                visit.close_unverified(now)
+                await uow.visits.save(visit)
+                closed += 1
+        await uow.commit()
+    return closed
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    visit: Visit
+    changed: bool
+
+
+async def _patient_visit(uow, visit_id: int, patient_ids: list[int]) -> Visit:
+    visit = await uow.visits.get(visit_id, lock=True)
+    if visit.patient_id not in patient_ids:
+        raise NotFound(f"visit {visit_id} not found")  # another patient's visit: do not reveal it exists
+    return visit
+
+
+async def patient_confirms(ctx: Context, visit_id: int, patient_ids: list[int]) -> AnswerResult:
+    """"Yes, I was there". On a verified visit it confirms; on an unverified one it is kept as a claim."""
+    now = ctx.clock.now()
+    async with ctx.uow() as uow:
+        visit = await _patient_visit(uow, visit_id, patient_ids)
+        if visit.state is VisitState.UNVERIFIED:
+            event = visit.claim_attended_unverified(now)
+        else:
+            event = visit.confirm_by_patient(now)
+        await uow.visits.save(visit)
+        await uow.commit()
+    return AnswerResult(visit, event is not None)
+
+
+async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
+                           reason: str | None = None) -> AnswerResult:
+    """"I wasn't there": record the dispute and tell the clinic's admins at once."""
+    now = ctx.clock.now()
+    async with ctx.uow() as uow:
+        visit = await _patient_visit(uow, visit_id, patient_ids)
+        event = visit.dispute_by_patient(now, reason)
+        await uow.visits.save(visit)
+        if event is not None:
+            for admin in await uow.admins.list_by_clinic(visit.clinic_id):
+                await uow.outbox.add(OutboxMessage(
+                    kind=KIND_DISPUTE_NOTICE, recipient_kind="admin", recipient_id=admin.id, visit_id=visit.id,
+                    due_at=now, payload={}, dedupe_key=f"dispute:{visit.id}:{admin.id}"), now)
+        await uow.commit()
+    return AnswerResult(visit, event is not None)
+
+
+async def add_dispute_reason(ctx: Context, visit_id: int, patient_ids: list[int], reason: str) -> Visit:
+    async with ctx.uow() as uow:
+        visit = await _patient_visit(uow, visit_id, patient_ids)
+        visit.add_dispute_reason(reason, ctx.clock.now())
+        await uow.visits.save(visit)
+        await uow.commit()
+    return visit

@@ -1,0 +1,95 @@
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import MissingSecrets, Mode, Settings
+from core.db.engine import create_engine
+from core.db.migrate import SchemaNotCurrent, current_revision, ensure_schema_current, head_revision, upgrade_to_head
+from core.logs import configure_logging, get_logger
+
+ROOT = Path(__file__).parents[2]
+
+
+async def test_empty_database_upgrades_to_head_and_is_accepted(db_url):
+    engine = create_engine(db_url)
+    try:
+        assert await current_revision(engine) is None
+        with pytest.raises(SchemaNotCurrent, match="rastau migrate"):
+            await ensure_schema_current(engine)
+        await upgrade_to_head(engine)
+        assert await current_revision(engine) == head_revision()
+        await ensure_schema_current(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_old_schema_is_refused_with_how_to_migrate(db_url):
+    engine = create_engine(db_url)
+    try:
+        await upgrade_to_head(engine)
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000_old'")
+        with pytest.raises(SchemaNotCurrent) as err:
+            await ensure_schema_current(engine)
+        assert "0000_old" in str(err.value) and "rastau migrate" in str(err.value)
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_runs_wal_full_sync_with_busy_timeout(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    try:
+        async with engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            sync = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+            busy = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+            fks = (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar()
+        assert (mode, sync, fks) == ("wal", 2, 1) and busy >= 5000
+    finally:
+        await engine.dispose()
+
+
+def test_production_without_secrets_refuses_and_names_each():
+    settings = Settings(_env_file=None, mode=Mode.PRODUCTION)
+    with pytest.raises(MissingSecrets) as err:
+        settings.require_secrets(bot=True)
+    text = str(err.value)
+    for name in ("RASTAU_CODE_HMAC_KEY", "RASTAU_TEMPLATE_KEY", "RASTAU_API_KEY_PEPPER", "RASTAU_BOT_TOKEN"):
+        assert name in text
+
+
+def test_production_refuses_weak_secret():
+    settings = Settings(_env_file=None, mode=Mode.PRODUCTION, code_hmac_key="short", template_key="x" * 43,
+                        api_key_pepper="y" * 43)
+    with pytest.raises(MissingSecrets, match="RASTAU_CODE_HMAC_KEY is too short"):
+        settings.require_secrets()
+
+
+def test_dev_mode_invents_secrets_and_says_so_loudly(capsys):
+    settings = Settings(_env_file=None, mode=Mode.DEV).require_secrets()
+    assert len(settings.code_key_bytes()) >= 32 and len(settings.template_key_bytes()) == 32
+    assert "DEV MODE" in capsys.readouterr().err
+
+
+def test_migrate_cli_on_an_empty_file(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    done = subprocess.run([sys.executable, "-m", "core.cli", "migrate"], cwd=ROOT, capture_output=True, text=True,
+                          env={"RASTAU_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert head_revision() in done.stdout
+
+
+def test_logs_never_carry_a_whole_iin_or_secret_fields(capfd):
+    configure_logging("INFO", "json")
+    log = get_logger("t")
+    log.info("patient 900101300017 registered", iin="900101300017", code="123456", bot_token="123:ABC",
+             encoding=[0.1] * 128, frame=b"\xff\xd8jpeg", status_code=200)
+    logging.getLogger("stdlib").warning("lookup for IIN %s failed", "850315400015")
+    err = capfd.readouterr().err
+    assert "900101300017" not in err and "850315400015" not in err
+    assert "********0017" in err and "********0015" in err
+    assert "123456" not in err and "123:ABC" not in err and "0.1, 0.1" not in err and "jpeg" not in err
+    assert '"status_code": 200' in err
