@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core import audit
@@ -385,6 +385,47 @@ class OutboxRepo(_Repo):
             payload=json.dumps(message.payload, ensure_ascii=False, sort_keys=True),
             dedupe_key=message.dedupe_key).returning(t.outbox.c.id))
         return res.scalar_one()
+
+    async def claim_due(self, now: dt.datetime, worker_id: str, lease: dt.timedelta, limit: int) -> list:
+        """Take up to ``limit`` due rows for this worker: pending ones whose time has come, and rows whose
+        previous claim expired (a dispatcher died mid-send). PostgreSQL skips rows another dispatcher holds."""
+        o = t.outbox
+        due = or_(and_(o.c.status == "pending", o.c.due_at <= now),
+                  and_(o.c.status == "sending", o.c.claim_expires_at < now))
+        stmt = select(o.c.id).where(due).order_by(o.c.due_at, o.c.id).limit(limit)
+        if self._for_update:
+            stmt = stmt.with_for_update(skip_locked=True)
+        ids = [r.id for r in (await self.conn.execute(stmt)).all()]
+        if not ids:
+            return []
+        await self.conn.execute(update(o).where(o.c.id.in_(ids)).values(
+            status="sending", claimed_by=worker_id, claim_expires_at=now + lease, attempts=o.c.attempts + 1))
+        return list((await self.conn.execute(select(o).where(o.c.id.in_(ids)).order_by(o.c.due_at, o.c.id))).all())
+
+    async def release_claims(self, worker_id: str) -> int:
+        """At start: rows this worker claimed before a crash go back to the queue at once."""
+        res = await self.conn.execute(update(t.outbox).where(and_(
+            t.outbox.c.status == "sending", t.outbox.c.claimed_by == worker_id))
+            .values(status="pending", claimed_by=None, claim_expires_at=None))
+        return res.rowcount
+
+    async def set_parts_sent(self, message_id: int, parts: int) -> None:
+        await self.conn.execute(update(t.outbox).where(t.outbox.c.id == message_id).values(parts_sent=parts))
+
+    async def finish(self, message_id: int, status: str, now: dt.datetime, *, error: str | None = None,
+                     chat_message_id: int | None = None) -> None:
+        """Terminal outcome: sent | skipped | blocked | failed."""
+        values = dict(status=status, claimed_by=None, claim_expires_at=None, last_error=error)
+        if status == "sent":
+            values.update(sent_at=now, chat_message_id=chat_message_id)
+        await self.conn.execute(update(t.outbox).where(t.outbox.c.id == message_id).values(**values))
+
+    async def retry_later(self, message_id: int, due_at: dt.datetime, error: str) -> None:
+        await self.conn.execute(update(t.outbox).where(t.outbox.c.id == message_id).values(
+            status="pending", due_at=due_at, claimed_by=None, claim_expires_at=None, last_error=error[:300]))
+
+    async def get(self, message_id: int):
+        return (await self.conn.execute(select(t.outbox).where(t.outbox.c.id == message_id))).first()
 
     async def pending(self, *, visit_id: int | None = None, kind: str | None = None) -> list:
         stmt = select(t.outbox).where(t.outbox.c.status == "pending")

@@ -158,6 +158,7 @@ outbox = Table(
     Column("dedupe_key", String(120), unique=True),
     Column("status", String(12), nullable=False, server_default="pending"),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("parts_sent", Integer, nullable=False, server_default="0"),
     Column("claimed_by", String(64)),
     Column("claim_expires_at", UtcDateTime),
     Column("sent_at", UtcDateTime),

@@ -199,6 +199,7 @@ def upgrade() -> None:
     sa.Column('dedupe_key', sa.String(length=120), nullable=True),
     sa.Column('status', sa.String(length=12), server_default='pending', nullable=False),
     sa.Column('attempts', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('parts_sent', sa.Integer(), server_default='0', nullable=False),
     sa.Column('claimed_by', sa.String(length=64), nullable=True),
     sa.Column('claim_expires_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),

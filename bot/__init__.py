@@ -1,0 +1,1 @@
+"""Rastau chatbot: patients, doctors and clinic admins on Telegram, in Kazakh and Russian."""

@@ -1,0 +1,1 @@
+"""Outbox delivery: claims due messages, renders them, sends them within Telegram's limits."""

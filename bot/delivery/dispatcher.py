@@ -1,0 +1,189 @@
+"""The outbox dispatcher: every outgoing chat message goes through here.
+
+Delivery is at-least-once with each outbox row as the unit: a row is claimed (committed) before it is
+rendered and sent, and marked done after. A dispatcher that dies between the two leaves a claim that
+expires (or that it releases itself when it restarts with the same worker id), so the message is sent
+after the restart; several dispatchers on PostgreSQL never claim the same row (FOR UPDATE SKIP LOCKED).
+Multi-part messages remember how many parts went out, so a retry does not repeat the text before a file.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import socket
+import os
+
+from aiogram import Bot
+from aiogram.exceptions import (TelegramBadRequest, TelegramForbiddenError, TelegramNetworkError,
+                                TelegramRetryAfter, TelegramServerError)
+from aiogram.types import BufferedInputFile
+
+from bot.delivery.limits import SendPacer
+from bot.delivery.types import OutboxItem, Outgoing, Renderer
+from core.logs import get_logger
+from core.services import Context
+
+log = get_logger("rastau.dispatcher")
+
+MAX_ATTEMPTS = 12
+MAX_RETRY_AFTER_IN_PLACE = 5  # 429s absorbed in place before the row is rescheduled
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def backoff(attempts: int) -> dt.timedelta:
+    """2, 4, 8 … seconds, capped at 10 minutes."""
+    return dt.timedelta(seconds=min(2 ** max(attempts, 1), 600))
+
+
+class _Retry(Exception):
+    pass
+
+
+class OutboxDispatcher:
+    def __init__(self, ctx: Context, bot: Bot, renderer: Renderer, *, worker_id: str | None = None,
+                 rate_global: float | None = None, rate_per_chat: float | None = None, batch: int = 100,
+                 lease: dt.timedelta = dt.timedelta(seconds=60), concurrency: int = 32):
+        self._ctx, self._bot, self._renderer = ctx, bot, renderer
+        self.worker_id = worker_id or default_worker_id()
+        self._pacer = SendPacer(rate_global or ctx.settings.send_rate_global,
+                                rate_per_chat or ctx.settings.send_rate_per_chat)
+        self._batch, self._lease = batch, lease
+        self._slots = asyncio.Semaphore(concurrency)
+        self._chat_locks: dict[int, asyncio.Lock] = {}
+        self._released = False
+
+    async def release_own_claims(self) -> int:
+        async with self._ctx.uow() as uow:
+            released = await uow.outbox.release_claims(self.worker_id)
+            await uow.commit()
+        if released:
+            log.warning("released claims left by a previous run", worker=self.worker_id, rows=released)
+        return released
+
+    async def run_once(self) -> int:
+        """Claim what is due now and deliver it. Returns the number of rows handled."""
+        if not self._released:
+            await self.release_own_claims()
+            self._released = True
+        now = self._ctx.clock.now()
+        async with self._ctx.uow() as uow:
+            rows = await uow.outbox.claim_due(now, self.worker_id, self._lease, self._batch)
+            await uow.commit()
+        if rows:
+            await asyncio.gather(*(self._deliver(row) for row in rows))
+        return len(rows)
+
+    async def drain(self, max_rounds: int = 1000) -> int:
+        """Deliver until nothing is due (tests and the demo)."""
+        total = 0
+        for _ in range(max_rounds):
+            handled = await self.run_once()
+            total += handled
+            if not handled:
+                break
+        return total
+
+    async def run_forever(self, stop: asyncio.Event, idle: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
+                log.exception("dispatcher round failed; retrying")
+                handled = 0
+            if not handled:
+                try:
+                    await asyncio.wait_for(stop.wait(), idle)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _deliver(self, row) -> None:
+        item = OutboxItem(id=row.id, kind=row.kind, recipient_kind=row.recipient_kind,
+                          recipient_id=row.recipient_id, visit_id=row.visit_id,
+                          payload=json.loads(row.payload or "{}"), attempts=row.attempts)
+        async with self._slots:
+            try:
+                parts = await self._renderer.render(item)
+            except Exception as exc:  # noqa: BLE001 - a rendering bug must not lose the message
+                log.exception("rendering failed", outbox_id=item.id, kind=item.kind)
+                await self._reschedule(item, f"render: {type(exc).__name__}")
+                return
+            if not parts:
+                await self._finish(item.id, "skipped", "nothing to send (no linked chat or no longer relevant)")
+                return
+            lock = self._chat_locks.setdefault(parts[0].chat_id, asyncio.Lock())
+            async with lock:
+                await self._send_parts(item, parts, row.parts_sent)
+
+    async def _send_parts(self, item: OutboxItem, parts: list[Outgoing], already_sent: int) -> None:
+        last_message_id = None
+        for index, part in enumerate(parts):
+            if index < already_sent:
+                continue
+            try:
+                last_message_id = await self._send_one(part)
+            except TelegramForbiddenError as exc:
+                await self._blocked(item, part.chat_id, exc)
+                return
+            except TelegramBadRequest as exc:
+                await self._finish(item.id, "failed", f"bad request: {exc.message}"[:300])
+                log.error("telegram refused message", outbox_id=item.id, kind=item.kind, error=exc.message)
+                return
+            except (_Retry, TelegramServerError, TelegramNetworkError, asyncio.TimeoutError) as exc:
+                if index:
+                    async with self._ctx.uow() as uow:
+                        await uow.outbox.set_parts_sent(item.id, index)
+                        await uow.commit()
+                await self._reschedule(item, f"{type(exc).__name__}: {exc}"[:300])
+                return
+        await self._finish(item.id, "sent", None, last_message_id)
+        log.info("message delivered", outbox_id=item.id, kind=item.kind, recipient_kind=item.recipient_kind)
+
+    async def _send_one(self, part: Outgoing) -> int:
+        for _ in range(MAX_RETRY_AFTER_IN_PLACE):
+            await self._pacer.wait_turn(part.chat_id)
+            try:
+                if part.document is not None:
+                    filename, data = part.document
+                    sent = await self._bot.send_document(part.chat_id, BufferedInputFile(data, filename=filename),
+                                                         caption=part.text or None, parse_mode=part.parse_mode,
+                                                         reply_markup=part.reply_markup)
+                else:
+                    sent = await self._bot.send_message(part.chat_id, part.text, parse_mode=part.parse_mode,
+                                                        reply_markup=part.reply_markup)
+                return sent.message_id
+            except TelegramRetryAfter as exc:
+                log.warning("telegram asked to slow down", retry_after=exc.retry_after)
+                self._pacer.pause(exc.retry_after)
+        raise _Retry("too many 429 answers in a row")
+
+    async def _reschedule(self, item: OutboxItem, error: str) -> None:
+        if item.attempts >= MAX_ATTEMPTS:
+            await self._finish(item.id, "failed", f"gave up after {item.attempts} attempts: {error}")
+            log.error("message abandoned", outbox_id=item.id, kind=item.kind, attempts=item.attempts)
+            return
+        due = self._ctx.clock.now() + backoff(item.attempts)
+        async with self._ctx.uow() as uow:
+            await uow.outbox.retry_later(item.id, due, error)
+            await uow.commit()
+        log.warning("delivery will be retried", outbox_id=item.id, kind=item.kind, attempts=item.attempts,
+                    error=error)
+
+    async def _blocked(self, item: OutboxItem, chat_id: int, exc: Exception) -> None:
+        now = self._ctx.clock.now()
+        async with self._ctx.uow() as uow:
+            await uow.outbox.finish(item.id, "blocked", now, error=str(exc)[:300])
+            if item.recipient_kind == "patient":
+                await uow.patients.mark_chat_blocked(chat_id)
+            await uow.commit()
+        log.warning("recipient blocked the bot; not retrying", outbox_id=item.id, kind=item.kind,
+                    recipient_kind=item.recipient_kind)
+
+    async def _finish(self, message_id: int, status: str, error: str | None, chat_message_id: int | None = None):
+        async with self._ctx.uow() as uow:
+            await uow.outbox.finish(message_id, status, self._ctx.clock.now(), error=error,
+                                    chat_message_id=chat_message_id)
+            await uow.commit()

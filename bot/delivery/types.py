@@ -1,0 +1,30 @@
+"""The contract between the outbox dispatcher (how and when to send) and the renderer (what to say)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    kind: str
+    recipient_kind: str  # "patient" | "doctor" | "admin"
+    recipient_id: int
+    visit_id: int | None
+    payload: dict = field(default_factory=dict)
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    chat_id: int
+    text: str
+    reply_markup: Any = None
+    document: tuple[str, bytes] | None = None  # (filename, bytes), sent after the text
+    parse_mode: str | None = "HTML"
+
+
+class Renderer(Protocol):
+    async def render(self, message: OutboxItem) -> list[Outgoing] | None:
+        """What to send for this outbox row, in the recipient's language; None to skip it for good."""
