@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import socket
 import os
+import socket
 
 from aiogram import Bot
-from aiogram.exceptions import (TelegramBadRequest, TelegramForbiddenError, TelegramNetworkError,
-                                TelegramRetryAfter, TelegramServerError)
+from aiogram.exceptions import (TelegramAPIError, TelegramBadRequest, TelegramForbiddenError,
+                                TelegramNotFound, TelegramRetryAfter)
 from aiogram.types import BufferedInputFile
 
 from bot.delivery.limits import SendPacer
@@ -128,11 +128,11 @@ class OutboxDispatcher:
             except TelegramForbiddenError as exc:
                 await self._blocked(item, part.chat_id, exc)
                 return
-            except TelegramBadRequest as exc:
+            except (TelegramBadRequest, TelegramNotFound) as exc:
                 await self._finish(item.id, "failed", f"bad request: {exc.message}"[:300])
                 log.error("telegram refused message", outbox_id=item.id, kind=item.kind, error=exc.message)
                 return
-            except (_Retry, TelegramServerError, TelegramNetworkError, asyncio.TimeoutError) as exc:
+            except (_Retry, TelegramAPIError, asyncio.TimeoutError) as exc:  # 5xx, network, timeouts
                 if index:
                     async with self._ctx.uow() as uow:
                         await uow.outbox.set_parts_sent(item.id, index)
