@@ -169,9 +169,9 @@ class Visit:
     def end(self) -> dt.datetime:
         return self.start + self.duration
 
-    def _move(self, step: str, to: VisitState, actor: Actor, at: dt.datetime,
+    def _move(self, step: str, to: VisitState, actor: Actor | str, at: dt.datetime,
               method: str | None = None, detail: str | None = None) -> VisitEvent:
-        event = VisitEvent(self.id, ensure_utc(at), step, self.state, to, actor, method, detail)
+        event = VisitEvent(self.id, ensure_utc(at), step, self.state, to, Actor(actor), method, detail)
         self.state = to
         self.pending_events.append(event)
         return event

@@ -93,7 +93,8 @@ class AnswerResult:
     changed: bool
 
 
-async def _patient_visit(uow, visit_id: int, patient_ids: list[int]) -> Visit:
+async def patient_visit(uow, visit_id: int, patient_ids: list[int]) -> Visit:
+    """Load a visit for a patient, answering NotFound for anyone else's visit."""
     visit = await uow.visits.get(visit_id, lock=True)
     if visit.patient_id not in patient_ids:
         raise NotFound(f"visit {visit_id} not found")  # another patient's visit: do not reveal it exists
@@ -104,7 +105,7 @@ async def patient_confirms(ctx: Context, visit_id: int, patient_ids: list[int]) 
     """"Yes, I was there". On a verified visit it confirms; on an unverified one it is kept as a claim."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
-        visit = await _patient_visit(uow, visit_id, patient_ids)
+        visit = await patient_visit(uow, visit_id, patient_ids)
         if visit.state is VisitState.UNVERIFIED:
             event = visit.claim_attended_unverified(now)
         else:
@@ -119,7 +120,7 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
     """"I wasn't there": record the dispute and tell the clinic's admins at once."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
-        visit = await _patient_visit(uow, visit_id, patient_ids)
+        visit = await patient_visit(uow, visit_id, patient_ids)
         event = visit.dispute_by_patient(now, reason)
         await uow.visits.save(visit)
         if event is not None:
@@ -133,7 +134,7 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
 
 async def add_dispute_reason(ctx: Context, visit_id: int, patient_ids: list[int], reason: str) -> Visit:
     async with ctx.uow() as uow:
-        visit = await _patient_visit(uow, visit_id, patient_ids)
+        visit = await patient_visit(uow, visit_id, patient_ids)
         visit.add_dispute_reason(reason, ctx.clock.now())
         await uow.visits.save(visit)
         await uow.commit()

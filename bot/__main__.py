@@ -1,0 +1,85 @@
+"""``python -m bot`` / ``rastau-bot``: the Telegram bot, its scheduler and the outbox dispatcher in one process.
+
+Long polling by default; ``RASTAU_BOT_MODE=webhook`` serves updates on an aiohttp app instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from aiohttp import web
+
+from bot.app import (WEBHOOK_PATH, create_bot, create_dispatcher, create_storage, create_webhook_app,
+                     publish_commands)
+from bot.delivery.dispatcher import OutboxDispatcher
+from bot.i18n import make_i18n
+from bot.rendering import OutboxRenderer
+from bot.scheduling import start_scheduler
+from core.clock import SystemClock
+from core.config import Settings
+from core.db.engine import create_engine
+from core.db.migrate import ensure_schema_current
+from core.db.uow import UnitOfWorkFactory
+from core.logs import configure_logging, get_logger
+from core.services import Context
+
+log = get_logger("rastau.bot")
+
+
+async def run(settings: Settings) -> None:
+    engine = create_engine(settings.database_url)
+    await ensure_schema_current(engine)
+    ctx = Context.build(settings, UnitOfWorkFactory(engine), SystemClock())
+    i18n = make_i18n()
+    bot = create_bot(settings.bot_token.get_secret_value(), settings.telegram_api_base)
+    storage = create_storage(settings)
+    dp = create_dispatcher(ctx, i18n, storage)
+    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n))
+    await publish_commands(bot, i18n)
+    scheduler = await start_scheduler(ctx, dispatcher)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if settings.bot_mode == "webhook":
+            await _serve_webhook(settings, dp, bot, stop)
+        else:
+            polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, close_bot_session=False))
+            await stop.wait()
+            await dp.stop_polling()
+            await polling
+    finally:
+        log.info("bot stopping")
+        scheduler.shutdown(wait=True)
+        await storage.close()
+        await bot.session.close()
+        await engine.dispose()
+
+
+async def _serve_webhook(settings: Settings, dp, bot, stop: asyncio.Event) -> None:
+    secret = settings.webhook_secret.get_secret_value()
+    runner = web.AppRunner(create_webhook_app(dp, bot, secret))
+    await runner.setup()
+    await web.TCPSite(runner, settings.webhook_host, settings.webhook_port).start()
+    if settings.webhook_url:
+        await bot.set_webhook(settings.webhook_url.rstrip("/") + WEBHOOK_PATH, secret_token=secret,
+                              allowed_updates=dp.resolve_used_update_types())
+    log.info("webhook listening", host=settings.webhook_host, port=settings.webhook_port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> int:
+    settings = Settings().require_secrets(bot=True)
+    if settings.bot_token is None:
+        raise SystemExit("RASTAU_BOT_TOKEN is not set: get a token from @BotFather and put it in .env")
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

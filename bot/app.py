@@ -1,0 +1,105 @@
+"""Assembling the bot: Bot, Dispatcher, FSM storage, and the webhook app."""
+from __future__ import annotations
+
+from contextlib import suppress
+
+from aiogram import Bot, Dispatcher, F
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
+from aiogram.enums import ChatType
+from aiogram.fsm.storage.base import BaseStorage
+from aiogram.fsm.storage.memory import MemoryStorage
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import BotCommand, Chat, ErrorEvent
+from aiogram.utils.i18n import I18n
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiohttp import web
+
+from bot.handlers import build_routers
+from bot.i18n import LANGUAGES, __
+from bot.middlewares import ChatLanguageMiddleware, DedupeMiddleware, ProfileMiddleware
+from core.config import Settings
+from core.logs import get_logger
+from core.services import Context
+
+log = get_logger("rastau.bot")
+
+WEBHOOK_PATH = "/telegram/webhook"
+COMMANDS = {
+    "start": __("connect this chat"),
+    "visits": __("my visits of the last 30 days"),
+    "code": __("doctors: send a code for an online consultation"),
+    "digest": __("clinic administrators: the daily digest"),
+    "language": __("change the language"),
+    "privacy": __("what we keep and what we never keep"),
+    "help": __("what this bot does"),
+    "stop": __("disconnect and receive no more messages"),
+}
+
+
+def create_bot(token: str, api_base: str | None = None, *, timeout: float = 30.0) -> Bot:
+    """A Bot speaking HTML, against Telegram or any Bot API server at ``api_base`` (self-hosted, stand-in)."""
+    api = TelegramAPIServer.from_base(api_base) if api_base else PRODUCTION
+    return Bot(token, session=AiohttpSession(api=api, timeout=timeout),
+               default=DefaultBotProperties(parse_mode="HTML"))
+
+
+async def publish_commands(bot: Bot, i18n: I18n) -> None:
+    """The command menu in each language; Telegram shows it by the user's app language."""
+    for code in LANGUAGES:
+        with i18n.context(), i18n.use_locale(code):
+            commands = [BotCommand(command=name, description=str(text)) for name, text in COMMANDS.items()]
+        await bot.set_my_commands(commands, language_code=code)
+        if code == i18n.default_locale:
+            await bot.set_my_commands(commands)
+
+
+def create_storage(settings: Settings) -> BaseStorage:
+    """FSM state in memory for one instance; in Redis when configured, so several instances share it."""
+    if settings.redis_url:
+        from aiogram.fsm.storage.redis import DefaultKeyBuilder, RedisStorage
+        return RedisStorage.from_url(settings.redis_url, key_builder=DefaultKeyBuilder(with_bot_id=True),
+                                     state_ttl=7 * 24 * 3600, data_ttl=7 * 24 * 3600)
+    return MemoryStorage()
+
+
+def create_dispatcher(ctx: Context, i18n: I18n, storage: BaseStorage | None = None) -> Dispatcher:
+    """Dependencies travel as workflow data (``ctx``), never as globals."""
+    dp = Dispatcher(storage=storage or MemoryStorage())
+    dp["ctx"] = ctx
+    dp.update.outer_middleware(DedupeMiddleware())
+    dp.update.outer_middleware(ProfileMiddleware())
+    dp.update.outer_middleware(ChatLanguageMiddleware(i18n))
+    private = F.chat.type == ChatType.PRIVATE
+    for router in build_routers():
+        router.message.filter(private)
+        router.edited_message.filter(private)
+        dp.include_router(router)
+    dp.errors.register(_apologise_for(i18n))
+    return dp
+
+
+def _apologise_for(i18n: I18n):
+    async def apologise(event: ErrorEvent, bot: Bot, event_chat: Chat | None = None) -> bool:
+        """A bug or an outage must not leave the user with silence: log it, say sorry in both languages."""
+        log.error("update handling failed", update_id=event.update.update_id, exc_info=event.exception)
+        if event_chat is not None and event_chat.type == ChatType.PRIVATE:
+            text = "\n\n".join(i18n.gettext("Sorry, something went wrong on our side. Please try again in a "
+                                             "minute.", locale=code) for code in LANGUAGES)
+            with suppress(TelegramAPIError):
+                await bot.send_message(event_chat.id, text)
+        return True
+    return apologise
+
+
+def create_webhook_app(dp: Dispatcher, bot: Bot, secret: str, path: str = WEBHOOK_PATH) -> web.Application:
+    """Updates arrive as POSTs carrying ``X-Telegram-Bot-Api-Secret-Token``; a missing or wrong one gets 401
+    before any handler runs. Handling happens inside the request, so a failure returns 500 and Telegram
+    redelivers (dedupe makes the redelivery harmless)."""
+    if not secret:
+        raise ValueError("webhook mode needs a secret token")
+    app = web.Application()
+    SimpleRequestHandler(dispatcher=dp, bot=bot, secret_token=secret, handle_in_background=False).register(app, path)
+    setup_application(app, dp, bot=bot)
+    return app

@@ -1,0 +1,75 @@
+"""The doctor's /code: send a one-time code to the patient of an online consultation.
+The doctor never sees the code; the patient reads it out and the doctor enters it in the clinic system."""
+from __future__ import annotations
+
+from aiogram import Router
+from aiogram.filters import Command
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+
+from bot import texts
+from bot.i18n import _, clock_time, ngettext
+from bot.keyboards import CodeCb
+from core.errors import IllegalTransition, NotFound
+from core.services import Context
+from core.services.chat import ChatProfile, doctor_online_today, visit_line
+from core.services.codes import request_code
+
+def build_router() -> Router:
+    router = Router(name="doctor")
+
+    @router.message(Command("code"))
+    async def code_menu(message: Message, profile: ChatProfile, ctx: Context) -> None:
+        if not profile.doctors:
+            await message.answer(_("/code is only for doctors registered by a clinic. Patients receive their "
+                                   "codes here automatically."))
+            return
+        lines = await doctor_online_today(ctx, [d.id for d in profile.doctors])
+        if not lines:
+            await message.answer(_("You have no online consultations today that are waiting for a code."))
+            return
+        locale = texts.locale()
+        buttons = [[InlineKeyboardButton(text=f"{clock_time(line.start, locale)} — {line.patient_name}"
+                                         + ("" if line.patient_reachable else " ⚠️"),
+                                         callback_data=CodeCb(visit_id=line.visit_id).pack())] for line in lines]
+        text = _("Your online consultations today. Choose one to send its patient a one-time code:")
+        if not all(line.patient_reachable for line in lines):
+            text += "\n\n" + _("⚠️ — this patient has not connected the bot; a code cannot reach them.")
+        await message.answer(text, reply_markup=InlineKeyboardMarkup(inline_keyboard=buttons))
+
+    @router.callback_query(CodeCb.filter())
+    async def send_code(query: CallbackQuery, callback_data: CodeCb, profile: ChatProfile, ctx: Context) -> None:
+        if not profile.doctors:
+            await query.answer(_("/code is only for doctors registered by a clinic. Patients receive their "
+                                 "codes here automatically."), show_alert=True)
+            return
+        line = await visit_line(ctx, callback_data.visit_id)
+        doctor = next((d for d in profile.doctors if line is not None and d.id == line.doctor_id), None)
+        if line is None or doctor is None:
+            await query.answer(_("This consultation is not in your list."), show_alert=True)
+            return
+        if not line.patient_reachable:
+            await query.answer(_("This patient has not connected the bot, so a code cannot reach them. Please "
+                                 "verify the consultation another way."), show_alert=True)
+            return
+        try:
+            await request_code(ctx, doctor.clinic_id, line.visit_id, doctor.id)
+        except NotFound:
+            await query.answer(_("This consultation is not in your list."), show_alert=True)
+            return
+        except IllegalTransition as exc:
+            if exc.state != "scheduled":
+                await query.answer(_("This consultation is already verified or closed."), show_alert=True)
+            else:
+                lead = ctx.settings.code_issue_lead_minutes
+                await query.answer(ngettext(
+                    "A code can be sent from {minutes} minute before the start until the consultation window "
+                    "closes.",
+                    "A code can be sent from {minutes} minutes before the start until the consultation window "
+                    "closes.", lead).format(minutes=lead), show_alert=True)
+            return
+        await query.answer(_("Sent to the patient."))
+        await query.bot.send_message(query.from_user.id, _(
+            "Sent to the patient ({name}, {time}). Ask them to read the code to you and enter it in the clinic "
+            "system.").format(name=texts.q(line.patient_name), time=clock_time(line.start, texts.locale())))
+
+    return router

@@ -1,0 +1,53 @@
+"""Buttons and their callback data. Callback data is only a claim: handlers re-check it against the
+pressing user's own rows before anything changes."""
+from __future__ import annotations
+
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import (InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton, ReplyKeyboardMarkup)
+
+from bot.i18n import _
+
+LANGUAGE_NAMES = {"kk": "Қазақша", "ru": "Русский"}  # each in its own language, never translated
+
+
+class LangCb(CallbackData, prefix="lang"):
+    code: str
+
+
+class AnswerCb(CallbackData, prefix="ans"):
+    """The patient's answer about one visit: ``yes`` (I was there) or ``no`` (I wasn't there)."""
+    action: str
+    visit_id: int
+
+
+class ReasonSkipCb(CallbackData, prefix="noreason"):
+    visit_id: int
+
+
+class CodeCb(CallbackData, prefix="code"):
+    visit_id: int
+
+
+def language_keyboard(suggested: str | None) -> InlineKeyboardMarkup:
+    """Қазақша / Русский; the language Telegram suggests is ticked and comes first."""
+    order = sorted(LANGUAGE_NAMES, key=lambda code: code != suggested)
+    return InlineKeyboardMarkup(inline_keyboard=[[
+        InlineKeyboardButton(text=("✓ " if code == suggested else "") + LANGUAGE_NAMES[code],
+                             callback_data=LangCb(code=code).pack()) for code in order]])
+
+
+def contact_keyboard() -> ReplyKeyboardMarkup:
+    return ReplyKeyboardMarkup(keyboard=[[KeyboardButton(text=_("📱 Share my phone number"), request_contact=True)]],
+                               resize_keyboard=True, one_time_keyboard=True)
+
+
+def answer_keyboard(visit_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[[
+        InlineKeyboardButton(text=_("✅ Yes, I was there"), callback_data=AnswerCb(action="yes", visit_id=visit_id).pack()),
+        InlineKeyboardButton(text=_("❌ I wasn't there"), callback_data=AnswerCb(action="no", visit_id=visit_id).pack()),
+    ]])
+
+
+def skip_reason_keyboard(visit_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[[
+        InlineKeyboardButton(text=_("Skip"), callback_data=ReasonSkipCb(visit_id=visit_id).pack())]])

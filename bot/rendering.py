@@ -1,0 +1,145 @@
+"""Turns an outbox row into chat messages, in the recipient's language (never the process's).
+
+Returns None when the message must not go out: no linked chat, the user stopped or blocked the bot, the
+visit is no longer relevant, or no code may be issued any more. The one-time code is issued here, at send
+time, so the plain code exists only on its way to the patient.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from aiogram.utils.i18n import I18n
+
+from bot import texts
+from bot.delivery.types import OutboxItem, Outgoing
+from bot.i18n import DEFAULT_LOCALE
+from bot.keyboards import answer_keyboard
+from core.errors import NotFound
+from core.iin import mask_iin
+from core.logs import get_logger
+from core.model import Language, VisitMode, VisitState
+from core.services import Context
+from core.services.chat import chat_language
+from core.services.codes import issue_code
+from core.services.digest import build_digest
+from core.services.visits import KIND_DIGEST, KIND_DISPUTE_NOTICE, KIND_PROMPT, KIND_VISIT_CODE
+
+log = get_logger("rastau.renderer")
+
+
+class OutboxRenderer:
+    def __init__(self, ctx: Context, i18n: I18n):
+        self._ctx, self._i18n = ctx, i18n
+        self._kinds = {KIND_VISIT_CODE: self._visit_code, KIND_PROMPT: self._prompt,
+                       KIND_DISPUTE_NOTICE: self._dispute_notice, KIND_DIGEST: self._digest}
+
+    async def render(self, message: OutboxItem) -> list[Outgoing] | None:
+        build = self._kinds.get(message.kind)
+        if build is None:
+            log.error("unknown outbox kind; skipped", outbox_id=message.id, kind=message.kind)
+            return None
+        try:
+            return await build(message)
+        except NotFound:
+            return None  # the recipient or the visit is gone
+
+    # --- recipients ---------------------------------------------------------------------------------------
+
+    async def _patient(self, patient_id: int):
+        """(patient, locale) or None when the patient can't or doesn't want to be written to."""
+        async with self._ctx.uow() as uow:
+            patient = await uow.patients.get(patient_id)
+        if patient.chat_id is None or patient.chat_blocked:
+            return None
+        _chosen, stopped = await chat_language(self._ctx, patient.chat_id)
+        if stopped:
+            return None
+        return patient, patient.language.value
+
+    async def _admin(self, admin_id: int):
+        async with self._ctx.uow() as uow:
+            admin = await uow.admins.get(admin_id)
+        if admin.chat_id is None:
+            return None
+        chosen, stopped = await chat_language(self._ctx, admin.chat_id)
+        if stopped:
+            return None
+        return admin, (chosen or Language(DEFAULT_LOCALE)).value
+
+    async def _visit_facts(self, visit_id: int):
+        async with self._ctx.uow() as uow:
+            visit = await uow.visits.get(visit_id)
+            clinic = await uow.clinics.get(visit.clinic_id)
+            doctor = await uow.doctors.get(visit.doctor_id)
+            patient = await uow.patients.get(visit.patient_id)
+        return visit, clinic, doctor, patient
+
+    # --- kinds --------------------------------------------------------------------------------------------
+
+    async def _visit_code(self, message: OutboxItem) -> list[Outgoing] | None:
+        recipient = await self._patient(message.recipient_id)
+        if recipient is None or message.visit_id is None:
+            return None
+        patient, locale = recipient
+        visit, clinic, doctor, _owner = await self._visit_facts(message.visit_id)
+        if visit.state is not VisitState.SCHEDULED:
+            return None
+        issued = await issue_code(self._ctx, visit.id)
+        if issued is None:
+            return None
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            text = texts.code_message(issued.code, clinic=clinic.name, doctor=doctor.full_name, start=visit.start,
+                                      expires=issued.expires_at, online=visit.mode is VisitMode.ONLINE)
+        return [Outgoing(chat_id=patient.chat_id, text=text)]
+
+    async def _prompt(self, message: OutboxItem) -> list[Outgoing] | None:
+        recipient = await self._patient(message.recipient_id)
+        if recipient is None or message.visit_id is None:
+            return None
+        patient, locale = recipient
+        visit, clinic, doctor, _owner = await self._visit_facts(message.visit_id)
+        if visit.state in (VisitState.CANCELLED, VisitState.PATIENT_CONFIRMED, VisitState.PATIENT_DISPUTED):
+            return None  # nothing to ask: cancelled, or already answered (e.g. from /visits)
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            text = texts.attendance_question(clinic=clinic.name, doctor=doctor.full_name, start=visit.start,
+                                             online=visit.mode is VisitMode.ONLINE)
+            markup = answer_keyboard(visit.id)
+        return [Outgoing(chat_id=patient.chat_id, text=text, reply_markup=markup)]
+
+    async def _dispute_notice(self, message: OutboxItem) -> list[Outgoing] | None:
+        recipient = await self._admin(message.recipient_id)
+        if recipient is None or message.visit_id is None:
+            return None
+        admin, locale = recipient
+        visit, clinic, doctor, patient = await self._visit_facts(message.visit_id)
+        if visit.clinic_id != admin.clinic_id:
+            return None
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            text = texts.dispute_notice(
+                visit_id=visit.id, clinic=clinic.name, doctor=doctor.full_name, patient=patient.full_name,
+                iin_masked=mask_iin(patient.iin), start=visit.start, mode=visit.mode.value,
+                verified_by=visit.verified_by.value if visit.verified_by else None, reason=visit.dispute_reason,
+                reason_update=message.payload.get("update") == "reason")
+        return [Outgoing(chat_id=admin.chat_id, text=text)]
+
+    async def _digest(self, message: OutboxItem) -> list[Outgoing] | None:
+        recipient = await self._admin(message.recipient_id)
+        if recipient is None:
+            return None
+        admin, locale = recipient
+        clinic_id = int(message.payload["clinic_id"])
+        if clinic_id != admin.clinic_id:
+            return None
+        digest = await build_digest(self._ctx, clinic_id, dt.date.fromisoformat(message.payload["day"]))
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            return digest_parts(digest, admin.chat_id)
+
+
+def digest_parts(digest, chat_id: int) -> list[Outgoing]:
+    """The digest text and, unless everything is confirmed, its CSV; in the current locale."""
+    text, with_csv = texts.digest_messages(digest)
+    parts = [Outgoing(chat_id=chat_id, text=text)]
+    if with_csv:
+        parts.append(Outgoing(chat_id=chat_id, text=texts.digest_caption(digest),
+                              document=(texts.digest_filename(digest), texts.digest_csv(digest))))
+    return parts

@@ -1,0 +1,86 @@
+"""Time-driven work, on APScheduler with an in-memory job store: the jobs are defined here in code and
+rebuilt at every start; their state lives in the database (visits, outbox), so nothing is pickled and a
+restart loses nothing.
+
+- every minute: close the verification windows that ended (visits become ``unverified``);
+- every second: the outbox dispatcher delivers what is due (codes, prompts, notices, digests);
+- daily at ``digest_time`` Asia/Almaty: queue the previous day's digest for every clinic admin, plus a
+  catch-up at start when the bot was down at that moment (the dedupe key makes repeats harmless);
+- hourly: forget processed update ids older than Telegram's redelivery horizon.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot.delivery.dispatcher import OutboxDispatcher
+from core.clock import ALMATY, to_local
+from core.logs import get_logger
+from core.services import Context
+from core.services.chat import prune_processed_updates, queue_daily_digests
+from core.services.visits import close_expired_windows
+
+log = get_logger("rastau.scheduler")
+
+
+def digest_clock(settings) -> dt.time:
+    hour, minute = settings.digest_time.split(":")
+    return dt.time(int(hour), int(minute))
+
+
+async def close_windows_job(ctx: Context) -> int:
+    closed = await close_expired_windows(ctx)
+    if closed:
+        log.info("verification windows closed", visits=closed)
+    return closed
+
+
+async def daily_digest_job(ctx: Context) -> int:
+    """Queue yesterday's (Asia/Almaty) digest for every admin."""
+    yesterday = to_local(ctx.clock.now(), ALMATY).date() - dt.timedelta(days=1)
+    queued = await queue_daily_digests(ctx, yesterday)
+    log.info("daily digests queued", day=yesterday.isoformat(), messages=queued)
+    return queued
+
+
+async def digest_catch_up(ctx: Context) -> int:
+    """At start: if today's digest time has already passed, make sure yesterday's digest was queued."""
+    if to_local(ctx.clock.now(), ALMATY).time() < digest_clock(ctx.settings):
+        return 0
+    return await daily_digest_job(ctx)
+
+
+async def deliver_job(dispatcher: OutboxDispatcher) -> int:
+    return await dispatcher.run_once()
+
+
+async def prune_job(ctx: Context) -> int:
+    return await prune_processed_updates(ctx)
+
+
+def build_scheduler(ctx: Context, dispatcher: OutboxDispatcher, *, deliver_every: float = 1.0) -> AsyncIOScheduler:
+    """All jobs, none started. ``max_instances=1`` + ``coalesce``: a slow round is never run twice at once."""
+    scheduler = AsyncIOScheduler(jobstores={"default": MemoryJobStore()}, executors={"default": AsyncIOExecutor()},
+                                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+                                 timezone=ALMATY)
+    at = digest_clock(ctx.settings)
+    scheduler.add_job(close_windows_job, IntervalTrigger(minutes=1), args=[ctx], id="close_windows")
+    scheduler.add_job(deliver_job, IntervalTrigger(seconds=deliver_every), args=[dispatcher], id="deliver")
+    scheduler.add_job(daily_digest_job, CronTrigger(hour=at.hour, minute=at.minute, timezone=ALMATY), args=[ctx],
+                      id="daily_digest", misfire_grace_time=3600)
+    scheduler.add_job(prune_job, IntervalTrigger(hours=1), args=[ctx], id="prune_updates")
+    return scheduler
+
+
+async def start_scheduler(ctx: Context, dispatcher: OutboxDispatcher) -> AsyncIOScheduler:
+    """Catch up on what a downtime missed, then run the jobs."""
+    await close_windows_job(ctx)
+    await digest_catch_up(ctx)
+    scheduler = build_scheduler(ctx, dispatcher)
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,282 @@
+"""What the bot says, built in the current locale (set by the middleware for replies, by the renderer for
+scheduled messages). Every dynamic value is HTML-escaped: names come from clinic systems and users."""
+from __future__ import annotations
+
+import csv
+import io
+
+from aiogram.utils.i18n import get_i18n
+from aiogram.utils.markdown import html_decoration as hd
+
+from bot.i18n import __, _, day_name, ngettext, short_when, when
+from core.model import VisitMode, VisitState
+from core.services.chat import PATIENT_HISTORY_DAYS, ChatProfile, VisitLine
+from core.services.digest import Digest, DigestRow
+
+MAX_TEXT = 4000  # Telegram's limit is 4096 characters; keep room for the "and N more" line
+MAX_FLAGGED_LINES = 40
+
+STATE_FOR_PATIENT = {
+    VisitState.SCHEDULED: __("scheduled"),
+    VisitState.UNVERIFIED: __("not verified at the clinic"),
+    VisitState.PATIENT_CONFIRMED: __("you confirmed it"),
+    VisitState.PATIENT_DISPUTED: __("you said you weren't there"),
+    VisitState.CANCELLED: __("cancelled"),
+}
+VERIFIED_FOR_PATIENT = {"face": __("verified at the clinic by photo"), "code": __("verified at the clinic by code")}
+
+STATE_FOR_ADMIN = {
+    VisitState.SCHEDULED.value: __("scheduled"),
+    VisitState.VERIFIED.value: __("verified"),
+    VisitState.UNVERIFIED.value: __("unverified"),
+    VisitState.PATIENT_CONFIRMED.value: __("confirmed by the patient"),
+    VisitState.PATIENT_DISPUTED.value: __("disputed by the patient"),
+    VisitState.CANCELLED.value: __("cancelled"),
+}
+ANSWER_FOR_ADMIN = {"confirmed": __("confirmed"), "disputed": __("wasn't there"),
+                    "claimed_attended": __("says they were there"), "none": __("no answer")}
+METHOD_FOR_ADMIN = {"face": __("face"), "code": __("code")}
+MODE_NAME = {VisitMode.IN_PERSON.value: __("in person"), VisitMode.ONLINE.value: __("online")}
+
+
+def locale() -> str:
+    return get_i18n().current_locale
+
+
+def q(value: object) -> str:
+    return hd.quote(str(value))
+
+
+# --- onboarding ----------------------------------------------------------------------------------------------
+
+def greeting() -> str:
+    """Shown before a language is chosen: the same words in Kazakh and in Russian."""
+    i18n = get_i18n()
+    return "\n\n".join(i18n.gettext(
+        "Hello! This is Rastau, the bot of your polyclinic. It sends you the one-time code for your visits and "
+        "asks whether you really were at the doctor, so that nobody can bill a visit in your name.\n"
+        "Choose your language:", locale=code) for code in ("kk", "ru"))
+
+
+def privacy_notice(*, ask_to_connect: bool = True) -> str:
+    text = _(
+        "<b>How Rastau uses your data</b>\n"
+        "• We keep your phone number, the chat id and your answers about your visits. Your clinic registered "
+        "your name, IIN and appointments.\n"
+        "• When the doctor turns the webcam to you, the photo is used only to recognise you and is deleted "
+        "at once. It is never stored.\n"
+        "• You may refuse the photo: give the doctor the six-digit code this bot sends you before the visit.\n"
+        "• You can stop at any time with /stop.")
+    if ask_to_connect:
+        text += "\n\n" + _("To connect, press the button below and share your phone number. By sharing it you "
+                            "agree to these terms.")
+    return text
+
+
+def linked_summary(profile: ChatProfile) -> str:
+    lines = [_("Done, you are connected.")]
+    if profile.patients:
+        clinics = ", ".join(sorted({q(profile.clinic_names.get(p.clinic_id, "")) for p in profile.patients}))
+        lines.append(_("Patient of: {clinics}. Before each visit you will get its code here, and after it a "
+                       "question whether you were there.").format(clinics=clinics))
+    if profile.doctors:
+        lines.append(_("You are registered as a doctor. /code sends a code to a patient of your online "
+                       "consultation."))
+    if profile.admins:
+        lines.append(_("You are a clinic administrator. Every morning you will get the digest of the previous "
+                       "day; /digest shows it at any time."))
+    lines.append(_("/help explains everything."))
+    return "\n\n".join(lines)
+
+
+def help_text(profile: ChatProfile) -> str:
+    parts = [_("<b>Rastau</b> confirms that every visit billed in your name really happened.")]
+    if not profile.linked:
+        parts.append(_("/start — connect this chat: choose a language and share your phone number."))
+    if profile.patients or not profile.linked:
+        parts.append(_(
+            "<b>For patients</b>\n"
+            "• Before a visit you get a six-digit code. You may give it to the doctor instead of being "
+            "photographed. For an online consultation the doctor asks for it.\n"
+            "• After a visit we ask: were you there? If you were not, press «I wasn't there»: the clinic's "
+            "administrators are told at once. Your answer becomes final after 48 hours.\n"
+            "• /visits — your visits of the last 30 days; any of them can be disputed there."))
+    if profile.doctors:
+        parts.append(_(
+            "<b>For doctors</b>\n"
+            "• /code — your online consultations of today. Choose one and the patient gets a code in this "
+            "bot. Enter what the patient tells you in the clinic system. You never see the code yourself."))
+    if profile.admins:
+        parts.append(_(
+            "<b>For clinic administrators</b>\n"
+            "• Every morning: the digest of the previous day with a CSV file.\n"
+            "• /digest — yesterday's digest; /digest 24.11.2026 — the digest of that day.\n"
+            "• A patient's «I wasn't there» reaches you at once."))
+    parts.append(_("/language — change the language\n/privacy — what we keep and what we never keep\n"
+                   "/stop — disconnect and receive no more messages"))
+    return "\n\n".join(parts)
+
+
+# --- patient's visits ----------------------------------------------------------------------------------------
+
+def patient_status(line: VisitLine) -> str:
+    if line.state is VisitState.VERIFIED:
+        return str(VERIFIED_FOR_PATIENT.get(line.verified_by or "", __("verified at the clinic")))
+    if line.state is VisitState.UNVERIFIED and line.attended_claim_at is not None:
+        return _("not verified at the clinic; you said you were there")
+    return str(STATE_FOR_PATIENT[line.state])
+
+
+def visit_lines(lines: list[VisitLine], shown: int) -> str:
+    loc = locale()
+    header = ngettext("In the last {days} days you had {n} visit:", "In the last {days} days you had {n} visits:",
+                      len(lines)).format(days=PATIENT_HISTORY_DAYS, n=len(lines))
+    body = []
+    for n, line in enumerate(lines[:shown], start=1):
+        online = " · " + _("online") if line.mode is VisitMode.ONLINE else ""
+        body.append(f"{n}. <b>{q(when(line.start, loc))}</b>{online}\n   {q(line.clinic_name)}, "
+                    f"{q(line.doctor_name)}\n   {q(patient_status(line))}")
+    text = header + "\n\n" + "\n".join(body)
+    if len(lines) > shown:
+        rest = len(lines) - shown
+        text += "\n\n" + ngettext("…and {n} earlier visit.", "…and {n} earlier visits.", rest).format(n=rest)
+    return text
+
+
+def visit_button_label(n: int, line: VisitLine) -> str:
+    return _("{n}. I wasn't there ({when})").format(n=n, when=short_when(line.start, locale()))
+
+
+# --- scheduled messages ----------------------------------------------------------------------------------------
+
+def code_message(code: str, *, clinic: str, doctor: str, start, expires, online: bool) -> str:
+    loc = locale()
+    if online:
+        text = _("Your online consultation: {doctor}, {clinic}, {when}.\n\n"
+                 "Your one-time code: <code>{code}</code>\n\n"
+                 "Tell it to the doctor when asked. It confirms that the consultation really took place.")
+    else:
+        text = _("Your visit: {doctor}, {clinic}, {when}.\n\n"
+                 "Your one-time code: <code>{code}</code>\n\n"
+                 "You may give this code to the doctor instead of being photographed.")
+    text = text.format(doctor=q(doctor), clinic=q(clinic), when=q(when(start, loc)), code=code)
+    return text + "\n" + _("The code is valid until {time}. Never tell it to anyone except your doctor.").format(
+        time=q(short_when(expires, loc)))
+
+
+def attendance_question(*, clinic: str, doctor: str, start, online: bool) -> str:
+    loc = locale()
+    if online:
+        return _("Did you have an online consultation with {doctor} ({clinic}) on {when}?").format(
+            doctor=q(doctor), clinic=q(clinic), when=q(when(start, loc)))
+    return _("Were you at {clinic}, {doctor}, {when}?").format(clinic=q(clinic), doctor=q(doctor),
+                                                               when=q(when(start, loc)))
+
+
+def dispute_notice(*, visit_id: int, clinic: str, doctor: str, patient: str, iin_masked: str, start, mode: str,
+                   verified_by: str | None, reason: str | None, reason_update: bool) -> str:
+    loc = locale()
+    if reason_update:
+        head = _("📝 The patient explained the dispute of visit #{visit_id}.").format(visit_id=visit_id)
+    else:
+        head = _("⚠️ A patient says they were NOT at visit #{visit_id}.").format(visit_id=visit_id)
+    how = METHOD_FOR_ADMIN.get(verified_by or "")
+    details = [
+        _("Clinic: {clinic}").format(clinic=q(clinic)),
+        _("Patient: {patient}, IIN {iin}").format(patient=q(patient), iin=q(iin_masked)),
+        _("Doctor: {doctor}").format(doctor=q(doctor)),
+        _("Time: {when} ({mode})").format(when=q(when(start, loc)), mode=q(MODE_NAME.get(mode, mode))),
+        (_("Verification: {method}").format(method=q(how)) if how else _("Verification: none")),
+        (_("Reason: {reason}").format(reason=q(reason)) if reason else _("Reason: not given yet")),
+    ]
+    return head + "\n\n" + "\n".join(details)
+
+
+# --- the admins' digest ----------------------------------------------------------------------------------------
+
+def digest_messages(digest: Digest) -> tuple[str, bool]:
+    """The digest text, and whether a CSV should follow (not for a one-line "all confirmed")."""
+    loc = locale()
+    day = q(day_name(digest.day, loc))
+    clinic = q(digest.clinic_name)
+    tot = digest.totals
+    if tot["visits"] == 0 and tot["cancelled"] == 0:
+        return _("{clinic}, {day}: no visits were registered.").format(clinic=clinic, day=day), False
+    if digest.all_confirmed:
+        return _("✅ {clinic}, {day}: all visits confirmed.").format(clinic=clinic, day=day), False
+    lines = [_("<b>Digest for {clinic}, {day}</b>").format(clinic=clinic, day=day), ""]
+    lines += [
+        ngettext("{n} visit", "{n} visits", tot["visits"]).format(n=tot["visits"]),
+        _("• verified by face: {n}").format(n=tot["face_verified"]),
+        _("• verified by code: {n}").format(n=tot["code_verified"]),
+        _("• unverified: {n}").format(n=tot["unverified"]),
+        _("• confirmed by the patient: {n}").format(n=tot["patient_confirmed"]),
+        _("• disputed by the patient: {n}").format(n=tot["disputed"]),
+        _("• no answer yet: {n}").format(n=tot["no_answer"]),
+    ]
+    if tot["cancelled"]:
+        lines.append(_("• cancelled: {n}").format(n=tot["cancelled"]))
+    if tot["unreachable"]:
+        lines.append(ngettext(
+            "For {n} visit the patient could not be reached in the chat (blocked the bot or never connected).",
+            "For {n} visits the patient could not be reached in the chat (blocked the bot or never connected).",
+            tot["unreachable"]).format(n=tot["unreachable"]))
+    if digest.per_doctor:
+        lines += ["", _("<b>By doctor</b> (visits / verified / unverified / disputed):")]
+        lines += [f"• {q(doc.doctor_name)}: {doc.total} / {doc.verified} / {doc.unverified} / {doc.disputed}"
+                  for doc in digest.per_doctor]
+    if digest.flagged:
+        lines += ["", _("<b>Needs attention</b>:")]
+        text_so_far = "\n".join(lines)
+        for n, row in enumerate(digest.flagged):
+            line = _flagged_line(row)
+            if n >= MAX_FLAGGED_LINES or len(text_so_far) + len(line) > MAX_TEXT - 200:
+                rest = len(digest.flagged) - n
+                lines.append(ngettext("…and {n} more visit, see the CSV file.",
+                                      "…and {n} more visits, see the CSV file.", rest).format(n=rest))
+                break
+            lines.append(line)
+            text_so_far += "\n" + line
+    return "\n".join(lines), True
+
+
+def _flagged_line(row: DigestRow) -> str:
+    if row.answer == "disputed":
+        mark = _("disputed")
+        if row.dispute_reason:
+            mark += ": «" + row.dispute_reason[:120] + "»"
+    else:
+        mark = _("unverified")
+    return (f"• #{row.visit_id} {row.start_local.strftime('%H:%M')}, {q(row.doctor_name)}, "
+            f"{q(row.patient_name)} ({q(row.iin_masked)}) — {q(mark)}")
+
+
+def digest_caption(digest: Digest) -> str:
+    return _("All visits of {day}, one per line.").format(day=q(day_name(digest.day, locale())))
+
+
+def digest_csv(digest: Digest) -> bytes:
+    """The full list for spreadsheets: headers and values in the admin's language, IINs masked.
+    UTF-8 with a byte-order mark so Excel shows Cyrillic correctly."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([_("Visit"), _("Date and time"), _("Doctor"), _("Patient"), _("IIN"), _("Format"),
+                     _("Service code"), _("Status"), _("Verified by"), _("Patient's answer"), _("Reason"),
+                     _("Reachable in chat")])
+    for r in digest.rows:
+        writer.writerow([_cell(v) for v in [r.visit_id, r.start_local.strftime("%Y-%m-%d %H:%M"), r.doctor_name, r.patient_name,
+                         r.iin_masked, str(MODE_NAME.get(r.mode, r.mode)), r.service_code,
+                         str(STATE_FOR_ADMIN.get(r.state, r.state)), str(METHOD_FOR_ADMIN.get(r.verified_by or "", "")),
+                         str(ANSWER_FOR_ADMIN[r.answer]), r.dispute_reason or "",
+                         _("yes") if r.patient_reachable else _("no")]])
+    return out.getvalue().encode("utf-8-sig")
+
+
+def _cell(value: object) -> str:
+    """Text a spreadsheet would run as a formula (a patient's reason "=HYPERLINK(…)") is kept as text."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def digest_filename(digest: Digest) -> str:
+    return f"rastau-digest-{digest.clinic_id}-{digest.day.isoformat()}.csv"

@@ -1,0 +1,60 @@
+"""``python -m bot`` as an operator runs it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def run_bot(env_extra: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-m", "bot"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_production_without_secrets_refuses_and_names_them(tmp_path):
+    result = run_bot({"RASTAU_MODE": "production", "RASTAU_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"})
+    assert result.returncode != 0
+    assert "RASTAU_BOT_TOKEN" in result.stderr and "RASTAU_CODE_HMAC_KEY" in result.stderr
+
+
+def test_refuses_an_unmigrated_database_and_says_how_to_fix_it(tmp_path):
+    result = run_bot({"RASTAU_MODE": "dev", "RASTAU_BOT_TOKEN": "1:x",
+                      "RASTAU_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/empty.db"})
+    assert result.returncode != 0
+    assert "rastau migrate" in result.stderr
+
+
+async def test_starts_polls_and_stops_gracefully(tmp_path, standin):
+    import asyncio
+    import signal
+
+    from core.db.engine import create_engine
+    from core.db.migrate import upgrade_to_head
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
+    engine = create_engine(url)
+    await upgrade_to_head(engine)
+    await engine.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
+    env.update(RASTAU_MODE="dev", RASTAU_BOT_TOKEN="424242:test", RASTAU_DATABASE_URL=url,
+               RASTAU_TELEGRAM_API_BASE=standin.base_url)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=ROOT, env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if any(method == "getupdates" for method, _ in standin.calls):
+                break
+            await asyncio.sleep(0.1)
+        assert any(method == "getupdates" for method, _ in standin.calls), "the bot never polled"
+        menus = {p.get("language_code") for m, p in standin.calls if m == "setmycommands"}
+        assert {"kk", "ru"} <= menus, "the command menu is published in both languages"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert "424242:test" not in stderr.decode(), "the token is never logged"
