@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:  `make run`  and  `make test`.
-.PHONY: run test bootstrap
+.PHONY: run test bootstrap security bench
 export RASTAU_MODE ?= dev
 
 bootstrap:
@@ -11,3 +11,9 @@ run: bootstrap
 
 test: bootstrap
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+security: bootstrap
+	scripts/security-check
+
+bench: bootstrap
+	.venv/bin/python -m bench $(BENCH_ARGS)

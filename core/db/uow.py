@@ -7,20 +7,24 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from core.db.repositories import (AdminRepo, AuditRepo, ClinicRepo, CodeRepo, DoctorRepo, OutboxRepo, PatientRepo,
-                                  TemplateRepo, VisitRepo)
+from core.db.engine import READ_ONLY_OPTION
+from core.db.repositories import (AdminRepo, ApiKeyRepo, AuditRepo, ClinicRepo, CodeRepo, DoctorRepo, IdempotencyRepo,
+                                  OutboxRepo, PatientRepo, TemplateRepo, VisitRepo)
 
 
 class UnitOfWork:
     conn: AsyncConnection
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False):
         self._engine = engine
         self._row_locks = engine.dialect.name != "sqlite"  # SQLite's BEGIN IMMEDIATE already serialises
+        self._read_only = read_only
         self._committed = False
 
     async def __aenter__(self) -> "UnitOfWork":
         self.conn = await self._engine.connect()
+        if self._read_only:  # reports need a consistent snapshot, not SQLite's write lock
+            await self.conn.execution_options(**{READ_ONLY_OPTION: True})
         await self.conn.begin()
         locks = self._row_locks
         self.audit = AuditRepo(self.conn, locks)
@@ -32,6 +36,8 @@ class UnitOfWork:
         self.visits = VisitRepo(self.conn, locks, self.audit)
         self.codes = CodeRepo(self.conn, locks)
         self.outbox = OutboxRepo(self.conn, locks)
+        self.api_keys = ApiKeyRepo(self.conn, locks)
+        self.idempotency = IdempotencyRepo(self.conn, locks)
         return self
 
     async def commit(self) -> None:
@@ -55,5 +61,5 @@ class UnitOfWorkFactory:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
 
-    def __call__(self) -> UnitOfWork:
-        return UnitOfWork(self.engine)
+    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
+        return UnitOfWork(self.engine, read_only=read_only)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections import Counter
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 
 from core.clock import ALMATY, local_day_bounds, to_local
 from core.db import tables as t
@@ -75,64 +74,72 @@ TOTAL_KEYS = ("visits", "face_verified", "code_verified", "unverified", "patient
               "no_answer", "cancelled", "unreachable")
 
 
+_CANCELLED, _SCHEDULED = VisitState.CANCELLED.value, VisitState.SCHEDULED.value
+_CONFIRMED, _DISPUTED = VisitState.PATIENT_CONFIRMED.value, VisitState.PATIENT_DISPUTED.value
+
+
 def _answer(row) -> str:
-    if row.state == VisitState.PATIENT_CONFIRMED.value:
+    if row.state == _CONFIRMED:
         return "confirmed"
-    if row.state == VisitState.PATIENT_DISPUTED.value:
+    if row.state == _DISPUTED:
         return "disputed"
     if row.attended_claim_at is not None:
         return "claimed_attended"
     return "none"
 
 
-async def build_digest(ctx: Context, clinic_id: int, day: dt.date) -> Digest:
-    """One clinic, one Asia/Almaty calendar day: one indexed range query, then counting in memory."""
+def _count(condition) -> ColumnElement:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+_v, _d, _p = t.visits, t.doctors, t.patients
+_billed = _v.c.state != _CANCELLED
+_unverified = and_(_billed, _v.c.verified_by.is_(None), _v.c.state != _SCHEDULED)
+_disputed = _v.c.state == _DISPUTED
+# Per doctor, everything the totals need: the counting happens in the database, in one pass over the day.
+_COUNTS = (select(_v.c.doctor_id, _d.c.full_name,
+                  _count(_billed).label("visits"),
+                  _count(and_(_billed, _v.c.verified_by == "face")).label("face_verified"),
+                  _count(and_(_billed, _v.c.verified_by == "code")).label("code_verified"),
+                  _count(_unverified).label("unverified"),
+                  _count(_v.c.state == _CONFIRMED).label("patient_confirmed"),
+                  _count(_disputed).label("disputed"),
+                  _count(and_(_billed, _v.c.state.not_in([_CONFIRMED, _DISPUTED]),
+                              _v.c.attended_claim_at.is_(None))).label("no_answer"),
+                  _count(~_billed).label("cancelled"),
+                  _count(and_(_billed, or_(_p.c.chat_id.is_(None), _p.c.chat_blocked))).label("unreachable"))
+           .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
+           .group_by(_v.c.doctor_id, _d.c.full_name))
+_ROWS = (select(_v.c.id, _v.c.start_at, _v.c.doctor_id, _v.c.mode, _v.c.service_code, _v.c.state,
+                _v.c.verified_by, _v.c.attended_claim_at, _v.c.dispute_reason,
+                _d.c.full_name.label("doctor_name"), _p.c.full_name.label("patient_name"), _p.c.iin,
+                _p.c.chat_id, _p.c.chat_blocked)
+         .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
+         .order_by(_v.c.start_at, _v.c.id))
+
+
+def _row(r) -> DigestRow:
+    return DigestRow(visit_id=r.id, start_local=to_local(r.start_at), doctor_id=r.doctor_id,
+                     doctor_name=r.doctor_name, patient_name=r.patient_name, iin_masked=mask_iin(r.iin),
+                     mode=r.mode, service_code=r.service_code, state=r.state, verified_by=r.verified_by,
+                     answer=_answer(r), dispute_reason=r.dispute_reason,
+                     patient_reachable=r.chat_id is not None and not r.chat_blocked)
+
+
+async def build_digest(ctx: Context, clinic_id: int, day: dt.date, *, with_rows: bool = True) -> Digest:
+    """One clinic, one Asia/Almaty calendar day, in one read snapshot: counts by SQL aggregate, the flagged
+    visits (unverified or disputed), and every row only when asked (the CSV needs them, a summary does not)."""
     start, end = local_day_bounds(day, ALMATY)
-    v, d, p = t.visits, t.doctors, t.patients
-    stmt = (select(v.c.id, v.c.start_at, v.c.doctor_id, v.c.mode, v.c.service_code, v.c.state, v.c.verified_by,
-                   v.c.attended_claim_at, v.c.dispute_reason, d.c.full_name.label("doctor_name"),
-                   p.c.full_name.label("patient_name"), p.c.iin, p.c.chat_id, p.c.chat_blocked)
-            .join(d, d.c.id == v.c.doctor_id).join(p, p.c.id == v.c.patient_id)
-            .where(and_(v.c.clinic_id == clinic_id, v.c.start_at >= start, v.c.start_at < end))
-            .order_by(v.c.start_at, v.c.id))
-    async with ctx.uow() as uow:
+    in_day = and_(_v.c.clinic_id == clinic_id, _v.c.start_at >= start, _v.c.start_at < end)
+    async with ctx.uow(read_only=True) as uow:
         clinic = await uow.clinics.get(clinic_id)
-        result = (await uow.conn.execute(stmt)).all()
-    totals: Counter = Counter({k: 0 for k in TOTAL_KEYS})
-    doctors: dict[int, DoctorCounts] = {}
-    rows, flagged = [], []
-    for r in result:
-        row = DigestRow(visit_id=r.id, start_local=to_local(r.start_at),
-                        doctor_id=r.doctor_id, doctor_name=r.doctor_name, patient_name=r.patient_name,
-                        iin_masked=mask_iin(r.iin), mode=r.mode, service_code=r.service_code, state=r.state,
-                        verified_by=r.verified_by, answer=_answer(r), dispute_reason=r.dispute_reason,
-                        patient_reachable=r.chat_id is not None and not r.chat_blocked)
-        rows.append(row)
-        if r.state == VisitState.CANCELLED.value:
-            totals["cancelled"] += 1
-            continue
-        totals["visits"] += 1
-        doc = doctors.setdefault(r.doctor_id, DoctorCounts(r.doctor_id, r.doctor_name))
-        doc.total += 1
-        if r.verified_by == "face":
-            totals["face_verified"] += 1
-        elif r.verified_by == "code":
-            totals["code_verified"] += 1
-        if r.verified_by:
-            doc.verified += 1
-        elif r.state != VisitState.SCHEDULED.value:
-            totals["unverified"] += 1
-            doc.unverified += 1
-        if row.answer == "confirmed":
-            totals["patient_confirmed"] += 1
-        elif row.answer == "disputed":
-            totals["disputed"] += 1
-            doc.disputed += 1
-        elif row.answer == "none":
-            totals["no_answer"] += 1
-        if not row.patient_reachable:
-            totals["unreachable"] += 1
-        if row.answer == "disputed" or (not r.verified_by and r.state != VisitState.SCHEDULED.value):
-            flagged.append(row)
-    return Digest(clinic_id=clinic_id, clinic_name=clinic.name, day=day, totals=dict(totals),
-                  per_doctor=sorted(doctors.values(), key=lambda c: c.doctor_name), flagged=flagged, rows=rows)
+        counts = (await uow.conn.execute(_COUNTS.where(in_day))).all()
+        flagged_rows = (await uow.conn.execute(_ROWS.where(in_day, or_(_unverified, _disputed)))).all()
+        all_rows = (await uow.conn.execute(_ROWS.where(in_day))).all() if with_rows else []
+    totals = {key: sum(getattr(c, key) for c in counts) for key in TOTAL_KEYS}
+    per_doctor = [DoctorCounts(c.doctor_id, c.full_name, total=c.visits,
+                               verified=c.face_verified + c.code_verified, unverified=c.unverified,
+                               disputed=c.disputed) for c in counts if c.visits]
+    return Digest(clinic_id=clinic_id, clinic_name=clinic.name, day=day, totals=totals,
+                  per_doctor=sorted(per_doctor, key=lambda c: c.doctor_name),
+                  flagged=[_row(r) for r in flagged_rows], rows=[_row(r) for r in all_rows])

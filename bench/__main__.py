@@ -1,0 +1,59 @@
+"""`python -m bench [--smoke] [NAME ...]`: run the benchmarks and write bench/RESULTS.md.
+
+--smoke runs tiny sizes only to prove the benchmarks still work (CI does this); it writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import uuid
+
+from bench import digest
+from bench.results import write_section
+
+PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+async def _pg_schema(create: bool, schema: str) -> None:
+    import asyncpg
+    conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"' if create else f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def bench_digest(smoke: bool, workdir: str) -> None:
+    visits, rounds = (20_000, 5) if smoke else (1_000_000, 200)
+    results = {}
+    sqlite_path = os.path.join(workdir, f"digest-{uuid.uuid4().hex[:6]}.db")
+    results["SQLite"] = await digest.run(f"sqlite+aiosqlite:///{sqlite_path}", visits=visits, rounds=rounds)
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    await _pg_schema(True, schema)
+    try:
+        results["PostgreSQL"] = await digest.run(f"{PG_URL}?search_path={schema}", visits=visits, rounds=rounds)
+    finally:
+        await _pg_schema(False, schema)
+    write_section("Digest: one clinic-day out of a large table", digest.report(results), smoke=smoke)
+
+
+BENCHES = {"digest": bench_digest}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; print, write nothing")
+    parser.add_argument("--workdir", default=tempfile.gettempdir(), help="where scratch databases go")
+    parser.add_argument("names", nargs="*", choices=[[], *BENCHES], help="benchmarks to run (default: all)")
+    args = parser.parse_args(argv)
+    for name in args.names or list(BENCHES):
+        print(f"== {name}", file=sys.stderr)
+        asyncio.run(BENCHES[name](args.smoke, args.workdir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
