@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 
-from bench import digest
+from bench import digest, face
 from bench.results import write_section
 
 PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -40,7 +40,12 @@ async def bench_digest(smoke: bool, workdir: str) -> None:
     write_section("Digest: one clinic-day out of a large table", digest.report(results), smoke=smoke)
 
 
-BENCHES = {"digest": bench_digest}
+async def bench_face_latency(smoke: bool, workdir: str) -> None:
+    result = face.run(rounds=1, limit=4) if smoke else face.run(rounds=5)
+    write_section("Face verify latency: pipeline vs. naive vs. floor", face.report(result), smoke=smoke)
+
+
+BENCHES = {"digest": bench_digest, "face": bench_face_latency}
 
 
 def main(argv: list[str] | None = None) -> int:

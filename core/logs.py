@@ -40,8 +40,8 @@ def redact(_logger, _method, event_dict: dict) -> dict:
     return event_dict
 
 
-def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
-    """Route stdlib and structlog records through the same redacting processors."""
+def configure_logging(level: str = "INFO", fmt: str = "console", stream=None) -> None:
+    """Route stdlib and structlog records through the same redacting processors, to stderr by default."""
     shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
               structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.stdlib.add_logger_name]
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
@@ -56,7 +56,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), redact],
         processors=[redact, structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,0 +1,414 @@
+"""`python -m devkit.demo [--lang kk|ru] [--quick]`: the whole Rastau story on one machine, nothing to configure.
+
+The real verification server (HTTP on 127.0.0.1, real face workers) and the real bot (aiogram, long polling)
+run against a local Bot API stand-in, on a fresh SQLite file, with a clock the story moves forward. The
+scheduler's jobs (close windows, deliver, daily digest) are run by the story each time the clock moves,
+exactly the functions APScheduler calls in production.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import re
+import secrets
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from bot.app import create_bot, create_dispatcher
+from bot.delivery.dispatcher import OutboxDispatcher
+from bot.i18n import make_i18n
+from bot.rendering import OutboxRenderer
+from bot.scheduling import close_windows_job, daily_digest_job
+from core.clock import ALMATY, ManualClock
+from core.config import Settings
+from core.db.engine import create_engine
+from core.db.migrate import upgrade_to_head
+from core.db.uow import UnitOfWorkFactory
+from core.iin import check_digit
+from core.logs import configure_logging
+from core.services import Context, registry
+from core.services.keys import create_api_key
+from devkit.botapi import BotApiStandIn, Sent
+from devkit.phone import Phone, buttons, plain
+from server.app import create_app
+
+PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "faces"
+BOT_TOKEN = "777000:rastau-demo-token"
+CODE = re.compile(r"\b(\d{6})\b")
+
+NARRATION = {
+    "ru": {
+        "title": "Растау — вся история за одну минуту (сервер, бот и лица настоящие; Telegram — локальная подмена)",
+        "setup": "1. Клиника регистрирует врача, администратора и двух пациентов; лица пациентов — с фото",
+        "link": "   Пациенты, врач и администратор подключают бота",
+        "visits": "2. Клиника записывает на завтра очный приём, онлайн-консультацию и ещё один очный приём",
+        "morning": "3. Завтра, 08:50: за 10 минут до приёма пациент получает код",
+        "webcam": "   09:02, кабинет врача: веб-камера",
+        "online": "4. 09:58: врач просит код для онлайн-консультации; пациент называет его",
+        "answers": "5. После приёмов бот спрашивает: «Вы были на приёме?»",
+        "digest": "6. Следующее утро, 08:00: администратор получает сводку за вчера",
+        "summary": "Итог: чем подтверждён каждый приём",
+        "frame_other": "кадр с другим человеком",
+        "frame_patient": "кадр с пациентом",
+        "frame_online": "кадр для онлайн-консультации",
+        "clinic_enters": "клиника вводит код в МИС",
+        "never_came": "пациент на третий приём не пришёл; код не введён, окно закрылось",
+        "reason": "Меня в этот день не было в городе",
+        "headers": ("приём", "пациент", "формат", "состояние", "доказательство", "ответ пациента"),
+        "values": {"in_person": "очно", "online": "онлайн", "patient_confirmed": "подтверждён пациентом",
+                   "patient_disputed": "оспорен пациентом", "unverified": "не подтверждён", "verified": "подтверждён",
+                   "scheduled": "запланирован", "cancelled": "отменён", "face": "лицо", "code": "код",
+                   "confirmed": "«да, был»", "disputed": "«меня там не было»", "claimed_attended": "«да, был»",
+                   "none": "нет ответа", None: "нет"},
+    },
+    "kk": {
+        "title": "Растау — бүкіл оқиға бір минутта (сервер, бот және беттер нақты; Telegram — жергілікті алмастырғыш)",
+        "setup": "1. Емхана дәрігерді, әкімшіні және екі пациентті тіркейді; пациенттердің беті фотодан алынады",
+        "link": "   Пациенттер, дәрігер және әкімші ботқа қосылады",
+        "visits": "2. Емхана ертеңге бетпе-бет қабылдауды, онлайн-кеңесті және тағы бір бетпе-бет қабылдауды жазады",
+        "morning": "3. Ертең, 08:50: қабылдаудан 10 минут бұрын пациент кодты алады",
+        "webcam": "   09:02, дәрігер кабинеті: веб-камера",
+        "online": "4. 09:58: дәрігер онлайн-кеңеске код сұрайды; пациент оны айтады",
+        "answers": "5. Қабылдаудан кейін бот сұрайды: «Қабылдауда болдыңыз ба?»",
+        "digest": "6. Келесі таң, 08:00: әкімші кешегі есепті алады",
+        "summary": "Қорытынды: әр қабылдау немен расталды",
+        "frame_other": "басқа адамның кадры",
+        "frame_patient": "пациенттің кадры",
+        "frame_online": "онлайн-кеңеске арналған кадр",
+        "clinic_enters": "емхана кодты МАЖ-ға енгізеді",
+        "never_came": "пациент үшінші қабылдауға келмеді; код енгізілмеді, терезе жабылды",
+        "reason": "Мен ол күні қалада болмадым",
+        "headers": ("қабылдау", "пациент", "түрі", "күйі", "дәлел", "пациенттің жауабы"),
+        "values": {"in_person": "бетпе-бет", "online": "онлайн", "patient_confirmed": "пациент растады",
+                   "patient_disputed": "пациент дауласты", "unverified": "расталмаған", "verified": "расталған",
+                   "scheduled": "жоспарланған", "cancelled": "болдырылмаған", "face": "бет", "code": "код",
+                   "confirmed": "«иә, болдым»", "disputed": "«мен онда болмадым»",
+                   "claimed_attended": "«иә, болдым»", "none": "жауап жоқ", None: "жоқ"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One row of the final table: what stands behind a billed visit."""
+    label: str
+    patient: str
+    mode: str
+    state: str
+    verified_by: str | None
+    answer: str
+
+
+def make_iin(birth: dt.date, male: bool, serial: int) -> str:
+    century = (3 if birth.year < 2000 else 5) + (0 if male else 1)
+    while True:
+        first = f"{birth:%y%m%d}{century}{serial:04d}"
+        if (digit := check_digit(first)) is not None:
+            return first + str(digit)
+        serial += 1
+
+
+class Story:
+    """Everything the demo runs, started in order and stopped in reverse."""
+
+    def __init__(self, lang: str, out, pace: float):
+        self.lang, self.say, self.pace = lang, NARRATION[lang], pace
+        self.out = out
+        self._tmp = tempfile.TemporaryDirectory(prefix="rastau-demo-")
+        local_today = dt.datetime.now(ALMATY).date()
+        self.day = local_today + dt.timedelta(days=1)
+        self.clock = ManualClock(dt.datetime.combine(local_today, dt.time(18, 0), tzinfo=ALMATY))
+        self.secrets: list[str] = [BOT_TOKEN]  # every secret value the story used, for the log audit test
+
+    # --- printing ---------------------------------------------------------------------------------------
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def heading(self, key: str) -> None:
+        local = self.clock.now().astimezone(ALMATY)
+        self.line()
+        self.line(f"── {self.say[key]}  [{local:%Y-%m-%d %H:%M} Asia/Almaty]")
+
+    def show_message(self, phone: Phone, message: Sent) -> None:
+        if message.document:
+            filename, data = message.document
+            rows = data.decode("utf-8", "replace").count("\n") - 1
+            self.line(f"   🤖 → {phone.name}: 📎 {filename} ({rows} rows)  {plain(message.text)}")
+            return
+        text = plain(message.text).strip().replace("\n", "\n" + " " * (9 + len(phone.name)))
+        self.line(f"   🤖 → {phone.name}: {text}")
+        shown = [label for label, _ in buttons(message)]
+        if shown:
+            self.line(" " * (9 + len(phone.name)) + "  ".join(f"[{label}]" for label in shown))
+
+    def show_action(self, phone: Phone, action: str) -> None:
+        self.line(f"   👤 {phone.name}: {action}")
+
+    async def pause(self) -> None:
+        if self.pace:
+            await asyncio.sleep(self.pace)
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Story":
+        self.api = BotApiStandIn(bot_id=int(BOT_TOKEN.split(":")[0]), username="rastau_demo_bot")
+        await self.api.start()
+        self.settings = Settings(_env_file=None, mode="dev", database_url=f"sqlite+aiosqlite:///{self._tmp.name}/demo.db",
+                                 code_hmac_key=secrets.token_urlsafe(32), template_key=secrets.token_urlsafe(32),
+                                 api_key_pepper=secrets.token_urlsafe(32), bot_token=BOT_TOKEN,
+                                 telegram_api_base=self.api.base_url, face_workers=1, log_level="WARNING")
+        self.engine = create_engine(self.settings.database_url)
+        await upgrade_to_head(self.engine)
+        self.ctx = Context.build(self.settings, UnitOfWorkFactory(self.engine), self.clock)
+        self.runner = web.AppRunner(create_app(self.settings, ctx=self.ctx), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.server_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        i18n = make_i18n()
+        self.bot = create_bot(BOT_TOKEN, self.api.base_url, timeout=10)
+        self.dp = create_dispatcher(self.ctx, i18n)
+        self.dispatcher = OutboxDispatcher(self.ctx, self.bot, OutboxRenderer(self.ctx, i18n), worker_id="demo",
+                                           rate_global=self.settings.send_rate_global,
+                                           rate_per_chat=self.settings.send_rate_per_chat)
+        self.polling = asyncio.create_task(self.dp.start_polling(self.bot, handle_signals=False,
+                                                                 close_bot_session=False, polling_timeout=1))
+        self.http = aiohttp.ClientSession(self.server_url)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.http.close()
+        await self.dp.stop_polling()
+        await asyncio.wait_for(self.polling, timeout=10)
+        await self.bot.session.close()
+        await self.runner.cleanup()
+        await self.engine.dispose()
+        await self.api.stop()
+        self._tmp.cleanup()
+
+    # --- the clinic's systems ---------------------------------------------------------------------------
+
+    async def call(self, method: str, path: str, key: str, **kwargs) -> tuple[int, dict | str]:
+        headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
+        async with self.http.request(method, "/api/v1" + path, headers=headers, **kwargs) as response:
+            body = await (response.json() if response.content_type.endswith("json") else response.text())
+            return response.status, body
+
+    async def post_frame(self, visit_id: int, photo: str) -> tuple[int, str]:
+        status, body = await self.call("POST", f"/visits/{visit_id}/face", self.webcam_key,
+                                       data=(PHOTOS / photo).read_bytes(), headers={"Content-Type": "image/jpeg"})
+        return status, body.get("decision") or body.get("detail", "")
+
+    async def run_jobs(self) -> None:
+        """What the scheduler does after the clock moved: close windows, then deliver everything due."""
+        await close_windows_job(self.ctx)
+        await self.dispatcher.drain()
+
+    async def deliver_until(self, phone: Phone, timeout: float = 10.0) -> None:
+        """The scheduler's delivery tick, repeated until the bot has sent `phone` something new."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(phone.inbox()) <= phone.seen and asyncio.get_running_loop().time() < deadline:
+            await self.dispatcher.drain()
+            await asyncio.sleep(0.05)
+
+    async def move_to(self, day: dt.date, hour: int, minute: int) -> None:
+        self.clock.set(dt.datetime.combine(day, dt.time(hour, minute), tzinfo=ALMATY))
+        await self.run_jobs()
+
+    # --- the story --------------------------------------------------------------------------------------
+
+    async def play(self) -> list[Evidence]:
+        self.line(self.say["title"])
+        self.heading("setup")
+        clinic = await registry.create_clinic(self.ctx, "№5 емхана" if self.lang == "kk" else "Поликлиника № 5")
+        doctor = await registry.add_doctor(self.ctx, clinic.id, "Айдос Сейтқали", "+7 701 111 22 33")
+        admin = await registry.add_admin(self.ctx, clinic.id, "Гүлнара Ахметова", "+7 702 555 44 33")
+        self.mis_key = (await create_api_key(self.ctx, clinic.id, ["clinic_system"], label="МИС")).key
+        self.webcam_key = (await create_api_key(self.ctx, clinic.id, ["webcam"], label="кабинет 12")).key
+        self.admin_key = (await create_api_key(self.ctx, clinic.id, ["admin"], label="admin")).key
+        self.secrets += [self.mis_key, self.webcam_key, self.admin_key,
+                         *(v.get_secret_value() for v in (self.settings.code_hmac_key, self.settings.template_key,
+                                                          self.settings.api_key_pepper))]
+        people = {"aigerim": ("Әйгерім Нұрланқызы", "+7 705 123 45 67", make_iin(dt.date(1990, 4, 12), False, 1),
+                              "obama", ["obama1.jpg", "obama3.jpg"]),
+                  "dmitry": ("Дмитрий Ковалев", "+7 707 765 43 21", make_iin(dt.date(1975, 9, 3), True, 77),
+                             "biden", ["biden1.jpg"])}
+        patient_ids = {}
+        self.secrets += [person[2] for person in people.values()]
+        for name, (full_name, phone, iin, folder, photos) in people.items():
+            status, patient = await self.call("POST", "/patients", self.mis_key, json={
+                "iin": iin, "full_name": full_name, "phone": phone, "language": self.lang})
+            assert status == 201, patient
+            patient_ids[name] = patient["id"]
+            await self.call("POST", f"/patients/{patient['id']}/consent", self.mis_key,
+                            json={"recorded_by": "медбике Сәуле" if self.lang == "kk" else "медсестра Сауле"})
+            form = aiohttp.FormData()
+            for photo in photos:
+                form.add_field("image", (PHOTOS / folder / photo).read_bytes(), filename=photo,
+                               content_type="image/jpeg")
+            status, enrolled = await self.call("PUT", f"/patients/{patient['id']}/face", self.mis_key, data=form)
+            assert status == 200, enrolled
+            self.line(f"   МИС → POST /patients, /consent, PUT /face: {full_name} — {enrolled['enrolled']} "
+                      f"({', '.join(photos)})")
+
+        self.heading("link")
+        self.aigerim = self.phone(1001, "Әйгерім", people["aigerim"][1])
+        self.dmitry = self.phone(1002, "Дмитрий", people["dmitry"][1])
+        self.doctor = self.phone(2001, "Dr Айдос", doctor.phone)
+        self.admin = self.phone(3001, "Гүлнара", admin.phone)
+        for phone in (self.aigerim, self.dmitry, self.doctor, self.admin):
+            await self.onboard(phone)
+
+        self.heading("visits")
+        visits = {}
+        for label, patient, hour, mode in (("A", "aigerim", 9, "in_person"), ("B", "dmitry", 10, "online"),
+                                           ("C", "dmitry", 11, "in_person")):
+            start = dt.datetime.combine(self.day, dt.time(hour), tzinfo=ALMATY)
+            status, visit = await self.call("POST", "/visits", self.mis_key, headers={"Idempotency-Key": f"demo-{label}"},
+                                            json={"doctor_id": doctor.id, "patient_id": patient_ids[patient],
+                                                  "start": start.isoformat(), "duration_minutes": 20, "mode": mode,
+                                                  "service_code": "A01.001"})
+            assert status == 201, visit
+            visits[label] = visit["id"]
+            self.line(f"   МИС → POST /visits: {label} {start:%H:%M} {mode} → #{visit['id']}")
+
+        self.heading_at("morning", self.day, 8, 50)
+        await self.move_to(self.day, 8, 50)
+        code_message, = await self.aigerim.wait_for(1)
+        self.secrets.append(CODE.search(plain(code_message.text)).group(1))
+
+        self.clock.set(dt.datetime.combine(self.day, dt.time(9, 2), tzinfo=ALMATY))
+        self.heading("webcam")
+        for photo, what in (("biden/biden2.jpg", "frame_other"), ("obama/obama2.jpg", "frame_patient")):
+            status, decision = await self.post_frame(visits["A"], photo)
+            self.line(f"   📷 POST /visits/{visits['A']}/face ({self.say[what]}, {photo}) → {status} {decision}")
+            await self.pause()
+
+        self.heading_at("online", self.day, 9, 58)
+        await self.move_to(self.day, 9, 58)
+        self.doctor.type("/code")
+        menu, = await self.doctor.wait_for(1)
+        self.doctor.press(menu, "code:")
+        await self.deliver_until(self.dmitry)
+        code_message, = await self.dmitry.wait_for(1)
+        code = CODE.search(plain(code_message.text)).group(1)
+        self.secrets.append(code)
+        status, decision = await self.post_frame(visits["B"], "biden/biden2.jpg")
+        self.line(f"   📷 POST /visits/{visits['B']}/face ({self.say['frame_online']}) → {status} {decision}")
+        self.line(f"   👤 Дмитрий → Dr Айдос: «{code}»")
+        status, body = await self.call("POST", f"/visits/{visits['B']}/code", self.webcam_key, json={"code": code})
+        self.line(f"   ⌨️  {self.say['clinic_enters']}: POST /visits/{visits['B']}/code → {status} {body}")
+
+        await self.move_to(self.day, 10, 50)
+        code_message, = await self.dmitry.wait_for(1)  # visit C's code: Dmitry never comes
+        self.secrets.append(CODE.search(plain(code_message.text)).group(1))
+        self.line(f"   … {self.say['never_came']}")
+
+        self.heading_at("answers", self.day, 12, 45)
+        await self.move_to(self.day, 12, 45)
+        prompt_a, = await self.aigerim.wait_for(1)
+        prompts_d = await self.dmitry.wait_for(2)
+        self.aigerim.press(prompt_a, f"ans:yes:{visits['A']}")
+        await self.aigerim.wait_for(1)
+        self.dmitry.press(self.with_button(prompts_d, f"ans:yes:{visits['B']}"), f"ans:yes:{visits['B']}")
+        await self.dmitry.wait_for(1)
+        self.dmitry.press(self.with_button(prompts_d, f"ans:no:{visits['C']}"), f"ans:no:{visits['C']}")
+        await self.dmitry.wait_for(2)  # the prompt edited to show the answer, and the question about why
+        await self.deliver_until(self.admin)  # the admins hear of the dispute at once
+        await self.admin.wait_for(1)
+        self.dmitry.type(self.say["reason"])
+        await self.dmitry.wait_for(1)
+        await self.deliver_until(self.admin)
+        await self.admin.wait_for(1)
+
+        self.heading_at("digest", self.day + dt.timedelta(days=1), 8, 0)
+        self.clock.set(dt.datetime.combine(self.day + dt.timedelta(days=1), dt.time(8, 0), tzinfo=ALMATY))
+        await daily_digest_job(self.ctx)
+        await self.run_jobs()
+        await self.admin.settle()
+
+        return await self.summary(visits, {v: k for k, v in patient_ids.items()}, people)
+
+    @staticmethod
+    def with_button(messages: list[Sent], data: str) -> Sent:
+        return next(m for m in messages if any(d == data for _, d in buttons(m)))
+
+    def heading_at(self, key: str, day: dt.date, hour: int, minute: int) -> None:
+        self.clock.set(dt.datetime.combine(day, dt.time(hour, minute), tzinfo=ALMATY))
+        self.heading(key)
+
+    def phone(self, user_id: int, name: str, number: str) -> Phone:
+        return Phone(self.api, user_id, name, number, self.lang, on_message=self.show_message,
+                     on_action=self.show_action)
+
+    async def onboard(self, phone: Phone) -> None:
+        phone.type("/start")
+        greeting, = await phone.wait_for(1)
+        phone.press(greeting, f"lang:{self.lang}")
+        await phone.wait_for(1)  # the privacy notice with the contact button
+        phone.share_contact()
+        await phone.wait_for(1)
+        await phone.settle()
+
+    async def summary(self, visits: dict[str, int], names: dict[int, str], people: dict) -> list[Evidence]:
+        rows = []
+        for label, visit_id in visits.items():
+            status, visit = await self.call("GET", f"/visits/{visit_id}", self.admin_key)
+            assert status == 200, visit
+            visit = visit.get("visit", visit)
+            patient = people[names[visit["patient_id"]]][0]
+            rows.append(Evidence(label, patient, visit["mode"], visit["state"], visit["verified_by"],
+                                 visit["patient_answer"]["answer"]))
+        self.line()
+        self.line(f"── {self.say['summary']}")
+        word = self.say["values"]
+        self.line(render_table(self.say["headers"], [(r.label, r.patient, word[r.mode], word[r.state],
+                                                      word[r.verified_by], word[r.answer]) for r in rows]))
+        return rows
+
+
+def render_table(headers, rows) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    def fmt(row):
+        return "│ " + " │ ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " │"
+    rule = "├─" + "─┼─".join("─" * w for w in widths) + "─┤"
+    return "\n".join([fmt(headers), rule, *(fmt(r) for r in rows)])
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    evidence: list[Evidence]
+    secrets: list[str]  # IINs, codes, keys and tokens the story used: none may appear in its logs
+
+
+async def play(lang: str = "ru", *, quick: bool = False, out=None, log_stream=None,
+               log_level: str = "WARNING") -> DemoRun:
+    configure_logging(log_level, "console", log_stream)
+    async with Story(lang, out or sys.stdout, pace=0.0 if quick else 0.4) as story:
+        evidence = await story.play()
+        return DemoRun(evidence, list(story.secrets))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devkit.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lang", choices=sorted(NARRATION), default="ru", help="language of the chats and story")
+    parser.add_argument("--quick", action="store_true", help="no pauses (the test suite runs it this way)")
+    parser.add_argument("--log-file", type=Path, help="write the server's and bot's INFO logs here")
+    args = parser.parse_args(argv)
+    if args.log_file:
+        with args.log_file.open("w", encoding="utf-8") as logs:
+            asyncio.run(play(args.lang, quick=args.quick, log_stream=logs, log_level="INFO"))
+    else:
+        asyncio.run(play(args.lang, quick=args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The newcomer's demo, run in quick mode: its final evidence table is the story's promise, and its logs
+must hold none of the secrets the story used."""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from devkit.demo import NARRATION, Evidence, play
+
+EXPECTED = [
+    # in person: the webcam frame matched, the patient said "yes"
+    ("A", "in_person", "patient_confirmed", "face", "confirmed"),
+    # online: verified by the code the doctor asked for, never by face; the patient said "yes"
+    ("B", "online", "patient_confirmed", "code", "confirmed"),
+    # the phantom visit: billed, never verified, and the patient says "I wasn't there"
+    ("C", "in_person", "patient_disputed", None, "disputed"),
+]
+
+
+@pytest.mark.parametrize("lang", ["ru", "kk"])
+async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lang):
+    out, logs = io.StringIO(), io.StringIO()
+    run = await play(lang, quick=True, out=out, log_stream=logs, log_level="INFO")
+
+    assert [(e.label, e.mode, e.state, e.verified_by, e.answer) for e in run.evidence] == EXPECTED
+    story = out.getvalue()
+    assert "match" in story and "no_match" in story  # the patient matched, another person did not
+    assert "→ 409" in story  # a face frame for the online consultation is refused
+    assert "📎 rastau-digest-" in story  # the admin's digest came with its CSV
+    assert NARRATION[lang]["summary"] in story
+
+    captured = logs.getvalue()
+    assert "request" in captured and "message delivered" in captured  # the logs were really captured
+    leaked = [secret for secret in run.secrets if secret in captured]
+    assert not leaked, f"{len(leaked)} secret value(s) appear in the logs"
+    assert len(run.secrets) >= 12  # token, 3 keys, 3 server secrets, 2 IINs, 3 codes
+
+
+def test_both_languages_narrate_every_step():
+    assert NARRATION["kk"].keys() == NARRATION["ru"].keys()
+    assert NARRATION["kk"]["values"].keys() == NARRATION["ru"]["values"].keys()
