@@ -4,7 +4,11 @@ Delivery is at-least-once with each outbox row as the unit: a row is claimed (co
 rendered and sent, and marked done after. A dispatcher that dies between the two leaves a claim that
 expires (or that it releases itself when it restarts with the same worker id), so the message is sent
 after the restart; several dispatchers on PostgreSQL never claim the same row (FOR UPDATE SKIP LOCKED).
-Multi-part messages remember how many parts went out, so a retry does not repeat the text before a file.
+A claim is a lease, so no send starts unless its answer (or timeout) and the row's update fit inside it:
+a row whose turn comes later (pacing, a 429 pause) is handed back rather than sent after another
+dispatcher may have taken it over.
+Multi-part messages record each part as it goes out, so neither a retry nor a restart repeats the text
+before a file.
 """
 from __future__ import annotations
 
@@ -13,13 +17,14 @@ import datetime as dt
 import json
 import os
 import socket
+import time
 
 from aiogram import Bot
 from aiogram.exceptions import (TelegramAPIError, TelegramBadRequest, TelegramForbiddenError,
                                 TelegramNotFound, TelegramRetryAfter)
 from aiogram.types import BufferedInputFile
 
-from bot.delivery.limits import SendPacer
+from bot.delivery.limits import SendPacer, TooLate
 from bot.delivery.types import OutboxItem, Outgoing, Renderer
 from core.logs import get_logger
 from core.services import Context
@@ -28,6 +33,7 @@ log = get_logger("rastau.dispatcher")
 
 MAX_ATTEMPTS = 12
 MAX_RETRY_AFTER_IN_PLACE = 5  # 429s absorbed in place before the row is rescheduled
+LEASE_SLACK = 2.0  # seconds a claim must outlast a send's timeout, to mark the row done while still ours
 
 
 def default_worker_id() -> str:
@@ -52,6 +58,9 @@ class OutboxDispatcher:
         self._pacer = SendPacer(rate_global or ctx.settings.send_rate_global,
                                 rate_per_chat or ctx.settings.send_rate_per_chat)
         self._batch, self._lease = batch, lease
+        self._send_window = lease.total_seconds() - bot.session.timeout - LEASE_SLACK
+        if self._send_window <= 0:
+            raise ValueError(f"a {lease} claim lease does not outlast one send ({bot.session.timeout}s timeout)")
         self._slots = asyncio.Semaphore(concurrency)
         self._chat_locks: dict[int, asyncio.Lock] = {}
         self._released = False
@@ -70,11 +79,12 @@ class OutboxDispatcher:
             await self.release_own_claims()
             self._released = True
         now = self._ctx.clock.now()
+        send_by = time.monotonic() + self._send_window
         async with self._ctx.uow() as uow:
             rows = await uow.outbox.claim_due(now, self.worker_id, self._lease, self._batch)
             await uow.commit()
         if rows:
-            await asyncio.gather(*(self._deliver(row) for row in rows))
+            await asyncio.gather(*(self._deliver(row, send_by) for row in rows))
         return len(rows)
 
     async def drain(self, max_rounds: int = 1000) -> int:
@@ -100,7 +110,7 @@ class OutboxDispatcher:
                 except asyncio.TimeoutError:
                     pass
 
-    async def _deliver(self, row) -> None:
+    async def _deliver(self, row, send_by: float) -> None:
         item = OutboxItem(id=row.id, kind=row.kind, recipient_kind=row.recipient_kind,
                           recipient_id=row.recipient_id, visit_id=row.visit_id,
                           payload=json.loads(row.payload or "{}"), attempts=row.attempts)
@@ -116,15 +126,23 @@ class OutboxDispatcher:
                 return
             lock = self._chat_locks.setdefault(parts[0].chat_id, asyncio.Lock())
             async with lock:
-                await self._send_parts(item, parts, row.parts_sent)
+                await self._send_parts(item, parts, row.parts_sent, send_by)
 
-    async def _send_parts(self, item: OutboxItem, parts: list[Outgoing], already_sent: int) -> None:
+    async def _send_parts(self, item: OutboxItem, parts: list[Outgoing], already_sent: int,
+                          send_by: float) -> None:
         last_message_id = None
         for index, part in enumerate(parts):
             if index < already_sent:
                 continue
             try:
-                last_message_id = await self._send_one(part)
+                last_message_id = await self._send_one(part, send_by)
+                if index + 1 < len(parts):  # a crash before the next part must not repeat this one
+                    async with self._ctx.uow() as uow:
+                        await uow.outbox.set_parts_sent(item.id, index + 1)
+                        await uow.commit()
+            except TooLate as late:
+                await self._hand_back(item, late.at)
+                return
             except TelegramForbiddenError as exc:
                 await self._blocked(item, part.chat_id, exc)
                 return
@@ -133,31 +151,28 @@ class OutboxDispatcher:
                 log.error("telegram refused message", outbox_id=item.id, kind=item.kind, error=exc.message)
                 return
             except (_Retry, TelegramAPIError, asyncio.TimeoutError) as exc:  # 5xx, network, timeouts
-                if index:
-                    async with self._ctx.uow() as uow:
-                        await uow.outbox.set_parts_sent(item.id, index)
-                        await uow.commit()
                 await self._reschedule(item, f"{type(exc).__name__}: {exc}"[:300])
                 return
         await self._finish(item.id, "sent", None, last_message_id)
         log.info("message delivered", outbox_id=item.id, kind=item.kind, recipient_kind=item.recipient_kind)
 
-    async def _send_one(self, part: Outgoing) -> int:
+    async def _send_one(self, part: Outgoing, send_by: float) -> int:
         for _ in range(MAX_RETRY_AFTER_IN_PLACE):
-            await self._pacer.wait_turn(part.chat_id)
-            try:
-                if part.document is not None:
-                    filename, data = part.document
-                    sent = await self._bot.send_document(part.chat_id, BufferedInputFile(data, filename=filename),
-                                                         caption=part.text or None, parse_mode=part.parse_mode,
-                                                         reply_markup=part.reply_markup)
-                else:
-                    sent = await self._bot.send_message(part.chat_id, part.text, parse_mode=part.parse_mode,
-                                                        reply_markup=part.reply_markup)
-                return sent.message_id
-            except TelegramRetryAfter as exc:
-                log.warning("telegram asked to slow down", retry_after=exc.retry_after)
-                self._pacer.pause(exc.retry_after)
+            async with self._pacer.turn(part.chat_id, not_after=send_by):
+                try:
+                    if part.document is not None:
+                        filename, data = part.document
+                        sent = await self._bot.send_document(part.chat_id,
+                                                             BufferedInputFile(data, filename=filename),
+                                                             caption=part.text or None, parse_mode=part.parse_mode,
+                                                             reply_markup=part.reply_markup)
+                    else:
+                        sent = await self._bot.send_message(part.chat_id, part.text, parse_mode=part.parse_mode,
+                                                            reply_markup=part.reply_markup)
+                    return sent.message_id
+                except TelegramRetryAfter as exc:
+                    log.warning("telegram asked to slow down", retry_after=exc.retry_after)
+                    self._pacer.pause(exc.retry_after)
         raise _Retry("too many 429 answers in a row")
 
     async def _reschedule(self, item: OutboxItem, error: str) -> None:
@@ -171,6 +186,13 @@ class OutboxDispatcher:
             await uow.commit()
         log.warning("delivery will be retried", outbox_id=item.id, kind=item.kind, attempts=item.attempts,
                     error=error)
+
+    async def _hand_back(self, item: OutboxItem, turn_at: float) -> None:
+        """The claim would lapse before this row's turn: queue it again for when its turn comes."""
+        due = self._ctx.clock.now() + dt.timedelta(seconds=max(0.0, turn_at - time.monotonic()))
+        async with self._ctx.uow() as uow:
+            await uow.outbox.retry_later(item.id, due, "handed back: its turn to send came after the claim lapsed")
+            await uow.commit()
 
     async def _blocked(self, item: OutboxItem, chat_id: int, exc: Exception) -> None:
         now = self._ctx.clock.now()

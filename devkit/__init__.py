@@ -1,0 +1,1 @@
+"""Tools for running Rastau without the outside world: the tests, the newcomer demo and the benchmarks use them."""

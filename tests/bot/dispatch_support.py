@@ -1,0 +1,55 @@
+"""Helpers for dispatcher tests: a minimal renderer (the contract, not the bot's texts) and queueing."""
+from __future__ import annotations
+
+import datetime as dt
+
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+
+from bot.delivery.types import OutboxItem, Outgoing
+from core.model import OutboxMessage
+
+TOKEN = "123456:TEST-token-for-standin"
+
+
+class EchoRenderer:
+    """Renders payload {"chat_id", "text", "file"?} verbatim, so tests see exactly what was queued."""
+
+    def __init__(self):
+        self.rendered: list[int] = []
+
+    async def render(self, message: OutboxItem) -> list[Outgoing] | None:
+        self.rendered.append(message.id)
+        p = message.payload
+        if p.get("skip"):
+            return None
+        parts = [Outgoing(chat_id=p["chat_id"], text=f'{p["text"]} #{message.id}', parse_mode=None)]
+        if p.get("file"):
+            parts.append(Outgoing(chat_id=p["chat_id"], text="", document=(p["file"], b"a,b\n1,2\n"),
+                                  parse_mode=None))
+        return parts
+
+
+async def queue(ctx, chat_id: int, text: str = "hello", *, due: dt.datetime | None = None, **extra) -> int:
+    now = ctx.clock.now()
+    async with ctx.uow() as uow:
+        message_id = await uow.outbox.add(OutboxMessage(
+            kind="test", recipient_kind="patient", recipient_id=chat_id, due_at=due or now,
+            payload={"chat_id": chat_id, "text": text, **extra}), now)
+        await uow.commit()
+    return message_id
+
+
+def make_bot(base_url: str, token: str = TOKEN, timeout: float = 5.0) -> Bot:
+    session = AiohttpSession(api=TelegramAPIServer.from_base(base_url), timeout=timeout)
+    return Bot(token, session=session)
+
+
+async def statuses(ctx) -> dict[int, str]:
+    import sqlalchemy as sa
+
+    from core.db import tables as t
+    async with ctx.uow() as uow:
+        rows = (await uow.conn.execute(sa.select(t.outbox.c.id, t.outbox.c.status))).all()
+    return {r.id: r.status for r in rows}
