@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 
-from bench import digest, face
+from bench import code_http, digest, dispatcher, face, face_load
 from bench.results import write_section
 
 PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -45,7 +45,36 @@ async def bench_face_latency(smoke: bool, workdir: str) -> None:
     write_section("Face verify latency: pipeline vs. naive vs. floor", face.report(result), smoke=smoke)
 
 
-BENCHES = {"digest": bench_digest, "face": bench_face_latency}
+async def bench_dispatcher(smoke: bool, workdir: str) -> None:
+    def sqlite_url() -> str:
+        return f"sqlite+aiosqlite:///{os.path.join(workdir, f'outbox-{uuid.uuid4().hex[:6]}.db')}"
+    sizes = {"capped_count": 60, "ceiling_count": 200} if smoke else {"capped_count": 3000, "ceiling_count": 5000}
+    result = await dispatcher.run(sqlite_url, **sizes)
+    write_section("Dispatcher: Telegram's cap held, and the ceiling without it", dispatcher.report(result),
+                  smoke=smoke)
+
+
+async def bench_code_http(smoke: bool, workdir: str) -> None:
+    requests = 200 if smoke else 4000
+    results = {"SQLite": await code_http.run(
+        f"sqlite+aiosqlite:///{os.path.join(workdir, f'codes-{uuid.uuid4().hex[:6]}.db')}", requests=requests)}
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    await _pg_schema(True, schema)
+    try:
+        results["PostgreSQL"] = await code_http.run(f"{PG_URL}?search_path={schema}", requests=requests)
+    finally:
+        await _pg_schema(False, schema)
+    write_section("Code verification over HTTP vs. a bare handler", code_http.report(results), smoke=smoke)
+
+
+async def bench_face_load(smoke: bool, workdir: str) -> None:
+    result = await face_load.run(workdir, workers=[1] if smoke else [1, 2], frames_per_run=6 if smoke else 80)
+    write_section("Face throughput, event-loop responsiveness and memory under load", face_load.report(result),
+                  smoke=smoke)
+
+
+BENCHES = {"face": bench_face_latency, "face_load": bench_face_load, "codes": bench_code_http,
+           "dispatcher": bench_dispatcher, "digest": bench_digest}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,15 @@ async def _directory(settings: Settings, args) -> int:
         elif args.command == "add-admin":
             admin = await registry.add_admin(ctx, args.clinic, args.name, args.phone)
             print(f"clinic admin {admin.id}: {admin.full_name} {admin.phone}")
+        elif args.command == "add-api-key":
+            from core.services import keys
+            made = await keys.create_api_key(ctx, args.clinic, args.scope, args.doctor, args.label)
+            scopes = ", ".join(sorted(s.value for s in made.principal.scopes))
+            doctor = f", doctor {args.doctor}" if args.doctor else ""
+            print(f"API key {made.principal.key_prefix} for clinic {args.clinic} ({scopes}{doctor}):\n\n"
+                  f"    {made.key}\n\n"
+                  "Store it in the clinic system's configuration now: it is shown only this once and cannot be "
+                  "recovered (Rastau keeps only a hash).", file=sys.stdout)
     finally:
         await engine.dispose()
     return 0
@@ -82,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--phone", required=True)
         if name == "add-doctor":
             p.add_argument("--external-ref", default=None)
+    p = sub.add_parser("add-api-key", help="make a clinic API key for the verification server (shown once)")
+    p.add_argument("--clinic", type=int, required=True)
+    p.add_argument("--scope", action="append", required=True, choices=["clinic_system", "webcam", "admin"],
+                   help="repeat for several scopes")
+    p.add_argument("--doctor", type=int, default=None, help="bind the key to this doctor's visits only")
+    p.add_argument("--label", default="", help="where the key is used, e.g. 'MIS reception' or 'room 12 webcam'")
     return parser
 
 

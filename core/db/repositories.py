@@ -436,23 +436,69 @@ class OutboxRepo(_Repo):
         return list((await self.conn.execute(stmt.order_by(t.outbox.c.id))).all())
 
 
+
+class ApiKeyRepo(_Repo):
+    async def add(self, *, clinic_id: int, key_prefix: str, key_hash: str, scopes: str, doctor_id: int | None,
+                  label: str, now: dt.datetime) -> int:
+        res = await self.conn.execute(insert(t.api_keys).values(
+            clinic_id=clinic_id, key_prefix=key_prefix, key_hash=key_hash, scopes=scopes, doctor_id=doctor_id,
+            label=label, created_at=now).returning(t.api_keys.c.id))
+        return res.scalar_one()
+
+    async def by_prefix(self, key_prefix: str):
+        return (await self.conn.execute(select(t.api_keys).where(t.api_keys.c.key_prefix == key_prefix))).first()
+
+    async def revoke(self, key_prefix: str, now: dt.datetime) -> int:
+        res = await self.conn.execute(update(t.api_keys).where(and_(
+            t.api_keys.c.key_prefix == key_prefix, t.api_keys.c.revoked_at.is_(None))).values(revoked_at=now))
+        return res.rowcount
+
+
+class IdempotencyRepo(_Repo):
+    async def get(self, clinic_id: int, key: str):
+        return (await self.conn.execute(select(t.idempotency_keys).where(and_(
+            t.idempotency_keys.c.clinic_id == clinic_id, t.idempotency_keys.c.key == key)))).first()
+
+    async def add(self, *, clinic_id: int, key: str, request_hash: str, status: int, body: str,
+                  now: dt.datetime) -> None:
+        """A concurrent twin with the same key fails here on the primary key, rolling back its whole write."""
+        await self.conn.execute(insert(t.idempotency_keys).values(
+            clinic_id=clinic_id, key=key, request_hash=request_hash, response_status=status, response_body=body,
+            created_at=now))
+
 class AuditRepo(_Repo):
-    async def append(self, at: dt.datetime, actor: str, action: str, subject: str, details: dict) -> int:
-        """Append one chained row. The head row is updated first: its row lock orders concurrent appends."""
+    """Appends are held until the unit of work commits, then chained in one go: the head row's lock (which
+    orders every writer in the system) is then held for a few statements, not the whole transaction."""
+
+    def __init__(self, conn: AsyncConnection, for_update: bool):
+        super().__init__(conn, for_update)
+        self._pending: list[tuple[str, str, str, str, dict]] = []
+
+    async def append(self, at: dt.datetime, actor: str, action: str, subject: str, details: dict) -> None:
+        self._pending.append((at.astimezone(dt.UTC).isoformat(), actor, action, subject, details))
+
+    async def flush(self) -> None:
+        """Chain the pending rows after the current head. Called by the unit of work just before commit."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
         res = await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
-                                      .values(seq=t.audit_head.c.seq + 1)
+                                      .values(seq=t.audit_head.c.seq + len(pending))
                                       .returning(t.audit_head.c.seq, t.audit_head.c.last_hash))
         row = res.first()
         if row is None:
             raise RuntimeError("audit_head row is missing: the schema was not created by the migrations")
-        seq, prev = row.seq, row.last_hash
-        stamp = at.astimezone(dt.UTC).isoformat()
-        digest = audit.chain_hash(seq, stamp, actor, action, subject, details, prev)
-        await self.conn.execute(insert(t.audit_log).values(
-            seq=seq, at=stamp, actor=actor, action=action, subject=subject,
-            details=json.dumps(details, sort_keys=True, ensure_ascii=False), prev_hash=prev, hash=digest))
-        await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(last_hash=digest))
-        return seq
+        seq, prev = row.seq - len(pending), row.last_hash
+        rows = []
+        for stamp, actor, action, subject, details in pending:
+            seq += 1
+            digest = audit.chain_hash(seq, stamp, actor, action, subject, details, prev)
+            rows.append(dict(seq=seq, at=stamp, actor=actor, action=action, subject=subject,
+                             details=json.dumps(details, sort_keys=True, ensure_ascii=False), prev_hash=prev,
+                             hash=digest))
+            prev = digest
+        await self.conn.execute(insert(t.audit_log), rows)
+        await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(last_hash=prev))
 
     async def records(self) -> list[audit.AuditRecord]:
         rows = (await self.conn.execute(select(t.audit_log).order_by(t.audit_log.c.seq))).all()

@@ -5,6 +5,8 @@ both land or neither does.
 """
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.db.engine import READ_ONLY_OPTION
@@ -15,14 +17,21 @@ from core.db.repositories import (AdminRepo, ApiKeyRepo, AuditRepo, ClinicRepo, 
 class UnitOfWork:
     conn: AsyncConnection
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False):
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writer: asyncio.Lock | None = None):
         self._engine = engine
         self._row_locks = engine.dialect.name != "sqlite"  # SQLite's BEGIN IMMEDIATE already serialises
         self._read_only = read_only
+        self._writer = None if read_only else writer
         self._committed = False
 
     async def __aenter__(self) -> "UnitOfWork":
-        self.conn = await self._engine.connect()
+        if self._writer is not None:
+            await self._writer.acquire()
+        try:
+            self.conn = await self._engine.connect()
+        except BaseException:
+            self._release_writer()
+            raise
         if self._read_only:  # reports need a consistent snapshot, not SQLite's write lock
             await self.conn.execution_options(**{READ_ONLY_OPTION: True})
         await self.conn.begin()
@@ -41,6 +50,7 @@ class UnitOfWork:
         return self
 
     async def commit(self) -> None:
+        await self.audit.flush()
         await self.conn.commit()
         self._committed = True
 
@@ -52,14 +62,27 @@ class UnitOfWork:
             if not self._committed:
                 await self.conn.rollback()
         finally:
-            await self.conn.close()
+            try:
+                await self.conn.close()
+            finally:
+                self._release_writer()
+
+    def _release_writer(self) -> None:
+        if self._writer is not None and self._writer.locked():
+            self._writer.release()
 
 
 class UnitOfWorkFactory:
-    """What services receive: call it to open a fresh unit of work on the shared engine."""
+    """What services receive: call it to open a fresh unit of work on the shared engine.
+
+    On SQLite, writers in this process queue on an asyncio lock before BEGIN IMMEDIATE: SQLite admits one
+    writer at a time anyway, and a FIFO queue beats its busy handler, which sleeps up to 100 ms per retry.
+    Other processes (the bot beside the server) still meet the busy timeout.
+    """
 
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     def __call__(self, *, read_only: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.engine, read_only=read_only)
+        return UnitOfWork(self.engine, read_only=read_only, writer=self._writer)

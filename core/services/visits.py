@@ -22,9 +22,10 @@ def window_end(visit: Visit, ctx: Context) -> dt.datetime:
 
 async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patient_id: int, start: dt.datetime,
                          duration: dt.timedelta, mode: VisitMode | str, service_code: str,
-                         actor: Actor = Actor.CLINIC_SYSTEM) -> Visit:
+                         actor: Actor = Actor.CLINIC_SYSTEM, idempotency=None) -> Visit:
     """Create a scheduled visit and queue its messages: the code before an in-person visit and,
-    for every visit, the "were you there?" prompt after it."""
+    for every visit, the "were you there?" prompt after it. ``idempotency`` (an
+    :class:`core.services.idempotency.IdempotentWrite`) stores the response in the same transaction."""
     now = ctx.clock.now()
     visit = Visit(id=None, clinic_id=clinic_id, doctor_id=doctor_id, patient_id=patient_id,
                   start=ensure_utc(start, "visit start"), duration=duration, mode=VisitMode(mode),
@@ -45,6 +46,8 @@ async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patien
             kind=KIND_PROMPT, recipient_kind="patient", recipient_id=patient_id, visit_id=visit.id,
             due_at=visit.end + dt.timedelta(minutes=settings.prompt_delay_minutes), payload={},
             dedupe_key=f"prompt:{visit.id}"), now)
+        if idempotency is not None:
+            await idempotency.store(uow, visit, now)
         await uow.commit()
     return visit
 
@@ -69,6 +72,23 @@ async def get_visit(ctx: Context, clinic_id: int, visit_id: int) -> VisitView:
     async with ctx.uow() as uow:
         visit = await uow.visits.get(visit_id, clinic_id)
         return VisitView(visit, await uow.visits.events(visit_id))
+
+
+async def visit_for(ctx: Context, clinic_id: int, visit_id: int, doctor_id: int | None = None) -> Visit:
+    """The clinic's visit; with ``doctor_id``, only that doctor's (anyone else's answers NotFound, not "forbidden")."""
+    async with ctx.uow() as uow:
+        visit = await uow.visits.get(visit_id, clinic_id)
+    if doctor_id is not None and visit.doctor_id != doctor_id:
+        raise NotFound(f"visit {visit_id} not found")
+    return visit
+
+
+async def list_visits(ctx: Context, clinic_id: int, *, start_from: dt.datetime, start_to: dt.datetime,
+                      doctor_id: int | None = None, state: VisitState | None = None, limit: int = 500,
+                      offset: int = 0) -> list[Visit]:
+    async with ctx.uow() as uow:
+        return await uow.visits.list(clinic_id=clinic_id, start_from=start_from, start_to=start_to,
+                                     doctor_id=doctor_id, state=state, limit=limit, offset=offset)
 
 
 async def close_expired_windows(ctx: Context, limit: int = 500) -> int:

@@ -1,0 +1,77 @@
+"""Bearer API keys and scopes. Each route declares who may call it; an undeclared route answers 403 to everyone.
+
+Another clinic's records answer 404 (from the clinic-scoped queries), so a key cannot learn what exists elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from core.services import keys, visits
+from core.services.keys import ApiPrincipal, Scope
+from server.appkeys import CTX, PRINCIPAL
+from server.problems import Problem
+
+ACCESS_ATTR = "__rastau_access__"
+_CHALLENGE = 'Bearer realm="rastau"'
+
+
+@dataclass(frozen=True)
+class Access:
+    scopes: frozenset[Scope] | None  # None: public (no key needed)
+
+
+def requires(*scopes: Scope):
+    """Mark a handler as callable by a key holding any one of ``scopes``."""
+    def mark(handler):
+        setattr(handler, ACCESS_ATTR, Access(frozenset(scopes)))
+        return handler
+    return mark
+
+
+def public(handler):
+    setattr(handler, ACCESS_ATTR, Access(None))
+    return handler
+
+
+def access_of(handler) -> Access | None:
+    return getattr(handler, ACCESS_ATTR, None)
+
+
+def principal(request: web.Request) -> ApiPrincipal:
+    return request[PRINCIPAL]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    if request.match_info.http_exception is not None:  # no route: let aiohttp answer 404/405
+        return await handler(request)
+    access = access_of(request.match_info.handler)
+    if access is None:
+        raise Problem(403, "forbidden", "this endpoint is not open to API keys")
+    if access.scopes is None:
+        return await handler(request)
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Problem(401, "unauthenticated", "send the clinic's API key as 'Authorization: Bearer <key>'",
+                      headers={"WWW-Authenticate": _CHALLENGE})
+    found = await keys.authenticate(request.app[CTX], presented.strip())
+    if found is None:
+        raise Problem(401, "invalid_api_key", "the API key is unknown or revoked; ask the clinic admin for a "
+                      "valid key", headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'})
+    structlog.contextvars.bind_contextvars(key_prefix=found.key_prefix, clinic_id=found.clinic_id)
+    if not access.scopes & found.scopes:
+        needed = " or ".join(sorted(s.value for s in access.scopes))
+        raise Problem(403, "insufficient_scope", f"this API key lacks the {needed} scope needed here",
+                      headers={"WWW-Authenticate": _CHALLENGE + f', error="insufficient_scope", scope="{needed}"'})
+    request[PRINCIPAL] = found
+    return await handler(request)
+
+
+async def guard_doctor_visit(request: web.Request, visit_id: int) -> None:
+    """A doctor-bound key may touch only its doctor's visits; anyone else's visit answers 404."""
+    who = principal(request)
+    if who.doctor_id is not None:
+        await visits.visit_for(request.app[CTX], who.clinic_id, visit_id, who.doctor_id)

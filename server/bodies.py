@@ -1,0 +1,97 @@
+"""Request parsing: JSON bodies through strict pydantic models, path ids, bounded raw reads."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Awaitable, Callable, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+
+from core.clock import ALMATY
+from core.errors import NotFound
+from server.face.image import ImageRejected
+from server.problems import Problem, validation_problem
+
+MAX_ID = 2**31 - 1
+YEARS = range(2000, 2101)  # dates outside these are typos, and near the ends of datetime they overflow
+READ_CHUNK = 64 * 1024
+
+
+class Body(BaseModel):
+    """Unknown fields are refused and types are not coerced: a typo in an integration fails loudly."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="after")
+    def _storable_text(self):
+        """NUL is valid JSON but PostgreSQL cannot store it in text: refuse it here as a 422."""
+        for name, value in self:
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"field '{name}' contains a NUL character")
+        return self
+
+
+M = TypeVar("M", bound=Body)
+
+
+def _integral(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema counts 5.0 as an integer; strict mode would refuse it, so integral floats become ints first.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    if request.content_type != "application/json":
+        raise Problem(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'")
+    raw = await request.read()
+    if not raw.strip():
+        raise Problem(422, "body_missing", "the request body is empty; send a JSON object")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+
+
+def path_id(request: web.Request, name: str, what: str) -> int:
+    value = int(request.match_info[name])  # the route pattern admits digits only
+    if not 1 <= value <= MAX_ID:
+        raise NotFound(f"{what} {value} not found")
+    return value
+
+
+def query_int(request: web.Request, name: str, *, default: int | None = None, low: int = 0,
+              high: int = MAX_ID) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise Problem(422, "invalid_query", f"query parameter '{name}' must be a whole number from {low} to {high}",
+                      field=name)
+    return int(raw)
+
+
+def query_date(request: web.Request, name: str, now: dt.datetime) -> dt.date:
+    """A calendar day in Asia/Almaty; defaults to the local today."""
+    raw = request.query.get(name)
+    if raw is None:
+        return now.astimezone(ALMATY).date()
+    try:
+        day = dt.date.fromisoformat(raw) if len(raw) == 10 else None
+    except ValueError:
+        day = None
+    if day is None or day.year not in YEARS:
+        raise Problem(422, "invalid_query", f"query parameter '{name}' must be a date like 2026-11-25 "
+                      f"(years {YEARS.start}-{YEARS.stop - 1})", field=name)
+    return day
+
+
+async def read_bounded(read: Callable[[int], Awaitable[bytes]], limit: int, what: str = "the image") -> bytes:
+    """Read a stream into memory, refusing as soon as it passes ``limit`` bytes (never to disk)."""
+    chunks, size = [], 0
+    while chunk := await read(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ImageRejected("too_large", f"{what} is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,139 @@
+"""Every error leaves the server as RFC 9457 ``application/problem+json``: a stable ``type`` and machine ``code``,
+and a ``detail`` that says what was wrong and how to fix it. Internals (stack traces, SQL) never leave."""
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from aiohttp import web
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+
+from core.errors import (
+    Conflict,
+    ConsentMissing,
+    DomainError,
+    IllegalTransition,
+    InvalidIin,
+    InvalidPhone,
+    InvalidValue,
+    NotFound,
+    TemplateDecryptError,
+)
+from core.logs import get_logger
+from core.services.faces import FaceLocked, NotEnrolled
+from server.appkeys import REQUEST_ID
+from server.face.image import ImageRejected
+from server.face.pool import FacePoolBroken
+
+PROBLEM_JSON = "application/problem+json"
+log = get_logger("rastau.server")
+
+_DOMAIN_STATUS: dict[type, int] = {
+    NotFound: 404, InvalidIin: 422, InvalidPhone: 422, InvalidValue: 422, ConsentMissing: 409,
+    IllegalTransition: 409, Conflict: 409, NotEnrolled: 409, FaceLocked: 429}
+_DOMAIN_FIELD = {InvalidIin: "iin", InvalidPhone: "phone"}
+_IMAGE_STATUS = {"too_large": 413, "too_many_pixels": 413, "unsupported_format": 415, "empty": 422,
+                 "unreadable": 422}
+_AIOHTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "body_too_large",
+                  415: "unsupported_media_type"}
+
+
+class Problem(Exception):
+    """Raise from a handler to answer with a problem document."""
+
+    def __init__(self, status: int, code: str, detail: str, *, headers: dict | None = None, **extra):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.headers, self.extra = headers or {}, extra
+
+
+def problem_response(status: int, code: str, detail: str, *, headers: dict | None = None,
+                     **extra) -> web.Response:
+    body = {"type": f"urn:rastau:problem:{code.replace('_', '-')}", "title": HTTPStatus(status).phrase,
+            "status": status, "detail": detail, "code": code, **extra}
+    return web.Response(status=status, text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_JSON,
+                        headers=headers)
+
+
+def _domain_status(exc: DomainError) -> tuple[int, str | None]:
+    for cls in type(exc).__mro__:
+        if cls in _DOMAIN_STATUS:
+            return _DOMAIN_STATUS[cls], _DOMAIN_FIELD.get(cls)
+    return 400, None
+
+
+def validation_problem(exc: ValidationError) -> Problem:
+    """Pydantic's errors → one sentence naming each field (never echoing the value: it may be an IIN)."""
+    errors = []
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in err["loc"]) or "body"
+        if err["type"] == "json_invalid":
+            return Problem(422, "invalid_json", "the request body is not valid JSON "
+                           f"({err.get('ctx', {}).get('error', 'syntax error')}); send a JSON object")
+        if err["type"] == "missing":
+            message = f"field '{where}' is required"
+        elif err["type"] == "extra_forbidden":
+            message = f"field '{where}' is not allowed here"
+        elif err["type"] == "model_type":
+            message = "the request body must be a JSON object"
+        elif not err["loc"]:
+            message = err["msg"].removeprefix("Value error, ")
+        else:
+            message = f"field '{where}': {err['msg'].removeprefix('Value error, ')}"
+        errors.append({"field": where, "message": message})
+    return Problem(422, "invalid_body", "; ".join(e["message"] for e in errors[:5]), errors=errors)
+
+
+def image_problem(exc: ImageRejected, which: str | None = None) -> Problem:
+    prefix = f"{which}: " if which else ""
+    return Problem(_IMAGE_STATUS.get(exc.reason, 422), f"image_{exc.reason}", prefix + exc.message)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Connection-level failures (server down, refused, timed out, SQLite locked) — not bugs in a query."""
+    if isinstance(exc, (OperationalError, InterfaceError, OSError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except Problem as exc:
+        return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extra)
+    except FaceLocked as exc:
+        return problem_response(429, exc.code, exc.detail, headers={"Retry-After": str(exc.retry_after)},
+                                retry_after=exc.retry_after)
+    except TemplateDecryptError as exc:
+        log.error("face reference failed to decrypt: tampering, or RASTAU_TEMPLATE_KEY changed")
+        return problem_response(409, exc.code, exc.detail + "; re-enrol the patient's reference photos")
+    except DomainError as exc:
+        status, field = _domain_status(exc)
+        return problem_response(status, exc.code, exc.detail, **({"field": field} if field else {}))
+    except ImageRejected as exc:
+        problem = image_problem(exc)
+        return problem_response(problem.status, problem.code, problem.detail)
+    except FacePoolBroken as exc:
+        return problem_response(503, "face_workers_restarting", str(exc), headers={"Retry-After": "5"})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _AIOHTTP_CODES.get(exc.status, f"http_{exc.status}")
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
+        return problem_response(exc.status, code, exc.text if exc.status != 404 else
+                                f"no such endpoint: {request.method} {request.path}", headers=headers)
+    except IntegrityError:
+        return problem_response(409, "concurrent_write", "another request changed the same record at the same "
+                                "moment; retry this request")
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: log the cause, answer without internals
+        request_id = request.get(REQUEST_ID, "-")
+        if database_unavailable(exc):
+            log.error("database unavailable", error_type=type(exc).__name__)
+            return problem_response(503, "database_unavailable", "the database is unreachable right now; "
+                                    "retry shortly", headers={"Retry-After": "5"},
+                                    request_id=request_id)
+        log.exception("unhandled error", error_type=type(exc).__name__)
+        return problem_response(500, "internal_error", "an unexpected error occurred; quote this request id "
+                                f"when reporting it: {request_id}", request_id=request_id)

@@ -1,0 +1,87 @@
+"""Proof of presence: the webcam frame (in-person visits) and the patient's one-time code (any visit).
+
+The frame is read into memory under a size cap, handed to a face worker, and dropped once the worker has
+made its encoding; the response says only the decision, never the distance.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+from pydantic import Field
+
+from core.codes import CodeOutcome
+from core.model import Actor
+from core.services import codes, faces
+from core.services.keys import Scope
+from server.appkeys import CTX, FACE_POOL, METRICS, SETTINGS
+from server.auth import guard_doctor_visit, principal, requires
+from server.bodies import Body, path_id, read_bounded, read_json
+from server.face.image import ImageRejected
+from server.problems import Problem
+
+API = "/api/v1"
+VISIT = API + r"/visits/{visit_id:\d{1,12}}"
+FRAME_TYPES = ("image/jpeg", "image/png")
+routes = web.RouteTableDef()
+
+
+class CodeIn(Body):
+    code: str = Field(max_length=32)
+
+
+@routes.post(VISIT + "/face")
+@requires(Scope.WEBCAM)
+async def verify_face(request: web.Request) -> web.Response:
+    ctx, who = request.app[CTX], principal(request)
+    visit_id = path_id(request, "visit_id", "visit")
+    await guard_doctor_visit(request, visit_id)
+    if request.content_type not in FRAME_TYPES:
+        raise Problem(415, "unsupported_media_type", "send the webcam frame as the raw body with "
+                      "'Content-Type: image/jpeg' or 'image/png'")
+    limit = request.app[SETTINGS].face_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ImageRejected("too_large", f"the frame is {request.content_length} bytes; the limit is {limit}")
+    await faces.check_face_allowed(ctx, who.clinic_id, visit_id)  # online, closed, locked, not enrolled: no work
+    frame = await read_bounded(request.content.read, limit, "the frame")
+    analysis = await request.app[FACE_POOL].analyse(frame)
+    del frame
+    result = await faces.record_face_attempt(ctx, who.clinic_id, visit_id, analysis.outcome, analysis.encoding)
+    request.app[METRICS].face_decisions.labels(result.decision.value).inc()
+    body: dict = {"decision": result.decision.value}
+    if result.retry_after is not None:
+        body["face_locked_for_seconds"] = result.retry_after
+    return web.json_response(body)
+
+
+@routes.post(VISIT + "/code")
+@requires(Scope.WEBCAM, Scope.CLINIC_SYSTEM)
+async def verify_code(request: web.Request) -> web.Response:
+    ctx, who = request.app[CTX], principal(request)
+    visit_id = path_id(request, "visit_id", "visit")
+    body = await read_json(request, CodeIn)
+    await guard_doctor_visit(request, visit_id)
+    check = await codes.verify_code(ctx, who.clinic_id, visit_id, body.code, actor=Actor.DOCTOR)
+    request.app[METRICS].code_outcomes.labels(check.outcome.value).inc()
+    if check.outcome is CodeOutcome.LOCKED:
+        if check.doctor_capped:
+            now = ctx.clock.now()
+            wait = int((now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1) - now)
+                       .total_seconds()) + 1
+            raise Problem(429, "doctor_code_cap", "this doctor has entered too many wrong codes this hour; code "
+                          f"checks resume in {wait} s", headers={"Retry-After": str(wait)}, result="locked",
+                          attempts_left=check.attempts_left)
+        raise Problem(429, "code_locked", "too many wrong codes for this visit: its code is locked; verify the "
+                      "patient by face (in person) or escalate to the clinic admin", result="locked",
+                      attempts_left=0)
+    return web.json_response({"result": check.outcome.value, "attempts_left": check.attempts_left})
+
+
+@routes.post(VISIT + "/code-requests")
+@requires(Scope.CLINIC_SYSTEM)
+async def request_code(request: web.Request) -> web.Response:
+    """Queues a fresh code for the patient's chat. The code is made at sending time and never returned here."""
+    who = principal(request)
+    visit_id = path_id(request, "visit_id", "visit")
+    await codes.request_code(request.app[CTX], who.clinic_id, visit_id, who.doctor_id)
+    return web.json_response({"status": "sent_to_patient"}, status=202)

@@ -1,0 +1,169 @@
+"""Visits: create (honouring Idempotency-Key), list one local day, read one with its events, cancel.
+
+A key bound to a doctor sees and creates only that doctor's visits; anyone else's answer 404.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Literal
+
+from aiohttp import web
+from pydantic import AwareDatetime, Field, field_validator
+from sqlalchemy.exc import IntegrityError
+
+from core.clock import ALMATY, local_day_bounds
+from core.errors import NotFound
+from core.model import Visit, VisitEvent, VisitMode, VisitState
+from core.services import idempotency, visits
+from core.services.keys import Scope
+from server.appkeys import CTX
+from server.auth import guard_doctor_visit, principal, requires
+from server.bodies import MAX_ID, YEARS, Body, JsonInt, path_id, query_date, query_int, read_json
+from server.problems import Problem
+
+API = "/api/v1"
+VISIT = API + r"/visits/{visit_id:\d{1,12}}"
+routes = web.RouteTableDef()
+
+
+class VisitIn(Body):
+    doctor_id: JsonInt = Field(ge=1, le=MAX_ID)
+    patient_id: JsonInt = Field(ge=1, le=MAX_ID)
+    start: AwareDatetime
+    duration_minutes: JsonInt = Field(ge=1, le=720)
+    mode: Literal["in_person", "online"]
+    service_code: str = Field(min_length=1, max_length=64)
+
+    @field_validator("start")
+    @classmethod
+    def _plausible_year(cls, value: dt.datetime) -> dt.datetime:
+        if value.year not in YEARS:
+            raise ValueError(f"the year must be {YEARS.start}-{YEARS.stop - 1}")
+        return value
+
+
+class CancelIn(Body):
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _answer(visit: Visit) -> str:
+    if visit.state is VisitState.PATIENT_CONFIRMED:
+        return "confirmed"
+    if visit.state is VisitState.PATIENT_DISPUTED:
+        return "disputed"
+    return "claimed_attended" if visit.attended_claim_at else "none"
+
+
+def visit_json(visit: Visit) -> dict:
+    return {"id": visit.id, "doctor_id": visit.doctor_id, "patient_id": visit.patient_id,
+            "start": _iso(visit.start), "start_local": visit.start.astimezone(ALMATY).isoformat(),
+            "duration_minutes": int(visit.duration.total_seconds() // 60), "mode": visit.mode.value,
+            "service_code": visit.service_code, "state": visit.state.value,
+            "verification_methods": ["code"] if visit.mode is VisitMode.ONLINE else ["face", "code"],
+            "verified_by": visit.verified_by.value if visit.verified_by else None,
+            "verified_at": _iso(visit.verified_at),
+            "patient_answer": {"answer": _answer(visit), "answered_at": _iso(visit.answered_at or
+                                                                             visit.attended_claim_at),
+                               "dispute_reason": visit.dispute_reason}}
+
+
+def event_json(event: VisitEvent) -> dict:
+    return {"at": _iso(event.at), "step": event.step,
+            "from_state": event.from_state.value if event.from_state else None, "to_state": event.to_state.value,
+            "actor": getattr(event.actor, "value", event.actor), "method": event.method, "detail": event.detail}
+
+
+def _created(visit: Visit) -> tuple[int, str]:
+    return 201, json.dumps(visit_json(visit), ensure_ascii=False)
+
+
+def _stored(response: idempotency.StoredResponse, visit_id: int | None = None, replayed: bool = False):
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    if visit_id is None:
+        visit_id = json.loads(response.body)["id"]
+    headers["Location"] = f"{API}/visits/{visit_id}"
+    return web.Response(status=response.status, text=response.body, content_type="application/json",
+                        headers=headers)
+
+
+@routes.post(API + "/visits")
+@requires(Scope.CLINIC_SYSTEM)
+async def create_visit(request: web.Request) -> web.Response:
+    ctx, who = request.app[CTX], principal(request)
+    body = await read_json(request, VisitIn)
+    if who.doctor_id is not None and body.doctor_id != who.doctor_id:
+        raise NotFound(f"doctor {body.doctor_id} not found")
+    key = request.headers.get("Idempotency-Key")
+    write = None
+    if key is not None:
+        request_hash = idempotency.fingerprint(body.model_dump(mode="json"))
+        earlier = await idempotency.replay(ctx, who.clinic_id, idempotency.check_key(key), request_hash)
+        if earlier is not None:
+            return _stored(earlier, replayed=True)
+        write = idempotency.IdempotentWrite(who.clinic_id, key, request_hash, _created)
+    try:
+        visit = await visits.register_visit(
+            ctx, clinic_id=who.clinic_id, doctor_id=body.doctor_id, patient_id=body.patient_id, start=body.start,
+            duration=dt.timedelta(minutes=body.duration_minutes), mode=body.mode, service_code=body.service_code,
+            idempotency=write)
+    except IntegrityError:
+        if write is None:
+            raise
+        earlier = await idempotency.replay(ctx, who.clinic_id, key, write.request_hash)  # a concurrent twin won
+        if earlier is None:
+            raise
+        return _stored(earlier, replayed=True)
+    if write is not None:
+        return _stored(write.response, visit.id)
+    status, text = _created(visit)
+    return web.Response(status=status, text=text, content_type="application/json",
+                        headers={"Location": f"{API}/visits/{visit.id}"})
+
+
+@routes.get(API + "/visits")
+@requires(Scope.CLINIC_SYSTEM, Scope.ADMIN)
+async def list_visits(request: web.Request) -> web.Response:
+    ctx, who = request.app[CTX], principal(request)
+    day = query_date(request, "date", ctx.clock.now())
+    doctor_id = query_int(request, "doctor_id", low=1)
+    if who.doctor_id is not None:
+        if doctor_id not in (None, who.doctor_id):
+            return web.json_response({"date": day.isoformat(), "visits": []})
+        doctor_id = who.doctor_id
+    status = request.query.get("status")
+    if status is not None and status not in {s.value for s in VisitState}:
+        raise Problem(422, "invalid_query", "query parameter 'status' must be one of "
+                      + ", ".join(s.value for s in VisitState), field="status")
+    start, end = local_day_bounds(day, ALMATY)
+    found = await visits.list_visits(ctx, who.clinic_id, start_from=start, start_to=end, doctor_id=doctor_id,
+                                     state=VisitState(status) if status else None,
+                                     limit=query_int(request, "limit", default=200, low=1, high=500),
+                                     offset=query_int(request, "offset", default=0))
+    return web.json_response({"date": day.isoformat(), "visits": [visit_json(v) for v in found]})
+
+
+@routes.get(VISIT)
+@requires(Scope.CLINIC_SYSTEM, Scope.ADMIN, Scope.WEBCAM)
+async def get_visit(request: web.Request) -> web.Response:
+    ctx, who = request.app[CTX], principal(request)
+    visit_id = path_id(request, "visit_id", "visit")
+    view = await visits.get_visit(ctx, who.clinic_id, visit_id)
+    if who.doctor_id is not None and view.visit.doctor_id != who.doctor_id:
+        raise NotFound(f"visit {visit_id} not found")
+    return web.json_response({**visit_json(view.visit), "events": [event_json(e) for e in view.events]})
+
+
+@routes.post(VISIT + "/cancel")
+@requires(Scope.CLINIC_SYSTEM)
+async def cancel_visit(request: web.Request) -> web.Response:
+    ctx, who = request.app[CTX], principal(request)
+    visit_id = path_id(request, "visit_id", "visit")
+    body = await read_json(request, CancelIn) if request.can_read_body else CancelIn()
+    await guard_doctor_visit(request, visit_id)
+    visit = await visits.cancel_visit(ctx, who.clinic_id, visit_id, body.reason)
+    return web.json_response(visit_json(visit))

@@ -1,0 +1,50 @@
+"""The OpenAPI document and the route table describe the same API, with the same scopes."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from core.config import Mode, Settings
+from server.app import create_app
+from server.auth import access_of
+from server.openapi import DOCUMENT
+from tests.server.support import FakeAnalyser
+
+
+def _app() -> web.Application:
+    settings = Settings(_env_file=None, mode=Mode.DEV, database_url="sqlite+aiosqlite:///unused.db")
+    return create_app(settings, ctx=object(), face_pool=FakeAnalyser())
+
+
+def _routed(app: web.Application) -> dict[tuple[str, str], object]:
+    return {(route.method.lower(), route.resource.canonical): route.handler
+            for route in app.router.routes() if route.method != "HEAD"}
+
+
+def test_every_route_is_documented_and_every_documented_operation_is_routed():
+    routed = set(_routed(_app()))
+    documented = {(method, path) for path, ops in DOCUMENT["paths"].items() for method in ops}
+    assert routed - documented == set(), "routes missing from the OpenAPI document"
+    assert documented - routed == set(), "documented operations the app does not serve"
+
+
+def test_documented_scopes_are_the_scopes_the_handlers_demand():
+    for (method, path), handler in _routed(_app()).items():
+        access = access_of(handler)
+        assert access is not None, f"{method.upper()} {path} declares no access rule"
+        documented = {scope for requirement in DOCUMENT["paths"][path][method]["security"]
+                      for scope in requirement.get("bearerAuth", [])}
+        expected = set() if access.scopes is None else {s.value for s in access.scopes}
+        assert documented == expected, f"{method.upper()} {path}"
+
+
+def test_protected_operations_document_401_and_403_and_every_body_is_json_or_declared():
+    for path, ops in DOCUMENT["paths"].items():
+        for method, op in ops.items():
+            if op["security"]:
+                assert {"401", "403", "503"} <= set(op["responses"]), f"{method} {path}"
+
+
+async def test_document_is_served(client):
+    response = await client.get("/api/v1/openapi.json")
+    assert response.status == 200
+    assert await response.json() == DOCUMENT

@@ -1,0 +1,128 @@
+"""`python -m server` as a real process on 127.0.0.1: operator CLI set-up, the in-person flow with real face
+workers and real photos, the online flow, SIGTERM → exit 0; and production mode refusing to start without secrets."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).parents[2]
+BIN = Path(sys.executable).parent
+FACES = ROOT / "tests" / "fixtures" / "faces"
+READY_TIMEOUT_S = 240  # two busy cores load the dlib models slowly
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(tmp_path: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
+    env.update(RASTAU_MODE="dev", RASTAU_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'rastau.db'}",
+               RASTAU_CODE_HMAC_KEY=secrets.token_urlsafe(32), RASTAU_TEMPLATE_KEY=secrets.token_urlsafe(32),
+               RASTAU_API_KEY_PEPPER=secrets.token_urlsafe(32), RASTAU_FACE_WORKERS="1",
+               RASTAU_LOG_FORMAT="json", PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env
+
+
+def rastau(env: dict, cwd: Path, *args: str) -> str:
+    done = subprocess.run([str(BIN / "rastau"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def wait_for(session: aiohttp.ClientSession, url: str, status: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(url) as response:
+                if response.status == status:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.5)
+    pytest.fail(f"{url} did not answer {status} within {timeout} s")
+
+
+async def test_real_server_in_person_and_online_flows_then_sigterm(tmp_path):
+    port = free_port()
+    env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port))
+    rastau(env, tmp_path, "migrate")
+    rastau(env, tmp_path, "add-clinic", "Polyclinic No. 5")
+    rastau(env, tmp_path, "add-doctor", "--clinic", "1", "--name", "Aidos Seitkali", "--phone", "8 701 111 22 33")
+    printed = rastau(env, tmp_path, "add-api-key", "--clinic", "1", "--scope", "clinic_system", "--scope", "webcam",
+                     "--label", "reception")
+    key = next(word for word in printed.split() if word.startswith("rk_"))
+    assert "shown only this once" in printed
+    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    base, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_for(session, f"{base}/healthz", 200, 60)
+            await wait_for(session, f"{base}/readyz", 200, READY_TIMEOUT_S)
+            async with session.post(f"{base}/api/v1/patients", headers=h, json={
+                    "iin": "900101300017", "full_name": "Barack O.", "phone": "+77011234567"}) as r:
+                patient = (await r.json())["id"]
+            async with session.post(f"{base}/api/v1/patients/{patient}/consent", headers=h,
+                                    json={"recorded_by": "Nurse Dana"}) as r:
+                assert r.status == 200
+            form = aiohttp.FormData()
+            form.add_field("image", (FACES / "obama/obama1.jpg").read_bytes(), filename="1.jpg",
+                           content_type="image/jpeg")
+            async with session.put(f"{base}/api/v1/patients/{patient}/face", headers=h, data=form) as r:
+                assert await r.json() == {"enrolled": 1}
+            start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
+            visit = {"doctor_id": 1, "patient_id": patient, "start": start, "duration_minutes": 20,
+                     "service_code": "A01"}
+            async with session.post(f"{base}/api/v1/visits", headers=h, json={**visit, "mode": "in_person"}) as r:
+                in_person = (await r.json())["id"]
+            async with session.post(f"{base}/api/v1/visits/{in_person}/face", data=(FACES / "obama/obama2.jpg")
+                                    .read_bytes(), headers={**h, "Content-Type": "image/jpeg"}) as r:
+                assert await r.json() == {"decision": "match"}
+            async with session.get(f"{base}/api/v1/visits/{in_person}", headers=h) as r:
+                assert (await r.json())["state"] == "verified"
+
+            async with session.post(f"{base}/api/v1/visits", headers=h, json={**visit, "mode": "online"}) as r:
+                online = (await r.json())["id"]
+            async with session.post(f"{base}/api/v1/visits/{online}/face", data=(FACES / "obama/obama2.jpg")
+                                    .read_bytes(), headers={**h, "Content-Type": "image/jpeg"}) as r:
+                assert r.status == 409
+            async with session.post(f"{base}/api/v1/visits/{online}/code-requests", headers=h) as r:
+                assert r.status == 202 and await r.json() == {"status": "sent_to_patient"}
+            async with session.post(f"{base}/api/v1/visits/{online}/code", headers=h, json={"code": "000000"}) as r:
+                assert (await r.json())["result"] == "no_code"  # the bot has not sent it yet
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+    assert process.returncode == 0, err[-3000:]
+    assert '"server stopped"' in err
+    assert key not in err + out and "900101300017" not in err + out
+
+
+def test_production_without_secrets_refuses_to_start_naming_each(tmp_path):
+    env = server_env(tmp_path, RASTAU_MODE="production")
+    for name in ("RASTAU_CODE_HMAC_KEY", "RASTAU_TEMPLATE_KEY", "RASTAU_API_KEY_PEPPER"):
+        env.pop(name)
+    done = subprocess.run([sys.executable, "-m", "server"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0
+    for name in ("RASTAU_CODE_HMAC_KEY", "RASTAU_TEMPLATE_KEY", "RASTAU_API_KEY_PEPPER"):
+        assert name in done.stderr
