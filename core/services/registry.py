@@ -85,6 +85,14 @@ async def record_consent(ctx: Context, clinic_id: int, patient_id: int, recorded
     return patient
 
 
+async def check_enrolment_allowed(ctx: Context, clinic_id: int, patient_id: int) -> None:
+    """Refuse before any photo is read or analysed: unknown patient (NotFound) or no consent on record."""
+    async with ctx.uow(read_only=True) as uow:
+        patient = await uow.patients.get(patient_id, clinic_id)
+    if patient.consent_at is None:
+        raise ConsentMissing(f"patient {patient_id} has no recorded consent; record consent before enrolling")
+
+
 async def enrol_face(ctx: Context, clinic_id: int, patient_id: int,
                      encodings: list[tuple[float, ...]]) -> int:
     """Replace the patient's references with these encodings (1-5). Consent must be on record."""

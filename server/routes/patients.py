@@ -67,6 +67,7 @@ async def record_consent(request: web.Request) -> web.Response:
 async def enrol_face(request: web.Request) -> web.Response:
     """Every photo is analysed before anything is stored: one bad photo rejects the whole enrolment."""
     patient_id = path_id(request, "patient_id", "patient")
+    await registry.check_enrolment_allowed(request.app[CTX], principal(request).clinic_id, patient_id)
     images = await _read_images(request)
     analyses = await asyncio.gather(*(request.app[FACE_POOL].analyse(image) for image in images),
                                     return_exceptions=True)

@@ -72,6 +72,7 @@ async def test_enrolment_needs_consent_then_stores_how_many_faces(client, ctx, t
     refused = await client.put(f"{API}/patients/{patient}/face", data=images(fake_frame("face", "asel")),
                                headers=a.h())
     assert refused.status == 409 and (await refused.json())["code"] == "consent_missing"
+    assert faces.frames_seen == 0  # refused before any face worker time was spent
     consent = await client.post(f"{API}/patients/{patient}/consent", json={"recorded_by": "Nurse Dana"},
                                 headers=a.h())
     assert consent.status == 200 and (await consent.json())["consent_recorded_by"] == "Nurse Dana"
@@ -105,6 +106,7 @@ async def test_enrolment_is_all_or_nothing_and_names_the_bad_image(client, ctx, 
 ])
 async def test_malformed_enrolment_uploads(client, ctx, tenants, form, status, code):
     a, _ = tenants
+    await registry.record_consent(ctx, a.clinic_id, a.patient_ids[0], "Nurse")
     response = await client.put(f"{API}/patients/{a.patient_ids[0]}/face", data=form(), headers=a.h())
     assert response.status == status
     assert (await response.json())["code"] == code
@@ -116,6 +118,7 @@ async def test_enrolment_photo_over_the_byte_cap_is_413(aiohttp_client, settings
     small = settings.model_copy(update={"face_max_bytes": 2048})
     client = await aiohttp_client(create_app(small, ctx=ctx, face_pool=faces))
     a, _ = tenants
+    await registry.record_consent(ctx, a.clinic_id, a.patient_ids[0], "Nurse")
     response = await client.put(f"{API}/patients/{a.patient_ids[0]}/face", data=images(b"x" * 4096), headers=a.h())
     assert response.status == 413 and (await response.json())["code"] == "image_too_large"
     assert faces.frames_seen == 0
@@ -154,8 +157,9 @@ async def test_a_key_with_undecodable_bytes_is_401_not_500(client):
     assert response.status == 401
 
 
-async def test_a_malformed_multipart_body_is_422(client, tenants):
+async def test_a_malformed_multipart_body_is_422(client, ctx, tenants):
     a, _ = tenants
+    await registry.record_consent(ctx, a.clinic_id, a.patient_ids[0], "Nurse")
     boundary = "b0undary"
     raw = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"\xf0\x12\"\r\n\r\nx\r\n--{boundary}--\r\n"
            .encode("latin-1"))
