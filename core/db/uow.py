@@ -19,7 +19,7 @@ class UnitOfWork:
 
     def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writer: asyncio.Lock | None = None):
         self._engine = engine
-        self._row_locks = engine.dialect.name != "sqlite"  # SQLite's BEGIN IMMEDIATE already serialises
+        self.row_locks = engine.dialect.name != "sqlite"  # SQLite's BEGIN IMMEDIATE already serialises
         self._read_only = read_only
         self._writer = None if read_only else writer
         self._committed = False
@@ -35,7 +35,7 @@ class UnitOfWork:
         if self._read_only:  # reports need a consistent snapshot, not SQLite's write lock
             await self.conn.execution_options(**{READ_ONLY_OPTION: True})
         await self.conn.begin()
-        locks = self._row_locks
+        locks = self.row_locks
         self.audit = AuditRepo(self.conn, locks)
         self.clinics = ClinicRepo(self.conn, locks)
         self.doctors = DoctorRepo(self.conn, locks)

@@ -84,8 +84,9 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
     policy = ctx.settings.code_policy
     async with ctx.uow() as uow:
         visit = await uow.visits.get(visit_id, clinic_id)
-        await uow.doctors.lock(visit.doctor_id)  # doctor first, then visit: one lock order, no deadlocks
-        visit = await uow.visits.get(visit_id, clinic_id, lock=True)
+        if uow.row_locks:  # doctor first, then visit: one lock order, no deadlocks (SQLite holds the write lock)
+            await uow.doctors.lock(visit.doctor_id)
+            visit = await uow.visits.get(visit_id, clinic_id, lock=True)
         row = await uow.codes.current(visit_id)
         if visit.state is not VisitState.SCHEDULED:
             if row is not None and row.used_at is not None:
