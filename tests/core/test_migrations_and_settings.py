@@ -93,3 +93,14 @@ def test_logs_never_carry_a_whole_iin_or_secret_fields(capfd):
     assert "********0017" in err and "********0015" in err
     assert "123456" not in err and "123:ABC" not in err and "0.1, 0.1" not in err and "jpeg" not in err
     assert '"status_code": 200' in err
+
+
+def test_env_example_documents_every_setting_with_a_comment():
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[2] / ".env.example").read_text().splitlines()
+    for name in Settings.model_fields:
+        variable = f"RASTAU_{name.upper()}="
+        at = next((n for n, line in enumerate(lines) if line.startswith(variable)), None)
+        assert at is not None, f"{variable} is not in .env.example"
+        assert lines[at - 1].startswith("#"), f"{variable} in .env.example has no comment above it"
