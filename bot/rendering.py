@@ -47,7 +47,7 @@ class OutboxRenderer:
 
     async def _patient(self, patient_id: int):
         """(patient, locale) or None when the patient can't or doesn't want to be written to."""
-        async with self._ctx.uow() as uow:
+        async with self._ctx.uow(read_only=True) as uow:
             patient = await uow.patients.get(patient_id)
         if patient.chat_id is None or patient.chat_blocked:
             return None
@@ -57,7 +57,7 @@ class OutboxRenderer:
         return patient, patient.language.value
 
     async def _admin(self, admin_id: int):
-        async with self._ctx.uow() as uow:
+        async with self._ctx.uow(read_only=True) as uow:
             admin = await uow.admins.get(admin_id)
         if admin.chat_id is None:
             return None
@@ -67,7 +67,7 @@ class OutboxRenderer:
         return admin, (chosen or Language(DEFAULT_LOCALE)).value
 
     async def _visit_facts(self, visit_id: int):
-        async with self._ctx.uow() as uow:
+        async with self._ctx.uow(read_only=True) as uow:
             visit = await uow.visits.get(visit_id)
             clinic = await uow.clinics.get(visit.clinic_id)
             doctor = await uow.doctors.get(visit.doctor_id)

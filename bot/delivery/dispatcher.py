@@ -31,7 +31,8 @@ from core.services import Context
 
 log = get_logger("rastau.dispatcher")
 
-MAX_ATTEMPTS = 12
+MAX_FAILURES = 12  # failed sends (5xx, timeouts, render errors) before a message is given up
+MAX_CLAIMS = 60  # claims without an outcome (dispatchers dying on it) before it is given up as poison
 MAX_RETRY_AFTER_IN_PLACE = 5  # 429s absorbed in place before the row is rescheduled
 LEASE_SLACK = 2.0  # seconds a claim must outlast a send's timeout, to mark the row done while still ours
 
@@ -113,7 +114,12 @@ class OutboxDispatcher:
     async def _deliver(self, row, send_by: float) -> None:
         item = OutboxItem(id=row.id, kind=row.kind, recipient_kind=row.recipient_kind,
                           recipient_id=row.recipient_id, visit_id=row.visit_id,
-                          payload=json.loads(row.payload or "{}"), attempts=row.attempts)
+                          payload=json.loads(row.payload or "{}"), attempts=row.attempts, failures=row.failures)
+        if item.attempts > MAX_CLAIMS:
+            await self._finish(item.id, "failed", f"claimed {item.attempts} times without an outcome")
+            log.error("message abandoned: dispatchers keep dying on it", outbox_id=item.id, kind=item.kind,
+                      claims=item.attempts)
+            return
         async with self._slots:
             try:
                 parts = await self._renderer.render(item)
@@ -138,7 +144,7 @@ class OutboxDispatcher:
                 last_message_id = await self._send_one(part, send_by)
                 if index + 1 < len(parts):  # a crash before the next part must not repeat this one
                     async with self._ctx.uow() as uow:
-                        await uow.outbox.set_parts_sent(item.id, index + 1)
+                        await uow.outbox.set_parts_sent(item.id, index + 1, worker_id=self.worker_id)
                         await uow.commit()
             except TooLate as late:
                 await self._hand_back(item, late.at)
@@ -176,28 +182,29 @@ class OutboxDispatcher:
         raise _Retry("too many 429 answers in a row")
 
     async def _reschedule(self, item: OutboxItem, error: str) -> None:
-        if item.attempts >= MAX_ATTEMPTS:
-            await self._finish(item.id, "failed", f"gave up after {item.attempts} attempts: {error}")
-            log.error("message abandoned", outbox_id=item.id, kind=item.kind, attempts=item.attempts)
+        failures = item.failures + 1
+        if failures >= MAX_FAILURES:
+            await self._finish(item.id, "failed", f"gave up after {failures} failed sends: {error}")
+            log.error("message abandoned", outbox_id=item.id, kind=item.kind, failures=failures)
             return
-        due = self._ctx.clock.now() + backoff(item.attempts)
+        due = self._ctx.clock.now() + backoff(failures)
         async with self._ctx.uow() as uow:
-            await uow.outbox.retry_later(item.id, due, error)
+            await uow.outbox.retry_later(item.id, due, error, worker_id=self.worker_id)
             await uow.commit()
-        log.warning("delivery will be retried", outbox_id=item.id, kind=item.kind, attempts=item.attempts,
-                    error=error)
+        log.warning("delivery will be retried", outbox_id=item.id, kind=item.kind, failures=failures, error=error)
 
     async def _hand_back(self, item: OutboxItem, turn_at: float) -> None:
         """The claim would lapse before this row's turn: queue it again for when its turn comes."""
         due = self._ctx.clock.now() + dt.timedelta(seconds=max(0.0, turn_at - time.monotonic()))
         async with self._ctx.uow() as uow:
-            await uow.outbox.retry_later(item.id, due, "handed back: its turn to send came after the claim lapsed")
+            await uow.outbox.retry_later(item.id, due, "handed back: its turn to send came after the claim lapsed",
+                                         failed=False, worker_id=self.worker_id)
             await uow.commit()
 
     async def _blocked(self, item: OutboxItem, chat_id: int, exc: Exception) -> None:
         now = self._ctx.clock.now()
         async with self._ctx.uow() as uow:
-            await uow.outbox.finish(item.id, "blocked", now, error=str(exc)[:300])
+            await uow.outbox.finish(item.id, "blocked", now, error=str(exc)[:300], worker_id=self.worker_id)
             if item.recipient_kind == "patient":
                 await uow.patients.mark_chat_blocked(chat_id)
             await uow.commit()
@@ -206,6 +213,9 @@ class OutboxDispatcher:
 
     async def _finish(self, message_id: int, status: str, error: str | None, chat_message_id: int | None = None):
         async with self._ctx.uow() as uow:
-            await uow.outbox.finish(message_id, status, self._ctx.clock.now(), error=error,
-                                    chat_message_id=chat_message_id)
+            ours = await uow.outbox.finish(message_id, status, self._ctx.clock.now(), error=error,
+                                           chat_message_id=chat_message_id, worker_id=self.worker_id)
             await uow.commit()
+        if not ours:
+            log.warning("claim lapsed before the outcome was recorded; another dispatcher owns the row now",
+                        outbox_id=message_id, outcome=status)

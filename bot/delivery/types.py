@@ -13,7 +13,8 @@ class OutboxItem:
     recipient_id: int
     visit_id: int | None
     payload: dict = field(default_factory=dict)
-    attempts: int = 0
+    attempts: int = 0  # times claimed, crashed claims included
+    failures: int = 0  # sends that failed so far: what the retry budget counts
 
 
 @dataclass(frozen=True)

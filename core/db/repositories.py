@@ -409,20 +409,32 @@ class OutboxRepo(_Repo):
             .values(status="pending", claimed_by=None, claim_expires_at=None))
         return res.rowcount
 
-    async def set_parts_sent(self, message_id: int, parts: int) -> None:
-        await self.conn.execute(update(t.outbox).where(t.outbox.c.id == message_id).values(parts_sent=parts))
+    @staticmethod
+    def _claimed(message_id: int, worker_id: str | None):
+        """This row, and only while `worker_id` still holds its claim (a lapsed claim may have moved on)."""
+        where = t.outbox.c.id == message_id
+        return and_(where, t.outbox.c.claimed_by == worker_id) if worker_id is not None else where
+
+    async def set_parts_sent(self, message_id: int, parts: int, *, worker_id: str | None = None) -> None:
+        await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(parts_sent=parts))
 
     async def finish(self, message_id: int, status: str, now: dt.datetime, *, error: str | None = None,
-                     chat_message_id: int | None = None) -> None:
-        """Terminal outcome: sent | skipped | blocked | failed."""
+                     chat_message_id: int | None = None, worker_id: str | None = None) -> bool:
+        """Terminal outcome: sent | skipped | blocked | failed. False when the claim was no longer ours."""
         values = dict(status=status, claimed_by=None, claim_expires_at=None, last_error=error)
         if status == "sent":
             values.update(sent_at=now, chat_message_id=chat_message_id)
-        await self.conn.execute(update(t.outbox).where(t.outbox.c.id == message_id).values(**values))
+        res = await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(**values))
+        return res.rowcount == 1
 
-    async def retry_later(self, message_id: int, due_at: dt.datetime, error: str) -> None:
-        await self.conn.execute(update(t.outbox).where(t.outbox.c.id == message_id).values(
-            status="pending", due_at=due_at, claimed_by=None, claim_expires_at=None, last_error=error[:300]))
+    async def retry_later(self, message_id: int, due_at: dt.datetime, error: str, *, failed: bool = True,
+                          worker_id: str | None = None) -> bool:
+        """Back to the queue; `failed` spends one unit of the retry budget (a hand-back does not)."""
+        values = dict(status="pending", due_at=due_at, claimed_by=None, claim_expires_at=None, last_error=error[:300])
+        if failed:
+            values["failures"] = t.outbox.c.failures + 1
+        res = await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(**values))
+        return res.rowcount == 1
 
     async def get(self, message_id: int):
         return (await self.conn.execute(select(t.outbox).where(t.outbox.c.id == message_id))).first()

@@ -157,7 +157,8 @@ outbox = Table(
     Column("payload", Text, nullable=False, server_default="{}"),
     Column("dedupe_key", String(120), unique=True),
     Column("status", String(12), nullable=False, server_default="pending"),
-    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),  # claims, including crashed ones
+    Column("failures", Integer, nullable=False, server_default="0"),  # sends that failed: the retry budget
     Column("parts_sent", Integer, nullable=False, server_default="0"),
     Column("claimed_by", String(64)),
     Column("claim_expires_at", UtcDateTime),

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from bot.delivery.dispatcher import OutboxDispatcher
 from core.clock import SystemClock
+from core.db import tables as t
 from core.db.engine import create_engine
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context
@@ -299,3 +301,32 @@ async def test_a_claim_left_by_a_dead_dispatcher_expires_for_the_others(ctx, bot
     ctx.clock.advance(dt.timedelta(seconds=61))
     await other.drain()
     assert texts_to(standin, 8008) == [f"orphan #{mid}"]
+
+
+async def test_a_message_dispatchers_keep_dying_on_is_given_up_not_claimed_forever(ctx, bot, standin):
+    from bot.delivery.dispatcher import MAX_CLAIMS
+
+    message_id = await queue(ctx, 4343, "poison")
+    async with ctx.uow() as uow:
+        await uow.conn.execute(sa.update(t.outbox).where(t.outbox.c.id == message_id).values(attempts=MAX_CLAIMS))
+        await uow.commit()
+    await OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w").drain()
+    assert (await statuses(ctx))[message_id] == "failed"
+    assert standin.messages_to(4343) == []
+
+
+async def test_an_outcome_is_not_recorded_over_a_claim_another_dispatcher_took(ctx):
+    message_id = await queue(ctx, 4444, "contested")
+    async with ctx.uow() as uow:
+        await uow.outbox.claim_due(ctx.clock.now(), "late", dt.timedelta(seconds=1), 10)
+        await uow.commit()
+    ctx.clock.advance(dt.timedelta(seconds=5))
+    async with ctx.uow() as uow:
+        await uow.outbox.claim_due(ctx.clock.now(), "new-owner", dt.timedelta(seconds=60), 10)
+        await uow.commit()
+    async with ctx.uow() as uow:  # the late dispatcher's retry must not reset the new owner's claim
+        assert not await uow.outbox.retry_later(message_id, ctx.clock.now(), "500", worker_id="late")
+        assert not await uow.outbox.finish(message_id, "failed", ctx.clock.now(), worker_id="late")
+        await uow.commit()
+        row = await uow.outbox.get(message_id)
+    assert (row.status, row.claimed_by, row.failures) == ("sending", "new-owner", 0)
