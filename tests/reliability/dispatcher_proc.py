@@ -1,0 +1,183 @@
+"""The outbox dispatcher in a process of its own, for the crash harness (tests/reliability/test_crash_delivery.py).
+
+Configuration comes from the environment variable ``RASTAU_CRASH_CONFIG`` (JSON: settings values, the Bot API
+base url and token, the client timeout, the send rates and the batch size). Two ways to start it:
+
+    python tests/reliability/dispatcher_proc.py run --worker-id w-main --lease 60 --offset 0 [--until-drained]
+    python tests/reliability/dispatcher_proc.py serve
+
+``run`` is one dispatcher: the real ``OutboxDispatcher.run_forever`` with the real ``OutboxRenderer`` (codes are
+issued at send time), until it is killed — or, with ``--until-drained``, until no outbox row is left pending or
+claimed, then it exits 0.
+
+``serve`` is a fork server. Importing aiogram takes seconds on a busy machine, and the harness restarts the
+dispatcher more than fifty times, so this process imports everything once and then forks a fresh dispatcher
+process per ``spawn`` line on stdin. Each dispatcher is a real process of its own (own pid, own database
+connections, own sockets) that the test kills with SIGKILL; nothing of it survives in the server, which only
+reaps it. Protocol, one line each way:
+
+    -> spawn WORKER_ID LEASE_SECONDS CLOCK_OFFSET_SECONDS      <- spawned PID     (and later, from the child: ready PID)
+    -> reap PID                                                 <- reaped PID STATUS
+    -> quit
+
+The clock is the system clock shifted by ``CLOCK_OFFSET_SECONDS`` (:class:`ShiftedClock`): it moves at real speed,
+so claim leases expire in real seconds as in production, while the test moves the schedule forward between
+restarts by handing the next process a larger offset.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from aiogram import Bot  # noqa: E402
+from aiogram.client.session.aiohttp import AiohttpSession  # noqa: E402
+from aiogram.client.telegram import TelegramAPIServer  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from bot.delivery.dispatcher import OutboxDispatcher  # noqa: E402
+from bot.i18n import make_i18n  # noqa: E402
+from bot.rendering import OutboxRenderer  # noqa: E402
+from core.config import Settings  # noqa: E402
+from core.db import tables as t  # noqa: E402
+from core.db.engine import create_engine  # noqa: E402
+from core.db.uow import UnitOfWorkFactory  # noqa: E402
+from core.logs import configure_logging  # noqa: E402
+from core.services import Context  # noqa: E402
+
+CONFIG_ENV = "RASTAU_CRASH_CONFIG"
+
+
+class ShiftedClock:
+    """The system clock plus a fixed offset: real-speed time, placed wherever the test's schedule needs it."""
+
+    def __init__(self, offset_seconds: float):
+        self.offset = offset_seconds
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(time.time() + self.offset, dt.UTC)
+
+
+def _say(line: str) -> None:
+    os.write(1, (line + "\n").encode())  # one write(2): lines of parent and children never interleave
+
+
+async def dispatch(config: dict, i18n, worker_id: str, lease: float, offset: float, until_drained: bool) -> None:
+    settings = Settings(_env_file=None, **config["settings"])
+    engine = create_engine(settings.database_url)
+    ctx = Context.build(settings, UnitOfWorkFactory(engine), ShiftedClock(offset))
+    session = AiohttpSession(api=TelegramAPIServer.from_base(config["base_url"]), timeout=config["timeout"])
+    bot = Bot(config["token"], session=session)
+    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n), worker_id=worker_id,
+                                  rate_global=config["rate_global"], rate_per_chat=config["rate_per_chat"],
+                                  batch=config["batch"], lease=dt.timedelta(seconds=lease))
+    _say(f"ready {os.getpid()}")
+    watchdog = asyncio.create_task(_exit_when_orphaned(os.getppid()))
+    try:
+        if not until_drained:
+            await dispatcher.run_forever(asyncio.Event(), idle=config.get("idle", 0.1))
+            return
+        deadline = time.monotonic() + config.get("drain_timeout", 120)
+        while time.monotonic() < deadline:
+            await dispatcher.drain()
+            async with ctx.uow(read_only=True) as uow:
+                left = (await uow.conn.execute(sa.select(sa.func.count()).select_from(t.outbox).where(
+                    t.outbox.c.status.in_(("pending", "sending"))))).scalar_one()
+            if not left:
+                _say(f"drained {os.getpid()}")
+                return
+            await asyncio.sleep(0.2)  # rows handed back for a later turn
+        raise SystemExit("outbox not drained before the deadline")
+    finally:
+        watchdog.cancel()
+        await session.close()
+        await engine.dispose()
+
+
+async def _exit_when_orphaned(parent: int) -> None:
+    """A dispatcher whose fork server (or test) is gone must not keep running on a shared machine."""
+    while True:
+        await asyncio.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def _run_child(config: dict, i18n, worker_id: str, lease: float, offset: float, until_drained: bool) -> int:
+    try:
+        asyncio.run(dispatch(config, i18n, worker_id, lease, offset, until_drained))
+        return 0
+    except BaseException:  # noqa: BLE001 - report whatever ended the child, then exit with a status
+        traceback.print_exc()
+        sys.stderr.flush()
+        return 1
+
+
+def serve(config: dict) -> None:
+    i18n = make_i18n()  # once, before forking: the children share the loaded catalogs
+    children: set[int] = set()
+    _say("zygote ready")
+    try:
+        _serve(config, i18n, children)
+    finally:  # the test is done or gone: no dispatcher outlives it
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def _serve(config: dict, i18n, children: set[int]) -> None:
+    for raw in sys.stdin:
+        words = raw.split()
+        if not words:
+            continue
+        if words[0] == "spawn":
+            worker_id, lease, offset = words[1], float(words[2]), float(words[3])
+            pid = os.fork()
+            if pid == 0:  # the dispatcher process
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os._exit(_run_child(config, i18n, worker_id, lease, offset, until_drained=False))
+            children.add(pid)
+            _say(f"spawned {pid}")
+        elif words[0] == "reap":
+            pid = int(words[1])
+            _, status = os.waitpid(pid, 0)
+            children.discard(pid)
+            _say(f"reaped {pid} {status}")
+        elif words[0] == "quit":
+            break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve")
+    run = sub.add_parser("run")
+    run.add_argument("--worker-id", required=True)
+    run.add_argument("--lease", type=float, default=60.0)
+    run.add_argument("--offset", type=float, default=0.0)
+    run.add_argument("--until-drained", action="store_true")
+    args = parser.parse_args(argv)
+    config = json.loads(os.environ[CONFIG_ENV])
+    configure_logging(config.get("log_level", "WARNING"), "console")
+    if args.command == "serve":
+        serve(config)
+        return 0
+    return _run_child(config, make_i18n(), args.worker_id, args.lease, args.offset, args.until_drained)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
