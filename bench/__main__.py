@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 
-from bench import code_http, digest, dispatcher, face, face_load
+from bench import code_http, digest, dispatcher, face, face_load, soak
 from bench.results import write_section
 
 PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -73,8 +73,26 @@ async def bench_face_load(smoke: bool, workdir: str) -> None:
                   smoke=smoke)
 
 
+async def bench_soak(smoke: bool, workdir: str) -> None:
+    duration = 10.0 if smoke else float(os.environ.get("RASTAU_SOAK_SECONDS", 300))
+    results = {"SQLite": await soak.run(
+        workdir, f"sqlite+aiosqlite:///{os.path.join(workdir, f'soak-{uuid.uuid4().hex[:6]}.db')}",
+        duration=duration)}
+    if not smoke:
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        await _pg_schema(True, schema)
+        try:
+            results["PostgreSQL"] = await soak.run(workdir, f"{PG_URL}?search_path={schema}", duration=duration)
+        finally:
+            await _pg_schema(False, schema)
+    write_section("Soak: codes, faces and chat delivery at a steady mix", soak.report(results), smoke=smoke)
+    problems = [f"{db}: {p}" for db, r in results.items() for p in soak.check(r)]
+    if smoke and problems:
+        raise SystemExit("soak smoke run failed:\n" + "\n".join(problems))
+
+
 BENCHES = {"face": bench_face_latency, "face_load": bench_face_load, "codes": bench_code_http,
-           "dispatcher": bench_dispatcher, "digest": bench_digest}
+           "dispatcher": bench_dispatcher, "digest": bench_digest, "soak": bench_soak}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from tests.conftest import pg_or_skip
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["face", "face_load", "codes", "dispatcher", "digest"])
+@pytest.mark.parametrize("name", ["face", "face_load", "codes", "dispatcher", "digest", "soak"])
 def test_benchmark_runs_in_smoke_mode(name, tmp_path):
     if name in ("codes", "digest"):
         pg_or_skip()

@@ -1,0 +1,227 @@
+"""Code guessing: the per-visit attempt cap (RASTAU_CODE_MAX_ATTEMPTS, 5) and the per-doctor hourly cap on
+wrong codes (RASTAU_DOCTOR_CODE_FAILURES_PER_HOUR, 20) stop a guesser at exactly the cap — under concurrent
+requests, across visits and doctors, and across two `python -m server` processes sharing one PostgreSQL
+schema. Once a visit is locked or a doctor is capped, even the right code is refused.
+
+Note what the caps are: per visit and per doctor. A clinic with N doctors can make at most N × 20 wrong
+guesses an hour (each one a 1-in-a-million chance per live code), and every guess leaves a row; there is no
+clinic-wide cap.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import itertools
+
+import aiohttp
+import pytest
+from sqlalchemy import text
+
+from core.services import codes, keys, registry, visits
+from tests.security.support import Seeded, ServerProcess, new_secrets, pg_schema
+from tests.server.conftest import add_visit, app, client, conformance, faces, tenants  # noqa: F401 - fixtures
+
+API = "/api/v1"
+
+
+def wrong_for(code: str, n: int = 1) -> str:
+    return f"{(int(code) + n) % 10**6:06d}"
+
+
+def outcome(status: int, body: dict) -> str:
+    return f"{status} {body.get('result') if status == 200 else body.get('code')}"
+
+
+async def _post_code(client, url: str, code: str, headers: dict) -> tuple[int, dict, dict]:
+    response = await client.post(url, json={"code": code}, headers=headers)
+    return response.status, await response.json(), dict(response.headers)
+
+
+async def _attempts(ctx, visit_id: int) -> int:
+    async with ctx.uow(read_only=True) as uow:
+        return await uow.visits.code_attempts(visit_id)
+
+
+async def _doctor_failures(ctx, doctor_id: int) -> int:
+    async with ctx.uow(read_only=True) as uow:
+        now = ctx.clock.now()
+        return await uow.codes.doctor_failures(doctor_id, now.replace(minute=0, second=0, microsecond=0))
+
+
+# --- one server process (the app in the test's event loop), SQLite and PostgreSQL ---------------------------
+
+async def test_concurrent_wrong_codes_on_one_visit_count_exactly_the_cap(client, ctx, tenants):
+    a, _ = tenants
+    cap = ctx.settings.code_max_attempts
+    visit = await add_visit(ctx, a)
+    issued = await codes.issue_code(ctx, visit.id)
+    url = f"{API}/visits/{visit.id}/code"
+    answers = await asyncio.gather(*(_post_code(client, url, wrong_for(issued.code, n), a.h("webcam"))
+                                     for n in range(1, 21)))
+    counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
+    assert counted == {"200 wrong": cap, "429 code_locked": 20 - cap}
+    assert sorted(body["attempts_left"] for status, body, _ in answers if status == 200) == list(range(cap))
+    assert await _doctor_failures(ctx, a.doctor_id) == cap  # locked attempts are not failures of the doctor
+
+    status, body, _ = await _post_code(client, url, issued.code, a.h("webcam"))
+    assert (status, body["code"], body["attempts_left"]) == (429, "code_locked", 0)
+    assert issued.code not in str(body)
+    assert (await visits.get_visit(ctx, a.clinic_id, visit.id)).visit.state.value == "scheduled"
+
+
+async def test_guessing_spread_over_visits_stops_at_the_doctors_hourly_cap(client, ctx, clock, tenants):
+    a, _ = tenants
+    cap = ctx.settings.doctor_code_failures_per_hour
+    per_visit = ctx.settings.code_max_attempts - 1  # below the visit cap: only the doctor's cap can stop them
+    spread = [await add_visit(ctx, a) for _ in range(cap // per_visit + 5)]
+    issued = {v.id: (await codes.issue_code(ctx, v.id)).code for v in spread}
+    answers = await asyncio.gather(*(
+        _post_code(client, f"{API}/visits/{v.id}/code", wrong_for(issued[v.id], n), a.h("webcam"))
+        for n in range(1, per_visit + 1) for v in spread))
+    counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
+    assert counted == {"200 wrong": cap, "429 doctor_code_cap": len(answers) - cap}
+    assert await _doctor_failures(ctx, a.doctor_id) == cap
+    assert sum([await _attempts(ctx, v.id) for v in spread]) == cap  # a capped check is not even an attempt
+    capped = next(headers for status, _, headers in answers if status == 429)
+    assert 0 < int(capped["Retry-After"]) <= 3601
+
+    # the right code for a fresh visit of the capped doctor is refused too; the other doctor is unaffected
+    fresh = await add_visit(ctx, a)
+    code = (await codes.issue_code(ctx, fresh.id)).code
+    status, body, _ = await _post_code(client, f"{API}/visits/{fresh.id}/code", code, a.h("webcam"))
+    assert (status, body["code"]) == (429, "doctor_code_cap")
+    other = await add_visit(ctx, a, doctor_id=a.other_doctor_id)
+    other_code = (await codes.issue_code(ctx, other.id)).code
+    status, body, _ = await _post_code(client, f"{API}/visits/{other.id}/code", other_code, a.h("webcam"))
+    assert (status, body["result"]) == (200, "verified")
+
+    # the cap is per clock hour: in the next hour the same doctor's right code verifies again
+    clock.advance(dt.timedelta(hours=1))
+    later = await add_visit(ctx, a)
+    code = (await codes.issue_code(ctx, later.id)).code
+    status, body, _ = await _post_code(client, f"{API}/visits/{later.id}/code", code, a.h("webcam"))
+    assert (status, body["result"]) == (200, "verified")
+
+
+async def test_guessing_across_doctors_stops_at_each_doctors_cap(client, ctx, tenants):
+    """Spreading guesses over doctors buys the guesser exactly one cap per doctor, no more."""
+    a, b = tenants
+    cap = ctx.settings.doctor_code_failures_per_hour
+    doctors = [a.doctor_id, a.other_doctor_id]
+    spread = [await add_visit(ctx, a, doctor_id=d) for d in doctors for _ in range(cap // 4 + 3)]
+    issued = {v.id: (await codes.issue_code(ctx, v.id)).code for v in spread}
+    answers = await asyncio.gather(*(
+        _post_code(client, f"{API}/visits/{v.id}/code", wrong_for(issued[v.id], n), a.h("webcam"))
+        for n in range(1, 5) for v in spread))
+    counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
+    assert counted == {"200 wrong": cap * len(doctors), "429 doctor_code_cap": len(answers) - cap * len(doctors)}
+    assert [await _doctor_failures(ctx, d) for d in doctors] == [cap, cap]
+    # another clinic's doctor is untouched
+    theirs = await add_visit(ctx, b)
+    code = (await codes.issue_code(ctx, theirs.id)).code
+    status, body, _ = await _post_code(client, f"{API}/visits/{theirs.id}/code", code, b.h("webcam"))
+    assert (status, body["result"]) == (200, "verified")
+
+
+# --- two `python -m server` processes on one PostgreSQL schema -------------------------------------------
+
+async def _clear_of_the_hour_boundary(margin_s: float = 90) -> None:
+    """The doctor's cap counts per clock hour; a run that straddles the hour would see two counters."""
+    now = dt.datetime.now(dt.UTC)
+    to_next = 3600 - (now.minute * 60 + now.second + now.microsecond / 1e6)
+    if to_next < margin_s:
+        await asyncio.sleep(to_next + 2)
+
+
+@pytest.fixture
+def shared_pg():
+    with pg_schema() as url:
+        yield url
+
+
+async def _seed_shared(seeded: Seeded) -> dict:
+    ctx = await seeded.open()
+    try:
+        start = ctx.clock.now() + dt.timedelta(minutes=5)
+        clinic = await registry.create_clinic(ctx, "Two-process clinic")
+        doctors = [await registry.add_doctor(ctx, clinic.id, f"Doctor {i}", f"+770100000{i:02d}") for i in range(3)]
+        patient = (await registry.upsert_patient(ctx, clinic.id, "900101300017", "Patient", "+77050000001")).patient
+
+        async def visit(doctor):
+            v = await visits.register_visit(ctx, clinic_id=clinic.id, doctor_id=doctor.id, patient_id=patient.id,
+                                            start=start, duration=dt.timedelta(minutes=30), mode="online",
+                                            service_code="A01")
+            return v.id, (await codes.issue_code(ctx, v.id)).code
+
+        cap = ctx.settings.doctor_code_failures_per_hour
+        return {"key": (await keys.create_api_key(ctx, clinic.id, ["webcam"], label="guesser")).key,
+                "doctors": [d.id for d in doctors],
+                "locked": await visit(doctors[0]),
+                "spread": [await visit(doctors[1]) for _ in range(cap // 4 + 6)],
+                "fresh": await visit(doctors[1]),
+                "control": await visit(doctors[2])}
+    finally:
+        await seeded.close()
+
+
+async def _count(url: str, sql: str, **params) -> int:
+    seeded = Seeded(url, new_secrets())
+    ctx = await seeded.open()
+    try:
+        async with ctx.uow(read_only=True) as uow:
+            return (await uow.conn.execute(text(sql), params)).scalar_one()
+    finally:
+        await seeded.close()
+
+
+async def test_caps_hold_across_two_server_processes_sharing_postgresql(shared_pg, tmp_path):
+    seeded = Seeded(shared_pg, new_secrets())
+    world = await _seed_shared(seeded)
+    settings = seeded.ctx.settings
+    visit_cap, doctor_cap = settings.code_max_attempts, settings.doctor_code_failures_per_hour
+    servers = [ServerProcess(shared_pg, seeded.keys, tmp_path / f"s{i}").start() for i in range(2)]
+    try:
+        await asyncio.gather(*(s.wait_ready("/healthz") for s in servers))  # codes need no face workers
+        await _clear_of_the_hour_boundary()
+        headers = {"Authorization": f"Bearer {world['key']}"}
+        bases = itertools.cycle([s.base for s in servers])
+        async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def post(visit_id: int, code: str, base: str | None = None) -> tuple[int, dict, str]:
+                base = base or next(bases)
+                async with session.post(f"{base}{API}/visits/{visit_id}/code", json={"code": code}) as response:
+                    return response.status, await response.json(), base
+
+            # 1. thirty concurrent wrong codes for one visit, alternating between the two servers
+            locked_id, locked_code = world["locked"]
+            answers = await asyncio.gather(*(post(locked_id, wrong_for(locked_code, n)) for n in range(1, 31)))
+            counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
+            assert counted == {"200 wrong": visit_cap, "429 code_locked": 30 - visit_cap}, counted
+            assert {base for *_, base in answers} == {s.base for s in servers}
+            for server in servers:  # the right code after the lock, on either server
+                status, body, _ = await post(locked_id, locked_code, server.base)
+                assert (status, body["code"]) == (429, "code_locked")
+
+            # 2. wrong codes spread over many visits of one doctor, below each visit's cap, across both servers
+            spread = world["spread"]
+            answers = await asyncio.gather(*(post(visit_id, wrong_for(code, n))
+                                             for n in range(1, visit_cap) for visit_id, code in spread))
+            counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
+            assert counted == {"200 wrong": doctor_cap, "429 doctor_code_cap": len(answers) - doctor_cap}, counted
+            fresh_id, fresh_code = world["fresh"]
+            for server in servers:
+                status, body, _ = await post(fresh_id, fresh_code, server.base)
+                assert (status, body["code"]) == (429, "doctor_code_cap")
+            control_id, control_code = world["control"]  # the third doctor was never capped
+            status, body, _ = await post(control_id, control_code)
+            assert (status, body["result"]) == (200, "verified")
+    finally:
+        codes_at_exit = [s.stop() for s in servers]
+    assert codes_at_exit == [0, 0], [s.stderr()[-2000:] for s in servers]
+
+    locked_doctor, spread_doctor, _ = world["doctors"]
+    failures = "SELECT COALESCE(SUM(failures), 0) FROM doctor_code_failures WHERE doctor_id = :d"
+    assert await _count(shared_pg, failures, d=locked_doctor) == visit_cap
+    assert await _count(shared_pg, failures, d=spread_doctor) == doctor_cap
+    assert await _count(shared_pg, "SELECT code_attempts FROM visits WHERE id = :v", v=world["locked"][0]) == 32
+    assert await _count(shared_pg, "SELECT COUNT(*) FROM visits WHERE state = 'verified'") == 1
