@@ -21,6 +21,11 @@ from core.services.digest import build_digest
 
 CLINICS, DOCTORS_PER_CLINIC, PATIENTS_PER_CLINIC = 20, 10, 2500
 FIRST_DAY = dt.date(2026, 1, 1)
+WHY_MISSED = (
+    '- why missed: the digest reads in one snapshot (BEGIN … ROLLBACK) the clinic, the per-doctor '
+    "aggregate and the flagged visits — three queries and a transaction to the baseline's single query; "
+    'at ~1 ms per query the round trips through SQLAlchemy and the driver dominate. In absolute terms it '
+    'is 3–4.5 ms for a clinic-day out of a million visits.')
 # Ten states in rotation within each clinic-day: (state, verified_by), the mix a real clinic-day might show.
 STATE_CASE = f"""CASE (x / {CLINICS}) % 10
     WHEN 4 THEN 'verified' WHEN 9 THEN 'verified' WHEN 6 THEN 'unverified' WHEN 7 THEN 'patient_disputed'
@@ -143,4 +148,6 @@ def report(results: dict[str, dict]) -> str:
         lines.append(f"| {name} | {r['visits']:,} | {r['clinic_day_visits']} | {r['ours_p50'] * 1000:.2f} ms | "
                      f"{r['base_p50'] * 1000:.2f} ms | {ratio50:.2f}× | {ratio95:.2f}× | "
                      f"{'met' if ratio50 <= 1.5 else 'MISSED'} | {r['csv_p50'] * 1000:.2f} ms | {r['seed_s']:.0f} s |")
+    if any(r["ours_p50"] / r["base_p50"] > 1.5 for r in results.values()):
+        lines += ["", WHY_MISSED]
     return "\n".join(lines)
