@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +17,9 @@ import aiohttp
 from sqlalchemy import text
 
 from bench.results import percentile
-from core.clock import SystemClock
-from core.codes import CodeHasher, generate_code
-from core.config import Settings
-from core.db.engine import create_engine
-from core.db.migrate import upgrade_to_head
-from core.db.uow import UnitOfWorkFactory
-from core.services import Context, registry
+from bench.world import db_time, fresh_context, free_port, wait_healthy
+from core.codes import generate_code
+from core.services import registry
 from core.services.keys import create_api_key
 
 DOCTORS = 50
@@ -39,12 +33,6 @@ WHY_MISSED = (
     'server holding the 100 verifications/s that matter, with p50 8–10 ms.')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(database_url: str, keys: dict[str, str], port: int) -> dict[str, str]:
     return {**os.environ, "RASTAU_MODE": "production", "RASTAU_DATABASE_URL": database_url,
             "RASTAU_CODE_HMAC_KEY": keys["code"], "RASTAU_TEMPLATE_KEY": keys["template"],
@@ -54,55 +42,30 @@ def _env(database_url: str, keys: dict[str, str], port: int) -> dict[str, str]:
 
 async def seed(database_url: str, visits: int) -> tuple[dict[str, str], str, list[tuple[int, str]]]:
     """A clinic with DOCTORS doctors and `visits` scheduled visits starting now, each with a known code."""
-    keys = {"code": secrets.token_urlsafe(32), "template": secrets.token_urlsafe(32),
-            "pepper": secrets.token_urlsafe(32)}
-    settings = Settings(_env_file=None, mode="dev", database_url=database_url, code_hmac_key=keys["code"],
-                        template_key=keys["template"], api_key_pepper=keys["pepper"])
-    engine = create_engine(database_url)
-    await upgrade_to_head(engine)
-    ctx = Context.build(settings, UnitOfWorkFactory(engine), SystemClock())
+    keys, engine, ctx = await fresh_context(database_url)
     clinic = await registry.create_clinic(ctx, "Bench clinic")
     doctors = [await registry.add_doctor(ctx, clinic.id, f"Doctor {n}", f"+7701{1000000 + n}") for n in range(DOCTORS)]
     patient = (await registry.upsert_patient(ctx, clinic.id, "900101300017", "Bench Patient", "+77020000000")).patient
     api_key = (await create_api_key(ctx, clinic.id, ["webcam"], label="bench")).key
     now = ctx.clock.now()
-    hasher = CodeHasher(settings.code_key_bytes())
+    hasher = ctx.hasher
     async with engine.begin() as conn:
         await conn.execute(text(
             "INSERT INTO visits (clinic_id, doctor_id, patient_id, start_at, duration_s, mode, service_code, state, "
             "created_at) VALUES (:clinic, :doctor, :patient, :start, 43200, 'in_person', 'A01', 'scheduled', :start)"
         ).bindparams(), [{"clinic": clinic.id, "doctor": doctors[n % DOCTORS].id, "patient": patient.id,
-                          "start": _db_time(engine, now)} for n in range(visits)])
+                          "start": db_time(engine, now)} for n in range(visits)])
         ids = [row[0] for row in (await conn.execute(text("SELECT id FROM visits ORDER BY id"))).all()]
         codes = [(visit_id, generate_code()) for visit_id in ids]
         await conn.execute(text(
             "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
             "VALUES (:visit, 1, :hash, :issued, :expires)"),
-            [{"visit": v, "hash": hasher.digest(v, 1, c), "issued": _db_time(engine, now),
-              "expires": _db_time(engine, now + dt.timedelta(hours=13))} for v, c in codes])
+            [{"visit": v, "hash": hasher.digest(v, 1, c), "issued": db_time(engine, now),
+              "expires": db_time(engine, now + dt.timedelta(hours=13))} for v, c in codes])
     await engine.dispose()
     return keys, api_key, codes
 
 
-def _db_time(engine, moment: dt.datetime):
-    """How UtcDateTime stores a moment: naive UTC text on SQLite, aware on PostgreSQL."""
-    if engine.dialect.name == "sqlite":
-        return moment.astimezone(dt.UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return moment
-
-
-async def _wait_healthy(session: aiohttp.ClientSession, base: str, process: subprocess.Popen) -> None:
-    for _ in range(600):
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            async with session.get(base + "/healthz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("server did not become healthy")
 
 
 async def load(base: str, api_key: str, codes: list[tuple[int, str]]) -> dict:
@@ -131,12 +94,12 @@ async def run(database_url: str, *, requests: int) -> dict:
     results = {}
     for name, argv in (("rastau", [sys.executable, "-m", "server"]),
                        ("bare", [sys.executable, "-m", "bench.bare_server"])):
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(argv + ([str(port)] if name == "bare" else []),
                                    env=_env(database_url, keys, port), stdout=subprocess.DEVNULL)
         try:
             async with aiohttp.ClientSession() as session:
-                await _wait_healthy(session, f"http://127.0.0.1:{port}", process)
+                await wait_healthy(session, f"http://127.0.0.1:{port}", process)
             results[name] = await load(f"http://127.0.0.1:{port}", api_key, codes)
         finally:
             process.terminate()

@@ -7,7 +7,6 @@ dispatcher's (claiming, pacing, HTTP, marking done), not the bot's wording.
 """
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import time
 

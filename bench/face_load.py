@@ -16,15 +16,11 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.code_http import _env, _free_port, _wait_healthy
+from bench.code_http import _env
+from bench.world import fresh_context, free_port, wait_healthy
 from bench.face import webcam_frames
 from bench.results import median, percentile
-from core.clock import SystemClock
-from core.config import Settings
-from core.db.engine import create_engine
-from core.db.migrate import upgrade_to_head
-from core.db.uow import UnitOfWorkFactory
-from core.services import Context, registry, visits
+from core.services import registry, visits
 from core.services.keys import create_api_key
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -45,16 +41,8 @@ def tree_rss(pid: int) -> int:
 
 
 async def seed(database_url: str, frames: int) -> tuple[dict, str, list[int]]:
-    import secrets
-
     from server.face.pipeline import analyse_frame
-    keys = {"code": secrets.token_urlsafe(32), "template": secrets.token_urlsafe(32),
-            "pepper": secrets.token_urlsafe(32)}
-    settings = Settings(_env_file=None, mode="dev", database_url=database_url, code_hmac_key=keys["code"],
-                        template_key=keys["template"], api_key_pepper=keys["pepper"])
-    engine = create_engine(database_url)
-    await upgrade_to_head(engine)
-    ctx = Context.build(settings, UnitOfWorkFactory(engine), SystemClock())
+    keys, engine, ctx = await fresh_context(database_url)
     clinic = await registry.create_clinic(ctx, "Bench clinic")
     doctor = await registry.add_doctor(ctx, clinic.id, "Doctor", "+77011000000")
     patient = (await registry.upsert_patient(ctx, clinic.id, "900101300017", "Bench Patient", "+77020000000")).patient
@@ -114,13 +102,13 @@ async def run(workdir: str, *, workers: list[int], frames_per_run: int) -> dict:
     for count in workers:
         url = f"sqlite+aiosqlite:///{os.path.join(workdir, f'faces-{count}-{time.time_ns()}.db')}"
         keys, api_key, visit_ids = await seed(url, frames_per_run)
-        port = _free_port()
+        port = free_port()
         env = {**_env(url, keys, port), "RASTAU_FACE_WORKERS": str(count)}
         process = subprocess.Popen([sys.executable, "-m", "server"], env=env, stdout=subprocess.DEVNULL)
         try:
             base = f"http://127.0.0.1:{port}"
             async with aiohttp.ClientSession() as session:
-                await _wait_healthy(session, base, process)
+                await wait_healthy(session, base, process)
                 for _ in range(600):  # face workers warm: /readyz says so
                     async with session.get(base + "/readyz") as response:
                         if response.status == 200:

@@ -23,7 +23,6 @@ import collections
 import datetime as dt
 import os
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -33,17 +32,12 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy import text
 
-from bench.code_http import _db_time, _free_port, _wait_healthy
+from bench.world import db_time, fresh_context, free_port, wait_healthy
 from bench.face import webcam_frames
 from bench.face_load import tree_rss
 from bench.results import percentile
-from core.clock import SystemClock
-from core.codes import CodeHasher, generate_code
-from core.config import Settings
-from core.db.engine import create_engine
-from core.db.migrate import upgrade_to_head
-from core.db.uow import UnitOfWorkFactory
-from core.services import Context, chat, registry
+from core.codes import generate_code
+from core.services import chat, registry
 from core.services.keys import create_api_key
 from devkit.botapi import BotApiStandIn
 
@@ -95,13 +89,7 @@ async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict
     code kind, in-person visits for the face kind, and one API key for the load generator."""
     from server.face.pipeline import analyse_frame
 
-    keys = {"code": secrets.token_urlsafe(32), "template": secrets.token_urlsafe(32),
-            "pepper": secrets.token_urlsafe(32)}
-    settings = Settings(_env_file=None, mode="dev", database_url=database_url, code_hmac_key=keys["code"],
-                        template_key=keys["template"], api_key_pepper=keys["pepper"])
-    engine = create_engine(database_url)
-    await upgrade_to_head(engine)
-    ctx = Context.build(settings, UnitOfWorkFactory(engine), SystemClock())
+    keys, engine, ctx = await fresh_context(database_url)
     clinic = await registry.create_clinic(ctx, "Soak polyclinic")
     doctors = [await registry.add_doctor(ctx, clinic.id, f"Doctor {n}", f"+7701{1000000 + n}") for n in range(DOCTORS)]
     face_patient = (await registry.upsert_patient(ctx, clinic.id, "900101300017", "Face Patient",
@@ -119,13 +107,13 @@ async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict
         chats[patient.id] = chat_id
     api_key = (await create_api_key(ctx, clinic.id, ["clinic_system", "webcam"], label="soak")).key
     now = ctx.clock.now()
-    hasher = CodeHasher(settings.code_key_bytes())
+    hasher = ctx.hasher
     insert_visit = text("INSERT INTO visits (clinic_id, doctor_id, patient_id, start_at, duration_s, mode, "
                         "service_code, state, created_at) VALUES (:clinic, :doctor, :patient, :start, 43200, "
                         "'in_person', 'A01', 'scheduled', :start)")
     async with engine.begin() as conn:
         await conn.execute(insert_visit, [{"clinic": clinic.id, "doctor": doctors[n % DOCTORS].id,
-                                           "patient": face_patient.id, "start": _db_time(engine, now)}
+                                           "patient": face_patient.id, "start": db_time(engine, now)}
                                           for n in range(code_visits + face_visits)])
         ids = [row[0] for row in (await conn.execute(text("SELECT id FROM visits ORDER BY id"))).all()]
         code_ids, face_ids = ids[:code_visits], ids[code_visits:]
@@ -133,8 +121,8 @@ async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict
         await conn.execute(text(
             "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
             "VALUES (:visit, 1, :hash, :issued, :expires)"),
-            [{"visit": v, "hash": hasher.digest(v, 1, c), "issued": _db_time(engine, now),
-              "expires": _db_time(engine, now + dt.timedelta(hours=13))} for v, c in codes])
+            [{"visit": v, "hash": hasher.digest(v, 1, c), "issued": db_time(engine, now),
+              "expires": db_time(engine, now + dt.timedelta(hours=13))} for v, c in codes])
     await engine.dispose()
     return {"keys": keys, "api_key": api_key, "codes": codes, "face_ids": face_ids, "chats": chats,
             "doctor_ids": [d.id for d in doctors]}
@@ -191,7 +179,7 @@ async def run(workdir: str, database_url: str, *, duration: float, code_rate: fl
 
     api = BotApiStandIn(bot_id=int(BOT_TOKEN.split(":")[0]), username="rastau_soak_bot", enforce_limits=True)
     await api.start()
-    port = _free_port()
+    port = free_port()
     logs = Path(workdir) / f"soak-{port}"
     logs.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -208,7 +196,7 @@ async def run(workdir: str, database_url: str, *, duration: float, code_rate: fl
     load: list[float] = []  # the machine's 1-minute load average, sampled with RSS (other work shares the cores)
     try:
         async with aiohttp.ClientSession() as probe:
-            await _wait_healthy(probe, base, server)
+            await wait_healthy(probe, base, server)
             for _ in range(3000):
                 async with probe.get(base + "/readyz") as response:
                     if response.status == 200:
