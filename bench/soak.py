@@ -37,6 +37,7 @@ from bench.face import webcam_frames
 from bench.face_load import tree_rss
 from bench.results import percentile
 from core.codes import generate_code
+from core.iin import make_iin
 from core.services import chat, registry
 from core.services.keys import create_api_key
 from devkit.botapi import BotApiStandIn
@@ -100,7 +101,8 @@ async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict
     chats = {}
     for n in range(CHAT_PATIENTS):
         phone = f"+7705{2000000 + n}"
-        patient = (await registry.upsert_patient(ctx, clinic.id, _iin(n), f"Chat Patient {n}", phone,
+        iin = make_iin(dt.date(1985, 1, 1 + n % 28), False, n)  # equal birth days are 28 serials apart
+        patient = (await registry.upsert_patient(ctx, clinic.id, iin, f"Chat Patient {n}", phone,
                                                  "kk" if n % 2 else "ru")).patient
         chat_id = 500_000 + n
         await chat.link_chat_by_phone(ctx, chat_id, phone, "kk" if n % 2 else "ru")
@@ -127,16 +129,6 @@ async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict
     return {"keys": keys, "api_key": api_key, "codes": codes, "face_ids": face_ids, "chats": chats,
             "doctor_ids": [d.id for d in doctors]}
 
-
-def _iin(n: int) -> str:
-    """A valid IIN, distinct for each n < 10,000 (serial n; the birth month moves until the check digit exists)."""
-    from core.iin import check_digit
-    for month in range(1, 13):
-        first = f"85{month:02d}{1 + n % 28:02d}4{n:04d}"
-        digit = check_digit(first)
-        if digit is not None and digit < 10:
-            return first + str(digit)
-    raise ValueError(n)
 
 
 def _env(database_url: str, keys: dict, **extra) -> dict:

@@ -56,6 +56,17 @@ def parse_iin(raw: str) -> IinFacts:
     return IinFacts(iin=iin, birth_date=birth, sex="male" if century_digit % 2 else "female")
 
 
+def make_iin(birth: dt.date, male: bool, serial: int) -> str:
+    """A valid IIN for this birth date and sex, for seed data and demos: the first serial from `serial` on
+    whose 11 digits have a check digit (about 1 in 121 have none)."""
+    century = (3 if birth.year < 2000 else 5) + (0 if male else 1)
+    for candidate in range(serial, 10_000):
+        first = f"{birth:%y%m%d}{century}{candidate:04d}"
+        if (digit := check_digit(first)) is not None:
+            return first + str(digit)
+    raise ValueError(f"no valid IIN with a serial from {serial} to 9999")
+
+
 def mask_iin(iin: str) -> str:
     """All but the last 4 digits hidden: enough for a clerk to match, useless to a thief."""
     return "*" * max(len(iin) - 4, 0) + iin[-4:]

@@ -30,7 +30,7 @@ from core.config import Settings
 from core.db.engine import create_engine
 from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
-from core.iin import check_digit
+from core.iin import make_iin
 from core.logs import configure_logging
 from core.services import Context, registry
 from core.services.keys import create_api_key
@@ -104,14 +104,6 @@ class Evidence:
     verified_by: str | None
     answer: str
 
-
-def make_iin(birth: dt.date, male: bool, serial: int) -> str:
-    century = (3 if birth.year < 2000 else 5) + (0 if male else 1)
-    while True:
-        first = f"{birth:%y%m%d}{century}{serial:04d}"
-        if (digit := check_digit(first)) is not None:
-            return first + str(digit)
-        serial += 1
 
 
 class Story:

@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from core.codes import CodeHasher, CodePolicy, generate_code, looks_like_code
 from core.errors import IllegalTransition, InvalidIin, InvalidPhone
-from core.iin import check_digit, mask_iin, parse_iin
+from core.iin import check_digit, make_iin, mask_iin, parse_iin
 from core.model import (ANSWER_CORRECTION_WINDOW, Actor, VerificationMethod, Visit, VisitMode,
                         VisitState)
 from core.phone import normalise_phone
@@ -36,6 +36,14 @@ def test_every_valid_iin_parses_to_its_birth_date_and_sex(case):
     facts = parse_iin(iin)
     assert (facts.birth_date, facts.sex) == (birth, sex)
     assert mask_iin(iin).endswith(iin[-4:]) and iin[:8] not in mask_iin(iin)
+
+
+@given(st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2099, 12, 31)), st.booleans(),
+       st.integers(0, 9000))
+def test_made_iins_are_valid_and_carry_their_birth_date_and_sex(birth, male, serial):
+    facts = parse_iin(make_iin(birth, male, serial))
+    assert (facts.birth_date, facts.sex) == (birth, "male" if male else "female")
+    assert int(facts.iin[7:11]) >= serial
 
 
 @given(valid_iins(), st.integers(0, 9))
