@@ -7,8 +7,6 @@ the server is a real, correct code for its own visit, so every one ends in a com
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import os
 import subprocess
 import sys
 import time
@@ -17,8 +15,8 @@ import aiohttp
 from sqlalchemy import text
 
 from bench.results import percentile
-from bench.world import db_time, fresh_context, free_port, wait_healthy
-from core.codes import generate_code
+from bench.world import (db_time, fresh_context, free_port, server_env, store_known_codes,
+                         wait_healthy)
 from core.services import registry
 from core.services.keys import create_api_key
 
@@ -33,12 +31,6 @@ WHY_MISSED = (
     'server holding the 100 verifications/s that matter, with p50 8–10 ms.')
 
 
-def _env(database_url: str, keys: dict[str, str], port: int) -> dict[str, str]:
-    return {**os.environ, "RASTAU_MODE": "production", "RASTAU_DATABASE_URL": database_url,
-            "RASTAU_CODE_HMAC_KEY": keys["code"], "RASTAU_TEMPLATE_KEY": keys["template"],
-            "RASTAU_API_KEY_PEPPER": keys["pepper"], "RASTAU_SERVER_PORT": str(port), "RASTAU_FACE_WORKERS": "1",
-            "RASTAU_LOG_LEVEL": "WARNING"}
-
 
 async def seed(database_url: str, visits: int) -> tuple[dict[str, str], str, list[tuple[int, str]]]:
     """A clinic with DOCTORS doctors and `visits` scheduled visits starting now, each with a known code."""
@@ -48,7 +40,6 @@ async def seed(database_url: str, visits: int) -> tuple[dict[str, str], str, lis
     patient = (await registry.upsert_patient(ctx, clinic.id, "900101300017", "Bench Patient", "+77020000000")).patient
     api_key = (await create_api_key(ctx, clinic.id, ["webcam"], label="bench")).key
     now = ctx.clock.now()
-    hasher = ctx.hasher
     async with engine.begin() as conn:
         await conn.execute(text(
             "INSERT INTO visits (clinic_id, doctor_id, patient_id, start_at, duration_s, mode, service_code, state, "
@@ -56,12 +47,7 @@ async def seed(database_url: str, visits: int) -> tuple[dict[str, str], str, lis
         ).bindparams(), [{"clinic": clinic.id, "doctor": doctors[n % DOCTORS].id, "patient": patient.id,
                           "start": db_time(engine, now)} for n in range(visits)])
         ids = [row[0] for row in (await conn.execute(text("SELECT id FROM visits ORDER BY id"))).all()]
-        codes = [(visit_id, generate_code()) for visit_id in ids]
-        await conn.execute(text(
-            "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
-            "VALUES (:visit, 1, :hash, :issued, :expires)"),
-            [{"visit": v, "hash": hasher.digest(v, 1, c), "issued": db_time(engine, now),
-              "expires": db_time(engine, now + dt.timedelta(hours=13))} for v, c in codes])
+        codes = await store_known_codes(conn, ctx, ids, now)
     await engine.dispose()
     return keys, api_key, codes
 
@@ -95,8 +81,9 @@ async def run(database_url: str, *, requests: int) -> dict:
     for name, argv in (("rastau", [sys.executable, "-m", "server"]),
                        ("bare", [sys.executable, "-m", "bench.bare_server"])):
         port = free_port()
-        process = subprocess.Popen(argv + ([str(port)] if name == "bare" else []),
-                                   env=_env(database_url, keys, port), stdout=subprocess.DEVNULL)
+        env = server_env(database_url, keys, RASTAU_SERVER_PORT=str(port), RASTAU_FACE_WORKERS="1")
+        process = subprocess.Popen(argv + ([str(port)] if name == "bare" else []), env=env,
+                                   stdout=subprocess.DEVNULL)
         try:
             async with aiohttp.ClientSession() as session:
                 await wait_healthy(session, f"http://127.0.0.1:{port}", process)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.code_http import _env
-from bench.world import fresh_context, free_port, wait_healthy
+from bench.world import fresh_context, free_port, server_env, wait_healthy
 from bench.face import webcam_frames
 from bench.results import median, percentile
 from core.services import registry, visits
@@ -103,7 +102,7 @@ async def run(workdir: str, *, workers: list[int], frames_per_run: int) -> dict:
         url = f"sqlite+aiosqlite:///{os.path.join(workdir, f'faces-{count}-{time.time_ns()}.db')}"
         keys, api_key, visit_ids = await seed(url, frames_per_run)
         port = free_port()
-        env = {**_env(url, keys, port), "RASTAU_FACE_WORKERS": str(count)}
+        env = server_env(url, keys, RASTAU_SERVER_PORT=str(port), RASTAU_FACE_WORKERS=str(count))
         process = subprocess.Popen([sys.executable, "-m", "server"], env=env, stdout=subprocess.DEVNULL)
         try:
             base = f"http://127.0.0.1:{port}"

@@ -32,17 +32,16 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy import text
 
-from bench.world import db_time, fresh_context, free_port, wait_healthy
+from bench.world import (ROOT, db_time, fresh_context, free_port, server_env, store_known_codes,
+                         wait_healthy)
 from bench.face import webcam_frames
 from bench.face_load import tree_rss
 from bench.results import percentile
-from core.codes import generate_code
 from core.iin import make_iin
 from core.services import chat, registry
 from core.services.keys import create_api_key
 from devkit.botapi import BotApiStandIn
 
-ROOT = Path(__file__).resolve().parent.parent
 BOT_TOKEN = "777000:rastau-soak-token"
 DOCTORS = 50
 CHAT_PATIENTS = 120  # chat visits go round-robin over these; at 1/s each chat hears from us every 2 minutes
@@ -109,7 +108,6 @@ async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict
         chats[patient.id] = chat_id
     api_key = (await create_api_key(ctx, clinic.id, ["clinic_system", "webcam"], label="soak")).key
     now = ctx.clock.now()
-    hasher = ctx.hasher
     insert_visit = text("INSERT INTO visits (clinic_id, doctor_id, patient_id, start_at, duration_s, mode, "
                         "service_code, state, created_at) VALUES (:clinic, :doctor, :patient, :start, 43200, "
                         "'in_person', 'A01', 'scheduled', :start)")
@@ -119,24 +117,12 @@ async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict
                                           for n in range(code_visits + face_visits)])
         ids = [row[0] for row in (await conn.execute(text("SELECT id FROM visits ORDER BY id"))).all()]
         code_ids, face_ids = ids[:code_visits], ids[code_visits:]
-        codes = [(visit_id, generate_code()) for visit_id in code_ids]
-        await conn.execute(text(
-            "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
-            "VALUES (:visit, 1, :hash, :issued, :expires)"),
-            [{"visit": v, "hash": hasher.digest(v, 1, c), "issued": db_time(engine, now),
-              "expires": db_time(engine, now + dt.timedelta(hours=13))} for v, c in codes])
+        codes = await store_known_codes(conn, ctx, code_ids, now)
     await engine.dispose()
     return {"keys": keys, "api_key": api_key, "codes": codes, "face_ids": face_ids, "chats": chats,
             "doctor_ids": [d.id for d in doctors]}
 
 
-
-def _env(database_url: str, keys: dict, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
-    env.update(RASTAU_MODE="production", RASTAU_DATABASE_URL=database_url, RASTAU_CODE_HMAC_KEY=keys["code"],
-               RASTAU_TEMPLATE_KEY=keys["template"], RASTAU_API_KEY_PEPPER=keys["pepper"],
-               RASTAU_LOG_LEVEL="WARNING", RASTAU_LOG_FORMAT="json", PYTHONPATH=str(ROOT), **extra)
-    return env
 
 
 async def _open_loop(kind: Kind, duration: float, fire) -> None:
@@ -176,11 +162,11 @@ async def run(workdir: str, database_url: str, *, duration: float, code_rate: fl
     logs.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=open(logs / "server.err", "w"),
-                              env=_env(database_url, world["keys"], RASTAU_SERVER_PORT=str(port),
+                              env=server_env(database_url, world["keys"], RASTAU_SERVER_PORT=str(port),
                                        RASTAU_FACE_WORKERS="1"))
     bot = subprocess.Popen([sys.executable, "-m", "bot"], cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=open(logs / "bot.err", "w"),
-                           env=_env(database_url, world["keys"], RASTAU_BOT_TOKEN=BOT_TOKEN,
+                           env=server_env(database_url, world["keys"], RASTAU_BOT_TOKEN=BOT_TOKEN,
                                     RASTAU_TELEGRAM_API_BASE=api.base_url))
     base = f"http://127.0.0.1:{port}"
     kinds = {"code": Kind(code_rate), "face": Kind(face_rate), "chat": Kind(chat_rate), "delivery": Kind(chat_rate)}
