@@ -3,6 +3,7 @@ and a services Context with test secrets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -57,17 +58,16 @@ def test_settings(database_url: str, **overrides) -> Settings:
     return Settings(_env_file=None, **values)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    """A fresh, empty database: a new SQLite file, or a new schema in the PostgreSQL `test` database."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'rastau.db'}"
-        return
+@contextlib.contextmanager
+def pg_schema():
+    """A fresh schema in the PostgreSQL test database, dropped afterwards (skips, or fails under CI, when
+    PostgreSQL is down)."""
     pg_or_skip()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
     import asyncpg
 
-    async def run(sql):
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
         conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"))
         try:
             await conn.execute(sql)
@@ -75,8 +75,20 @@ def db_url(request, tmp_path):
             await conn.close()
 
     asyncio.run(run(f'CREATE SCHEMA "{schema}"'))
-    yield f"{PG_URL}?search_path={schema}"
-    asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE'))
+    try:
+        yield f"{PG_URL}?search_path={schema}"
+    finally:
+        asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """A fresh, empty database: a new SQLite file, or a new schema in the PostgreSQL `test` database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'rastau.db'}"
+        return
+    with pg_schema() as url:
+        yield url
 
 
 @pytest.fixture

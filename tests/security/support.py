@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from core.db.engine import create_engine
 from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context
-from tests.conftest import PG_URL, pg_or_skip, test_settings
+from tests.conftest import test_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 240  # two busy cores load the dlib models slowly
@@ -168,23 +167,3 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-@contextlib.contextmanager
-def pg_schema():
-    """A fresh schema in the PostgreSQL test database (skips, or fails under CI, when PostgreSQL is down)."""
-    pg_or_skip()
-    import asyncpg
-
-    schema = f"sec_{uuid.uuid4().hex[:10]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_URL}?search_path={schema}"
-    finally:
-        asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE'))

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import text
 
 from core.services import codes, keys, registry, visits
-from tests.security.support import Seeded, ServerProcess, new_secrets, pg_schema
+from tests.conftest import pg_schema
+from tests.security.support import Seeded, ServerProcess, new_secrets
 from tests.server.conftest import add_visit, app, client, conformance, faces, tenants  # noqa: F401 - fixtures
 
 API = "/api/v1"
