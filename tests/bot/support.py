@@ -13,6 +13,7 @@ from bot.app import create_bot, create_dispatcher
 from bot.delivery.dispatcher import OutboxDispatcher
 from bot.i18n import make_i18n
 from bot.rendering import OutboxRenderer
+from core.services.visits import register_visit
 
 TOKEN = "424242:rastau-bot-test-token"
 BOT_ID = 424242
@@ -86,6 +87,14 @@ class BotWorld:
     async def deliver(self) -> int:
         """Run the outbox dispatcher until nothing is due (what the scheduler's tick does every second)."""
         return await self.dispatcher.drain()
+
+
+async def visit(ctx, world_, patient, minutes_from_now: int, mode: str = "in_person", minutes: int = 20):
+    """A visit the clinic registers for `patient` with the clinic_world's doctor, starting this many minutes
+    from the test clock's now (negative: in the past)."""
+    return await register_visit(ctx, clinic_id=world_.clinic.id, doctor_id=world_.doctor.id, patient_id=patient.id,
+                                start=ctx.clock.now() + dt.timedelta(minutes=minutes_from_now),
+                                duration=dt.timedelta(minutes=minutes), mode=mode, service_code="B01.047.001")
 
 
 def buttons(markup) -> list[tuple[str, str]]:

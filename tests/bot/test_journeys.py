@@ -12,8 +12,7 @@ from core.codes import CodeOutcome
 from core.db import tables as t
 from core.model import Actor, VerificationMethod, VisitState
 from core.services.codes import verify_code
-from core.services.visits import register_visit
-from tests.bot.support import (User, buttons, callback_answers, last_to, link, markup_of, texts_to)
+from tests.bot.support import User, buttons, callback_answers, last_to, link, markup_of, texts_to, visit
 
 CODE = re.compile(r"<code>(\d{6})</code>")
 T = {  # a few words that prove which language a message is in
@@ -28,12 +27,6 @@ T = {  # a few words that prove which language a message is in
            "passed": "Ваше пояснение передано", "visits": "За последние 30 дней у вас 2 приёма",
            "again": "уже записан", "confirmed": "вы подтвердили", "disputed": "вас там не было"},
 }
-
-
-async def visit(ctx, world_, patient, minutes_from_now: int, mode: str = "in_person", minutes: int = 20):
-    return await register_visit(ctx, clinic_id=world_.clinic.id, doctor_id=world_.doctor.id, patient_id=patient.id,
-                                start=ctx.clock.now() + dt.timedelta(minutes=minutes_from_now),
-                                duration=dt.timedelta(minutes=minutes), mode=mode, service_code="B01.047.001")
 
 
 async def state_of(ctx, visit_id) -> VisitState:

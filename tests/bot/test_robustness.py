@@ -3,7 +3,6 @@ the webhook refuses requests without the secret; FSM state is shared through Red
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import uuid
@@ -16,8 +15,7 @@ from bot.app import WEBHOOK_PATH, create_webhook_app
 from bot.scheduling import close_windows_job
 from core.config import Settings
 from core.db import tables as t
-from core.services.visits import register_visit
-from tests.bot.support import BotWorld, User, callback_answers, last_to, link, texts_to
+from tests.bot.support import BotWorld, User, callback_answers, last_to, link, texts_to, visit
 
 STICKER = {"file_id": "CAAC", "file_unique_id": "u1", "type": "regular", "width": 512, "height": 512,
            "is_animated": False, "is_video": False}
@@ -58,9 +56,7 @@ async def test_hostile_input_gets_clear_answers(ctx, clinic_world, world, standi
 async def test_dispute_reason_state_handles_odd_input(ctx, clinic_world, world, standin):
     user = User(7803)
     await link(world, user, clinic_world.p2.phone, "ru")
-    v = await register_visit(ctx, clinic_id=clinic_world.clinic.id, doctor_id=clinic_world.doctor.id,
-                             patient_id=clinic_world.p2.id, start=ctx.clock.now() - dt.timedelta(hours=2),
-                             duration=dt.timedelta(minutes=20), mode="in_person", service_code="A01")
+    v = await visit(ctx, clinic_world, clinic_world.p2, -120)
     await close_windows_job(ctx)
     await world.press(user, f"ans:no:{v.id}")
     await world.send_content(user, sticker=STICKER)
@@ -76,9 +72,7 @@ async def test_dispute_reason_state_handles_odd_input(ctx, clinic_world, world, 
 async def test_a_repeated_update_has_one_effect(ctx, clinic_world, world, standin):
     user = User(7804)
     await link(world, user, clinic_world.p2.phone, "ru")
-    v = await register_visit(ctx, clinic_id=clinic_world.clinic.id, doctor_id=clinic_world.doctor.id,
-                             patient_id=clinic_world.p2.id, start=ctx.clock.now() - dt.timedelta(hours=2),
-                             duration=dt.timedelta(minutes=20), mode="in_person", service_code="A01")
+    v = await visit(ctx, clinic_world, clinic_world.p2, -120)
     await close_windows_job(ctx)
     update = await world.press(user, f"ans:no:{v.id}")
     sent = len(standin.messages_to(user.id))
@@ -132,9 +126,7 @@ async def test_two_bot_instances_share_fsm_state_through_redis(ctx, clinic_world
     user = User(int(uuid.uuid4().int % 10**9) + 10**9)
     try:
         await link(worlds[0], user, clinic_world.p2.phone, "ru")
-        v = await register_visit(ctx, clinic_id=clinic_world.clinic.id, doctor_id=clinic_world.doctor.id,
-                                 patient_id=clinic_world.p2.id, start=ctx.clock.now() - dt.timedelta(hours=2),
-                                 duration=dt.timedelta(minutes=20), mode="in_person", service_code="A01")
+        v = await visit(ctx, clinic_world, clinic_world.p2, -120)
         await close_windows_job(ctx)
         await worlds[0].press(user, f"ans:no:{v.id}")
         await worlds[1].send(user, "Меня не было, я был в командировке")
