@@ -29,12 +29,16 @@ class UnitOfWork:
             await self._writer.acquire()
         try:
             self.conn = await self._engine.connect()
-        except BaseException:
+            try:
+                if self._read_only:  # reports need a consistent snapshot, not SQLite's write lock
+                    await self.conn.execution_options(**{READ_ONLY_OPTION: True})
+                await self.conn.begin()
+            except BaseException:
+                await self.conn.close()
+                raise
+        except BaseException:  # no __aexit__ follows a failed __aenter__: let the next writer in
             self._release_writer()
             raise
-        if self._read_only:  # reports need a consistent snapshot, not SQLite's write lock
-            await self.conn.execution_options(**{READ_ONLY_OPTION: True})
-        await self.conn.begin()
         locks = self.row_locks
         self.audit = AuditRepo(self.conn, locks)
         self.clinics = ClinicRepo(self.conn, locks)
@@ -68,7 +72,7 @@ class UnitOfWork:
                 self._release_writer()
 
     def _release_writer(self) -> None:
-        if self._writer is not None and self._writer.locked():
+        if self._writer is not None:
             self._writer.release()
 
 

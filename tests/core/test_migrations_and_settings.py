@@ -52,6 +52,41 @@ async def test_sqlite_runs_wal_full_sync_with_busy_timeout(tmp_path):
         await engine.dispose()
 
 
+async def test_a_transaction_that_fails_to_begin_does_not_block_the_next_writer(tmp_path, monkeypatch):
+    """A BEGIN that fails (e.g. another process held SQLite past the busy timeout) must hand the in-process
+    writer turn and the connection back, or every later write would wait forever."""
+    import asyncio
+    import datetime as dt
+
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from core.db.uow import UnitOfWorkFactory
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'rastau.db'}")
+    await upgrade_to_head(engine)
+    uow = UnitOfWorkFactory(engine)
+    real_begin = AsyncConnection.begin
+
+    def locked_out(self):
+        raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(AsyncConnection, "begin", locked_out)
+    with pytest.raises(OperationalError):
+        async with uow():
+            pass
+    monkeypatch.setattr(AsyncConnection, "begin", real_begin)
+
+    async def write() -> None:
+        async with uow() as work:
+            await work.audit.append(dt.datetime.now(dt.UTC), "admin", "test.write", "test:1", {})
+            await work.commit()
+
+    await asyncio.wait_for(write(), timeout=10)
+    assert engine.sync_engine.pool.checkedout() == 0
+    await engine.dispose()
+
+
 def test_production_without_secrets_refuses_and_names_each():
     settings = Settings(_env_file=None, mode=Mode.PRODUCTION)
     with pytest.raises(MissingSecrets) as err:
