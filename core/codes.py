@@ -30,6 +30,7 @@ class CodePolicy:
     validity: dt.timedelta = dt.timedelta(minutes=10)
     max_attempts: int = 5
     doctor_failures_per_hour: int = 20
+    clinic_failures_per_hour: int = 100
 
     def can_issue(self, now: dt.datetime, visit_start: dt.datetime, window_end: dt.datetime) -> bool:
         return visit_start - self.issue_lead <= now <= window_end

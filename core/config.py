@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     code_validity_minutes: int = Field(10, ge=1, le=240)
     code_max_attempts: int = Field(5, ge=1, le=20)
     doctor_code_failures_per_hour: int = Field(20, ge=1, le=1000)
+    clinic_code_failures_per_hour: int = Field(100, ge=1, le=100_000)
     visit_grace_minutes: int = Field(15, ge=0, le=240)
 
     face_threshold: float = Field(0.5, gt=0.0, lt=1.0)
@@ -79,7 +80,8 @@ class Settings(BaseSettings):
         return CodePolicy(issue_lead=dt.timedelta(minutes=self.code_issue_lead_minutes),
                           validity=dt.timedelta(minutes=self.code_validity_minutes),
                           max_attempts=self.code_max_attempts,
-                          doctor_failures_per_hour=self.doctor_code_failures_per_hour)
+                          doctor_failures_per_hour=self.doctor_code_failures_per_hour,
+                          clinic_failures_per_hour=self.clinic_code_failures_per_hour)
 
     @property
     def visit_grace(self) -> dt.timedelta:

@@ -262,7 +262,8 @@ _PATHS = {
         "verifyCode", "Check the 6-digit code the patient read out", (_WEBCAM, _CS), {200: _ok(_ref("CodeResult"))},
         (*_AUTH, 404, 409, 413, 415, 422, 429, 503), body={"required": True, **_json(_ref("CodeIn"))},
         parameters=[_VISIT_ID], description="429 `code_locked`: too many wrong codes for the visit; "
-                                            "429 `doctor_code_cap`: too many for the doctor this hour.")},
+                                            "429 `doctor_code_cap`: too many for the doctor this hour; "
+                                            "429 `clinic_code_cap`: too many for the clinic this hour.")},
     f"{API}/visits/{{visit_id}}/code-requests": {"post": _op(
         "requestCode", "Send (or re-send) a one-time code to the patient's chat", (_CS,),
         {202: _ok(_ref("CodeRequested"), "Queued for the patient's chat; the code is never returned")},

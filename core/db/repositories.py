@@ -370,6 +370,40 @@ class CodeRepo(_Repo):
             await self.conn.execute(insert(t.doctor_code_failures).values(doctor_id=doctor_id,
                                                                           hour_start=hour_start, failures=1))
 
+    async def clinic_failures(self, clinic_id: int, hour_start: dt.datetime) -> int:
+        value = (await self.conn.execute(select(t.clinic_code_failures.c.failures).where(
+            self._clinic_hour(clinic_id, hour_start)))).scalar_one_or_none()
+        return value or 0
+
+    async def take_clinic_failure(self, clinic_id: int, hour_start: dt.datetime, cap: int) -> bool:
+        """Count one wrong code against the clinic's hourly cap, or answer False (nothing counted) at the cap.
+
+        A conditional UPDATE (and an INSERT that yields to a concurrent one) instead of a read-then-write, so
+        guessers spread over doctors and server processes can never push the counter past the cap, while the
+        clinic's right codes never wait on this row."""
+        table = t.clinic_code_failures
+        bump = update(table).where(and_(self._clinic_hour(clinic_id, hour_start), table.c.failures < cap)) \
+            .values(failures=table.c.failures + 1)
+        if (await self.conn.execute(bump)).rowcount:
+            return True
+        first = _insert_or_ignore(self.conn)(table).values(clinic_id=clinic_id, hour_start=hour_start, failures=1)
+        if (await self.conn.execute(first.on_conflict_do_nothing())).rowcount:
+            return True
+        return bool((await self.conn.execute(bump)).rowcount)  # another transaction created the row meanwhile
+
+    @staticmethod
+    def _clinic_hour(clinic_id: int, hour_start: dt.datetime):
+        return and_(t.clinic_code_failures.c.clinic_id == clinic_id, t.clinic_code_failures.c.hour_start == hour_start)
+
+
+def _insert_or_ignore(conn: AsyncConnection):
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (both SQLite and PostgreSQL have it)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert
+
 
 class OutboxRepo(_Repo):
     async def add(self, message: OutboxMessage, now: dt.datetime) -> int | None:

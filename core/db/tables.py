@@ -132,6 +132,13 @@ doctor_code_failures = Table(
     Column("failures", Integer, nullable=False),
 )
 
+clinic_code_failures = Table(
+    "clinic_code_failures", metadata,
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="CASCADE"), primary_key=True),
+    Column("hour_start", UtcDateTime, primary_key=True),
+    Column("failures", Integer, nullable=False),
+)
+
 visit_events = Table(
     "visit_events", metadata,
     Column("id", Integer, primary_key=True),

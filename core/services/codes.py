@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from core.codes import CodeOutcome, generate_code, looks_like_code
+from core.codes import CodeOutcome, CodePolicy, generate_code, looks_like_code
 from core.errors import IllegalTransition, InvalidValue, NotFound
 from core.model import Actor, OutboxMessage, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
@@ -66,7 +66,7 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: i
 class CodeCheck:
     outcome: CodeOutcome
     attempts_left: int
-    doctor_capped: bool = False
+    capped_by: str | None = None  # "doctor" or "clinic": an hourly cap on wrong codes stopped the check
 
 
 def _hour_start(moment: dt.datetime) -> dt.datetime:
@@ -76,7 +76,8 @@ def _hour_start(moment: dt.datetime) -> dt.datetime:
 async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
                       actor: Actor = Actor.DOCTOR) -> CodeCheck:
     """Check the 6 digits the patient read out. Every attempt is counted atomically; after
-    ``max_attempts`` the visit's code is locked, and a doctor's hourly failure cap stops spread guessing."""
+    ``max_attempts`` the visit's code is locked; hourly caps on wrong codes per doctor and per clinic stop
+    guessing spread over visits and doctors. A capped check is refused before the code is compared."""
     code = (code or "").strip()
     if not looks_like_code(code):
         raise InvalidValue("a visit code is exactly 6 digits")
@@ -94,8 +95,9 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
             raise IllegalTransition(visit.id, visit.state.value, "verify by code")
         hour = _hour_start(now)
         if await uow.codes.doctor_failures(visit.doctor_id, hour) >= policy.doctor_failures_per_hour:
-            attempts_left = max(policy.max_attempts - await uow.visits.code_attempts(visit_id), 0)
-            return CodeCheck(CodeOutcome.LOCKED, attempts_left, doctor_capped=True)
+            return _capped(policy, await uow.visits.code_attempts(visit_id), "doctor")
+        if await uow.codes.clinic_failures(clinic_id, hour) >= policy.clinic_failures_per_hour:
+            return _capped(policy, await uow.visits.code_attempts(visit_id), "clinic")
         attempts = await uow.visits.bump_code_attempts(visit_id)
         left = max(policy.max_attempts - attempts, 0)
         if attempts > policy.max_attempts:
@@ -113,6 +115,14 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
             visit.verify(VerificationMethod.CODE, actor, now)
             await uow.visits.save(visit)
         elif outcome in (CodeOutcome.WRONG, CodeOutcome.NO_CODE):
+            if not await uow.codes.take_clinic_failure(clinic_id, hour, policy.clinic_failures_per_hour):
+                # another doctor's guess took the clinic's last slot meanwhile: leaving without a commit
+                # keeps nothing of this attempt, and the answer does not say whether the code was right
+                return _capped(policy, attempts - 1, "clinic")
             await uow.codes.add_doctor_failure(visit.doctor_id, hour)
         await uow.commit()
     return CodeCheck(outcome, left)
+
+
+def _capped(policy: CodePolicy, attempts: int, by: str) -> CodeCheck:
+    return CodeCheck(CodeOutcome.LOCKED, max(policy.max_attempts - attempts, 0), capped_by=by)

@@ -64,13 +64,14 @@ async def verify_code(request: web.Request) -> web.Response:
     check = await codes.verify_code(ctx, who.clinic_id, visit_id, body.code, actor=Actor.DOCTOR)
     request.app[METRICS].code_outcomes.labels(check.outcome.value).inc()
     if check.outcome is CodeOutcome.LOCKED:
-        if check.doctor_capped:
+        if check.capped_by is not None:
             now = ctx.clock.now()
             wait = int((now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1) - now)
                        .total_seconds()) + 1
-            raise Problem(429, "doctor_code_cap", "this doctor has entered too many wrong codes this hour; code "
-                          f"checks resume in {wait} s", headers={"Retry-After": str(wait)}, result="locked",
-                          attempts_left=check.attempts_left)
+            who = "this doctor has" if check.capped_by == "doctor" else "this clinic's doctors have"
+            raise Problem(429, f"{check.capped_by}_code_cap", f"{who} entered too many wrong codes this hour; "
+                          f"code checks resume in {wait} s; verify the patient by face (in person) meanwhile",
+                          headers={"Retry-After": str(wait)}, result="locked", attempts_left=check.attempts_left)
         raise Problem(429, "code_locked", "too many wrong codes for this visit: its code is locked; verify the "
                       "patient by face (in person) or escalate to the clinic admin", result="locked",
                       attempts_left=0)

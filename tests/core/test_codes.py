@@ -81,7 +81,7 @@ async def test_doctor_hourly_cap_stops_guessing_spread_over_visits(ctx, clinic_w
         for _ in range(4):
             outcomes.append(await codes.verify_code(ctx, clinic_world.clinic.id, v.id, "000000"))
     wrong = [o for o in outcomes if o.outcome in (CodeOutcome.WRONG, CodeOutcome.NO_CODE)]
-    capped = [o for o in outcomes if o.doctor_capped]
+    capped = [o for o in outcomes if o.capped_by == "doctor"]
     assert len(wrong) <= cap and capped, "the doctor's hourly cap must stop further guesses"
     ctx.clock.advance(dt.timedelta(hours=1))
     fresh = await _visit(ctx, clinic_world)

@@ -1,11 +1,8 @@
-"""Code guessing: the per-visit attempt cap (RASTAU_CODE_MAX_ATTEMPTS, 5) and the per-doctor hourly cap on
-wrong codes (RASTAU_DOCTOR_CODE_FAILURES_PER_HOUR, 20) stop a guesser at exactly the cap — under concurrent
-requests, across visits and doctors, and across two `python -m server` processes sharing one PostgreSQL
-schema. Once a visit is locked or a doctor is capped, even the right code is refused.
-
-Note what the caps are: per visit and per doctor. A clinic with N doctors can make at most N × 20 wrong
-guesses an hour (each one a 1-in-a-million chance per live code), and every guess leaves a row; there is no
-clinic-wide cap.
+"""Code guessing: the per-visit attempt cap (RASTAU_CODE_MAX_ATTEMPTS, 5) and the hourly caps on wrong codes
+per doctor (RASTAU_DOCTOR_CODE_FAILURES_PER_HOUR, 20) and per clinic (RASTAU_CLINIC_CODE_FAILURES_PER_HOUR,
+100) stop a guesser at exactly the cap — under concurrent requests, across visits and doctors, and across two
+`python -m server` processes sharing one PostgreSQL schema. Once a visit is locked or a doctor or clinic is
+capped, even the right code is refused, so a capped answer never tells a guesser whether the guess was right.
 """
 from __future__ import annotations
 
@@ -18,7 +15,9 @@ import aiohttp
 import pytest
 from sqlalchemy import text
 
-from core.services import codes, keys, registry, visits
+from core.config import Settings
+from core.services import Context, codes, keys, registry, visits
+from server.app import create_app
 from tests.conftest import pg_schema
 from tests.security.support import Seeded, ServerProcess, new_secrets
 from tests.server.conftest import add_visit, app, client, conformance, faces, tenants  # noqa: F401 - fixtures
@@ -48,6 +47,12 @@ async def _doctor_failures(ctx, doctor_id: int) -> int:
     async with ctx.uow(read_only=True) as uow:
         now = ctx.clock.now()
         return await uow.codes.doctor_failures(doctor_id, now.replace(minute=0, second=0, microsecond=0))
+
+
+async def _clinic_failures(ctx, clinic_id: int) -> int:
+    async with ctx.uow(read_only=True) as uow:
+        now = ctx.clock.now()
+        return await uow.codes.clinic_failures(clinic_id, now.replace(minute=0, second=0, microsecond=0))
 
 
 # --- one server process (the app in the test's event loop), SQLite and PostgreSQL ---------------------------
@@ -125,6 +130,51 @@ async def test_guessing_across_doctors_stops_at_each_doctors_cap(client, ctx, te
     assert (status, body["result"]) == (200, "verified")
 
 
+async def test_guessing_spread_over_doctors_stops_at_the_clinics_hourly_cap(aiohttp_client, settings, ctx, clock,
+                                                                            tenants, faces, conformance):
+    """Doctors enough to guess N × 20 an hour still get only the clinic's cap, counted exactly under concurrency."""
+    a, b = tenants
+    clinic_cap, doctor_cap = 25, settings.doctor_code_failures_per_hour
+    capped = Settings(_env_file=None, **{**settings.model_dump(), "clinic_code_failures_per_hour": clinic_cap})
+    application = create_app(capped, ctx=Context.build(capped, ctx.uow, ctx.clock), face_pool=faces)
+    application.middlewares.insert(0, conformance.middleware())
+    client = await aiohttp_client(application)
+    doctors = [a.doctor_id, a.other_doctor_id]
+    assert clinic_cap < doctor_cap * len(doctors)  # without the clinic's cap the doctors' caps would allow more
+    spread = [await add_visit(ctx, a, doctor_id=d) for d in doctors for _ in range(doctor_cap // 4 + 3)]
+    issued = {v.id: (await codes.issue_code(ctx, v.id)).code for v in spread}
+    answers = await asyncio.gather(*(
+        _post_code(client, f"{API}/visits/{v.id}/code", wrong_for(issued[v.id], n), a.h("webcam"))
+        for n in range(1, 5) for v in spread))
+    counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
+    assert counted["200 wrong"] == clinic_cap, counted
+    assert set(counted) <= {"200 wrong", "429 clinic_code_cap", "429 doctor_code_cap"}, counted
+    assert counted["429 clinic_code_cap"] > 0
+    assert await _clinic_failures(ctx, a.clinic_id) == clinic_cap
+    assert sum([await _doctor_failures(ctx, d) for d in doctors]) == clinic_cap
+    assert sum([await _attempts(ctx, v.id) for v in spread]) == clinic_cap  # a capped check is not an attempt
+    refused = next((body, headers) for status, body, headers in answers if body.get("code") == "clinic_code_cap")
+    assert 0 < int(refused[1]["Retry-After"]) <= 3601 and "wrong codes this hour" in refused[0]["detail"]
+
+    # a doctor who never guessed is stopped too, even with the right code; another clinic is untouched
+    newcomer = await registry.add_doctor(ctx, a.clinic_id, "Newcomer", "+77019990001")
+    fresh = await add_visit(ctx, a, doctor_id=newcomer.id)
+    code = (await codes.issue_code(ctx, fresh.id)).code
+    status, body, _ = await _post_code(client, f"{API}/visits/{fresh.id}/code", code, a.h("webcam"))
+    assert (status, body["code"]) == (429, "clinic_code_cap") and code not in str(body)
+    theirs = await add_visit(ctx, b)
+    code = (await codes.issue_code(ctx, theirs.id)).code
+    status, body, _ = await _post_code(client, f"{API}/visits/{theirs.id}/code", code, b.h("webcam"))
+    assert (status, body["result"]) == (200, "verified")
+
+    # the next clock hour opens the clinic again
+    clock.advance(dt.timedelta(hours=1))
+    later = await add_visit(ctx, a, doctor_id=newcomer.id)
+    code = (await codes.issue_code(ctx, later.id)).code
+    status, body, _ = await _post_code(client, f"{API}/visits/{later.id}/code", code, a.h("webcam"))
+    assert (status, body["result"]) == (200, "verified")
+
+
 # --- two `python -m server` processes on one PostgreSQL schema -------------------------------------------
 
 async def _clear_of_the_hour_boundary(margin_s: float = 90) -> None:
@@ -146,7 +196,7 @@ async def _seed_shared(seeded: Seeded) -> dict:
     try:
         start = ctx.clock.now() + dt.timedelta(minutes=5)
         clinic = await registry.create_clinic(ctx, "Two-process clinic")
-        doctors = [await registry.add_doctor(ctx, clinic.id, f"Doctor {i}", f"+770100000{i:02d}") for i in range(3)]
+        doctors = [await registry.add_doctor(ctx, clinic.id, f"Doctor {i}", f"+770100000{i:02d}") for i in range(6)]
         patient = (await registry.upsert_patient(ctx, clinic.id, "900101300017", "Patient", "+77050000001")).patient
 
         async def visit(doctor):
@@ -161,7 +211,9 @@ async def _seed_shared(seeded: Seeded) -> dict:
                 "locked": await visit(doctors[0]),
                 "spread": [await visit(doctors[1]) for _ in range(cap // 4 + 6)],
                 "fresh": await visit(doctors[1]),
-                "control": await visit(doctors[2])}
+                "control": await visit(doctors[2]),
+                "clinic_spread": [await visit(d) for d in doctors[3:5] for _ in range(cap // 4 + 2)],
+                "newcomer": await visit(doctors[5])}
     finally:
         await seeded.close()
 
@@ -181,7 +233,10 @@ async def test_caps_hold_across_two_server_processes_sharing_postgresql(shared_p
     world = await _seed_shared(seeded)
     settings = seeded.ctx.settings
     visit_cap, doctor_cap = settings.code_max_attempts, settings.doctor_code_failures_per_hour
-    servers = [ServerProcess(shared_pg, seeded.keys, tmp_path / f"s{i}").start() for i in range(2)]
+    clinic_cap = visit_cap + doctor_cap + 10  # room for steps 1 and 2, then ten more wrong codes in step 3
+    servers = [ServerProcess(shared_pg, seeded.keys, tmp_path / f"s{i}",
+                             env_extra={"RASTAU_CLINIC_CODE_FAILURES_PER_HOUR": str(clinic_cap)}).start()
+               for i in range(2)]
     try:
         await asyncio.gather(*(s.wait_ready("/healthz") for s in servers))  # codes need no face workers
         await _clear_of_the_hour_boundary()
@@ -216,13 +271,24 @@ async def test_caps_hold_across_two_server_processes_sharing_postgresql(shared_p
             control_id, control_code = world["control"]  # the third doctor was never capped
             status, body, _ = await post(control_id, control_code)
             assert (status, body["result"]) == (200, "verified")
+
+            # 3. two more doctors, each below their own cap: the clinic's cap stops them at its last ten
+            answers = await asyncio.gather(*(post(visit_id, wrong_for(code, n))
+                                             for n in range(1, visit_cap) for visit_id, code in world["clinic_spread"]))
+            counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
+            assert counted == {"200 wrong": 10, "429 clinic_code_cap": len(answers) - 10}, counted
+            newcomer_id, newcomer_code = world["newcomer"]
+            for server in servers:
+                status, body, _ = await post(newcomer_id, newcomer_code, server.base)
+                assert (status, body["code"]) == (429, "clinic_code_cap")
     finally:
         codes_at_exit = [s.stop() for s in servers]
     assert codes_at_exit == [0, 0], [s.stderr()[-2000:] for s in servers]
 
-    locked_doctor, spread_doctor, _ = world["doctors"]
+    locked_doctor, spread_doctor, *_ = world["doctors"]
     failures = "SELECT COALESCE(SUM(failures), 0) FROM doctor_code_failures WHERE doctor_id = :d"
     assert await _count(shared_pg, failures, d=locked_doctor) == visit_cap
     assert await _count(shared_pg, failures, d=spread_doctor) == doctor_cap
+    assert await _count(shared_pg, "SELECT COALESCE(SUM(failures), 0) FROM clinic_code_failures") == clinic_cap
     assert await _count(shared_pg, "SELECT code_attempts FROM visits WHERE id = :v", v=world["locked"][0]) == 32
     assert await _count(shared_pg, "SELECT COUNT(*) FROM visits WHERE state = 'verified'") == 1
