@@ -44,3 +44,9 @@ class TemplateDecryptError(DomainError):
 
 class Conflict(DomainError):
     code = "conflict"
+
+
+class StaffPhone(Conflict):
+    """A number shared by a patient and the staff of the patient's clinic: staff would receive the patient's codes
+    and the "were you there?" questions, and could confirm visits that never happened."""
+    code = "staff_phone"

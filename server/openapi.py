@@ -205,7 +205,9 @@ _PATHS = {
         "upsertPatient", "Create the clinic's patient with this IIN, or update name, phone and language", (_CS,),
         {200: _ok(_ref("Patient"), "Updated", _PATIENT_LINKS), 201: _ok(_ref("Patient"), "Created", _PATIENT_LINKS)},
         (*_AUTH, 409, 413, 415, 422, 503),
-        body={"required": True, **_json(_ref("PatientIn"))})},
+        body={"required": True, **_json(_ref("PatientIn"))},
+        description="409 `staff_phone`: the number belongs to a doctor or admin of this clinic; a patient's codes "
+                    "and questions must reach the patient.")},
     f"{API}/patients/{{patient_id}}/consent": {"post": _op(
         "recordConsent", "Record the patient's consent to face verification", (_CS,), {200: _ok(_ref("Patient"))},
         (*_AUTH, 404, 413, 415, 422, 503), body={"required": True, **_json(_ref("ConsentIn"))},

@@ -18,6 +18,7 @@ from core.errors import (
     InvalidPhone,
     InvalidValue,
     NotFound,
+    StaffPhone,
     TemplateDecryptError,
 )
 from core.logs import get_logger
@@ -32,7 +33,7 @@ log = get_logger("rastau.server")
 _DOMAIN_STATUS: dict[type, int] = {
     NotFound: 404, InvalidIin: 422, InvalidPhone: 422, InvalidValue: 422, ConsentMissing: 409,
     IllegalTransition: 409, Conflict: 409, NotEnrolled: 409, FaceLocked: 429}
-_DOMAIN_FIELD = {InvalidIin: "iin", InvalidPhone: "phone"}
+_DOMAIN_FIELD = {InvalidIin: "iin", InvalidPhone: "phone", StaffPhone: "phone"}
 _IMAGE_STATUS = {"too_large": 413, "too_many_pixels": 413, "unsupported_format": 415, "empty": 422,
                  "unreadable": 422}
 _AIOHTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "body_too_large",
@@ -57,10 +58,9 @@ def problem_response(status: int, code: str, detail: str, *, headers: dict | Non
 
 
 def _domain_status(exc: DomainError) -> tuple[int, str | None]:
-    for cls in type(exc).__mro__:
-        if cls in _DOMAIN_STATUS:
-            return _DOMAIN_STATUS[cls], _DOMAIN_FIELD.get(cls)
-    return 400, None
+    classes = type(exc).__mro__
+    status = next((_DOMAIN_STATUS[cls] for cls in classes if cls in _DOMAIN_STATUS), 400)
+    return status, next((_DOMAIN_FIELD[cls] for cls in classes if cls in _DOMAIN_FIELD), None)
 
 
 def validation_problem(exc: ValidationError) -> Problem:

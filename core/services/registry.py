@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.errors import ConsentMissing, InvalidValue
+from core.errors import ConsentMissing, InvalidValue, StaffPhone
 from core.model import Clinic, ClinicAdmin, Doctor, Language, Patient
 from core.services import Context
 from core.templates import MAX_REFERENCES
@@ -19,12 +19,30 @@ async def create_clinic(ctx: Context, name: str) -> Clinic:
     return clinic
 
 
+STAFF_PHONE_FOR_PATIENT = ("this phone number belongs to a doctor or admin of this clinic; the patient's codes and "
+                           "\"were you there?\" questions must reach the patient, so register the patient's own number")
+PATIENT_PHONE_FOR_STAFF = ("this phone number belongs to a patient of this clinic; staff need their own number, or "
+                           "they would receive that patient's codes and questions")
+
+
+async def _staff_phone(uow, clinic_id: int, phone: str) -> bool:
+    staff = [*await uow.doctors.by_phone(phone), *await uow.admins.by_phone(phone)]
+    return any(person.clinic_id == clinic_id for person in staff)
+
+
+async def _patient_phone(uow, clinic_id: int, phone: str) -> bool:
+    return any(patient.clinic_id == clinic_id for patient in await uow.patients.by_phone(phone))
+
+
 async def add_doctor(ctx: Context, clinic_id: int, full_name: str, phone: str,
                      external_ref: str | None = None) -> Doctor:
+    candidate = Doctor(id=None, clinic_id=clinic_id, full_name=full_name.strip(), phone=phone,
+                       external_ref=external_ref)
     async with ctx.uow() as uow:
         await uow.clinics.get(clinic_id)
-        doctor = await uow.doctors.add(Doctor(id=None, clinic_id=clinic_id, full_name=full_name.strip(),
-                                              phone=phone, external_ref=external_ref), ctx.clock.now())
+        if await _patient_phone(uow, clinic_id, candidate.phone):
+            raise StaffPhone(PATIENT_PHONE_FOR_STAFF)
+        doctor = await uow.doctors.add(candidate, ctx.clock.now())
         await uow.audit.append(ctx.clock.now(), "admin", "doctor.create", f"doctor:{doctor.id}",
                                {"clinic": clinic_id})
         await uow.commit()
@@ -32,10 +50,12 @@ async def add_doctor(ctx: Context, clinic_id: int, full_name: str, phone: str,
 
 
 async def add_admin(ctx: Context, clinic_id: int, full_name: str, phone: str) -> ClinicAdmin:
+    candidate = ClinicAdmin(id=None, clinic_id=clinic_id, full_name=full_name.strip(), phone=phone)
     async with ctx.uow() as uow:
         await uow.clinics.get(clinic_id)
-        admin = await uow.admins.add(ClinicAdmin(id=None, clinic_id=clinic_id, full_name=full_name.strip(),
-                                                 phone=phone), ctx.clock.now())
+        if await _patient_phone(uow, clinic_id, candidate.phone):
+            raise StaffPhone(PATIENT_PHONE_FOR_STAFF)
+        admin = await uow.admins.add(candidate, ctx.clock.now())
         await uow.audit.append(ctx.clock.now(), "admin", "clinic_admin.create", f"clinic_admin:{admin.id}",
                                {"clinic": clinic_id})
         await uow.commit()
@@ -50,13 +70,16 @@ class UpsertResult:
 
 async def upsert_patient(ctx: Context, clinic_id: int, iin: str, full_name: str, phone: str,
                          language: Language | str = Language.RU) -> UpsertResult:
-    """Create the clinic's patient with this IIN, or update name/phone/language of the existing one."""
+    """Create the clinic's patient with this IIN, or update name/phone/language of the existing one.
+    A number of the clinic's own doctors or admins is refused: it would route the patient's evidence to staff."""
     candidate = Patient(id=None, clinic_id=clinic_id, iin=iin, full_name=(full_name or "").strip(), phone=phone,
                         language=Language(language))
     if not candidate.full_name:
         raise InvalidValue("patient full name is empty")
     now = ctx.clock.now()
     async with ctx.uow() as uow:
+        if await _staff_phone(uow, clinic_id, candidate.phone):
+            raise StaffPhone(STAFF_PHONE_FOR_PATIENT)
         existing = await uow.patients.by_iin(clinic_id, candidate.iin)
         if existing is None:
             patient, created = await uow.patients.add(candidate, now), True

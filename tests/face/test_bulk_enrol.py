@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import math
 import shutil
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.iin import mask_iin
+from core.iin import make_iin, mask_iin
 from core.services import registry
 from server.face.pipeline import analyse_frame
 from tests.conftest import VALID_IINS
@@ -57,6 +58,7 @@ def _write_csv(path: Path, rows: list[list[str]]) -> Path:
 
 async def test_good_rows_are_enrolled_and_each_bad_row_is_reported(ctx, clinic_world, photos, tmp_path):
     iin_new, iin_kk, iin_half = VALID_IINS[2], VALID_IINS[3], VALID_IINS[4]
+    iin_staff = make_iin(dt.date(1980, 1, 1), True, 1)
     patients_csv = _write_csv(tmp_path / "patients.csv", [
         [iin_new, "Barack O.", "8 701 000 11 22", "ru", "ids/obama1.jpg; ids/obama2.jpg"],   # line 2: two refs
         [VALID_IINS[0], "Asel Nurlanovna", "87011234567", "kk", "ids/kit2.jpg"],            # 3: updates p1
@@ -70,6 +72,7 @@ async def test_good_rows_are_enrolled_and_each_bad_row_is_reported(ctx, clinic_w
         [iin_half, "Half Good", "87011234563", "ru", "ids/rose1.jpg;ids/gradient.jpg"],     # 11: one bad photo
         [iin_new, "Barack Again", "87011234564", "ru", "ids/obama2.jpg"],                   # 12: duplicate
         [iin_kk, "Joseph B.", "+7 705 111 22 33", "KK", "ids/biden2.jpg"],                  # 13
+        [iin_staff, "Staff Phone", "+7 701 111 22 33", "ru", "ids/biden2.jpg"],              # 14: the doctor's
     ])
     report = tmp_path / "out" / "failures.csv"
     report.parent.mkdir()
@@ -79,12 +82,13 @@ async def test_good_rows_are_enrolled_and_each_bad_row_is_reported(ctx, clinic_w
                                   "--workers", "1", "--consent-by", "Nurse Aigerim")
 
     assert code == 1, err
-    assert f"enrolled 3, failed 9; report written to {report}" in out
+    assert f"enrolled 3, failed 10; report written to {report}" in out
     with report.open(encoding="utf-8-sig", newline="") as handle:
         reported = list(csv.DictReader(handle))
     assert [(int(r["line"]), r["reason"]) for r in reported] == [
         (4, "invalid_iin"), (5, "invalid_phone"), (6, "no_face"), (7, "multiple_faces"), (8, "unreadable"),
-        (9, "unsupported_format"), (10, "missing_photo"), (11, "no_face"), (12, "duplicate_iin")]
+        (9, "unsupported_format"), (10, "missing_photo"), (11, "no_face"), (12, "duplicate_iin"),
+        (14, "staff_phone")]
     by_line = {int(r["line"]): r for r in reported}
     assert by_line[11]["photo"] == "ids/gradient.jpg" and "no face" in by_line[11]["detail"]
     assert by_line[10]["detail"] == f"ids/ghost.jpg was not found in {photos}"
@@ -99,7 +103,7 @@ async def test_good_rows_are_enrolled_and_each_bad_row_is_reported(ctx, clinic_w
         updated = await uow.patients.by_iin(clinic_id, VALID_IINS[0])
         kazakh = await uow.patients.by_iin(clinic_id, iin_kk)
         assert await uow.patients.by_iin(clinic_id, iin_half) is None  # nothing half-written
-        for bad_iin in ("021231500035", "021231500045", "021231500055", "021231500065", "021231500075"):
+        for bad_iin in ("021231500035", "021231500045", "021231500055", "021231500065", "021231500075", iin_staff):
             assert await uow.patients.by_iin(clinic_id, bad_iin) is None
     assert (new.full_name, new.phone, new.consent_by) == ("Barack O.", "+77010001122", "Nurse Aigerim")
     assert (updated.id, updated.full_name, updated.consent_by) == (clinic_world.p1.id, "Asel Nurlanovna",

@@ -166,3 +166,46 @@ async def test_a_malformed_multipart_body_is_422(client, ctx, tenants):
     response = await client.put(f"{API}/patients/{a.patient_ids[0]}/face", data=raw, headers={
         **a.h(), "Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert response.status == 422 and (await response.json())["code"] == "invalid_multipart"
+
+
+async def _patient_by_iin(ctx, clinic_id: int, iin: str):
+    async with ctx.uow(read_only=True) as uow:
+        return await uow.patients.by_iin(clinic_id, iin)
+
+
+async def test_a_staff_members_number_is_refused_as_a_patients(client, ctx, tenants):
+    """A clinic registering its own doctor's or admin's phone for a patient would receive that patient's codes and
+    "were you there?" questions itself: refused, however the number is typed, and nothing is written."""
+    a, b = tenants
+    await registry.add_admin(ctx, a.clinic_id, "Admin A", "+7 702 000 11 22")
+    for typed in ("8 (701) 111-00-00", "+7 702 000 11 22"):  # doctor one of clinic A, then its admin
+        response = await client.post(f"{API}/patients", json={**NEW_PATIENT, "phone": typed}, headers=a.h())
+        assert response.status == 409
+        problem = await response.json()
+        assert (problem["code"], problem["field"]) == ("staff_phone", "phone")
+        assert "patient's own number" in problem["detail"]
+    assert await _patient_by_iin(ctx, a.clinic_id, NEW_PATIENT["iin"]) is None
+
+    # an existing patient cannot be moved onto a staff number either; the old number stays
+    assert (await client.post(f"{API}/patients", json=NEW_PATIENT, headers=a.h())).status == 201
+    moved = await client.post(f"{API}/patients", json={**NEW_PATIENT, "phone": "+77011110001"}, headers=a.h())
+    assert (moved.status, (await moved.json())["code"]) == (409, "staff_phone")
+    assert (await _patient_by_iin(ctx, a.clinic_id, NEW_PATIENT["iin"])).phone == "+77071234567"
+
+    # another clinic's doctor may well be this clinic's patient
+    elsewhere = await client.post(f"{API}/patients", json={**NEW_PATIENT, "phone": "+77011110000"}, headers=b.h())
+    assert elsewhere.status in (200, 201)  # clinic B happens to know this IIN already: an update
+
+
+async def test_a_patients_number_is_refused_for_new_staff(ctx, tenants):
+    from core.errors import StaffPhone
+
+    a, b = tenants
+    patient_phone = "+77051110000"  # clinic A's first patient
+    with pytest.raises(StaffPhone, match="belongs to a patient of this clinic"):
+        await registry.add_doctor(ctx, a.clinic_id, "New doctor", "8 705 111 00 00")
+    with pytest.raises(StaffPhone, match="belongs to a patient of this clinic"):
+        await registry.add_admin(ctx, a.clinic_id, "New admin", patient_phone)
+    async with ctx.uow(read_only=True) as uow:
+        assert await uow.doctors.by_phone(patient_phone) == [] and await uow.admins.by_phone(patient_phone) == []
+    assert (await registry.add_doctor(ctx, b.clinic_id, "Doctor elsewhere", patient_phone)).clinic_id == b.clinic_id
