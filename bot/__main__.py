@@ -12,6 +12,7 @@ from aiohttp import web
 from bot.app import (WEBHOOK_PATH, create_bot, create_dispatcher, create_storage, create_webhook_app,
                      publish_commands)
 from bot.delivery.dispatcher import OutboxDispatcher
+from bot.delivery.shared_limits import SharedSendPacer
 from bot.i18n import make_i18n
 from bot.rendering import OutboxRenderer
 from bot.scheduling import start_scheduler
@@ -34,7 +35,8 @@ async def run(settings: Settings) -> None:
     bot = create_bot(settings.bot_token.get_secret_value(), settings.telegram_api_base)
     storage = create_storage(settings)
     dp = create_dispatcher(ctx, i18n, storage)
-    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n))
+    pacer = shared_pacer(settings)
+    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n), pacer=pacer)
     await publish_commands(bot, i18n)
     scheduler = await start_scheduler(ctx, dispatcher)
     stop = asyncio.Event()
@@ -53,8 +55,19 @@ async def run(settings: Settings) -> None:
         log.info("bot stopping")
         scheduler.shutdown(wait=True)
         await storage.close()
+        if pacer is not None:
+            await pacer.close()
         await bot.session.close()
         await engine.dispose()
+
+
+def shared_pacer(settings: Settings) -> SharedSendPacer | None:
+    """With Redis, every dispatcher counts against one set of Telegram limits; alone, each paces itself."""
+    if not settings.redis_url:
+        return None
+    log.info("send limits shared through Redis", global_rate=settings.send_rate_global,
+             chat_rate=settings.send_rate_per_chat)
+    return SharedSendPacer.from_url(settings.redis_url, settings.send_rate_global, settings.send_rate_per_chat)
 
 
 async def _serve_webhook(settings: Settings, dp, bot, stop: asyncio.Event) -> None:

@@ -24,7 +24,7 @@ from aiogram.exceptions import (TelegramAPIError, TelegramBadRequest, TelegramFo
                                 TelegramNotFound, TelegramRetryAfter)
 from aiogram.types import BufferedInputFile
 
-from bot.delivery.limits import SendPacer, TooLate
+from bot.delivery.limits import Pacer, SendPacer, TooLate
 from bot.delivery.types import OutboxItem, Outgoing, Renderer
 from core.logs import get_logger
 from core.services import Context
@@ -53,11 +53,14 @@ class _Retry(Exception):
 class OutboxDispatcher:
     def __init__(self, ctx: Context, bot: Bot, renderer: Renderer, *, worker_id: str | None = None,
                  rate_global: float | None = None, rate_per_chat: float | None = None, batch: int = 100,
-                 lease: dt.timedelta = dt.timedelta(seconds=60), concurrency: int = 32):
+                 lease: dt.timedelta = dt.timedelta(seconds=60), concurrency: int = 32,
+                 pacer: Pacer | None = None):
+        """``pacer``: a `SharedSendPacer` when several dispatchers share Telegram's limits; by default this
+        process keeps them alone (``rate_global`` and ``rate_per_chat`` per second)."""
         self._ctx, self._bot, self._renderer = ctx, bot, renderer
         self.worker_id = worker_id or default_worker_id()
-        self._pacer = SendPacer(rate_global or ctx.settings.send_rate_global,
-                                rate_per_chat or ctx.settings.send_rate_per_chat)
+        self._pacer = pacer or SendPacer(rate_global or ctx.settings.send_rate_global,
+                                         rate_per_chat or ctx.settings.send_rate_per_chat)
         self._batch, self._lease = batch, lease
         self._send_window = lease.total_seconds() - bot.session.timeout - LEASE_SLACK
         if self._send_window <= 0:
@@ -178,7 +181,7 @@ class OutboxDispatcher:
                     return sent.message_id
                 except TelegramRetryAfter as exc:
                     log.warning("telegram asked to slow down", retry_after=exc.retry_after)
-                    self._pacer.pause(exc.retry_after)
+                    await self._pacer.pause(exc.retry_after)
         raise _Retry("too many 429 answers in a row")
 
     async def _reschedule(self, item: OutboxItem, error: str) -> None:

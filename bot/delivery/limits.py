@@ -4,8 +4,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import AsyncIterator, Protocol
+
+
+class Pacer(Protocol):
+    """What the dispatcher needs of a pacer: this process's `SendPacer`, or the Redis-shared one."""
+
+    def turn(self, chat_id: int, not_after: float = math.inf) -> AbstractAsyncContextManager[None]: ...
+
+    async def pause(self, seconds: float) -> None: ...
 
 
 class _Window:
@@ -64,7 +72,7 @@ class SendPacer:
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
 
-    def pause(self, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     @asynccontextmanager
