@@ -463,10 +463,13 @@ class OutboxRepo(_Repo):
 
     async def retry_later(self, message_id: int, due_at: dt.datetime, error: str, *, failed: bool = True,
                           worker_id: str | None = None) -> bool:
-        """Back to the queue; `failed` spends one unit of the retry budget (a hand-back does not)."""
+        """Back to the queue; `failed` spends one unit of the retry budget. A hand-back does not, and it takes
+        back its claim from the count of claims without an outcome (those mean a dispatcher died on the row)."""
         values = dict(status="pending", due_at=due_at, claimed_by=None, claim_expires_at=None, last_error=error[:300])
         if failed:
             values["failures"] = t.outbox.c.failures + 1
+        else:
+            values["attempts"] = t.outbox.c.attempts - 1
         res = await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(**values))
         return res.rowcount == 1
 

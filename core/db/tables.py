@@ -164,7 +164,7 @@ outbox = Table(
     Column("payload", Text, nullable=False, server_default="{}"),
     Column("dedupe_key", String(120), unique=True),
     Column("status", String(12), nullable=False, server_default="pending"),
-    Column("attempts", Integer, nullable=False, server_default="0"),  # claims, including crashed ones
+    Column("attempts", Integer, nullable=False, server_default="0"),  # claims, less those handed back
     Column("failures", Integer, nullable=False, server_default="0"),  # sends that failed: the retry budget
     Column("parts_sent", Integer, nullable=False, server_default="0"),
     Column("claimed_by", String(64)),

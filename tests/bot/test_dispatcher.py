@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -313,6 +314,37 @@ async def test_a_message_dispatchers_keep_dying_on_is_given_up_not_claimed_forev
     await OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w").drain()
     assert (await statuses(ctx))[message_id] == "failed"
     assert standin.messages_to(4343) == []
+
+
+class NeverYourTurn:
+    """A pacer whose turn always comes too late (a long 429 pause, Redis away): every claim is handed back."""
+
+    @contextlib.asynccontextmanager
+    async def turn(self, chat_id, not_after=float("inf")):
+        from bot.delivery.limits import TooLate
+        raise TooLate(time.monotonic() + 1)
+        yield
+
+    async def pause(self, seconds):
+        pass
+
+
+async def test_hand_backs_are_outcomes_and_never_make_a_message_poison(ctx, bot, standin):
+    """A dispatcher that hands a message back is alive: only claims without an outcome count toward MAX_CLAIMS."""
+    from bot.delivery.dispatcher import MAX_CLAIMS
+
+    message_id = await queue(ctx, 4545, "patient")
+    async with ctx.uow() as uow:
+        await uow.conn.execute(sa.update(t.outbox).where(t.outbox.c.id == message_id).values(attempts=MAX_CLAIMS - 1))
+        await uow.commit()
+    waiting = OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w", pacer=NeverYourTurn())
+    for _ in range(5):
+        ctx.clock.advance(dt.timedelta(seconds=2))
+        assert await waiting.run_once() == 1
+        assert (await statuses(ctx))[message_id] == "pending"
+    ctx.clock.advance(dt.timedelta(seconds=2))
+    await OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w2", rate_global=1000, rate_per_chat=1000).drain()
+    assert texts_to(standin, 4545) == [f"patient #{message_id}"]
 
 
 async def test_an_outcome_is_not_recorded_over_a_claim_another_dispatcher_took(ctx):
