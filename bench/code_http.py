@@ -24,11 +24,12 @@ DOCTORS = 50
 CONCURRENCY = 16
 WHY_MISSED = (
     '- why missed: each verification is one transaction of about a dozen statements (row locks, the '
-    'atomic attempt counter, the code check, the state change, its event, the hash-chained audit row) and'
+    'atomic attempt counter, the hourly failure caps, the code check, the state change, its event, the '
+    'hash-chained audit row) and'
     " an fsync'd commit, and SQLite admits one writer at a time; the bare handler does no I/O at all, on "
     'a 2-core machine shared with the load generator. What would close the gap: fewer round trips (one '
-    'CTE per check), several server processes on PostgreSQL, group commit. The soak below shows the '
-    'server holding the 100 verifications/s that matter, with p50 8–10 ms.')
+    'CTE per check), several server processes on PostgreSQL, group commit. The soak shows the server '
+    'holding the 100 verifications/s that matter, with its latencies in its own table.')
 
 
 
