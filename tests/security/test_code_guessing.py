@@ -93,21 +93,11 @@ async def test_guessing_spread_over_visits_stops_at_the_doctors_hourly_cap(clien
     assert 0 < int(capped["Retry-After"]) <= 3601
 
     # the right code for a fresh visit of the capped doctor is refused too; the other doctor is unaffected
-    fresh = await add_visit(ctx, a)
-    code = (await codes.issue_code(ctx, fresh.id)).code
-    status, body, _ = await _post_code(client, f"{API}/visits/{fresh.id}/code", code, a.h("webcam"))
-    assert (status, body["code"]) == (429, "doctor_code_cap")
-    other = await add_visit(ctx, a, doctor_id=a.other_doctor_id)
-    other_code = (await codes.issue_code(ctx, other.id)).code
-    status, body, _ = await _post_code(client, f"{API}/visits/{other.id}/code", other_code, a.h("webcam"))
-    assert (status, body["result"]) == (200, "verified")
-
+    assert await _right_code(client, ctx, a) == (429, "doctor_code_cap")
+    assert await _right_code(client, ctx, a, a.other_doctor_id) == (200, "verified")
     # the cap is per clock hour: in the next hour the same doctor's right code verifies again
     clock.advance(dt.timedelta(hours=1))
-    later = await add_visit(ctx, a)
-    code = (await codes.issue_code(ctx, later.id)).code
-    status, body, _ = await _post_code(client, f"{API}/visits/{later.id}/code", code, a.h("webcam"))
-    assert (status, body["result"]) == (200, "verified")
+    assert await _right_code(client, ctx, a) == (200, "verified")
 
 
 async def test_guessing_across_doctors_stops_at_each_doctors_cap(client, ctx, tenants):
@@ -115,19 +105,30 @@ async def test_guessing_across_doctors_stops_at_each_doctors_cap(client, ctx, te
     a, b = tenants
     cap = ctx.settings.doctor_code_failures_per_hour
     doctors = [a.doctor_id, a.other_doctor_id]
-    spread = [await add_visit(ctx, a, doctor_id=d) for d in doctors for _ in range(cap // 4 + 3)]
-    issued = {v.id: (await codes.issue_code(ctx, v.id)).code for v in spread}
-    answers = await asyncio.gather(*(
-        _post_code(client, f"{API}/visits/{v.id}/code", wrong_for(issued[v.id], n), a.h("webcam"))
-        for n in range(1, 5) for v in spread))
+    _, answers = await _guess_over_doctors(client, ctx, a, doctors, visits_each=cap // 4 + 3)
     counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
     assert counted == {"200 wrong": cap * len(doctors), "429 doctor_code_cap": len(answers) - cap * len(doctors)}
     assert [await _doctor_failures(ctx, d) for d in doctors] == [cap, cap]
-    # another clinic's doctor is untouched
-    theirs = await add_visit(ctx, b)
-    code = (await codes.issue_code(ctx, theirs.id)).code
-    status, body, _ = await _post_code(client, f"{API}/visits/{theirs.id}/code", code, b.h("webcam"))
-    assert (status, body["result"]) == (200, "verified")
+    assert await _right_code(client, ctx, b) == (200, "verified")  # another clinic's doctor is untouched
+
+
+async def _guess_over_doctors(client, ctx, tenant, doctors: list[int], visits_each: int, guesses_each: int = 4):
+    """Wrong codes, all at once: ``guesses_each`` for each of ``visits_each`` fresh visits of every doctor."""
+    spread = [await add_visit(ctx, tenant, doctor_id=d) for d in doctors for _ in range(visits_each)]
+    issued = {v.id: (await codes.issue_code(ctx, v.id)).code for v in spread}
+    answers = await asyncio.gather(*(
+        _post_code(client, f"{API}/visits/{v.id}/code", wrong_for(issued[v.id], n), tenant.h("webcam"))
+        for n in range(1, guesses_each + 1) for v in spread))
+    return spread, answers
+
+
+async def _right_code(client, ctx, tenant, doctor_id: int | None = None) -> tuple[int, str]:
+    """A fresh visit's right code, as the clinic would enter it: (status, result or problem code)."""
+    visit = await add_visit(ctx, tenant, doctor_id=doctor_id)
+    code = (await codes.issue_code(ctx, visit.id)).code
+    status, body, _ = await _post_code(client, f"{API}/visits/{visit.id}/code", code, tenant.h("webcam"))
+    assert code not in str(body)
+    return status, body.get("result") if status == 200 else body["code"]
 
 
 async def test_guessing_spread_over_doctors_stops_at_the_clinics_hourly_cap(aiohttp_client, settings, ctx, clock,
@@ -141,11 +142,7 @@ async def test_guessing_spread_over_doctors_stops_at_the_clinics_hourly_cap(aioh
     client = await aiohttp_client(application)
     doctors = [a.doctor_id, a.other_doctor_id]
     assert clinic_cap < doctor_cap * len(doctors)  # without the clinic's cap the doctors' caps would allow more
-    spread = [await add_visit(ctx, a, doctor_id=d) for d in doctors for _ in range(doctor_cap // 4 + 3)]
-    issued = {v.id: (await codes.issue_code(ctx, v.id)).code for v in spread}
-    answers = await asyncio.gather(*(
-        _post_code(client, f"{API}/visits/{v.id}/code", wrong_for(issued[v.id], n), a.h("webcam"))
-        for n in range(1, 5) for v in spread))
+    spread, answers = await _guess_over_doctors(client, ctx, a, doctors, visits_each=doctor_cap // 4 + 3)
     counted = collections.Counter(outcome(status, body) for status, body, _ in answers)
     assert counted["200 wrong"] == clinic_cap, counted
     assert set(counted) <= {"200 wrong", "429 clinic_code_cap", "429 doctor_code_cap"}, counted
@@ -158,21 +155,10 @@ async def test_guessing_spread_over_doctors_stops_at_the_clinics_hourly_cap(aioh
 
     # a doctor who never guessed is stopped too, even with the right code; another clinic is untouched
     newcomer = await registry.add_doctor(ctx, a.clinic_id, "Newcomer", "+77019990001")
-    fresh = await add_visit(ctx, a, doctor_id=newcomer.id)
-    code = (await codes.issue_code(ctx, fresh.id)).code
-    status, body, _ = await _post_code(client, f"{API}/visits/{fresh.id}/code", code, a.h("webcam"))
-    assert (status, body["code"]) == (429, "clinic_code_cap") and code not in str(body)
-    theirs = await add_visit(ctx, b)
-    code = (await codes.issue_code(ctx, theirs.id)).code
-    status, body, _ = await _post_code(client, f"{API}/visits/{theirs.id}/code", code, b.h("webcam"))
-    assert (status, body["result"]) == (200, "verified")
-
-    # the next clock hour opens the clinic again
-    clock.advance(dt.timedelta(hours=1))
-    later = await add_visit(ctx, a, doctor_id=newcomer.id)
-    code = (await codes.issue_code(ctx, later.id)).code
-    status, body, _ = await _post_code(client, f"{API}/visits/{later.id}/code", code, a.h("webcam"))
-    assert (status, body["result"]) == (200, "verified")
+    assert await _right_code(client, ctx, a, newcomer.id) == (429, "clinic_code_cap")
+    assert await _right_code(client, ctx, b) == (200, "verified")
+    clock.advance(dt.timedelta(hours=1))  # the next clock hour opens the clinic again
+    assert await _right_code(client, ctx, a, newcomer.id) == (200, "verified")
 
 
 # --- two `python -m server` processes on one PostgreSQL schema -------------------------------------------
