@@ -36,7 +36,7 @@ async def run(settings: Settings) -> None:
     storage = create_storage(settings)
     dp = create_dispatcher(ctx, i18n, storage)
     pacer = shared_pacer(settings)
-    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n), pacer=pacer)
+    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n), worker_id=settings.dispatcher_id, pacer=pacer)
     await publish_commands(bot, i18n)
     scheduler = await start_scheduler(ctx, dispatcher)
     stop = asyncio.Event()

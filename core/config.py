@@ -69,8 +69,10 @@ class Settings(BaseSettings):
     digest_time: str = Field("08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     send_rate_global: float = Field(30.0, gt=0)
     send_rate_per_chat: float = Field(1.0, gt=0)
+    dispatcher_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 
-    @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "webhook_secret", mode="before")
+    @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "webhook_secret", "dispatcher_id",
+                     mode="before")
     @classmethod
     def _blank_is_missing(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
