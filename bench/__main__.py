@@ -15,6 +15,7 @@ from bench import code_http, digest, dispatcher, face, face_load, soak
 from bench.results import write_section
 
 PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("RASTAU_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 async def _pg_schema(create: bool, schema: str) -> None:
@@ -49,7 +50,13 @@ async def bench_dispatcher(smoke: bool, workdir: str) -> None:
     def sqlite_url() -> str:
         return f"sqlite+aiosqlite:///{os.path.join(workdir, f'outbox-{uuid.uuid4().hex[:6]}.db')}"
     sizes = {"capped_count": 60, "ceiling_count": 200} if smoke else {"capped_count": 3000, "ceiling_count": 5000}
-    result = await dispatcher.run(sqlite_url, **sizes)
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    await _pg_schema(True, schema)
+    try:
+        result = await dispatcher.run(sqlite_url, shared_database_url=f"{PG_URL}?search_path={schema}",
+                                      redis_url=REDIS_URL, **sizes)
+    finally:
+        await _pg_schema(False, schema)
     write_section("Dispatcher: Telegram's cap held, and the ceiling without it", dispatcher.report(result),
                   smoke=smoke)
 
