@@ -5,6 +5,8 @@ import datetime as dt
 import json
 
 from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core import audit
@@ -398,11 +400,7 @@ class CodeRepo(_Repo):
 
 def _insert_or_ignore(conn: AsyncConnection):
     """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (both SQLite and PostgreSQL have it)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert
+    return postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 
 class OutboxRepo(_Repo):
