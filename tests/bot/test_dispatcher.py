@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from bot.delivery.dispatcher import OutboxDispatcher
 from core.clock import SystemClock
 from core.db import tables as t
-from core.db.engine import create_engine
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context
 from tests.bot.dispatch_support import TOKEN, EchoRenderer, make_bot, queue, statuses
@@ -189,25 +188,17 @@ async def test_a_misbehaving_telegram_loses_nothing_and_duplicates_nothing(ctx):
     assert chaos.limit_violations == 0 and chaos.max_rate() <= 30 and chaos.max_rate_per_chat() <= 1
 
 
-async def test_two_dispatchers_on_postgresql_send_each_message_once(db_url, settings, clock, standin):
-    if not db_url.startswith("postgresql"):
-        pytest.skip("several dispatchers are a PostgreSQL deployment; SQLite runs one")
-    engines = [create_engine(db_url), create_engine(db_url)]
-    from core.db.migrate import upgrade_to_head
-    await upgrade_to_head(engines[0])
-    ctxs = [Context.build(settings, UnitOfWorkFactory(e), clock) for e in engines]
-    ids = [await queue(ctxs[0], 4000 + i % 50, "x") for i in range(300)]
+async def test_two_dispatchers_on_postgresql_send_each_message_once(two_contexts, standin):
+    ids = [await queue(two_contexts[0], 4000 + i % 50, "x") for i in range(300)]
     bots = [make_bot(standin.base_url), make_bot(standin.base_url)]
     try:
         dispatchers = [OutboxDispatcher(c, b, EchoRenderer(), worker_id=f"w{i}", rate_global=10_000,
                                         rate_per_chat=10_000, batch=10)
-                       for i, (c, b) in enumerate(zip(ctxs, bots))]
+                       for i, (c, b) in enumerate(zip(two_contexts, bots))]
         await asyncio.gather(*(d.drain() for d in dispatchers))
     finally:
         for b in bots:
             await b.session.close()
-        for e in engines:
-            await e.dispose()
     delivered = [int(m.text.rsplit("#", 1)[1]) for m in standin.sent]
     assert sorted(delivered) == sorted(ids), "every message exactly once"
     both = {r for d in dispatchers for r in d._renderer.rendered}

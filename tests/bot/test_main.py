@@ -9,11 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).parents[2]
 
 
+def bot_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any RASTAU_ setting of the developer's, plus the test's own."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}, **settings}
+
+
 def run_bot(env_extra: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
-    env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "bot"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "bot"], cwd=ROOT, env=bot_env(**env_extra), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_production_without_secrets_refuses_and_names_them(tmp_path):
@@ -40,9 +43,8 @@ async def test_starts_polls_and_stops_gracefully(tmp_path, standin):
     engine = create_engine(url)
     await upgrade_to_head(engine)
     await engine.dispose()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
-    env.update(RASTAU_MODE="dev", RASTAU_BOT_TOKEN="424242:test", RASTAU_DATABASE_URL=url,
-               RASTAU_TELEGRAM_API_BASE=standin.base_url)
+    env = bot_env(RASTAU_MODE="dev", RASTAU_BOT_TOKEN="424242:test", RASTAU_DATABASE_URL=url,
+                  RASTAU_TELEGRAM_API_BASE=standin.base_url)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=ROOT, env=env,
                                                 stderr=asyncio.subprocess.PIPE)
     try:
@@ -92,9 +94,8 @@ async def test_a_restart_under_the_same_dispatcher_id_sends_what_the_killed_run_
         await uow.commit()
     await engine.dispose()
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
-    env.update(RASTAU_MODE="dev", RASTAU_BOT_TOKEN="424242:test", RASTAU_DATABASE_URL=url,
-               RASTAU_TELEGRAM_API_BASE=standin.base_url, RASTAU_DISPATCHER_ID="bot-a", RASTAU_LOG_FORMAT="json")
+    env = bot_env(RASTAU_MODE="dev", RASTAU_BOT_TOKEN="424242:test", RASTAU_DATABASE_URL=url,
+                  RASTAU_TELEGRAM_API_BASE=standin.base_url, RASTAU_DISPATCHER_ID="bot-a", RASTAU_LOG_FORMAT="json")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:

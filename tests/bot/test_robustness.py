@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 
@@ -103,24 +101,10 @@ async def test_webhook_needs_the_secret_and_dedupes(ctx, clinic_world, world, st
     assert len(standin.messages_to(user.id)) == 1 and "/start" in last_to(standin, user.id).text
 
 
-REDIS_URL = os.environ.get("RASTAU_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-async def test_two_bot_instances_share_fsm_state_through_redis(ctx, clinic_world, standin):
+async def test_two_bot_instances_share_fsm_state_through_redis(ctx, clinic_world, standin, redis_url):
     """The dispute is pressed on one instance, the reason typed to another: the second knows the visit."""
-    import redis.asyncio as aioredis
-
     from bot.app import create_storage
-    probe = aioredis.from_url(REDIS_URL)
-    try:
-        await probe.ping()
-    except Exception as exc:  # noqa: BLE001 - report why, then skip (or fail under CI)
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is not reachable: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
-    finally:
-        await probe.aclose()
-    settings = Settings(_env_file=None, redis_url=REDIS_URL)
+    settings = Settings(_env_file=None, redis_url=redis_url)
     storages = [create_storage(settings), create_storage(settings)]
     worlds = [BotWorld(ctx, standin, storage=s) for s in storages]
     user = User(int(uuid.uuid4().int % 10**9) + 10**9)

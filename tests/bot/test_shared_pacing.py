@@ -4,7 +4,6 @@ message is sent unpaced or lost."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import pytest
@@ -14,32 +13,23 @@ from redis.asyncio import Redis
 from bot.delivery.dispatcher import OutboxDispatcher
 from bot.delivery.shared_limits import SharedSendPacer
 from core.db import tables as t
-from core.db.engine import create_engine
-from core.db.uow import UnitOfWorkFactory
-from core.services import Context
 from devkit.botapi import BotApiStandIn
 from tests.bot.dispatch_support import EchoRenderer, make_bot, queue, statuses
 
-REDIS_URL = os.environ.get("RASTAU_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RATE = 10  # a lower cap than Telegram's 30/s keeps the runs short; the rules are the same
 CHATS = 12
 
 
 @pytest.fixture
-async def namespace():
+async def namespace(redis_url):
     """A Redis key prefix of this test's own, removed afterwards."""
     prefix = f"rastau:test:{uuid.uuid4().hex}"
-    probe = Redis.from_url(REDIS_URL)
-    try:
-        await probe.ping()
-    except Exception as exc:  # noqa: BLE001
-        await probe.aclose()
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); `.ci/run` starts it")
     yield prefix
-    keys = [key async for key in probe.scan_iter(match=f"{prefix}:*")]
+    redis = Redis.from_url(redis_url)
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}:*")]
     if keys:
-        await probe.delete(*keys)
-    await probe.aclose()
+        await redis.delete(*keys)
+    await redis.aclose()
 
 
 @pytest.fixture
@@ -49,18 +39,6 @@ async def strict_standin():
     await api.start()
     yield api
     await api.stop()
-
-
-@pytest.fixture
-async def two_contexts(db_url, settings, clock):
-    if not db_url.startswith("postgresql"):
-        pytest.skip("several dispatchers are a PostgreSQL deployment; SQLite runs one")
-    from core.db.migrate import upgrade_to_head
-    engines = [create_engine(db_url), create_engine(db_url)]
-    await upgrade_to_head(engines[0])
-    yield [Context.build(settings, UnitOfWorkFactory(e), clock) for e in engines]
-    for engine in engines:
-        await engine.dispose()
 
 
 async def _run_two(contexts, standin, pacers) -> list[OutboxDispatcher]:
@@ -76,13 +54,14 @@ async def _run_two(contexts, standin, pacers) -> list[OutboxDispatcher]:
     return dispatchers
 
 
-def _shared(namespace: str) -> SharedSendPacer:
-    return SharedSendPacer.from_url(REDIS_URL, RATE, 1, namespace=namespace)
+def _shared(redis_url: str, namespace: str) -> SharedSendPacer:
+    return SharedSendPacer.from_url(redis_url, RATE, 1, namespace=namespace)
 
 
-async def test_two_dispatchers_sharing_redis_keep_one_set_of_limits(two_contexts, strict_standin, namespace):
+async def test_two_dispatchers_sharing_redis_keep_one_set_of_limits(two_contexts, strict_standin, redis_url,
+                                                                    namespace):
     ids = [await queue(two_contexts[0], 5000 + i % CHATS, "paced") for i in range(4 * RATE)]
-    pacers = [_shared(namespace), _shared(namespace)]  # two connections, as two processes would have
+    pacers = [_shared(redis_url, namespace), _shared(redis_url, namespace)]  # two connections, as two processes would have
     try:
         dispatchers = await _run_two(two_contexts, strict_standin, pacers)
     finally:
@@ -102,12 +81,12 @@ async def test_without_the_shared_pacer_two_dispatchers_break_the_limit(two_cont
     assert strict_standin.limit_violations > 0 or strict_standin.max_rate() > RATE
 
 
-async def test_a_429_from_telegram_pauses_every_dispatcher(two_contexts, strict_standin, namespace):
+async def test_a_429_from_telegram_pauses_every_dispatcher(two_contexts, strict_standin, redis_url, namespace):
     retry_after = 3
     for i in range(2 * RATE):
         await queue(two_contexts[0], 6000 + i, "after a pause")
     strict_standin.fail_next(1, "429", retry_after=retry_after)
-    pacers = [_shared(namespace), _shared(namespace)]
+    pacers = [_shared(redis_url, namespace), _shared(redis_url, namespace)]
     try:
         await _run_two(two_contexts, strict_standin, pacers)
     finally:
@@ -136,12 +115,12 @@ async def test_without_redis_nothing_is_sent_unpaced_and_nothing_is_lost(ctx, st
     assert row.failures == 0 and "handed back" in row.last_error  # no retry budget spent on Redis being away
 
 
-async def test_the_bot_process_shares_limits_exactly_when_redis_is_configured(settings):
+async def test_the_bot_process_shares_limits_exactly_when_redis_is_configured(settings, redis_url):
     from bot.__main__ import shared_pacer
     from core.config import Settings
 
     assert shared_pacer(Settings(_env_file=None, **{**settings.model_dump(), "redis_url": None})) is None
-    pacer = shared_pacer(Settings(_env_file=None, **{**settings.model_dump(), "redis_url": REDIS_URL}))
+    pacer = shared_pacer(Settings(_env_file=None, **{**settings.model_dump(), "redis_url": redis_url}))
     try:
         assert isinstance(pacer, SharedSendPacer)
     finally:
