@@ -87,6 +87,22 @@ face_templates = Table(
     Column("sealed", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime),
+    Column("enrolment_id", ForeignKey("patient_changes.id", ondelete="SET NULL")),
+)
+
+# Every change to what identifies a patient (face enrolment, replacement, revocation, phone, consent), with who
+# made it; the patient hears of each in the chat and can answer "this wasn't me" (disputed_at).
+patient_changes = Table(
+    "patient_changes", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_id", ForeignKey("patients.id", ondelete="CASCADE"), nullable=False),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(24), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("disputed_at", UtcDateTime),
+    Index("ix_patient_changes_patient_kind_at", "patient_id", "kind", "at"),
+    Index("ix_patient_changes_clinic_at", "clinic_id", "at"),
 )
 
 visits = Table(
@@ -109,6 +125,9 @@ visits = Table(
     Column("face_failures", Integer, nullable=False, server_default="0"),
     Column("face_lockouts", Integer, nullable=False, server_default="0"),
     Column("face_retry_at", UtcDateTime),
+    Column("registered_late", Boolean, nullable=False, server_default=false()),
+    Column("verified_enrolment_id", ForeignKey("patient_changes.id", ondelete="SET NULL")),
+    Column("code_requests", Integer, nullable=False, server_default="0"),
     Column("created_at", UtcDateTime, nullable=False),
     Index("ix_visits_clinic_start", "clinic_id", "start_at"),
     Index("ix_visits_doctor_start", "doctor_id", "start_at"),
@@ -128,6 +147,15 @@ visit_codes = Table(
 doctor_code_failures = Table(
     "doctor_code_failures", metadata,
     Column("doctor_id", ForeignKey("doctors.id", ondelete="CASCADE"), primary_key=True),
+    Column("hour_start", UtcDateTime, primary_key=True),
+    Column("failures", Integer, nullable=False),
+)
+
+# Failed face checks per hour, per patient, doctor and clinic (scope): a new visit does not reset these.
+face_failures_hourly = Table(
+    "face_failures_hourly", metadata,
+    Column("scope", String(8), primary_key=True),
+    Column("subject_id", Integer, primary_key=True, autoincrement=False),
     Column("hour_start", UtcDateTime, primary_key=True),
     Column("failures", Integer, nullable=False),
 )
@@ -205,6 +233,8 @@ api_keys = Table(
     Column("label", String(200), nullable=False, server_default=""),
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime),
+    Column("expires_at", UtcDateTime),
+    Column("last_used_at", UtcDateTime),
 )
 
 idempotency_keys = Table(
