@@ -3,6 +3,7 @@
 SQLite (embedded default): WAL, synchronous=FULL, a busy timeout, foreign keys on, and every transaction
 opened with BEGIN IMMEDIATE so concurrent writers queue instead of failing on lock upgrade.
 PostgreSQL (asyncpg): READ COMMITTED plus explicit row locks where counters must be exact.
+Neither echoes SQL, and errors never carry bound parameters (names, phones, stored responses).
 """
 from __future__ import annotations
 
@@ -20,19 +21,19 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _tune_sqlite(engine)
         return engine
     connect_args = {}
     if "search_path" in parsed.query:  # e.g. ...?search_path=rastau: one schema per deployment (or per test)
         connect_args["server_settings"] = {"search_path": parsed.query["search_path"]}
         parsed = parsed.difference_update_query(["search_path"])
-    return create_async_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True,
+    return create_async_engine(parsed, hide_parameters=True, pool_size=10, max_overflow=20, pool_pre_ping=True,
                                connect_args=connect_args)
 
 
