@@ -28,6 +28,11 @@ class CodeCb(CallbackData, prefix="code"):
     visit_id: int
 
 
+class ChangeCb(CallbackData, prefix="chg"):
+    """"This wasn't me" about one change to the patient's face, phone or consent."""
+    change_id: int
+
+
 def language_keyboard(suggested: str | None) -> InlineKeyboardMarkup:
     """Қазақша / Русский; the language Telegram suggests is ticked and comes first."""
     order = sorted(LANGUAGE_NAMES, key=lambda code: code != suggested)
@@ -46,6 +51,11 @@ def answer_keyboard(visit_id: int) -> InlineKeyboardMarkup:
         InlineKeyboardButton(text=_("✅ Yes, I was there"), callback_data=AnswerCb(action="yes", visit_id=visit_id).pack()),
         InlineKeyboardButton(text=_("❌ I wasn't there"), callback_data=AnswerCb(action="no", visit_id=visit_id).pack()),
     ]])
+
+
+def change_keyboard(change_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[[
+        InlineKeyboardButton(text=_("🚫 This wasn't me"), callback_data=ChangeCb(change_id=change_id).pack())]])
 
 
 def skip_reason_keyboard(visit_id: int) -> InlineKeyboardMarkup:

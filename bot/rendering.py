@@ -13,7 +13,7 @@ from aiogram.utils.i18n import I18n
 from bot import texts
 from bot.delivery.types import OutboxItem, Outgoing
 from bot.i18n import DEFAULT_LOCALE
-from bot.keyboards import answer_keyboard
+from bot.keyboards import answer_keyboard, change_keyboard
 from core.errors import NotFound
 from core.iin import mask_iin
 from core.logs import get_logger
@@ -22,6 +22,7 @@ from core.services import Context
 from core.services.chat import chat_language
 from core.services.codes import issue_code
 from core.services.digest import build_digest
+from core.services.patient_changes import KIND_CHANGE_DISPUTE_NOTICE, KIND_CHANGE_NOTICE
 from core.services.visits import KIND_DIGEST, KIND_DISPUTE_NOTICE, KIND_PROMPT, KIND_VISIT_CODE
 
 log = get_logger("rastau.renderer")
@@ -31,7 +32,8 @@ class OutboxRenderer:
     def __init__(self, ctx: Context, i18n: I18n):
         self._ctx, self._i18n = ctx, i18n
         self._kinds = {KIND_VISIT_CODE: self._visit_code, KIND_PROMPT: self._prompt,
-                       KIND_DISPUTE_NOTICE: self._dispute_notice, KIND_DIGEST: self._digest}
+                       KIND_DISPUTE_NOTICE: self._dispute_notice, KIND_DIGEST: self._digest,
+                       KIND_CHANGE_NOTICE: self._change_notice, KIND_CHANGE_DISPUTE_NOTICE: self._change_dispute_notice}
 
     async def render(self, message: OutboxItem) -> list[Outgoing] | None:
         build = self._kinds.get(message.kind)
@@ -120,6 +122,45 @@ class OutboxRenderer:
                 iin_masked=mask_iin(patient.iin), start=visit.start, mode=visit.mode.value,
                 verified_by=visit.verified_by.value if visit.verified_by else None, reason=visit.dispute_reason,
                 reason_update=message.payload.get("update") == "reason")
+        return [Outgoing(chat_id=admin.chat_id, text=text)]
+
+    async def _change_facts(self, change_id: int):
+        async with self._ctx.uow(read_only=True) as uow:
+            change = await uow.patient_changes.get(change_id)
+            patient = await uow.patients.get(change.patient_id)
+            clinic = await uow.clinics.get(change.clinic_id)
+        return change, patient, clinic
+
+    async def _change_notice(self, message: OutboxItem) -> list[Outgoing] | None:
+        """To the chat named when the change was made: for a new phone that is the old chat, which the change
+        itself unlinked from the patient."""
+        chat_id = message.payload.get("chat_id")
+        change, patient, clinic = await self._change_facts(int(message.payload["change_id"]))
+        if chat_id is None or patient.id != message.recipient_id:
+            return None
+        if chat_id == patient.chat_id and patient.chat_blocked:
+            return None
+        chosen, stopped = await chat_language(self._ctx, chat_id)
+        if stopped:
+            return None
+        with self._i18n.context(), self._i18n.use_locale((chosen or patient.language).value):
+            text = texts.change_notice(kind=change.kind, clinic=clinic.name, at=change.at,
+                                       phone_tail=patient.phone[-4:])
+            markup = change_keyboard(change.id)
+        return [Outgoing(chat_id=chat_id, text=text, reply_markup=markup)]
+
+    async def _change_dispute_notice(self, message: OutboxItem) -> list[Outgoing] | None:
+        recipient = await self._admin(message.recipient_id)
+        if recipient is None:
+            return None
+        admin, locale = recipient
+        change, patient, clinic = await self._change_facts(int(message.payload["change_id"]))
+        if change.clinic_id != admin.clinic_id or change.disputed_at is None:
+            return None
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            text = texts.change_dispute_notice(
+                change_id=change.id, kind=change.kind, clinic=clinic.name, patient=patient.full_name,
+                iin_masked=mask_iin(patient.iin), at=change.at, actor=change.actor, disputed_at=change.disputed_at)
         return [Outgoing(chat_id=admin.chat_id, text=text)]
 
     async def _digest(self, message: OutboxItem) -> list[Outgoing] | None:

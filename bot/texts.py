@@ -2,19 +2,22 @@
 scheduled messages). Every dynamic value is HTML-escaped: names come from clinic systems and users."""
 from __future__ import annotations
 
-import csv
 import io
 
 from aiogram.utils.i18n import get_i18n
 from aiogram.utils.markdown import html_decoration as hd
 
 from bot.i18n import __, _, day_name, ngettext, short_when, when
+from core import csvfile
 from core.model import VisitMode, VisitState
 from core.services.chat import PATIENT_HISTORY_DAYS, ChatProfile, VisitLine
 from core.services.digest import Digest, DigestRow
+from core.services.patient_changes import (CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED,
+                                           PHONE_CHANGED)
 
 MAX_TEXT = 4000  # Telegram's limit is 4096 characters; keep room for the "and N more" line
 MAX_FLAGGED_LINES = 40
+MAX_DISPUTE_LINES = 10
 
 STATE_FOR_PATIENT = {
     VisitState.SCHEDULED: __("scheduled"),
@@ -37,6 +40,20 @@ ANSWER_FOR_ADMIN = {"confirmed": __("confirmed"), "disputed": __("wasn't there")
                     "claimed_attended": __("says they were there"), "none": __("no answer")}
 METHOD_FOR_ADMIN = {"face": __("face"), "code": __("code")}
 MODE_NAME = {VisitMode.IN_PERSON.value: __("in person"), VisitMode.ONLINE.value: __("online")}
+CHANGE_FOR_PATIENT = {
+    FACE_ENROLLED: __("A photo of you was saved for face recognition. From now on the doctor's webcam compares "
+                      "you with it."),
+    FACE_REPLACED: __("The photo the doctor's webcam recognises you by was replaced with a new one. Whoever looks "
+                      "like the new photo will now be taken for you."),
+    FACE_REVOKED: __("Your photo for face recognition was deleted. Until a new one is saved, your visits are "
+                     "confirmed with the one-time code."),
+    PHONE_CHANGED: __("The phone number in your record was changed; the new number ends in {last}. Codes and "
+                      "questions about your visits will no longer come to this chat."),
+    CONSENT_RECORDED: __("Your consent to face recognition by the doctor's webcam was recorded."),
+}
+CHANGE_FOR_ADMIN = {FACE_ENROLLED: __("face photo saved"), FACE_REPLACED: __("face photo replaced"),
+                    FACE_REVOKED: __("face photo deleted"), PHONE_CHANGED: __("phone number changed"),
+                    CONSENT_RECORDED: __("consent recorded")}
 
 
 def locale() -> str:
@@ -192,6 +209,30 @@ def dispute_notice(*, visit_id: int, clinic: str, doctor: str, patient: str, iin
     return head + "\n\n" + "\n".join(details)
 
 
+# --- changes to what identifies a patient ---------------------------------------------------------------------
+
+def change_notice(*, kind: str, clinic: str, at, phone_tail: str) -> str:
+    """To the patient (the old chat for a new phone): what changed, where and when, and the way to object."""
+    what = str(CHANGE_FOR_PATIENT[kind]).format(last=q(phone_tail))
+    return (f"🔔 <b>{q(clinic)}</b>, {q(when(at, locale()))}\n\n{what}\n\n"
+            + _("If you did not ask for this, press «This wasn't me»: the clinic's administrators will know at "
+                "once."))
+
+
+def change_dispute_notice(*, change_id: int, kind: str, clinic: str, patient: str, iin_masked: str, at, actor: str,
+                          disputed_at) -> str:
+    loc = locale()
+    head = _("⚠️ A patient says they did NOT ask for change #{change_id}.").format(change_id=change_id)
+    details = [
+        _("Change: {what}").format(what=q(CHANGE_FOR_ADMIN.get(kind, kind))),
+        _("Clinic: {clinic}").format(clinic=q(clinic)),
+        _("Patient: {patient}, IIN {iin}").format(patient=q(patient), iin=q(iin_masked)),
+        _("Made: {when}, by {actor}").format(when=q(when(at, loc)), actor=q(actor)),
+        _("Disputed: {when}").format(when=q(when(disputed_at, loc))),
+    ]
+    return head + "\n\n" + "\n".join(details)
+
+
 # --- the admins' digest ----------------------------------------------------------------------------------------
 
 def digest_messages(digest: Digest) -> tuple[str, bool]:
@@ -200,7 +241,7 @@ def digest_messages(digest: Digest) -> tuple[str, bool]:
     day = q(day_name(digest.day, loc))
     clinic = q(digest.clinic_name)
     tot = digest.totals
-    if tot["visits"] == 0 and tot["cancelled"] == 0:
+    if tot["visits"] == 0 and tot["cancelled"] == 0 and not digest.enrolment_disputes:
         return _("{clinic}, {day}: no visits were registered.").format(clinic=clinic, day=day), False
     if digest.all_confirmed:
         return _("✅ {clinic}, {day}: all visits confirmed.").format(clinic=clinic, day=day), False
@@ -221,10 +262,22 @@ def digest_messages(digest: Digest) -> tuple[str, bool]:
             "For {n} visit the patient could not be reached in the chat (blocked the bot or never connected).",
             "For {n} visits the patient could not be reached in the chat (blocked the bot or never connected).",
             tot["unreachable"]).format(n=tot["unreachable"]))
+    if tot["registered_late"]:
+        lines.append(ngettext(
+            "{n} visit was registered after its time had passed: nothing could confirm it.",
+            "{n} visits were registered after their time had passed: nothing could confirm them.",
+            tot["registered_late"]).format(n=tot["registered_late"]))
+    if tot["fresh_reference"]:
+        lines.append(ngettext(
+            "{n} visit was confirmed by a face photo saved less than 24 hours earlier, for a patient with no chat "
+            "to hear of it.",
+            "{n} visits were confirmed by a face photo saved less than 24 hours earlier, for a patient with no "
+            "chat to hear of it.", tot["fresh_reference"]).format(n=tot["fresh_reference"]))
     if digest.per_doctor:
         lines += ["", _("<b>By doctor</b> (visits / verified / unverified / disputed):")]
         lines += [f"• {q(doc.doctor_name)}: {doc.total} / {doc.verified} / {doc.unverified} / {doc.disputed}"
                   for doc in digest.per_doctor]
+    lines += _enrolment_dispute_lines(digest)
     if digest.flagged:
         lines += ["", _("<b>Needs attention</b>:")]
         text_so_far = "\n".join(lines)
@@ -240,11 +293,33 @@ def digest_messages(digest: Digest) -> tuple[str, bool]:
     return "\n".join(lines), True
 
 
+def _enrolment_dispute_lines(digest: Digest) -> list[str]:
+    """Changes to a face, phone or consent the patient said they did not ask for: before the visits, they are
+    rarer and weigh more (a replaced face makes every later face match doubtful)."""
+    if not digest.enrolment_disputes:
+        return []
+    lines = ["", _("<b>Changes patients say they did not ask for</b>:")]
+    for n, d in enumerate(digest.enrolment_disputes):
+        if n == MAX_DISPUTE_LINES:
+            rest = len(digest.enrolment_disputes) - n
+            lines.append(ngettext("…and {n} more change, see the CSV file.", "…and {n} more changes, see the CSV file.",
+                                  rest).format(n=rest))
+            break
+        lines.append(f"• #{d.change_id} {q(d.patient_name)} ({q(d.iin_masked)}) — "
+                     f"{q(CHANGE_FOR_ADMIN.get(d.kind, d.kind))}, {d.changed_at_local.strftime('%d.%m %H:%M')}, "
+                     f"{q(d.actor)}")
+    return lines
+
+
 def _flagged_line(row: DigestRow) -> str:
     if row.answer == "disputed":
         mark = _("disputed")
         if row.dispute_reason:
             mark += ": «" + row.dispute_reason[:120] + "»"
+    elif row.fresh_reference:
+        mark = _("face matched a photo saved less than 24 hours earlier; the patient has no chat to hear of it")
+    elif row.registered_late:
+        mark = _("registered after its time had passed")
     else:
         mark = _("unverified")
     return (f"• #{row.visit_id} {row.start_local.strftime('%H:%M')}, {q(row.doctor_name)}, "
@@ -259,23 +334,36 @@ def digest_csv(digest: Digest) -> bytes:
     """The full list for spreadsheets: headers and values in the admin's language, IINs masked.
     UTF-8 with a byte-order mark so Excel shows Cyrillic correctly."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csvfile.writer(out)  # formulas in names and reasons stay text
     writer.writerow([_("Visit"), _("Date and time"), _("Doctor"), _("Patient"), _("IIN"), _("Format"),
                      _("Service code"), _("Status"), _("Verified by"), _("Patient's answer"), _("Reason"),
-                     _("Reachable in chat")])
+                     _("Reachable in chat"), _("Registered at"), _("Registered after its time"), _("Verified at"),
+                     _("Face photo record"), _("Face photo saved at"), _("Face photo saved < 24 h before")])
     for r in digest.rows:
-        writer.writerow([_cell(v) for v in [r.visit_id, r.start_local.strftime("%Y-%m-%d %H:%M"), r.doctor_name, r.patient_name,
+        writer.writerow([r.visit_id, r.start_local.strftime("%Y-%m-%d %H:%M"), r.doctor_name, r.patient_name,
                          r.iin_masked, str(MODE_NAME.get(r.mode, r.mode)), r.service_code,
                          str(STATE_FOR_ADMIN.get(r.state, r.state)), str(METHOD_FOR_ADMIN.get(r.verified_by or "", "")),
                          str(ANSWER_FOR_ADMIN[r.answer]), r.dispute_reason or "",
-                         _("yes") if r.patient_reachable else _("no")]])
+                         _yes_no(r.patient_reachable), _minute(r.registered_at),
+                         _yes_no(r.registered_late), _minute(r.verified_at), r.verified_enrolment_id or "",
+                         _minute(r.enrolled_at), _yes_no(r.fresh_reference)])
+    if digest.enrolment_disputes:  # a second table under the visits
+        writer.writerow([])
+        writer.writerow([_("Change"), _("What changed"), _("Changed at"), _("Disputed at"), _("Made by"),
+                         _("Patient"), _("IIN")])
+        for d in digest.enrolment_disputes:
+            writer.writerow([d.change_id, str(CHANGE_FOR_ADMIN.get(d.kind, d.kind)),
+                             d.changed_at_local.strftime("%Y-%m-%d %H:%M"),
+                             d.disputed_at_local.strftime("%Y-%m-%d %H:%M"), d.actor, d.patient_name, d.iin_masked])
     return out.getvalue().encode("utf-8-sig")
 
 
-def _cell(value: object) -> str:
-    """Text a spreadsheet would run as a formula (a patient's reason "=HYPERLINK(…)") is kept as text."""
-    text = str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+def _minute(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
+def _yes_no(value: bool) -> str:
+    return _("yes") if value else _("no")
 
 
 def digest_filename(digest: Digest) -> str:

@@ -47,12 +47,17 @@ class Settings(BaseSettings):
     code_max_attempts: int = Field(5, ge=1, le=20)
     doctor_code_failures_per_hour: int = Field(20, ge=1, le=1000)
     clinic_code_failures_per_hour: int = Field(100, ge=1, le=100_000)
+    code_requests_per_visit: int = Field(3, ge=1, le=20)
     visit_grace_minutes: int = Field(15, ge=0, le=240)
 
     face_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     face_workers: int = Field(2, ge=1, le=32)
     face_max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     face_max_pixels: int = Field(25_000_000, ge=10_000)
+    patient_face_failures_per_hour: int = Field(10, ge=1, le=1000)
+    doctor_face_failures_per_hour: int = Field(30, ge=1, le=10_000)
+    clinic_face_failures_per_hour: int = Field(300, ge=1, le=100_000)
+    face_replacement_min_days: int = Field(30, ge=0, le=3650)
 
     server_host: str = "127.0.0.1"
     server_port: int = Field(8080, ge=1, le=65535)

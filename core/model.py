@@ -46,6 +46,10 @@ class Actor(str, enum.Enum):
     ADMIN = "admin"
 
 
+# The detail of a face verification's event when the matched reference was enrolled under 24 hours before and the
+# patient had no chat to hear of that enrolment: what the visit and the digest show as `fresh_reference`.
+FRESH_REFERENCE = "fresh_reference"
+
 # A patient may turn "yes, I was there" into "I wasn't there" for this long; after that answers are final.
 ANSWER_CORRECTION_WINDOW = dt.timedelta(hours=48)
 
@@ -152,6 +156,11 @@ class Visit:
     answered_at: dt.datetime | None = None
     dispute_reason: str | None = None
     attended_claim_at: dt.datetime | None = None
+    registered_at: dt.datetime | None = None
+    registered_late: bool = False  # registered after its window had closed: it can collect no evidence
+    verified_enrolment_id: int | None = None  # the face enrolment (patient change) a match was made against
+    enrolled_at: dt.datetime | None = None  # when that enrolment was made
+    fresh_reference: bool = False  # the match was against a reference the patient had no chance to hear of
     pending_events: list[VisitEvent] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -176,7 +185,8 @@ class Visit:
         self.pending_events.append(event)
         return event
 
-    def verify(self, method: VerificationMethod, actor: Actor, at: dt.datetime) -> VisitEvent:
+    def verify(self, method: VerificationMethod, actor: Actor, at: dt.datetime,
+               detail: str | None = None) -> VisitEvent:
         """Record that the patient was proven present. Online visits accept codes only."""
         method = VerificationMethod(method)
         step = f"verify by {method.value}"
@@ -186,7 +196,7 @@ class Visit:
         if self.state is not VisitState.SCHEDULED:
             raise IllegalTransition(self.id, self.state.value, step, "only a scheduled visit can be verified")
         self.verified_by, self.verified_at = method, ensure_utc(at)
-        return self._move("verify", VisitState.VERIFIED, actor, at, method.value)
+        return self._move("verify", VisitState.VERIFIED, actor, at, method.value, detail)
 
     def close_unverified(self, at: dt.datetime) -> VisitEvent:
         """The verification window closed with no face match and no code."""
@@ -256,3 +266,16 @@ class OutboxMessage:
     payload: dict
     visit_id: int | None = None
     dedupe_key: str | None = None
+
+
+@dataclass(frozen=True)
+class PatientChange:
+    """A change to what identifies a patient (face, phone, consent): who made it, and whether the patient said
+    "this wasn't me"."""
+    id: int
+    patient_id: int
+    clinic_id: int
+    kind: str
+    at: dt.datetime
+    actor: str
+    disputed_at: dt.datetime | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from core import csvfile
 from core.clock import SystemClock
 from core.config import MissingSecrets, Settings
 from core.db.engine import create_engine
@@ -24,6 +25,7 @@ from core.logs import configure_logging, get_logger
 from core.model import Language
 from core.phone import normalise_phone
 from core.services import Context, registry
+from core.services.patient_changes import BULK_ENROL
 from core.templates import MAX_REFERENCES
 from server.face.image import ImageRejected
 from server.face.pool import FacePool, FacePoolBroken
@@ -162,10 +164,8 @@ async def enrol_rows(ctx: Context, pool: FacePool, clinic_id: int, rows: list[tu
     for line, values, task in tasks:
         try:
             row = await task
-            patient = (await registry.upsert_patient(ctx, clinic_id, row.iin, row.full_name, row.phone,
-                                                     row.language)).patient
-            await registry.record_consent(ctx, clinic_id, patient.id, consent_by)
-            await registry.enrol_face(ctx, clinic_id, patient.id, row.encodings)
+            await registry.enrol_patient(ctx, clinic_id, row.iin, row.full_name, row.phone, row.language, consent_by,
+                                         row.encodings, caller=BULK_ENROL)
             enrolled += 1
         except (RowFailed, DomainError) as exc:
             reason = exc.reason if isinstance(exc, RowFailed) else exc.code
@@ -179,7 +179,7 @@ async def enrol_rows(ctx: Context, pool: FacePool, clinic_id: int, rows: list[tu
 
 def write_report(path: Path, failures: list[Failure]) -> None:
     with path.open("w", newline="", encoding="utf-8-sig") as handle:
-        writer = csv.writer(handle)
+        writer = csvfile.writer(handle)
         writer.writerow(REPORT_COLUMNS)
         writer.writerows((f.line, f.iin, f.full_name, f.photo, f.reason, f.detail) for f in failures)
 

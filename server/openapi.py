@@ -5,11 +5,17 @@ the routes the app serves, with the scopes each handler demands, and that real r
 """
 from __future__ import annotations
 
+from core.services.patient_changes import KINDS as CHANGE_KINDS
+
 API = "/api/v1"
 _DATETIME = {"type": "string", "format": "date-time"}
 _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 _TEXT = r"^[^\u0000]*$"  # PostgreSQL cannot store NUL in text
+# Names: no control, bidi or invisible characters (core/names.py refuses Unicode Cc, Cf, Cs, Zl, Zp; this lists the
+# ones met in practice: C0 and C1 controls, soft hyphen, zero-width and direction marks, separators, overrides)
+_NAME = (r"^[^\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064"
+         r"\u2066-\u206f\ufeff\ufff9-\ufffb]*$")
 _YEAR_2000_2100 = r"^(20[0-9]{2}|2100)-"
 _DAY = {"type": "string", "format": "date", "pattern": _YEAR_2000_2100 + r"[0-9]{2}-[0-9]{2}$"}
 
@@ -23,10 +29,14 @@ def _json(schema: dict) -> dict:
 
 
 _PROBLEM_STATUSES = {
-    401: "Missing, unknown or revoked API key (see WWW-Authenticate)",
+    401: "Missing, unknown, revoked (`invalid_api_key`) or expired (`api_key_expired`) API key "
+         "(see WWW-Authenticate)",
     403: "The key lacks the scope this operation needs",
     404: "No such record in the key's clinic (another clinic's records are reported as missing too)",
     409: "The record's state does not allow this (e.g. an online visit and a face frame; consent missing)",
+    400: "The request is not valid HTTP (e.g. a header or the request line over 8190 bytes): `bad_request`, "
+         "answered before any route, quoting nothing of the request",
+    405: "The path does not take this method (see Allow); HEAD is not served",
     413: "Body or image too large (bytes or pixels)",
     415: "Unsupported content type or image format",
     422: "The request is malformed; `detail` names the field",
@@ -71,6 +81,10 @@ _VISIT_LINKS = _links("visit_id", "getVisit", "cancelVisit", "verifyFace", "veri
 
 
 _PATIENT_ID = {"name": "patient_id", "in": "path", "required": True, "schema": _ID}
+_TOLD = ("The change is recorded with the key that made it and told to the patient's chat with a \"this wasn't "
+         "me\" button, which reaches the clinic's admins at once.")
+_BOUND_404 = "A key bound to a doctor gets 404 for a patient with no visit with its doctor."
+_BOUND_403 = "A key bound to a doctor cannot do this at all: 403 `doctor_key_forbidden`."
 _VISIT_ID = {"name": "visit_id", "in": "path", "required": True, "schema": _ID}
 _DATE_QUERY = {"name": "date", "in": "query", "required": False, "description": "Asia/Almaty day; default today",
                "schema": _DAY}
@@ -91,10 +105,15 @@ _SCHEMAS = {
         "type": "object", "additionalProperties": False, "required": ["iin", "full_name", "phone"],
         "properties": {"iin": {"type": "string", "pattern": "^[0-9]{12}$",
                                "description": "12-digit IIN (ЖСН/ИИН); its check digit is verified too"},
-                       "full_name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _TEXT},
+                       "full_name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _NAME,
+                                     "description": "plain text: control characters, line breaks, tabs, "
+                                                    "direction overrides and invisible characters are refused "
+                                                    "(422 `invalid_name`)"},
                        "phone": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": _TEXT,
                                  "description": "Kazakhstan mobile number, any common spelling"},
-                       "language": {"enum": ["kk", "ru"], "default": "ru"}}},
+                       "language": {"enum": ["kk", "ru", None],
+                                    "description": "left out or null: a new patient gets ru, an existing one "
+                                                   "keeps the language on record"}}},
     "Patient": {
         "type": "object",
         "required": ["id", "full_name", "phone", "language", "chat_linked", "consent_recorded_at",
@@ -124,7 +143,8 @@ _SCHEMAS = {
     "Visit": {
         "type": "object",
         "required": ["id", "doctor_id", "patient_id", "start", "start_local", "duration_minutes", "mode",
-                     "service_code", "state", "verification_methods", "verified_by", "verified_at",
+                     "service_code", "state", "verification_methods", "registered_at", "registered_late",
+                     "verified_by", "verified_at", "verified_enrolment_id", "enrolled_at", "fresh_reference",
                      "patient_answer"],
         "properties": {
             "id": _ID, "doctor_id": _ID, "patient_id": _ID, "start": _DATETIME,
@@ -135,7 +155,17 @@ _SCHEMAS = {
                                "cancelled"]},
             "verification_methods": {"type": "array", "items": {"enum": ["face", "code"]},
                                      "description": "online consultations: code only"},
+            "registered_at": {**_DATETIME, "description": "when the clinic registered the visit"},
+            "registered_late": {"type": "boolean", "description": "registered after its verification window had "
+                                                                 "closed: it can collect no evidence"},
             "verified_by": {"enum": ["face", "code", None]}, "verified_at": _NULLABLE_DATETIME,
+            "verified_enrolment_id": {"type": ["integer", "null"],
+                                      "description": "the face enrolment (patient change) a face match was made "
+                                                     "against"},
+            "enrolled_at": {**_NULLABLE_DATETIME, "description": "when that enrolment was made"},
+            "fresh_reference": {"type": "boolean",
+                                "description": "the face matched a reference enrolled under 24 hours before, "
+                                               "for a patient with no chat to hear of that enrolment"},
             "patient_answer": {
                 "type": "object", "required": ["answer", "answered_at", "dispute_reason"],
                 "properties": {"answer": {"enum": ["confirmed", "disputed", "claimed_attended", "none"]},
@@ -166,12 +196,17 @@ _SCHEMAS = {
         "type": "object", "required": ["result", "attempts_left"],
         "properties": {"result": {"enum": ["verified", "wrong", "expired", "no_code", "already_used"]},
                        "attempts_left": {"type": "integer", "minimum": 0}}},
-    "CodeRequested": {"type": "object", "required": ["status"],
-                      "properties": {"status": {"const": "sent_to_patient"}}},
+    "CodeRequested": {
+        "type": "object", "required": ["status", "channel", "requests_left"],
+        "properties": {"status": {"const": "queued"},
+                       "channel": {"const": "telegram", "description": "what will carry the code: the patient's "
+                                                                      "linked chat"},
+                       "requests_left": {"type": "integer", "minimum": 0,
+                                         "description": "further code requests this visit may make"}}},
     "Digest": {
         "type": "object",
         "required": ["clinic_id", "clinic_name", "date", "all_confirmed", "totals", "per_doctor", "flagged",
-                     "visits"],
+                     "visits", "enrolment_disputes"],
         "properties": {
             "clinic_id": _ID, "clinic_name": {"type": "string"}, "date": {"type": "string", "format": "date"},
             "all_confirmed": {"type": "boolean"},
@@ -180,10 +215,30 @@ _SCHEMAS = {
                 "type": "object", "required": ["doctor_id", "doctor_name"],
                 "properties": {"doctor_id": _ID, "doctor_name": {"type": "string"}}}},
             "flagged": {"type": "array", "items": _ref("DigestRow")},
-            "visits": {"type": "array", "items": _ref("DigestRow")}}},
+            "visits": {"type": "array", "items": _ref("DigestRow")},
+            "enrolment_disputes": {
+                "type": "array", "description": "changes to a patient's face, phone or consent that the patient "
+                                                "answered \"this wasn't me\" to on this day",
+                "items": _ref("EnrolmentDispute")}}},
+    "EnrolmentDispute": {
+        "type": "object",
+        "required": ["change_id", "kind", "patient_id", "patient_name", "iin_masked", "actor", "changed_at_local",
+                     "disputed_at_local"],
+        "properties": {"change_id": _ID, "patient_id": _ID, "patient_name": {"type": "string"},
+                       "kind": {"enum": list(CHANGE_KINDS)},
+                       "iin_masked": {"type": "string", "pattern": r"^\*{8}\d{4}$"},
+                       "actor": {"type": "string", "description": "key:<prefix> of the API key, or "
+                                                                  "cli:rastau-enrol"},
+                       "changed_at_local": _DATETIME, "disputed_at_local": _DATETIME}},
     "DigestRow": {
-        "type": "object", "required": ["visit_id", "start_local", "doctor_id", "state", "answer", "iin_masked"],
+        "type": "object", "required": ["visit_id", "start_local", "doctor_id", "state", "answer", "iin_masked",
+                                       "registered_at", "registered_late", "verified_by", "verified_at",
+                                       "verified_enrolment_id", "enrolled_at", "fresh_reference"],
         "properties": {"visit_id": _ID, "start_local": _DATETIME, "doctor_id": _ID,
+                       "registered_at": _DATETIME, "registered_late": {"type": "boolean"},
+                       "verified_by": {"enum": ["face", "code", None]}, "verified_at": _NULLABLE_DATETIME,
+                       "verified_enrolment_id": {"type": ["integer", "null"]}, "enrolled_at": _NULLABLE_DATETIME,
+                       "fresh_reference": {"type": "boolean"},
                        "iin_masked": {"type": "string", "pattern": r"^\*{8}\d{4}$"},
                        "state": {"type": "string"}, "answer": {"type": "string"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
@@ -204,26 +259,33 @@ _PATHS = {
     f"{API}/patients": {"post": _op(
         "upsertPatient", "Create the clinic's patient with this IIN, or update name, phone and language", (_CS,),
         {200: _ok(_ref("Patient"), "Updated", _PATIENT_LINKS), 201: _ok(_ref("Patient"), "Created", _PATIENT_LINKS)},
-        (*_AUTH, 409, 413, 415, 422, 503),
+        (*_AUTH, 404, 409, 413, 415, 422, 503),
         body={"required": True, **_json(_ref("PatientIn"))},
         description="409 `staff_phone`: the number belongs to a doctor or admin of this clinic; a patient's codes "
-                    "and questions must reach the patient.")},
+                    "and questions must reach the patient. A new phone unlinks the patient's chat and is told to "
+                    "the old chat with a \"this wasn't me\" button. A key bound to a doctor: 404 for an existing "
+                    "patient with no visit with its doctor, 403 `doctor_key_forbidden` for a new phone.")},
     f"{API}/patients/{{patient_id}}/consent": {"post": _op(
         "recordConsent", "Record the patient's consent to face verification", (_CS,), {200: _ok(_ref("Patient"))},
         (*_AUTH, 404, 413, 415, 422, 503), body={"required": True, **_json(_ref("ConsentIn"))},
-        parameters=[_PATIENT_ID])},
+        parameters=[_PATIENT_ID], description=_TOLD + " " + _BOUND_404)},
     f"{API}/patients/{{patient_id}}/face": {
         "put": _op("enrolFace", "Replace the patient's reference faces with 1-5 photos (all-or-nothing)", (_CS,),
-                   {200: _ok(_ref("Enrolment"))}, (*_AUTH, 404, 409, 413, 415, 422, 503),
+                   {200: _ok(_ref("Enrolment"))}, (*_AUTH, 404, 409, 413, 415, 422, 429, 503),
                    body={"required": True, "content": {"multipart/form-data": {"schema": {
                        "type": "object", "required": ["image"],
                        "properties": {"image": {"type": "array", "minItems": 1, "maxItems": 5,
                                                 "items": {"type": "string", "contentMediaType": "image/jpeg"}}}}}}},
                    parameters=[_PATIENT_ID],
                    description="Each photo must show exactly one face. Consent must be on record. The answer "
-                               "says how many references were stored and nothing biometric."),
+                               "says how many references were stored and nothing biometric. The first enrolment "
+                               "is free; replacing an enrolled face (even after DELETE) is allowed once per "
+                               "RASTAU_FACE_REPLACEMENT_MIN_DAYS (default 30): beyond it 429 "
+                               "`face_replacement_limited` with Retry-After, nothing stored. " + _TOLD + " "
+                               + _BOUND_404 + " " + _BOUND_403),
         "delete": _op("revokeFace", "Revoke every reference face of the patient", (_CS,),
-                      {200: _ok(_ref("Revocation"))}, (*_AUTH, 404, 503), parameters=[_PATIENT_ID])},
+                      {200: _ok(_ref("Revocation"))}, (*_AUTH, 404, 503), parameters=[_PATIENT_ID],
+                      description="Never limited. " + _TOLD + " " + _BOUND_404 + " " + _BOUND_403)},
     f"{API}/visits": {
         "post": _op("createVisit", "Register a visit", (_CS,),
                     {201: {**_ok(_ref("Visit"), "Created (or replayed for a repeated Idempotency-Key)", _VISIT_LINKS),
@@ -257,19 +319,32 @@ _PATHS = {
         body={"required": True, "content": {"image/jpeg": {"schema": {"type": "string"}},
                                             "image/png": {"schema": {"type": "string"}}}},
         parameters=[_VISIT_ID],
-        description="At most 5 MB and 25 megapixels. The frame is never stored. Online visits answer 409: they "
-                    "are verified by one-time code only. After 5 failed attempts: 429 with Retry-After (30 s, "
-                    "doubling on repeats); the code endpoint stays open.")},
+        description="At most 5 MB and 25 megapixels. The frame is never stored. Refused with no image work: "
+                    "409 for an online visit (code only), `outside_window` (a frame counts only from "
+                    "RASTAU_CODE_ISSUE_LEAD_MINUTES, 15, before the start until RASTAU_VISIT_GRACE_MINUTES, 15, "
+                    "after the end) and `registered_late` (the visit was "
+                    "registered after that window had closed); after 5 failed attempts for the visit 429 "
+                    "`face_attempts_locked` with Retry-After (30 s, doubling on repeats); 429 `patient_face_cap`, "
+                    "`doctor_face_cap`, `clinic_face_cap` when the patient (over all visits), doctor or clinic "
+                    "failed too many face checks this hour, with Retry-After to the turn of the hour. The code "
+                    "endpoint stays open.")},
     f"{API}/visits/{{visit_id}}/code": {"post": _op(
         "verifyCode", "Check the 6-digit code the patient read out", (_WEBCAM, _CS), {200: _ok(_ref("CodeResult"))},
         (*_AUTH, 404, 409, 413, 415, 422, 429, 503), body={"required": True, **_json(_ref("CodeIn"))},
-        parameters=[_VISIT_ID], description="429 `code_locked`: too many wrong codes for the visit; "
+        parameters=[_VISIT_ID], description="409 `registered_late`: no code exists for a visit registered after "
+                                            "its window; 429 `code_locked`: too many wrong codes for the visit; "
                                             "429 `doctor_code_cap`: too many for the doctor this hour; "
                                             "429 `clinic_code_cap`: too many for the clinic this hour.")},
     f"{API}/visits/{{visit_id}}/code-requests": {"post": _op(
         "requestCode", "Send (or re-send) a one-time code to the patient's chat", (_CS,),
         {202: _ok(_ref("CodeRequested"), "Queued for the patient's chat; the code is never returned")},
-        (*_AUTH, 404, 409, 503), parameters=[_VISIT_ID])},
+        (*_AUTH, 404, 409, 429, 503), parameters=[_VISIT_ID],
+        description="409 `patient_unreachable`: the patient has no linked chat (or blocked or stopped the bot), "
+                    "so no code can reach them; nothing is queued: verify the patient by face (in person), or "
+                    "ask them to open the clinic's bot and share their phone number, then ask again. "
+                    "429 `code_requests_capped`: this visit already had RASTAU_CODE_REQUESTS_PER_VISIT (default "
+                    "3) codes sent on request; each new code replaces the last, so ask the patient to read the "
+                    "latest one, or verify by face.")},
     f"{API}/digest": {"get": _op("getDigest", "The admins' daily digest as data", (_ADMIN,),
                                  {200: _ok(_ref("Digest"))}, (*_AUTH, 422, 503), parameters=[_DATE_QUERY])},
     f"{API}/digest.csv": {"get": _op(
@@ -282,7 +357,10 @@ DOCUMENT = {
     "openapi": "3.1.0",
     "info": {"title": "Rastau verification API", "version": "1",
              "description": "Evidence that billed polyclinic visits happened: patients, visits, face and code "
-                            "verification, daily digests. Errors are RFC 9457 problem+json documents."},
+                            "verification, daily digests. Errors are RFC 9457 problem+json documents, including "
+                            "405 `method_not_allowed` (with Allow) for a method a path does not list (HEAD is not "
+                            "served) and 400 `bad_request` for a request that is not valid HTTP. No response may "
+                            "be cached (Cache-Control: no-store)."},
     "servers": [{"url": "/"}],
     "paths": _PATHS,
     "components": {

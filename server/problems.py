@@ -22,7 +22,9 @@ from core.errors import (
     TemplateDecryptError,
 )
 from core.logs import get_logger
+from core.services.codes import CodeRequestsCapped
 from core.services.faces import FaceLocked, NotEnrolled
+from core.services.patient_changes import DoctorKeyForbidden, ReplacementLimited
 from server.appkeys import REQUEST_ID
 from server.face.image import ImageRejected
 from server.face.pool import FacePoolBroken
@@ -32,7 +34,8 @@ log = get_logger("rastau.server")
 
 _DOMAIN_STATUS: dict[type, int] = {
     NotFound: 404, InvalidIin: 422, InvalidPhone: 422, InvalidValue: 422, ConsentMissing: 409,
-    IllegalTransition: 409, Conflict: 409, NotEnrolled: 409, FaceLocked: 429}
+    IllegalTransition: 409, Conflict: 409, NotEnrolled: 409, FaceLocked: 429, DoctorKeyForbidden: 403,
+    CodeRequestsCapped: 429}
 _DOMAIN_FIELD = {InvalidIin: "iin", InvalidPhone: "phone", StaffPhone: "phone"}
 _IMAGE_STATUS = {"too_large": 413, "too_many_pixels": 413, "unsupported_format": 415, "empty": 422,
                  "unreadable": 422}
@@ -57,10 +60,22 @@ def problem_response(status: int, code: str, detail: str, *, headers: dict | Non
                         headers=headers)
 
 
+def unparsable_request_problem(status: int) -> web.Response:
+    """The answer to a request aiohttp refused before routing (400: not valid HTTP, e.g. a header or the request
+    line over 8190 bytes; 500/504: a failure outside the middlewares). Nothing of the request is quoted: the
+    offending bytes may be a key or an IIN."""
+    if status < 500:
+        return problem_response(status, "bad_request", "the request is not valid HTTP/1.1 (a header or the request "
+                                "line may be longer than 8190 bytes, or malformed); nothing of it was processed")
+    return problem_response(status, "internal_error", "the request could not be completed; retry it, and report "
+                            "it if it keeps failing")
+
+
 def _domain_status(exc: DomainError) -> tuple[int, str | None]:
     classes = type(exc).__mro__
     status = next((_DOMAIN_STATUS[cls] for cls in classes if cls in _DOMAIN_STATUS), 400)
-    return status, next((_DOMAIN_FIELD[cls] for cls in classes if cls in _DOMAIN_FIELD), None)
+    field = getattr(exc, "field", None) or next((_DOMAIN_FIELD[cls] for cls in classes if cls in _DOMAIN_FIELD), None)
+    return status, field
 
 
 def validation_problem(exc: ValidationError) -> Problem:
@@ -103,7 +118,7 @@ async def problem_middleware(request: web.Request, handler):
         return await handler(request)
     except Problem as exc:
         return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extra)
-    except FaceLocked as exc:
+    except (FaceLocked, ReplacementLimited) as exc:
         return problem_response(429, exc.code, exc.detail, headers={"Retry-After": str(exc.retry_after)},
                                 retry_after=exc.retry_after)
     except TemplateDecryptError as exc:

@@ -1,4 +1,5 @@
-"""The patient's side: "were you there?" answers, the optional reason for "I wasn't there", /visits."""
+"""The patient's side: "were you there?" answers, the optional reason for "I wasn't there", /visits, and
+"this wasn't me" about a change to the patient's face, phone or consent."""
 from __future__ import annotations
 
 from aiogram import F, Router
@@ -10,11 +11,12 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 from bot import texts
 from bot.i18n import _
 from bot.handlers.util import append_to_message, drop_buttons
-from bot.keyboards import AnswerCb, ReasonSkipCb, skip_reason_keyboard
+from bot.keyboards import AnswerCb, ChangeCb, ReasonSkipCb, skip_reason_keyboard
 from core.errors import IllegalTransition, NotFound
 from core.model import ANSWER_CORRECTION_WINDOW, VisitState
 from core.services import Context
 from core.services.chat import ChatProfile, VisitLine, explain_dispute, patient_visits
+from core.services.patient_changes import dispute_change
 from core.services.visits import patient_confirms, patient_disputes
 
 MAX_LISTED = 15
@@ -86,6 +88,23 @@ def build_router() -> Router:
                 _("If you want, write in one message what happened, for example: «I was at work that day». "
                   "Your words go to the clinic's administrators. Or press «Skip»."),
                 reply_markup=skip_reason_keyboard(callback_data.visit_id))
+
+    @router.callback_query(ChangeCb.filter())
+    async def change_disputed(query: CallbackQuery, callback_data: ChangeCb, ctx: Context) -> None:
+        """Not tied to a linked profile: after a phone change the old chat, no longer linked, must still be able
+        to object. The service checks that this chat is the one the notice went to (or the patient's own)."""
+        try:
+            result = await dispute_change(ctx, callback_data.change_id, query.from_user.id)
+        except NotFound:
+            await query.answer(_("This notice is not about you; nothing was changed."), show_alert=True)
+            return
+        if not result.changed:
+            await query.answer(_("Your answer is already recorded; nothing changed."))
+            return
+        await query.answer()
+        footer = _("🚫 Recorded: you did not ask for this change. The clinic's administrators have been told.")
+        if not await append_to_message(query, footer):
+            await query.bot.send_message(query.from_user.id, footer)
 
     @router.message(DisputeReason.waiting, F.text, ~F.text.startswith("/"))
     async def reason_given(message: Message, profile: ChatProfile, ctx: Context, state: FSMContext) -> None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -12,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core import audit
 from core.db import tables as t
 from core.errors import NotFound
-from core.model import (Clinic, ClinicAdmin, Doctor, Language, OutboxMessage, Patient, Visit, VisitEvent, VisitMode,
-                        VisitState)
+from core.model import (FRESH_REFERENCE, Clinic, ClinicAdmin, Doctor, Language, OutboxMessage, Patient, PatientChange,
+                        Visit, VisitEvent, VisitMode, VisitState)
 
 
 class _Repo:
@@ -200,20 +201,43 @@ class PatientRepo(_Repo):
                                 .values(chat_blocked=True))
 
 
+@dataclass(frozen=True)
+class Reference:
+    sealed: bytes
+    enrolment_id: int | None
+    enrolled_at: dt.datetime
+
+
 class TemplateRepo(_Repo):
-    async def replace(self, patient_id: int, sealed: list[bytes], now: dt.datetime) -> int:
-        """Re-enrolment: revoke every active reference, then store the new ones."""
+    async def replace(self, patient_id: int, sealed: list[bytes], now: dt.datetime,
+                      enrolment_id: int | None = None) -> int:
+        """Re-enrolment: revoke every active reference, then store the new ones (naming the change that made them)."""
         await self.revoke_all(patient_id, now)
         for blob in sealed:
             await self.conn.execute(insert(t.face_templates).values(patient_id=patient_id, sealed=blob,
-                                                                    created_at=now))
+                                                                    created_at=now, enrolment_id=enrolment_id))
         return len(sealed)
+
+    async def ever_enrolled(self, patient_id: int) -> bool:
+        """Any reference ever stored, revoked ones too: deleting a face first does not make the next one a first."""
+        return (await self.conn.execute(select(t.face_templates.c.id).where(
+            t.face_templates.c.patient_id == patient_id).limit(1))).first() is not None
 
     async def revoke_all(self, patient_id: int, now: dt.datetime) -> int:
         res = await self.conn.execute(update(t.face_templates).where(and_(
             t.face_templates.c.patient_id == patient_id, t.face_templates.c.revoked_at.is_(None)))
             .values(revoked_at=now))
         return res.rowcount
+
+    async def active_references(self, patient_id: int) -> list["Reference"]:
+        """The active references with the enrolment that made each (a reference stored before enrolments were
+        recorded has none; its own creation time stands in for the enrolment's)."""
+        ft, pc = t.face_templates, t.patient_changes
+        rows = (await self.conn.execute(
+            select(ft.c.sealed, ft.c.enrolment_id, ft.c.created_at, pc.c.at)
+            .select_from(ft.outerjoin(pc, pc.c.id == ft.c.enrolment_id))
+            .where(and_(ft.c.patient_id == patient_id, ft.c.revoked_at.is_(None))).order_by(ft.c.id))).all()
+        return [Reference(bytes(r.sealed), r.enrolment_id, r.at or r.created_at) for r in rows]
 
     async def active(self, patient_id: int) -> list[bytes]:
         rows = (await self.conn.execute(select(t.face_templates.c.sealed).where(and_(
@@ -222,12 +246,23 @@ class TemplateRepo(_Repo):
         return [bytes(r.sealed) for r in rows]
 
 
+# Read with every visit (and by the digest): when the face enrolment a match was made against was made, and whether
+# the verification was flagged as made against a fresh reference (the verify event says so).
+ENROLLED_AT = (select(t.patient_changes.c.at).where(t.patient_changes.c.id == t.visits.c.verified_enrolment_id)
+               .scalar_subquery())
+FRESH = exists().where(and_(t.visit_events.c.visit_id == t.visits.c.id, t.visit_events.c.step == "verify",
+                            t.visit_events.c.detail == FRESH_REFERENCE))
+_VISITS = select(t.visits, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"))
+
+
 def _visit(row) -> Visit:
     return Visit(id=row.id, clinic_id=row.clinic_id, doctor_id=row.doctor_id, patient_id=row.patient_id,
                  start=row.start_at, duration=dt.timedelta(seconds=row.duration_s), mode=VisitMode(row.mode),
                  service_code=row.service_code, state=VisitState(row.state), verified_by=row.verified_by,
                  verified_at=row.verified_at, answered_at=row.answered_at, dispute_reason=row.dispute_reason,
-                 attended_claim_at=row.attended_claim_at)
+                 attended_claim_at=row.attended_claim_at, registered_at=row.created_at,
+                 registered_late=row.registered_late, verified_enrolment_id=row.verified_enrolment_id,
+                 enrolled_at=row.enrolled_at, fresh_reference=bool(row.fresh_reference))
 
 
 class VisitRepo(_Repo):
@@ -239,12 +274,13 @@ class VisitRepo(_Repo):
         res = await self.conn.execute(insert(t.visits).values(
             clinic_id=visit.clinic_id, doctor_id=visit.doctor_id, patient_id=visit.patient_id,
             start_at=visit.start, duration_s=int(visit.duration.total_seconds()), mode=visit.mode.value,
-            service_code=visit.service_code, state=visit.state.value, created_at=now).returning(t.visits.c.id))
-        visit.id = res.scalar_one()
+            service_code=visit.service_code, state=visit.state.value, registered_late=visit.registered_late,
+            created_at=now).returning(t.visits.c.id))
+        visit.id, visit.registered_at = res.scalar_one(), now
         return visit
 
     async def get(self, visit_id: int, clinic_id: int | None = None, *, lock: bool = False) -> Visit:
-        stmt = select(t.visits).where(t.visits.c.id == visit_id)
+        stmt = _VISITS.where(t.visits.c.id == visit_id)
         if clinic_id is not None:
             stmt = stmt.where(t.visits.c.clinic_id == clinic_id)
         row = (await self.conn.execute(self._locked(stmt) if lock else stmt)).first()
@@ -257,7 +293,7 @@ class VisitRepo(_Repo):
         await self.conn.execute(update(t.visits).where(t.visits.c.id == visit.id).values(
             state=visit.state.value, verified_by=visit.verified_by.value if visit.verified_by else None,
             verified_at=visit.verified_at, answered_at=visit.answered_at, dispute_reason=visit.dispute_reason,
-            attended_claim_at=visit.attended_claim_at))
+            attended_claim_at=visit.attended_claim_at, verified_enrolment_id=visit.verified_enrolment_id))
         for event in visit.pending_events:
             await self.record_event(visit.id, event)
         visit.pending_events.clear()
@@ -283,7 +319,7 @@ class VisitRepo(_Repo):
                    start_to: dt.datetime | None = None, doctor_id: int | None = None,
                    state: VisitState | None = None, patient_id: int | None = None,
                    limit: int = 1000, offset: int = 0) -> list[Visit]:
-        stmt = select(t.visits).where(t.visits.c.clinic_id == clinic_id)
+        stmt = _VISITS.where(t.visits.c.clinic_id == clinic_id)
         if start_from is not None:
             stmt = stmt.where(t.visits.c.start_at >= start_from)
         if start_to is not None:
@@ -298,10 +334,15 @@ class VisitRepo(_Repo):
                                         .limit(limit).offset(offset))).all()
         return [_visit(r) for r in rows]
 
+    async def any_between(self, patient_id: int, doctor_id: int) -> bool:
+        """Whether the patient has ever had a visit with the doctor (what makes them that doctor's patient)."""
+        return (await self.conn.execute(select(t.visits.c.id).where(and_(
+            t.visits.c.patient_id == patient_id, t.visits.c.doctor_id == doctor_id)).limit(1))).first() is not None
+
     async def for_patients(self, patient_ids: list[int], since: dt.datetime) -> list[Visit]:
         if not patient_ids:
             return []
-        rows = (await self.conn.execute(select(t.visits).where(and_(
+        rows = (await self.conn.execute(_VISITS.where(and_(
             t.visits.c.patient_id.in_(patient_ids), t.visits.c.start_at >= since))
             .order_by(t.visits.c.start_at.desc()))).all()
         return [_visit(r) for r in rows]
@@ -324,15 +365,40 @@ class VisitRepo(_Repo):
     async def code_attempts(self, visit_id: int) -> int:
         return (await self.conn.execute(select(t.visits.c.code_attempts).where(t.visits.c.id == visit_id))).scalar_one()
 
+    async def take_code_request(self, visit_id: int, cap: int) -> int | None:
+        """Count one code request and return the new total, or None (nothing counted) at the cap: a conditional
+        UPDATE, so concurrent requests can never pass it."""
+        res = await self.conn.execute(update(t.visits).where(and_(t.visits.c.id == visit_id,
+                                                                   t.visits.c.code_requests < cap))
+                                      .values(code_requests=t.visits.c.code_requests + 1)
+                                      .returning(t.visits.c.code_requests))
+        return res.scalar_one_or_none()
+
     async def face_counters(self, visit_id: int) -> tuple[int, int, dt.datetime | None]:
         row = (await self.conn.execute(select(t.visits.c.face_failures, t.visits.c.face_lockouts,
                                               t.visits.c.face_retry_at).where(t.visits.c.id == visit_id))).one()
         return row.face_failures, row.face_lockouts, row.face_retry_at
 
-    async def set_face_counters(self, visit_id: int, failures: int, lockouts: int,
-                                retry_at: dt.datetime | None) -> None:
+    async def take_face_attempt(self, visit_id: int, cap: int, now: dt.datetime) -> bool:
+        """Reserve one face attempt, or answer False (nothing reserved) while the visit is locked or ``cap``
+        attempts of this round are already reserved or failed. One conditional UPDATE, so concurrent frames on
+        any number of server processes count exactly; a lock that has run out starts a new round."""
+        v = t.visits
+        lock_over = and_(v.c.face_retry_at.is_not(None), v.c.face_retry_at <= now)
+        res = await self.conn.execute(update(v).where(and_(v.c.id == visit_id, or_(
+            and_(v.c.face_retry_at.is_(None), v.c.face_failures < cap), lock_over))).values(
+            face_failures=case((v.c.face_retry_at.is_(None), v.c.face_failures + 1), else_=1), face_retry_at=None))
+        return res.rowcount == 1
+
+    async def give_back_face_attempt(self, visit_id: int) -> None:
+        """An attempt that produced no decision is not counted (a lock set meanwhile stands)."""
+        v = t.visits
+        await self.conn.execute(update(v).where(and_(v.c.id == visit_id, v.c.face_retry_at.is_(None),
+                                                     v.c.face_failures > 0)).values(face_failures=v.c.face_failures - 1))
+
+    async def lock_face(self, visit_id: int, lockouts: int, retry_at: dt.datetime) -> None:
         await self.conn.execute(update(t.visits).where(t.visits.c.id == visit_id).values(
-            face_failures=failures, face_lockouts=lockouts, face_retry_at=retry_at))
+            face_lockouts=lockouts, face_retry_at=retry_at))
 
 
 class CodeRepo(_Repo):
@@ -378,24 +444,42 @@ class CodeRepo(_Repo):
         return value or 0
 
     async def take_clinic_failure(self, clinic_id: int, hour_start: dt.datetime, cap: int) -> bool:
-        """Count one wrong code against the clinic's hourly cap, or answer False (nothing counted) at the cap.
-
-        A conditional UPDATE (and an INSERT that yields to a concurrent one) instead of a read-then-write, so
-        guessers spread over doctors and server processes can never push the counter past the cap, while the
-        clinic's right codes never wait on this row."""
-        table = t.clinic_code_failures
-        bump = update(table).where(and_(self._clinic_hour(clinic_id, hour_start), table.c.failures < cap)) \
-            .values(failures=table.c.failures + 1)
-        if (await self.conn.execute(bump)).rowcount:
-            return True
-        first = _insert_or_ignore(self.conn)(table).values(clinic_id=clinic_id, hour_start=hour_start, failures=1)
-        if (await self.conn.execute(first.on_conflict_do_nothing())).rowcount:
-            return True
-        return bool((await self.conn.execute(bump)).rowcount)  # another transaction created the row meanwhile
+        """Count one wrong code against the clinic's hourly cap, or answer False (nothing counted) at the cap;
+        the clinic's right codes never wait on this row."""
+        return await _take_below_cap(self.conn, t.clinic_code_failures,
+                                     {"clinic_id": clinic_id, "hour_start": hour_start}, cap)
 
     @staticmethod
     def _clinic_hour(clinic_id: int, hour_start: dt.datetime):
         return and_(t.clinic_code_failures.c.clinic_id == clinic_id, t.clinic_code_failures.c.hour_start == hour_start)
+
+
+class FaceFailureRepo(_Repo):
+    """Failed face checks per clock hour, per patient, doctor and clinic (the ``scope``)."""
+
+    async def take(self, scope: str, subject_id: int, hour_start: dt.datetime, cap: int) -> bool:
+        return await _take_below_cap(self.conn, t.face_failures_hourly,
+                                     {"scope": scope, "subject_id": subject_id, "hour_start": hour_start}, cap)
+
+    async def give_back(self, scope: str, subject_id: int, hour_start: dt.datetime) -> None:
+        table = t.face_failures_hourly
+        await self.conn.execute(update(table).where(and_(
+            table.c.scope == scope, table.c.subject_id == subject_id, table.c.hour_start == hour_start,
+            table.c.failures > 0)).values(failures=table.c.failures - 1))
+
+
+async def _take_below_cap(conn: AsyncConnection, table, key: dict, cap: int) -> bool:
+    """Count one failure in ``table``'s row for ``key``, or answer False (nothing counted) at ``cap``.
+
+    A conditional UPDATE (and an INSERT that yields to a concurrent one) instead of a read-then-write, so tries
+    spread over visits, doctors and server processes can never push a counter past its cap."""
+    where = and_(*(table.c[name] == value for name, value in key.items()), table.c.failures < cap)
+    bump = update(table).where(where).values(failures=table.c.failures + 1)
+    if (await conn.execute(bump)).rowcount:
+        return True
+    if (await conn.execute(_insert_or_ignore(conn)(table).values(**key, failures=1).on_conflict_do_nothing())).rowcount:
+        return True
+    return bool((await conn.execute(bump)).rowcount)  # another transaction created the row meanwhile
 
 
 def _insert_or_ignore(conn: AsyncConnection):
@@ -474,6 +558,9 @@ class OutboxRepo(_Repo):
     async def get(self, message_id: int):
         return (await self.conn.execute(select(t.outbox).where(t.outbox.c.id == message_id))).first()
 
+    async def by_dedupe_key(self, dedupe_key: str):
+        return (await self.conn.execute(select(t.outbox).where(t.outbox.c.dedupe_key == dedupe_key))).first()
+
     async def pending(self, *, visit_id: int | None = None, kind: str | None = None) -> list:
         stmt = select(t.outbox).where(t.outbox.c.status == "pending")
         if visit_id is not None:
@@ -484,16 +571,59 @@ class OutboxRepo(_Repo):
 
 
 
+def _change(row) -> PatientChange:
+    return PatientChange(id=row.id, patient_id=row.patient_id, clinic_id=row.clinic_id, kind=row.kind, at=row.at,
+                         actor=row.actor, disputed_at=row.disputed_at)
+
+
+class PatientChangeRepo(_Repo):
+    async def add(self, *, patient_id: int, clinic_id: int, kind: str, at: dt.datetime, actor: str) -> int:
+        res = await self.conn.execute(insert(t.patient_changes).values(
+            patient_id=patient_id, clinic_id=clinic_id, kind=kind, at=at, actor=actor).returning(t.patient_changes.c.id))
+        return res.scalar_one()
+
+    async def get(self, change_id: int, *, lock: bool = False) -> PatientChange:
+        stmt = select(t.patient_changes).where(t.patient_changes.c.id == change_id)
+        row = (await self.conn.execute(self._locked(stmt) if lock else stmt)).first()
+        if row is None:
+            raise NotFound(f"change {change_id} not found")
+        return _change(row)
+
+    async def last_at(self, patient_id: int, kind: str) -> dt.datetime | None:
+        return (await self.conn.execute(select(func.max(t.patient_changes.c.at)).where(and_(
+            t.patient_changes.c.patient_id == patient_id, t.patient_changes.c.kind == kind)))).scalar_one()
+
+    async def mark_disputed(self, change_id: int, at: dt.datetime) -> bool:
+        """Set once: False when the change was already disputed."""
+        res = await self.conn.execute(update(t.patient_changes).where(and_(
+            t.patient_changes.c.id == change_id, t.patient_changes.c.disputed_at.is_(None))).values(disputed_at=at))
+        return res.rowcount == 1
+
+
 class ApiKeyRepo(_Repo):
     async def add(self, *, clinic_id: int, key_prefix: str, key_hash: str, scopes: str, doctor_id: int | None,
-                  label: str, now: dt.datetime) -> int:
+                  label: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> int:
         res = await self.conn.execute(insert(t.api_keys).values(
             clinic_id=clinic_id, key_prefix=key_prefix, key_hash=key_hash, scopes=scopes, doctor_id=doctor_id,
-            label=label, created_at=now).returning(t.api_keys.c.id))
+            label=label, created_at=now, expires_at=expires_at).returning(t.api_keys.c.id))
         return res.scalar_one()
 
     async def by_prefix(self, key_prefix: str):
         return (await self.conn.execute(select(t.api_keys).where(t.api_keys.c.key_prefix == key_prefix))).first()
+
+    async def list(self, clinic_id: int | None = None) -> list:
+        stmt = select(t.api_keys).order_by(t.api_keys.c.clinic_id, t.api_keys.c.id)
+        if clinic_id is not None:
+            stmt = stmt.where(t.api_keys.c.clinic_id == clinic_id)
+        return list((await self.conn.execute(stmt)).all())
+
+    async def touch(self, key_id: int, now: dt.datetime, unless_since: dt.datetime) -> int:
+        """Record a use, unless one was recorded at ``unless_since`` or later (then nothing is written)."""
+        res = await self.conn.execute(update(t.api_keys).where(and_(
+            t.api_keys.c.id == key_id,
+            or_(t.api_keys.c.last_used_at.is_(None), t.api_keys.c.last_used_at < unless_since)))
+            .values(last_used_at=now))
+        return res.rowcount
 
     async def revoke(self, key_prefix: str, now: dt.datetime) -> int:
         res = await self.conn.execute(update(t.api_keys).where(and_(

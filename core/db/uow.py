@@ -10,8 +10,8 @@ import asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.db.engine import READ_ONLY_OPTION
-from core.db.repositories import (AdminRepo, ApiKeyRepo, AuditRepo, ClinicRepo, CodeRepo, DoctorRepo, IdempotencyRepo,
-                                  OutboxRepo, PatientRepo, TemplateRepo, VisitRepo)
+from core.db.repositories import (AdminRepo, ApiKeyRepo, AuditRepo, ClinicRepo, CodeRepo, DoctorRepo, FaceFailureRepo,
+                                  IdempotencyRepo, OutboxRepo, PatientChangeRepo, PatientRepo, TemplateRepo, VisitRepo)
 
 
 class UnitOfWork:
@@ -46,8 +46,10 @@ class UnitOfWork:
         self.admins = AdminRepo(self.conn, locks)
         self.patients = PatientRepo(self.conn, locks)
         self.templates = TemplateRepo(self.conn, locks)
+        self.patient_changes = PatientChangeRepo(self.conn, locks)
         self.visits = VisitRepo(self.conn, locks, self.audit)
         self.codes = CodeRepo(self.conn, locks)
+        self.face_failures = FaceFailureRepo(self.conn, locks)
         self.outbox = OutboxRepo(self.conn, locks)
         self.api_keys = ApiKeyRepo(self.conn, locks)
         self.idempotency = IdempotencyRepo(self.conn, locks)

@@ -2,15 +2,16 @@
 The server serves it as data; the bot renders it in the admin's language."""
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 
+from core import csvfile
 from core.clock import ALMATY, local_day_bounds, to_local
 from core.db import tables as t
+from core.db.repositories import ENROLLED_AT, FRESH
 from core.iin import mask_iin
 from core.model import VisitState
 from core.services import Context
@@ -31,6 +32,26 @@ class DigestRow:
     answer: str  # "confirmed" | "disputed" | "claimed_attended" | "none"
     dispute_reason: str | None
     patient_reachable: bool
+    # when the evidence was made relative to the appointment (Asia/Almaty), and what a face match rested on
+    registered_at: dt.datetime
+    registered_late: bool  # registered after its window had closed: it could collect no evidence
+    verified_at: dt.datetime | None
+    verified_enrolment_id: int | None
+    enrolled_at: dt.datetime | None
+    fresh_reference: bool  # matched a reference enrolled < 24 h before, the patient with no chat to hear of it
+
+
+@dataclass(frozen=True)
+class EnrolmentDispute:
+    """A change to a patient's face, phone or consent that the patient says they did not ask for."""
+    change_id: int
+    kind: str
+    patient_id: int
+    patient_name: str
+    iin_masked: str
+    actor: str  # the key ("key:<prefix>") or tool that made the change
+    changed_at_local: dt.datetime
+    disputed_at_local: dt.datetime
 
 
 @dataclass
@@ -50,28 +71,48 @@ class Digest:
     day: dt.date
     totals: dict[str, int]
     per_doctor: list[DoctorCounts]
-    flagged: list[DigestRow]  # unverified or disputed
+    flagged: list[DigestRow]  # unverified, disputed, or verified against a fresh reference
     rows: list[DigestRow] = field(repr=False)
+    enrolment_disputes: list[EnrolmentDispute] = field(default_factory=list)  # disputed on this day
 
     @property
     def all_confirmed(self) -> bool:
-        """Nothing for an admin to look at: no unverified, disputed or unanswered visits."""
-        return not self.flagged and self.totals["no_answer"] == 0 and self.totals["unreachable"] == 0
+        """Nothing for an admin to look at: no unverified, disputed or unanswered visits, no disputed changes."""
+        return (not self.flagged and self.totals["no_answer"] == 0 and self.totals["unreachable"] == 0
+                and not self.enrolment_disputes)
 
     def to_csv(self) -> str:
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = csvfile.writer(out)
         writer.writerow(["visit_id", "start_local", "doctor", "patient", "iin", "mode", "service_code", "state",
-                         "verified_by", "patient_answer", "dispute_reason"])
+                         "verified_by", "patient_answer", "dispute_reason", "registered_at", "registered_late",
+                         "verified_at", "enrolment_id", "enrolled_at", "fresh_reference"])
         for r in self.rows:
             writer.writerow([r.visit_id, r.start_local.strftime("%Y-%m-%d %H:%M"), r.doctor_name, r.patient_name,
                              r.iin_masked, r.mode, r.service_code, r.state, r.verified_by or "", r.answer,
-                             r.dispute_reason or ""])
+                             r.dispute_reason or "", _minute(r.registered_at), _flag(r.registered_late),
+                             _minute(r.verified_at), r.verified_enrolment_id or "", _minute(r.enrolled_at),
+                             _flag(r.fresh_reference)])
+        if self.enrolment_disputes:  # a second table under the visits: changes the patients say they did not ask for
+            writer.writerow([])
+            writer.writerow(["change_id", "kind", "changed_at_local", "disputed_at_local", "actor", "patient", "iin"])
+            for d in self.enrolment_disputes:
+                writer.writerow([d.change_id, d.kind, d.changed_at_local.strftime("%Y-%m-%d %H:%M"),
+                                 d.disputed_at_local.strftime("%Y-%m-%d %H:%M"), d.actor, d.patient_name,
+                                 d.iin_masked])
         return out.getvalue()
 
 
+def _minute(moment: dt.datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
 TOTAL_KEYS = ("visits", "face_verified", "code_verified", "unverified", "patient_confirmed", "disputed",
-              "no_answer", "cancelled", "unreachable")
+              "no_answer", "cancelled", "unreachable", "registered_late", "fresh_reference")
 
 
 _CANCELLED, _SCHEDULED = VisitState.CANCELLED.value, VisitState.SCHEDULED.value
@@ -107,15 +148,30 @@ _COUNTS = (select(_v.c.doctor_id, _d.c.full_name,
                   _count(and_(_billed, _v.c.state.not_in([_CONFIRMED, _DISPUTED]),
                               _v.c.attended_claim_at.is_(None))).label("no_answer"),
                   _count(~_billed).label("cancelled"),
-                  _count(and_(_billed, or_(_p.c.chat_id.is_(None), _p.c.chat_blocked))).label("unreachable"))
+                  _count(and_(_billed, or_(_p.c.chat_id.is_(None), _p.c.chat_blocked))).label("unreachable"),
+                  _count(and_(_billed, _v.c.registered_late)).label("registered_late"),
+                  _count(and_(_billed, FRESH)).label("fresh_reference"))
            .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
            .group_by(_v.c.doctor_id, _d.c.full_name))
 _ROWS = (select(_v.c.id, _v.c.start_at, _v.c.doctor_id, _v.c.mode, _v.c.service_code, _v.c.state,
                 _v.c.verified_by, _v.c.attended_claim_at, _v.c.dispute_reason,
                 _d.c.full_name.label("doctor_name"), _p.c.full_name.label("patient_name"), _p.c.iin,
-                _p.c.chat_id, _p.c.chat_blocked)
+                _p.c.chat_id, _p.c.chat_blocked, _v.c.created_at, _v.c.registered_late, _v.c.verified_at,
+                _v.c.verified_enrolment_id, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"))
          .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
          .order_by(_v.c.start_at, _v.c.id))
+
+
+_c = t.patient_changes
+_DISPUTED_CHANGES = (select(_c.c.id, _c.c.kind, _c.c.patient_id, _c.c.actor, _c.c.at, _c.c.disputed_at,
+                            _p.c.full_name, _p.c.iin)
+                     .join(_p, _p.c.id == _c.c.patient_id).order_by(_c.c.disputed_at, _c.c.id))
+
+
+def _dispute(r) -> EnrolmentDispute:
+    return EnrolmentDispute(change_id=r.id, kind=r.kind, patient_id=r.patient_id, patient_name=r.full_name,
+                            iin_masked=mask_iin(r.iin), actor=r.actor, changed_at_local=to_local(r.at),
+                            disputed_at_local=to_local(r.disputed_at))
 
 
 def _row(r) -> DigestRow:
@@ -123,23 +179,34 @@ def _row(r) -> DigestRow:
                      doctor_name=r.doctor_name, patient_name=r.patient_name, iin_masked=mask_iin(r.iin),
                      mode=r.mode, service_code=r.service_code, state=r.state, verified_by=r.verified_by,
                      answer=_answer(r), dispute_reason=r.dispute_reason,
-                     patient_reachable=r.chat_id is not None and not r.chat_blocked)
+                     patient_reachable=r.chat_id is not None and not r.chat_blocked,
+                     registered_at=to_local(r.created_at), registered_late=r.registered_late,
+                     verified_at=_local(r.verified_at), verified_enrolment_id=r.verified_enrolment_id,
+                     enrolled_at=_local(r.enrolled_at), fresh_reference=bool(r.fresh_reference))
+
+
+def _local(moment: dt.datetime | None) -> dt.datetime | None:
+    return to_local(moment) if moment else None
 
 
 async def build_digest(ctx: Context, clinic_id: int, day: dt.date, *, with_rows: bool = True) -> Digest:
     """One clinic, one Asia/Almaty calendar day, in one read snapshot: counts by SQL aggregate, the flagged
-    visits (unverified or disputed), and every row only when asked (the CSV needs them, a summary does not)."""
+    visits (unverified, disputed, or verified against a fresh reference), the changes patients disputed that day, and every row only when asked (the
+    CSV needs them, a summary does not)."""
     start, end = local_day_bounds(day, ALMATY)
     in_day = and_(_v.c.clinic_id == clinic_id, _v.c.start_at >= start, _v.c.start_at < end)
     async with ctx.uow(read_only=True) as uow:
         clinic = await uow.clinics.get(clinic_id)
         counts = (await uow.conn.execute(_COUNTS.where(in_day))).all()
-        flagged_rows = (await uow.conn.execute(_ROWS.where(in_day, or_(_unverified, _disputed)))).all()
+        flagged_rows = (await uow.conn.execute(_ROWS.where(in_day, or_(_unverified, _disputed, FRESH)))).all()
         all_rows = (await uow.conn.execute(_ROWS.where(in_day))).all() if with_rows else []
+        disputes = (await uow.conn.execute(_DISPUTED_CHANGES.where(
+            _c.c.clinic_id == clinic_id, _c.c.disputed_at >= start, _c.c.disputed_at < end))).all()
     totals = {key: sum(getattr(c, key) for c in counts) for key in TOTAL_KEYS}
     per_doctor = [DoctorCounts(c.doctor_id, c.full_name, total=c.visits,
                                verified=c.face_verified + c.code_verified, unverified=c.unverified,
                                disputed=c.disputed) for c in counts if c.visits]
     return Digest(clinic_id=clinic_id, clinic_name=clinic.name, day=day, totals=totals,
                   per_doctor=sorted(per_doctor, key=lambda c: c.doctor_name),
-                  flagged=[_row(r) for r in flagged_rows], rows=[_row(r) for r in all_rows])
+                  flagged=[_row(r) for r in flagged_rows], rows=[_row(r) for r in all_rows],
+                  enrolment_disputes=[_dispute(r) for r in disputes])

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.errors import ConsentMissing, InvalidValue, StaffPhone
+from core.errors import ConsentMissing, InvalidValue, NotFound, StaffPhone
 from core.model import Clinic, ClinicAdmin, Doctor, Language, Patient
+from core.names import clean_name
 from core.services import Context
+from core.services.patient_changes import (CLINIC_SYSTEM, CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED,
+                                           PHONE_CHANGED, Caller, check_replacement_allowed, patient_for,
+                                           record_change, refuse_doctor_key, visible_to)
 from core.templates import MAX_REFERENCES
 
 
 async def create_clinic(ctx: Context, name: str) -> Clinic:
-    if not name or not name.strip():
-        raise InvalidValue("clinic name is empty")
+    name = clean_name(name, "clinic name")
     async with ctx.uow() as uow:
-        clinic = await uow.clinics.add(Clinic(id=None, name=name.strip()), ctx.clock.now())
+        clinic = await uow.clinics.add(Clinic(id=None, name=name), ctx.clock.now())
         await uow.audit.append(ctx.clock.now(), "admin", "clinic.create", f"clinic:{clinic.id}", {})
         await uow.commit()
     return clinic
@@ -36,7 +39,7 @@ async def _patient_phone(uow, clinic_id: int, phone: str) -> bool:
 
 async def add_doctor(ctx: Context, clinic_id: int, full_name: str, phone: str,
                      external_ref: str | None = None) -> Doctor:
-    candidate = Doctor(id=None, clinic_id=clinic_id, full_name=full_name.strip(), phone=phone,
+    candidate = Doctor(id=None, clinic_id=clinic_id, full_name=clean_name(full_name), phone=phone,
                        external_ref=external_ref)
     async with ctx.uow() as uow:
         await uow.clinics.get(clinic_id)
@@ -50,7 +53,7 @@ async def add_doctor(ctx: Context, clinic_id: int, full_name: str, phone: str,
 
 
 async def add_admin(ctx: Context, clinic_id: int, full_name: str, phone: str) -> ClinicAdmin:
-    candidate = ClinicAdmin(id=None, clinic_id=clinic_id, full_name=full_name.strip(), phone=phone)
+    candidate = ClinicAdmin(id=None, clinic_id=clinic_id, full_name=clean_name(full_name), phone=phone)
     async with ctx.uow() as uow:
         await uow.clinics.get(clinic_id)
         if await _patient_phone(uow, clinic_id, candidate.phone):
@@ -69,78 +72,133 @@ class UpsertResult:
 
 
 async def upsert_patient(ctx: Context, clinic_id: int, iin: str, full_name: str, phone: str,
-                         language: Language | str = Language.RU) -> UpsertResult:
-    """Create the clinic's patient with this IIN, or update name/phone/language of the existing one.
-    A number of the clinic's own doctors or admins is refused: it would route the patient's evidence to staff."""
-    candidate = Patient(id=None, clinic_id=clinic_id, iin=iin, full_name=(full_name or "").strip(), phone=phone,
-                        language=Language(language))
-    if not candidate.full_name:
-        raise InvalidValue("patient full name is empty")
-    now = ctx.clock.now()
+                         language: Language | str | None = None, *, caller: Caller = CLINIC_SYSTEM) -> UpsertResult:
+    """Create the clinic's patient with this IIN, or update name/phone/language of the existing one (no
+    language: a new patient gets ru, an existing one keeps theirs).
+    A number of the clinic's own doctors or admins is refused: it would route the patient's evidence to staff.
+    A new phone unlinks the chat (it must be proven again) and is told to the old chat."""
     async with ctx.uow() as uow:
-        if await _staff_phone(uow, clinic_id, candidate.phone):
-            raise StaffPhone(STAFF_PHONE_FOR_PATIENT)
-        existing = await uow.patients.by_iin(clinic_id, candidate.iin)
-        if existing is None:
-            patient, created = await uow.patients.add(candidate, now), True
-        else:
-            if existing.phone != candidate.phone:
-                existing.chat_id = None  # a new phone must be proven again in the chat
-            existing.full_name, existing.phone, existing.language = (candidate.full_name, candidate.phone,
-                                                                     candidate.language)
-            await uow.patients.save(existing, now)
-            patient, created = existing, False
-        await uow.audit.append(now, "clinic_system", "patient.create" if created else "patient.update",
-                               f"patient:{patient.id}", {"clinic": clinic_id})
+        result = await _upsert(uow, clinic_id, iin, full_name, phone, language, caller, ctx.clock.now())
         await uow.commit()
-    return UpsertResult(patient, created)
+    return result
 
 
-async def record_consent(ctx: Context, clinic_id: int, patient_id: int, recorded_by: str) -> Patient:
-    now = ctx.clock.now()
+async def _upsert(uow, clinic_id: int, iin: str, full_name: str, phone: str, language: Language | str | None,
+                  caller: Caller, now) -> UpsertResult:
+    candidate = Patient(id=None, clinic_id=clinic_id, iin=iin, full_name=clean_name(full_name), phone=phone,
+                        language=Language(language or Language.RU))
+    if await _staff_phone(uow, clinic_id, candidate.phone):
+        raise StaffPhone(STAFF_PHONE_FOR_PATIENT)
+    existing = await uow.patients.by_iin(clinic_id, candidate.iin)
+    if existing is None:
+        patient = await uow.patients.add(candidate, now)
+        await uow.audit.append(now, caller.actor, "patient.create", f"patient:{patient.id}", {"clinic": clinic_id})
+        return UpsertResult(patient, True)
+    if not await visible_to(uow, existing, caller):
+        raise NotFound("a patient with this IIN exists but has no visit with this key's doctor; a doctor-bound key "
+                       "may update only its doctor's patients")
+    details: dict = {"clinic": clinic_id}
+    old_chat = existing.chat_id
+    moved = existing.phone != candidate.phone
+    if moved:
+        refuse_doctor_key(caller, "change a patient's phone number")
+        existing.chat_id = None  # a new phone must be proven again in the chat
+    existing.full_name, existing.phone = candidate.full_name, candidate.phone
+    if language is not None:  # left out: the patient keeps the language they have (often chosen in the chat)
+        existing.language = candidate.language
+    await uow.patients.save(existing, now)
+    if moved:
+        details["change"] = await record_change(uow, existing, PHONE_CHANGED, caller, now, old_chat)
+    await uow.audit.append(now, caller.actor, "patient.update", f"patient:{existing.id}", details)
+    return UpsertResult(existing, False)
+
+
+async def record_consent(ctx: Context, clinic_id: int, patient_id: int, recorded_by: str, *,
+                         caller: Caller = CLINIC_SYSTEM) -> Patient:
     async with ctx.uow() as uow:
-        patient = await uow.patients.get(patient_id, clinic_id)
-        patient.record_consent(recorded_by, now)
-        await uow.patients.save(patient, now)
-        await uow.audit.append(now, "clinic_system", "patient.consent", f"patient:{patient_id}",
-                               {"recorded_by": patient.consent_by})
+        patient = await patient_for(uow, clinic_id, patient_id, caller)
+        await _consent(uow, patient, recorded_by, caller, ctx.clock.now())
         await uow.commit()
     return patient
 
 
-async def check_enrolment_allowed(ctx: Context, clinic_id: int, patient_id: int) -> None:
-    """Refuse before any photo is read or analysed: unknown patient (NotFound) or no consent on record."""
+async def _consent(uow, patient: Patient, recorded_by: str, caller: Caller, now) -> None:
+    patient.record_consent(recorded_by, now)
+    await uow.patients.save(patient, now)
+    change = await record_change(uow, patient, CONSENT_RECORDED, caller, now, patient.chat_id)
+    await uow.audit.append(now, caller.actor, "patient.consent", f"patient:{patient.id}",
+                           {"recorded_by": patient.consent_by, "change": change})
+
+
+async def check_enrolment_allowed(ctx: Context, clinic_id: int, patient_id: int, *,
+                                  caller: Caller = CLINIC_SYSTEM) -> None:
+    """Refuse before any photo is read or analysed: a patient the caller cannot see (NotFound), a doctor-bound
+    caller, no consent on record, or a replacement within the limit."""
     async with ctx.uow(read_only=True) as uow:
-        patient = await uow.patients.get(patient_id, clinic_id)
+        patient = await patient_for(uow, clinic_id, patient_id, caller)
+        await _enrolment_kind(uow, ctx, patient, caller, ctx.clock.now())
+
+
+async def _enrolment_kind(uow, ctx: Context, patient: Patient, caller: Caller, now) -> str:
+    """face_enrolled or face_replaced, or the reason this enrolment is refused."""
+    refuse_doctor_key(caller, "enrol a patient's face")
     if patient.consent_at is None:
-        raise ConsentMissing(f"patient {patient_id} has no recorded consent; record consent before enrolling")
+        raise ConsentMissing(f"patient {patient.id} has no recorded consent; record consent before enrolling")
+    if not await uow.templates.ever_enrolled(patient.id):
+        return FACE_ENROLLED
+    await check_replacement_allowed(uow, ctx.settings, patient.id, now)
+    return FACE_REPLACED
 
 
-async def enrol_face(ctx: Context, clinic_id: int, patient_id: int,
-                     encodings: list[tuple[float, ...]]) -> int:
-    """Replace the patient's references with these encodings (1-5). Consent must be on record."""
-    if not 1 <= len(encodings) <= MAX_REFERENCES:
-        raise InvalidValue(f"enrol between 1 and {MAX_REFERENCES} reference faces, got {len(encodings)}")
-    now = ctx.clock.now()
+async def enrol_face(ctx: Context, clinic_id: int, patient_id: int, encodings: list[tuple[float, ...]], *,
+                     caller: Caller = CLINIC_SYSTEM) -> int:
+    """Replace the patient's references with these encodings (1-5). Consent must be on record; a replacement
+    is limited per patient; the patient's chat is told."""
     async with ctx.uow() as uow:
-        patient = await uow.patients.get(patient_id, clinic_id)
-        if patient.consent_at is None:
-            raise ConsentMissing(f"patient {patient_id} has no recorded consent; record consent before enrolling")
-        sealed = [ctx.cipher.seal(patient_id, enc) for enc in encodings]
-        count = await uow.templates.replace(patient_id, sealed, now)
-        await uow.audit.append(now, "clinic_system", "patient.enrol", f"patient:{patient_id}",
-                               {"references": count})
+        patient = await patient_for(uow, clinic_id, patient_id, caller)
+        count = await _enrol(uow, ctx, patient, encodings, caller, ctx.clock.now())
         await uow.commit()
     return count
 
 
-async def revoke_face(ctx: Context, clinic_id: int, patient_id: int) -> int:
+async def _enrol(uow, ctx: Context, patient: Patient, encodings: list[tuple[float, ...]], caller: Caller,
+                 now) -> int:
+    if not 1 <= len(encodings) <= MAX_REFERENCES:
+        raise InvalidValue(f"enrol between 1 and {MAX_REFERENCES} reference faces, got {len(encodings)}")
+    kind = await _enrolment_kind(uow, ctx, patient, caller, now)
+    change = await record_change(uow, patient, kind, caller, now, patient.chat_id)
+    sealed = [ctx.cipher.seal(patient.id, enc) for enc in encodings]
+    count = await uow.templates.replace(patient.id, sealed, now, enrolment_id=change)
+    await uow.audit.append(now, caller.actor, "patient.enrol", f"patient:{patient.id}",
+                           {"references": count, "change": change})
+    return count
+
+
+async def enrol_patient(ctx: Context, clinic_id: int, iin: str, full_name: str, phone: str,
+                        language: Language | str, consent_by: str, encodings: list[tuple[float, ...]], *,
+                        caller: Caller) -> Patient:
+    """One row of a bulk enrolment, all or nothing: the patient, the consent and the references in one
+    transaction, so a refused enrolment leaves no phone change or consent behind."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
-        await uow.patients.get(patient_id, clinic_id)
+        patient = (await _upsert(uow, clinic_id, iin, full_name, phone, language, caller, now)).patient
+        await _consent(uow, patient, consent_by, caller, now)
+        await _enrol(uow, ctx, patient, encodings, caller, now)
+        await uow.commit()
+    return patient
+
+
+async def revoke_face(ctx: Context, clinic_id: int, patient_id: int, *, caller: Caller = CLINIC_SYSTEM) -> int:
+    """Withdraw every reference (never limited); the patient's chat is told when there was one."""
+    now = ctx.clock.now()
+    async with ctx.uow() as uow:
+        patient = await patient_for(uow, clinic_id, patient_id, caller)
+        refuse_doctor_key(caller, "revoke a patient's face")
         count = await uow.templates.revoke_all(patient_id, now)
-        await uow.audit.append(now, "clinic_system", "patient.revoke_enrolment", f"patient:{patient_id}",
-                               {"revoked": count})
+        details: dict = {"revoked": count}
+        if count:
+            details["change"] = await record_change(uow, patient, FACE_REVOKED, caller, now, patient.chat_id)
+        await uow.audit.append(now, caller.actor, "patient.revoke_enrolment", f"patient:{patient_id}", details)
         await uow.commit()
     return count
 

@@ -31,7 +31,8 @@ def digest_json(found: digest.Digest) -> dict:
             "all_confirmed": found.all_confirmed, "totals": found.totals,
             "per_doctor": [_plain(dataclasses.asdict(d)) for d in found.per_doctor],
             "flagged": [_plain(dataclasses.asdict(r)) for r in found.flagged],
-            "visits": [_plain(dataclasses.asdict(r)) for r in found.rows]}
+            "visits": [_plain(dataclasses.asdict(r)) for r in found.rows],
+            "enrolment_disputes": [_plain(dataclasses.asdict(d)) for d in found.enrolment_disputes]}
 
 
 async def _digest(request: web.Request) -> digest.Digest:

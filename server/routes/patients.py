@@ -1,4 +1,8 @@
-"""Patients: create or update by IIN, consent, face enrolment (1-5 photos, all-or-nothing), revocation."""
+"""Patients: create or update by IIN, consent, face enrolment (1-5 photos, all-or-nothing), revocation.
+
+Every call acts as its key (``Caller.of_key``): the key is named in the change and the audit log, and a key bound
+to one doctor sees only that doctor's patients (404 for anyone else) and may not enrol, revoke or move a phone (403).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -11,15 +15,16 @@ from pydantic import Field
 from core.model import Patient
 from core.services import registry
 from core.services.keys import Scope
+from core.services.patient_changes import Caller
 from core.templates import MAX_REFERENCES
 from server.appkeys import CTX, FACE_POOL, SETTINGS
 from server.auth import principal, requires
-from server.bodies import Body, path_id, read_bounded, read_json
+from server.bodies import Body, id_segment, path_id, read_bounded, read_json
 from server.face.image import ImageRejected
 from server.problems import Problem, image_problem
 
 API = "/api/v1"
-PATIENT = API + r"/patients/{patient_id:\d{1,12}}"
+PATIENT = API + "/patients/" + id_segment("patient_id")
 routes = web.RouteTableDef()
 
 
@@ -27,7 +32,7 @@ class PatientIn(Body):
     iin: str = Field(max_length=32)
     full_name: str = Field(min_length=1, max_length=200)
     phone: str = Field(min_length=1, max_length=32)
-    language: Literal["kk", "ru"] = "ru"
+    language: Literal["kk", "ru"] | None = None  # left out or null: a new patient gets ru, others keep theirs
 
 
 class ConsentIn(Body):
@@ -42,12 +47,16 @@ def patient_json(patient: Patient) -> dict:
             "consent_recorded_by": patient.consent_by}
 
 
+def _caller(request: web.Request) -> Caller:
+    return Caller.of_key(principal(request))
+
+
 @routes.post(API + "/patients")
 @requires(Scope.CLINIC_SYSTEM)
 async def upsert_patient(request: web.Request) -> web.Response:
     body = await read_json(request, PatientIn)
     result = await registry.upsert_patient(request.app[CTX], principal(request).clinic_id, body.iin,
-                                           body.full_name, body.phone, body.language)
+                                           body.full_name, body.phone, body.language, caller=_caller(request))
     return web.json_response({**patient_json(result.patient), "created": result.created},
                              status=201 if result.created else 200)
 
@@ -58,7 +67,7 @@ async def record_consent(request: web.Request) -> web.Response:
     patient_id = path_id(request, "patient_id", "patient")
     body = await read_json(request, ConsentIn)
     patient = await registry.record_consent(request.app[CTX], principal(request).clinic_id, patient_id,
-                                            body.recorded_by)
+                                            body.recorded_by, caller=_caller(request))
     return web.json_response(patient_json(patient))
 
 
@@ -67,7 +76,8 @@ async def record_consent(request: web.Request) -> web.Response:
 async def enrol_face(request: web.Request) -> web.Response:
     """Every photo is analysed before anything is stored: one bad photo rejects the whole enrolment."""
     patient_id = path_id(request, "patient_id", "patient")
-    await registry.check_enrolment_allowed(request.app[CTX], principal(request).clinic_id, patient_id)
+    await registry.check_enrolment_allowed(request.app[CTX], principal(request).clinic_id, patient_id,
+                                           caller=_caller(request))
     images = await _read_images(request)
     analyses = await asyncio.gather(*(request.app[FACE_POOL].analyse(image) for image in images),
                                     return_exceptions=True)
@@ -84,7 +94,7 @@ async def enrol_face(request: web.Request) -> web.Response:
         raise Problem(422, "enrolment_images_rejected", "; ".join(bad) + ". Each reference photo must show "
                       "exactly one face, the patient's; nothing was enrolled.")
     count = await registry.enrol_face(request.app[CTX], principal(request).clinic_id, patient_id,
-                                      [a.encoding for a in analyses])
+                                      [a.encoding for a in analyses], caller=_caller(request))
     return web.json_response({"enrolled": count})
 
 
@@ -120,5 +130,6 @@ async def _read_parts(request: web.Request) -> list[bytes]:
 @requires(Scope.CLINIC_SYSTEM)
 async def revoke_face(request: web.Request) -> web.Response:
     patient_id = path_id(request, "patient_id", "patient")
-    count = await registry.revoke_face(request.app[CTX], principal(request).clinic_id, patient_id)
+    count = await registry.revoke_face(request.app[CTX], principal(request).clinic_id, patient_id,
+                                       caller=_caller(request))
     return web.json_response({"revoked": count})

@@ -154,3 +154,46 @@ async def test_what_stops_a_batch_before_it_starts_is_said_plainly(ctx, clinic_w
     assert code == 2 and "RASTAU_TEMPLATE_KEY is not set" in err
     async with ctx.uow() as uow:
         assert await uow.patients.by_iin(clinic_world.clinic.id, VALID_IINS[2]) is None
+
+
+async def test_rastau_enrol_tells_the_patient_and_replaces_a_face_at_most_once_per_limit(ctx, clinic_world, photos,
+                                                                                        tmp_path):
+    """A bulk run is a change like any other: the patient's chat hears of it, the change names the tool, and a
+    third photo within RASTAU_FACE_REPLACEMENT_MIN_DAYS is refused for that row with nothing written."""
+    from sqlalchemy import select
+
+    from core.db import tables as t
+    from core.services import chat
+
+    w = clinic_world
+    await chat.link_chat_by_phone(ctx, 6001, w.p1.phone, "kk")
+
+    async def run(name: str, photo_name: str) -> tuple[int, list[dict]]:
+        batch = _write_csv(tmp_path / f"{name}.csv", [[w.p1.iin, "Asel N.", w.p1.phone, "kk", photo_name]])
+        code, _out, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(w.clinic.id), "--csv", str(batch),
+                                       "--photos", str(photos), "--workers", "1", "--consent-by", "Nurse Aigerim")
+        with (tmp_path / f"{name}.failures.csv").open(encoding="utf-8-sig", newline="") as handle:
+            return code, list(csv.DictReader(handle))
+
+    async def written():
+        async with ctx.uow(read_only=True) as uow:
+            made = (await uow.conn.execute(select(t.patient_changes.c.kind, t.patient_changes.c.actor).where(
+                t.patient_changes.c.patient_id == w.p1.id).order_by(t.patient_changes.c.id))).all()
+            sent = (await uow.conn.execute(select(t.outbox.c.payload).where(
+                t.outbox.c.kind == "patient_change_notice").order_by(t.outbox.c.id))).scalars().all()
+        return [tuple(row) for row in made], sent
+
+    assert (await run("first", "ids/kit2.jpg"))[0] == 0
+    assert (await run("second", "ids/obama1.jpg"))[0] == 0
+    made, sent = await written()
+    assert made == [("consent_recorded", "cli:rastau-enrol"), ("face_enrolled", "cli:rastau-enrol"),
+                    ("consent_recorded", "cli:rastau-enrol"), ("face_replaced", "cli:rastau-enrol")]
+    assert len(sent) == 4 and all('"chat_id": 6001' in payload for payload in sent)
+    obama = await registry.face_references(ctx, w.p1.id)
+
+    code, failed = await run("third", "ids/biden2.jpg")
+    assert code == 1
+    assert [(r["line"], r["reason"]) for r in failed] == [("2", "face_replacement_limited")]
+    assert "30 days" in failed[0]["detail"]
+    assert await written() == (made, sent), "the refused row wrote nothing: no consent, no change, no notice"
+    assert await registry.face_references(ctx, w.p1.id) == obama

@@ -1,0 +1,133 @@
+"""Changes to what identifies a patient (face references, phone, consent), which the patient always hears about.
+
+A clinic that replaces a patient's face with someone else's, or moves the patient's phone, could manufacture
+evidence for visits that never happened. So every such change is recorded with who made it, audit-logged, and
+told to the patient's chat (the old chat when the phone changed) with a "this wasn't me" button; pressing it
+reaches the clinic's admins at once and their digest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+
+from core.errors import DomainError, NotFound
+from core.model import OutboxMessage, Patient, PatientChange
+from core.services import Context
+from core.services.keys import ApiPrincipal
+
+FACE_ENROLLED = "face_enrolled"
+FACE_REPLACED = "face_replaced"
+FACE_REVOKED = "face_revoked"
+PHONE_CHANGED = "phone_changed"
+CONSENT_RECORDED = "consent_recorded"
+KINDS = (FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED, CONSENT_RECORDED)
+
+KIND_CHANGE_NOTICE = "patient_change_notice"         # to the patient: "this changed; wasn't you?"
+KIND_CHANGE_DISPUTE_NOTICE = "change_dispute_notice"  # to the clinic's admins: "the patient says it wasn't them"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks for a change: written as the change's actor and into the audit log. A caller bound to a doctor
+    (a key on one doctor's desk) sees only that doctor's patients and may not enrol faces or move phones."""
+    actor: str
+    doctor_id: int | None = None
+
+    @classmethod
+    def of_key(cls, principal: ApiPrincipal) -> "Caller":
+        return cls(f"key:{principal.key_prefix}", principal.doctor_id)
+
+
+CLINIC_SYSTEM = Caller("clinic_system")  # calls made in-process without a key (the demo, benchmarks, tests)
+BULK_ENROL = Caller("cli:rastau-enrol")
+
+
+class DoctorKeyForbidden(DomainError):
+    code = "doctor_key_forbidden"
+
+
+class ReplacementLimited(DomainError):
+    code = "face_replacement_limited"
+
+    def __init__(self, days: int, until: dt.datetime, now: dt.datetime):
+        super().__init__(f"this patient's face was already replaced in the last {days} days; a face can be replaced "
+                         f"once per {days} days (RASTAU_FACE_REPLACEMENT_MIN_DAYS). Nothing was stored; try again "
+                         f"after {until:%Y-%m-%d %H:%M} UTC, and verify visits with the one-time code meanwhile")
+        self.retry_after = max(1, math.ceil((until - now).total_seconds()))
+
+
+async def patient_for(uow, clinic_id: int, patient_id: int, caller: Caller) -> Patient:
+    """The clinic's patient (locked for the change); a doctor-bound caller sees only a patient who has had a visit
+    with its doctor, anyone else answers NotFound as if absent."""
+    patient = await uow.patients.get(patient_id, clinic_id)
+    if not await visible_to(uow, patient, caller):
+        raise NotFound(f"patient {patient_id} not found")
+    return patient
+
+
+async def visible_to(uow, patient: Patient, caller: Caller) -> bool:
+    return caller.doctor_id is None or await uow.visits.any_between(patient.id, caller.doctor_id)
+
+
+def refuse_doctor_key(caller: Caller, what: str) -> None:
+    if caller.doctor_id is not None:
+        raise DoctorKeyForbidden(f"a key bound to one doctor cannot {what}; the clinic's own system (a key not "
+                                 "bound to a doctor) or rastau-enrol must do it")
+
+
+async def check_replacement_allowed(uow, settings, patient_id: int, now: dt.datetime) -> None:
+    """One replacement of an enrolled face per RASTAU_FACE_REPLACEMENT_MIN_DAYS (0: no limit)."""
+    days = settings.face_replacement_min_days
+    last = await uow.patient_changes.last_at(patient_id, FACE_REPLACED) if days else None
+    if last is not None and now < last + dt.timedelta(days=days):
+        raise ReplacementLimited(days, last + dt.timedelta(days=days), now)
+
+
+async def record_change(uow, patient: Patient, kind: str, caller: Caller, now: dt.datetime,
+                        chat_id: int | None) -> int:
+    """Write the change and queue its notice for ``chat_id`` (the chat the patient had before this change;
+    None: nobody to tell). The caller writes the audit row naming the returned change id."""
+    change_id = await uow.patient_changes.add(patient_id=patient.id, clinic_id=patient.clinic_id, kind=kind, at=now,
+                                              actor=caller.actor)
+    if chat_id is not None:
+        await uow.outbox.add(OutboxMessage(
+            kind=KIND_CHANGE_NOTICE, recipient_kind="patient", recipient_id=patient.id, due_at=now,
+            payload={"change_id": change_id, "chat_id": chat_id}, dedupe_key=notice_key(change_id)), now)
+    return change_id
+
+
+def notice_key(change_id: int) -> str:
+    return f"change:{change_id}"
+
+
+@dataclass(frozen=True)
+class DisputeResult:
+    change: PatientChange
+    changed: bool
+
+
+async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeResult:
+    """"This wasn't me", pressed in ``chat_id``. Only the chat the notice went to, or the patient's own chat, may
+    say it; any other chat (a forged button) gets NotFound and changes nothing. Recorded once; the clinic's admins
+    are told at once."""
+    now = ctx.clock.now()
+    async with ctx.uow() as uow:
+        change = await uow.patient_changes.get(change_id, lock=True)
+        patient = await uow.patients.get(change.patient_id)
+        notice = await uow.outbox.by_dedupe_key(notice_key(change_id))
+        told = json.loads(notice.payload).get("chat_id") if notice is not None else None
+        if chat_id not in (told, patient.chat_id):
+            raise NotFound(f"change {change_id} not found")
+        if not await uow.patient_changes.mark_disputed(change_id, now):
+            return DisputeResult(change, changed=False)
+        await uow.audit.append(now, "patient", "patient_change.dispute", f"patient:{patient.id}",
+                               {"change": change_id, "kind": change.kind, "by": change.actor})
+        for admin in await uow.admins.list_by_clinic(change.clinic_id):
+            await uow.outbox.add(OutboxMessage(
+                kind=KIND_CHANGE_DISPUTE_NOTICE, recipient_kind="admin", recipient_id=admin.id, due_at=now,
+                payload={"change_id": change_id}, dedupe_key=f"change-dispute:{change_id}:{admin.id}"), now)
+        await uow.commit()
+    return DisputeResult(dataclasses.replace(change, disputed_at=now), changed=True)
