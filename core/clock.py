@@ -43,3 +43,13 @@ def local_day_bounds(day: dt.date, tz: ZoneInfo = ALMATY) -> tuple[dt.datetime, 
 
 def to_local(moment: dt.datetime, tz: ZoneInfo = ALMATY) -> dt.datetime:
     return moment.astimezone(tz)
+
+
+def hour_start(moment: dt.datetime) -> dt.datetime:
+    """The clock hour a moment falls in: what hourly caps count per."""
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def seconds_to_next_hour(moment: dt.datetime) -> int:
+    """Retry-After for an hourly cap: until the turn of the hour (rounded up)."""
+    return int((hour_start(moment) + dt.timedelta(hours=1) - moment).total_seconds()) + 1

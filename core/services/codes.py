@@ -4,11 +4,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from core.clock import hour_start
 from core.codes import CodeOutcome, CodePolicy, generate_code, looks_like_code
 from core.errors import IllegalTransition, InvalidValue, NotFound
 from core.model import Actor, OutboxMessage, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
-from core.services.visits import KIND_VISIT_CODE, window_end
+from core.services.visits import KIND_VISIT_CODE, RegisteredLate, evidence_refusal, window_end
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,9 @@ async def issue_code(ctx: Context, visit_id: int) -> IssuedCode | None:
     policy = ctx.settings.code_policy
     async with ctx.uow() as uow:
         visit = await uow.visits.get(visit_id, lock=True)
-        end = window_end(visit, ctx)
-        if visit.state is not VisitState.SCHEDULED or not policy.can_issue(now, visit.start, end):
+        if visit.state is not VisitState.SCHEDULED or evidence_refusal(ctx, visit, now, "issue a code"):
             return None
+        end = window_end(visit, ctx)
         code = generate_code()
         generation = await uow.codes.next_generation(visit_id)
         expires = policy.expiry(now, end)
@@ -49,10 +50,9 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: i
             raise NotFound(f"visit {visit_id} not found")
         if visit.state is not VisitState.SCHEDULED:
             raise IllegalTransition(visit.id, visit.state.value, "send a code", "only a scheduled visit takes a code")
-        if not ctx.settings.code_policy.can_issue(now, visit.start, window_end(visit, ctx)):
-            lead = ctx.settings.code_issue_lead_minutes
-            raise IllegalTransition(visit.id, visit.state.value, "send a code",
-                                    f"codes can be sent from {lead} minutes before the start until the visit window ends")
+        refusal = evidence_refusal(ctx, visit, now, "send a code")
+        if refusal is not None:
+            raise refusal
         message_id = await uow.outbox.add(OutboxMessage(
             kind=KIND_VISIT_CODE, recipient_kind="patient", recipient_id=visit.patient_id, visit_id=visit.id,
             due_at=now, payload={"reason": "requested"}), now)
@@ -67,10 +67,6 @@ class CodeCheck:
     outcome: CodeOutcome
     attempts_left: int
     capped_by: str | None = None  # "doctor" or "clinic": an hourly cap on wrong codes stopped the check
-
-
-def _hour_start(moment: dt.datetime) -> dt.datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
@@ -93,7 +89,9 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
             if row is not None and row.used_at is not None:
                 return CodeCheck(CodeOutcome.ALREADY_USED, 0)
             raise IllegalTransition(visit.id, visit.state.value, "verify by code")
-        hour = _hour_start(now)
+        if visit.registered_late:  # no code was ever sent for it: refused before it could count as a guess
+            raise RegisteredLate(visit, "verify by code")
+        hour = hour_start(now)
         if await uow.codes.doctor_failures(visit.doctor_id, hour) >= policy.doctor_failures_per_hour:
             return _capped(policy, await uow.visits.code_attempts(visit_id), "doctor")
         if await uow.codes.clinic_failures(clinic_id, hour) >= policy.clinic_failures_per_hour:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from core.errors import NotFound
+from core.clock import to_local
+from core.errors import IllegalTransition, NotFound
 from core.model import Actor, OutboxMessage, Visit, VisitEvent, VisitMode, VisitState, ensure_utc
 from core.services import Context
 
@@ -20,24 +21,57 @@ def window_end(visit: Visit, ctx: Context) -> dt.datetime:
     return visit.end + ctx.settings.visit_grace
 
 
+class OutsideWindow(IllegalTransition):
+    code = "outside_window"
+
+
+class RegisteredLate(IllegalTransition):
+    code = "registered_late"
+
+    def __init__(self, visit: Visit, step: str):
+        super().__init__(visit.id, visit.state.value, step, "it was registered after its verification window had "
+                         "closed, so it can collect no evidence (the patient is still asked whether it happened)")
+
+
+def evidence_refusal(ctx: Context, visit: Visit, now: dt.datetime, step: str) -> IllegalTransition | None:
+    """Why no evidence (a face frame, a code sent) may be collected for the visit now, or None when it may: one rule
+    for faces and codes. Evidence belongs to its visit's window, from ``code_issue_lead_minutes`` before the start
+    until the window ends, so one presence (or one replayed photo) cannot verify visits long past or far ahead;
+    a visit registered after its window had closed has no window at all."""
+    if visit.registered_late:
+        return RegisteredLate(visit, step)
+    closes = window_end(visit, ctx)
+    if ctx.settings.code_policy.can_issue(now, visit.start, closes):
+        return None
+    lead = ctx.settings.code_issue_lead_minutes
+    opens = to_local(visit.start - dt.timedelta(minutes=lead))
+    return OutsideWindow(visit.id, visit.state.value, step, f"evidence for a visit is taken from {lead} minutes before "
+                         f"the start until its window ends, here {opens:%Y-%m-%d %H:%M} to "
+                         f"{to_local(closes):%Y-%m-%d %H:%M} Asia/Almaty")
+
+
 async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patient_id: int, start: dt.datetime,
                          duration: dt.timedelta, mode: VisitMode | str, service_code: str,
                          actor: Actor = Actor.CLINIC_SYSTEM, idempotency=None) -> Visit:
     """Create a scheduled visit and queue its messages: the code before an in-person visit and,
-    for every visit, the "were you there?" prompt after it. ``idempotency`` (an
-    :class:`core.services.idempotency.IdempotentWrite`) stores the response in the same transaction."""
+    for every visit, the "were you there?" prompt after it. A visit registered after its window had closed is
+    accepted and marked ``registered_late``: it can collect no evidence, so no code goes out for it, but the patient
+    is still asked. ``idempotency`` (an :class:`core.services.idempotency.IdempotentWrite`) stores the response in
+    the same transaction."""
     now = ctx.clock.now()
     visit = Visit(id=None, clinic_id=clinic_id, doctor_id=doctor_id, patient_id=patient_id,
                   start=ensure_utc(start, "visit start"), duration=duration, mode=VisitMode(mode),
                   service_code=(service_code or "").strip())
+    visit.registered_late = now > window_end(visit, ctx)
     settings = ctx.settings
     async with ctx.uow() as uow:
         await uow.doctors.get(doctor_id, clinic_id)
         await uow.patients.get(patient_id, clinic_id)
         await uow.visits.add(visit, now)
-        visit.pending_events.append(VisitEvent(visit.id, now, "register", None, VisitState.SCHEDULED, actor))
+        visit.pending_events.append(VisitEvent(visit.id, now, "register", None, VisitState.SCHEDULED, actor,
+                                               detail="registered_late" if visit.registered_late else None))
         await uow.visits.save(visit)
-        if visit.mode is VisitMode.IN_PERSON:
+        if visit.mode is VisitMode.IN_PERSON and not visit.registered_late:
             await uow.outbox.add(OutboxMessage(
                 kind=KIND_VISIT_CODE, recipient_kind="patient", recipient_id=patient_id, visit_id=visit.id,
                 due_at=max(now, visit.start - dt.timedelta(minutes=settings.code_send_lead_minutes)),

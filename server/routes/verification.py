@@ -5,11 +5,10 @@ made its encoding; the response says only the decision, never the distance.
 """
 from __future__ import annotations
 
-import datetime as dt
-
 from aiohttp import web
 from pydantic import Field
 
+from core.clock import seconds_to_next_hour
 from core.codes import CodeOutcome
 from core.model import Actor
 from core.services import codes, faces
@@ -42,11 +41,16 @@ async def verify_face(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].face_max_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ImageRejected("too_large", f"the frame is {request.content_length} bytes; the limit is {limit}")
-    await faces.check_face_allowed(ctx, who.clinic_id, visit_id)  # online, closed, locked, not enrolled: no work
-    frame = await read_bounded(request.content.read, limit, "the frame")
-    analysis = await request.app[FACE_POOL].analyse(frame)
-    del frame
-    result = await faces.record_face_attempt(ctx, who.clinic_id, visit_id, analysis.outcome, analysis.encoding)
+    # online, closed, outside its window, registered late, not enrolled, locked or capped: refused with no image work
+    attempt = await faces.reserve_face_attempt(ctx, who.clinic_id, visit_id)
+    try:
+        frame = await read_bounded(request.content.read, limit, "the frame")
+        analysis = await request.app[FACE_POOL].analyse(frame)
+        del frame
+        result = await faces.record_face_attempt(ctx, attempt, analysis.outcome, analysis.encoding)
+    except BaseException:
+        await faces.release_face_attempt(ctx, attempt)  # no decision was made: the attempt is not counted
+        raise
     request.app[METRICS].face_decisions.labels(result.decision.value).inc()
     body: dict = {"decision": result.decision.value}
     if result.retry_after is not None:
@@ -65,9 +69,7 @@ async def verify_code(request: web.Request) -> web.Response:
     request.app[METRICS].code_outcomes.labels(check.outcome.value).inc()
     if check.outcome is CodeOutcome.LOCKED:
         if check.capped_by is not None:
-            now = ctx.clock.now()
-            wait = int((now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1) - now)
-                       .total_seconds()) + 1
+            wait = seconds_to_next_hour(ctx.clock.now())
             who = "this doctor has" if check.capped_by == "doctor" else "this clinic's doctors have"
             raise Problem(429, f"{check.capped_by}_code_cap", f"{who} entered too many wrong codes this hour; "
                           f"code checks resume in {wait} s; verify the patient by face (in person) meanwhile",

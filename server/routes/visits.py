@@ -65,8 +65,10 @@ def visit_json(visit: Visit) -> dict:
             "duration_minutes": int(visit.duration.total_seconds() // 60), "mode": visit.mode.value,
             "service_code": visit.service_code, "state": visit.state.value,
             "verification_methods": ["code"] if visit.mode is VisitMode.ONLINE else ["face", "code"],
+            "registered_at": _iso(visit.registered_at), "registered_late": visit.registered_late,
             "verified_by": visit.verified_by.value if visit.verified_by else None,
-            "verified_at": _iso(visit.verified_at),
+            "verified_at": _iso(visit.verified_at), "verified_enrolment_id": visit.verified_enrolment_id,
+            "enrolled_at": _iso(visit.enrolled_at), "fresh_reference": visit.fresh_reference,
             "patient_answer": {"answer": _answer(visit), "answered_at": _iso(visit.answered_at or
                                                                              visit.attended_claim_at),
                                "dispute_reason": visit.dispute_reason}}

@@ -85,27 +85,33 @@ async def test_other_clinic_cannot_see_the_visit(ctx, clinic_world):
 async def test_face_on_online_visit_refused_before_any_image_work(ctx, clinic_world):
     v = await _visit(ctx, clinic_world, mode=VisitMode.ONLINE)
     with pytest.raises(IllegalTransition, match="code only"):
-        await faces.check_face_allowed(ctx, clinic_world.clinic.id, v.id)
+        await faces.reserve_face_attempt(ctx, clinic_world.clinic.id, v.id)
 
 
 async def test_five_face_failures_lock_with_growing_retry_after(ctx, clinic_world):
-    from core.services import registry
+    from core.services import Context, registry
     w = clinic_world
+    # ten failures in two rounds, then a match: room for them under the patient's hourly cap
+    ctx = Context.build(ctx.settings.model_copy(update={"patient_face_failures_per_hour": 11}), ctx.uow, ctx.clock)
     await registry.record_consent(ctx, w.clinic.id, w.p1.id, "nurse")
     await registry.enrol_face(ctx, w.clinic.id, w.p1.id, [tuple([0.0] * 128)])
-    v = await _visit(ctx, w)
+    v = await _visit(ctx, w, start=ctx.clock.now() + dt.timedelta(minutes=5))  # inside its window
+
+    async def attempt(encoding):
+        return await faces.record_face_attempt(ctx, await faces.reserve_face_attempt(ctx, w.clinic.id, v.id), "ok",
+                                               encoding)
+
     far = tuple([0.5] * 128)
     for round_, expected in ((1, 30), (2, 60)):
-        results = [await faces.record_face_attempt(ctx, w.clinic.id, v.id, "ok", far) for _ in range(5)]
+        results = [await attempt(far) for _ in range(5)]
         assert [r.decision.value for r in results] == ["no_match"] * 5
         assert results[-1].retry_after == expected
         with pytest.raises(FaceLocked) as locked:
-            await faces.check_face_allowed(ctx, w.clinic.id, v.id)
+            await faces.reserve_face_attempt(ctx, w.clinic.id, v.id)
         assert locked.value.retry_after == expected
         ctx.clock.advance(dt.timedelta(seconds=expected + 1))
-    await faces.check_face_allowed(ctx, w.clinic.id, v.id)
     near = tuple([0.01] * 128)
-    assert (await faces.record_face_attempt(ctx, w.clinic.id, v.id, "ok", near)).decision.value == "match"
+    assert (await attempt(near)).decision.value == "match"
     assert (await visits.get_visit(ctx, w.clinic.id, v.id)).visit.verified_by.value == "face"
 
 
@@ -136,7 +142,8 @@ async def test_digest_counts_and_csv_match_the_database(ctx, clinic_world):
 
     d = await digest.build_digest(ctx, w.clinic.id, day_start.date())
     assert d.totals == {"visits": 3, "face_verified": 1, "code_verified": 1, "unverified": 1,
-                        "patient_confirmed": 1, "disputed": 1, "no_answer": 1, "cancelled": 1, "unreachable": 3}
+                        "patient_confirmed": 1, "disputed": 1, "no_answer": 1, "cancelled": 1, "unreachable": 3,
+                        "registered_late": 0, "fresh_reference": 0}
     assert [r.visit_id for r in d.flagged] == [phantom.id]
     assert d.flagged[0].iin_masked == "********0017"
     assert [(c.doctor_name, c.total, c.verified, c.disputed) for c in d.per_doctor] == [("Aidos Seitkali", 3, 2, 1)]
