@@ -44,7 +44,7 @@ def busy() -> Digest:
 @pytest.mark.parametrize("lang, late, fresh", [
     ("ru", "зарегистрирован задним числом", "меньше чем за 24 часа"),
     ("kk", "уақыты өтіп кеткен соң тіркелген", "24 сағаттан аз уақыт бұрын"),
-])
+], ids=["ru", "kk"])
 def test_the_digest_names_late_registrations_and_fresh_references(lang, late, fresh):
     i18n = make_i18n()
     with i18n.context(), i18n.use_locale(lang):
