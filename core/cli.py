@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import sys
 
-from core.clock import SystemClock
+from core.clock import SystemClock, to_local
 from core.config import Settings
 from core.db.engine import create_engine
 from core.db.migrate import current_revision, head_revision, upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.errors import DomainError
-from core.services import Context, registry
+from core.services import Context, keys, registry
 
 
 async def _migrate(settings: Settings) -> int:
@@ -64,17 +65,51 @@ async def _directory(settings: Settings, args) -> int:
             admin = await registry.add_admin(ctx, args.clinic, args.name, args.phone)
             print(f"clinic admin {admin.id}: {admin.full_name} {admin.phone}")
         elif args.command == "add-api-key":
-            from core.services import keys
-            made = await keys.create_api_key(ctx, args.clinic, args.scope, args.doctor, args.label)
+            made = await keys.create_api_key(ctx, args.clinic, args.scope, args.doctor, args.label, args.expires_in)
             scopes = ", ".join(sorted(s.value for s in made.principal.scopes))
             doctor = f", doctor {args.doctor}" if args.doctor else ""
-            print(f"API key {made.principal.key_prefix} for clinic {args.clinic} ({scopes}{doctor}):\n\n"
+            expiry = f"expires {_local(made.expires_at)} Asia/Almaty" if made.expires_at else "never expires"
+            print(f"API key {made.principal.key_prefix} for clinic {args.clinic} ({scopes}{doctor}; {expiry}):\n\n"
                   f"    {made.key}\n\n"
                   "Store it in the clinic system's configuration now: it is shown only this once and cannot be "
                   "recovered (Rastau keeps only a hash).", file=sys.stdout)
+        elif args.command == "list-api-keys":
+            _print_keys(await keys.list_api_keys(ctx, args.clinic), ctx.clock.now())
+        elif args.command == "revoke-api-key":
+            revoked = await keys.revoke_api_key(ctx, args.prefix)
+            print(f"API key {revoked.prefix} revoked (clinic {revoked.clinic_id}, {revoked.label or 'no label'}); "
+                  "requests with it now answer 401")
     finally:
         await engine.dispose()
     return 0
+
+
+def _local(moment: dt.datetime | None) -> str:
+    return to_local(moment).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+_KEY_COLUMNS = "{:<13} {:>6}  {:<8} {:<27} {:<11} {:<16}  {:<16}  {:<16}  {}"
+
+
+def _print_keys(found: list[keys.ApiKeyInfo], now: dt.datetime) -> None:
+    """One line per key: prefix and facts, never the key or its hash. Times in Asia/Almaty."""
+    if not found:
+        print("no API keys")
+        return
+    print(_KEY_COLUMNS.format("prefix", "clinic", "status", "scopes", "doctor", "created", "expires", "last used",
+                              "label") + "   (times: Asia/Almaty)")
+    for key in found:
+        print(_KEY_COLUMNS.format(key.prefix, key.clinic_id, key.status(now), ",".join(sorted(key.scopes)),
+                                  f"doctor {key.doctor_id}" if key.doctor_id else "any", _local(key.created_at),
+                                  _local(key.expires_at) if key.expires_at else "never",
+                                  _local(key.last_used_at) if key.last_used_at else "never", key.label))
+
+
+def _lifetime(text: str) -> dt.timedelta:
+    try:
+        return keys.parse_lifetime(text)
+    except DomainError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat for several scopes")
     p.add_argument("--doctor", type=int, default=None, help="bind the key to this doctor's visits only")
     p.add_argument("--label", default="", help="where the key is used, e.g. 'MIS reception' or 'room 12 webcam'")
+    p.add_argument("--expires-in", type=_lifetime, default=None, metavar="90d|12h",
+                   help="the key answers 401 after this many days (d) or hours (h) [default: never]")
+    p = sub.add_parser("list-api-keys", help="list API keys: prefix, clinic, status, scopes, doctor, created, "
+                                             "expires, last used, label (never the key or its hash)")
+    p.add_argument("--clinic", type=int, default=None, help="only this clinic's keys")
+    p = sub.add_parser("revoke-api-key", help="revoke an API key by its prefix; it answers 401 from now on")
+    p.add_argument("prefix", help="the 12-character prefix shown by add-api-key and list-api-keys")
     return parser
 
 

@@ -50,3 +50,13 @@ class StaffPhone(Conflict):
     """A number shared by a patient and the staff of the patient's clinic: staff would receive the patient's codes
     and the "were you there?" questions, and could confirm visits that never happened."""
     code = "staff_phone"
+
+
+class InvalidName(InvalidValue):
+    """A name with a line break, TAB, bidirectional override or invisible character: it would forge lines in
+    logs, CSVs and chat messages, or show staff a name other than the one stored."""
+    code = "invalid_name"
+
+    def __init__(self, detail: str, field: str):
+        super().__init__(detail)
+        self.field = field

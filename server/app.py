@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import hdrs, web, web_protocol
 
 from core.clock import SystemClock
 from core.config import Settings
@@ -20,10 +20,11 @@ from server.appkeys import CTX, FACE_POOL, METRICS, SETTINGS, FaceAnalyser
 from server.auth import auth_middleware
 from server.metrics import Metrics
 from server.observe import observe_middleware
-from server.problems import problem_middleware
+from server.problems import problem_middleware, unparsable_request_problem
 from server.routes import digest, ops, patients, verification, visits
 
 JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies; images are streamed under settings.face_max_bytes instead
+SERVER_NAME = "Rastau"  # instead of aiohttp's "Python/3.11 aiohttp/3.x.y": no versions for scanners
 log = get_logger("rastau.server")
 
 
@@ -62,10 +63,48 @@ def _report_warm_up(task: asyncio.Task) -> None:
         log.info("face workers ready")
 
 
+def _private_headers(response: web.StreamResponse) -> None:
+    """Every answer may carry personal data (names, phones, visits, the digest): no cache keeps it; and the
+    Server header names no versions."""
+    response.headers[hdrs.SERVER] = SERVER_NAME
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+
+
+async def _on_response_prepare(_request: web.Request, response: web.StreamResponse) -> None:
+    _private_headers(response)
+
+
+def _handle_protocol_error(self, request, status: int = 500, exc: BaseException | None = None,
+                           message: str | None = None) -> web.StreamResponse:
+    """Replaces aiohttp's RequestHandler.handle_error; see _answer_protocol_errors_as_problems."""
+    if request.writer.output_size > 0:  # as aiohttp: a response is already on the wire, only closing is left
+        raise ConnectionError("Response is sent already, cannot send another response with the error message")
+    error_type = type(exc).__name__ if exc is not None else None
+    if status >= 500:
+        log.error("request failed outside the middlewares", status=status, error_type=error_type)
+    else:
+        log.warning("malformed request refused", status=status, error_type=error_type)
+    response = unparsable_request_problem(status)
+    _private_headers(response)
+    response.force_close()
+    return response
+
+
+def _answer_protocol_errors_as_problems() -> None:
+    """aiohttp answers a request it cannot parse (an oversized or malformed header, a bad request line) before any
+    middleware runs, in plain text quoting the offending bytes, and logs them; those bytes may be a key or an IIN.
+    It offers no hook for this (aio-libs/aiohttp#3287), so its protocol's error method is replaced, once per
+    process: a problem document that quotes nothing, a log line with the error type only. It only ever runs for
+    requests no handler saw."""
+    web_protocol.RequestHandler.handle_error = _handle_protocol_error
+
+
 def create_app(settings: Settings, *, ctx: Context | None = None,
                face_pool: FaceAnalyser | None = None) -> web.Application:
+    _answer_protocol_errors_as_problems()
     app = web.Application(middlewares=[observe_middleware, problem_middleware, auth_middleware],
                           client_max_size=JSON_BODY_LIMIT)
+    app.on_response_prepare.append(_on_response_prepare)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     if ctx is None:
@@ -77,5 +116,6 @@ def create_app(settings: Settings, *, ctx: Context | None = None,
     else:
         app[FACE_POOL] = face_pool
     for module in (ops, patients, visits, verification, digest):
-        app.add_routes(module.routes)
+        for route in module.routes:  # add_route, not add_get: no implicit HEAD, which the OpenAPI contract lacks
+            app.router.add_route(route.method, route.path, route.handler, **route.kwargs)
     return app

@@ -57,7 +57,11 @@ async def auth_middleware(request: web.Request, handler):
     if scheme.lower() != "bearer" or not presented.strip():
         raise Problem(401, "unauthenticated", "send the clinic's API key as 'Authorization: Bearer <key>'",
                       headers={"WWW-Authenticate": _CHALLENGE})
-    found = await keys.authenticate(request.app[CTX], presented.strip())
+    try:
+        found = await keys.authenticate(request.app[CTX], presented.strip())
+    except keys.ApiKeyExpired as exc:
+        raise Problem(401, exc.code, exc.detail + " (rastau add-api-key)",
+                      headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'}) from None
     if found is None:
         raise Problem(401, "invalid_api_key", "the API key is unknown or revoked; ask the clinic admin for a "
                       "valid key", headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'})

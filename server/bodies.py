@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated, Awaitable, Callable, TypeVar
 
 from aiohttp import web
@@ -41,20 +42,49 @@ def _integral(value):
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 async def read_json(request: web.Request, model: type[M]) -> M:
+    """A JSON body through ``model``. Duplicate keys are refused: parsers disagree on which one wins (here the
+    last), so a proxy or audit tool in front could read a different request than the one we act on."""
     if request.content_type != "application/json":
         raise Problem(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'")
     raw = await request.read()
     if not raw.strip():
         raise Problem(422, "body_missing", "the request body is empty; send a JSON object")
     try:
+        json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        raise Problem(422, "invalid_json", f"the key '{exc.key[:64]}' appears more than once in one JSON object; "
+                      "send each key once") from None
+    except (ValueError, RecursionError):
+        pass  # not JSON at all: pydantic's parser below says why
+    try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         raise validation_problem(exc) from None
 
 
+def id_segment(name: str) -> str:
+    """A route segment for a record id: ASCII digits only (``\\d`` would also take ``١``, Arabic-Indic one)."""
+    return "{" + name + ":[0-9]{1,12}}"
+
+
 def path_id(request: web.Request, name: str, what: str) -> int:
-    value = int(request.match_info[name])  # the route pattern admits digits only
+    value = int(request.match_info[name])  # the route pattern (id_segment) admits ASCII digits only
     if not 1 <= value <= MAX_ID:
         raise NotFound(f"{what} {value} not found")
     return value

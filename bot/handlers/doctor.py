@@ -12,7 +12,7 @@ from bot.keyboards import CodeCb
 from core.errors import IllegalTransition, NotFound
 from core.services import Context
 from core.services.chat import ChatProfile, doctor_online_today, visit_line
-from core.services.codes import request_code
+from core.services.codes import CodeRequestsCapped, PatientUnreachable, request_code
 
 def build_router() -> Router:
     router = Router(name="doctor")
@@ -47,14 +47,18 @@ def build_router() -> Router:
         if line is None or doctor is None:
             await query.answer(_("This consultation is not in your list."), show_alert=True)
             return
-        if not line.patient_reachable:
-            await query.answer(_("This patient has not connected the bot, so a code cannot reach them. Please "
-                                 "verify the consultation another way."), show_alert=True)
-            return
         try:
             await request_code(ctx, doctor.clinic_id, line.visit_id, doctor.id)
         except NotFound:
             await query.answer(_("This consultation is not in your list."), show_alert=True)
+            return
+        except PatientUnreachable:
+            await query.answer(_("This patient has not connected the bot, so a code cannot reach them. Please "
+                                 "verify the consultation another way."), show_alert=True)
+            return
+        except CodeRequestsCapped:
+            await query.answer(_("All the codes allowed for this consultation have been sent. Ask the patient to "
+                                 "read out the latest one."), show_alert=True)
             return
         except IllegalTransition as exc:
             if exc.state != "scheduled":

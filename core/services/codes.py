@@ -4,9 +4,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from core.clock import hour_start
 from core.codes import CodeOutcome, CodePolicy, generate_code, looks_like_code
-from core.errors import IllegalTransition, InvalidValue, NotFound
+from core.db import tables as t
+from core.errors import Conflict, DomainError, IllegalTransition, InvalidValue, NotFound
 from core.model import Actor, OutboxMessage, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
 from core.services.visits import KIND_VISIT_CODE, RegisteredLate, evidence_refusal, window_end
@@ -41,9 +44,33 @@ async def issue_code(ctx: Context, visit_id: int) -> IssuedCode | None:
     return IssuedCode(code, expires)
 
 
-async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: int | None = None) -> int:
-    """The doctor asks for a code to be sent to the patient's chat. Queues it; the doctor never sees it."""
+CHANNEL_TELEGRAM = "telegram"
+
+
+class PatientUnreachable(Conflict):
+    """No chat can carry a code to this patient: queueing one would only tell the doctor a comforting lie."""
+    code = "patient_unreachable"
+
+
+class CodeRequestsCapped(DomainError):
+    code = "code_requests_capped"
+
+
+@dataclass(frozen=True)
+class CodeRequest:
+    message_id: int
+    channel: str  # what will carry the code to the patient
+    requests_left: int
+
+
+async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: int | None = None) -> CodeRequest:
+    """The doctor asks for a code to be sent to the patient's chat. Queues it; the doctor never sees it.
+
+    Refused, with nothing queued, when no chat can reach the patient (the doctor must fall back to face), and
+    beyond ``code_requests_per_visit`` requests for the visit (a clinic cannot flood a patient with codes
+    until one is read out by somebody else)."""
     now = ctx.clock.now()
+    cap = ctx.settings.code_requests_per_visit
     async with ctx.uow() as uow:
         visit = await uow.visits.get(visit_id, clinic_id, lock=True)
         if doctor_id is not None and visit.doctor_id != doctor_id:
@@ -53,13 +80,34 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: i
         refusal = evidence_refusal(ctx, visit, now, "send a code")
         if refusal is not None:
             raise refusal
+        channel = await _channel(uow, visit.patient_id)
+        if channel is None:
+            raise PatientUnreachable(
+                f"the patient of visit {visit_id} has no chat with the Rastau bot (never linked, blocked or stopped), "
+                "so no code can reach them and none was queued; verify the patient by face (in person), or ask "
+                "them to open the bot and share their phone number, then request the code again")
+        taken = await uow.visits.take_code_request(visit_id, cap)
+        if taken is None:
+            raise CodeRequestsCapped(
+                f"visit {visit_id} already had {cap} codes sent on request, the most allowed; each new code "
+                "replaced the one before, so ask the patient to read out the latest, or verify by face (in person)")
         message_id = await uow.outbox.add(OutboxMessage(
             kind=KIND_VISIT_CODE, recipient_kind="patient", recipient_id=visit.patient_id, visit_id=visit.id,
             due_at=now, payload={"reason": "requested"}), now)
         await uow.visits.record_event(visit_id, VisitEvent(visit_id, now, "code_requested", visit.state, visit.state,
-                                                           Actor.DOCTOR, "code"))
+                                                           Actor.DOCTOR, "code", f"request {taken} of {cap}"))
         await uow.commit()
-    return message_id
+    return CodeRequest(message_id, channel, cap - taken)
+
+
+async def _channel(uow, patient_id: int) -> str | None:
+    """The patient's linked chat, unless they blocked the bot or stopped it (the same test the sender applies)."""
+    patient = await uow.patients.get(patient_id)
+    if patient.chat_id is None or patient.chat_blocked:
+        return None
+    stopped = (await uow.conn.execute(select(t.chat_users.c.stopped)
+                                      .where(t.chat_users.c.chat_id == patient.chat_id))).scalar_one_or_none()
+    return None if stopped else CHANNEL_TELEGRAM
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,23 @@ HMAC-SHA256 of the whole key under a pepper from the environment, so a database 
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import enum
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
-from core.errors import InvalidValue, NotFound
+from core.errors import Conflict, DomainError, InvalidValue, NotFound
 from core.services import Context
 
 KEY_MARK = "rk"
 _PREFIX_BYTES = 6  # 12 hex characters: fits api_keys.key_prefix and never contains "_"
+USE_RECORDED_EVERY = dt.timedelta(minutes=1)  # last_used_at: one write per key per minute, not one per request
+_LIFETIME = re.compile(r"([1-9][0-9]{0,5})([dh])")
+_MAX_LIFETIME = dt.timedelta(days=3660)
 
 
 class Scope(str, enum.Enum):
@@ -38,6 +44,48 @@ class ApiPrincipal:
 class NewApiKey:
     key: str  # the only time the plain key exists outside the caller's configuration
     principal: ApiPrincipal
+    expires_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What an operator may see of a key: never its hash, never the key."""
+    prefix: str
+    clinic_id: int
+    label: str
+    scopes: tuple[str, ...]
+    doctor_id: int | None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    def status(self, now: dt.datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at is not None and now >= self.expires_at else "live"
+
+
+class ApiKeyExpired(DomainError):
+    code = "api_key_expired"
+
+    def __init__(self, prefix: str, expired_at: dt.datetime):
+        super().__init__(f"API key {prefix} expired at {expired_at.isoformat(timespec='minutes')}; ask the clinic "
+                         "admin for a new key")
+        self.expired_at = expired_at
+
+
+def parse_lifetime(text: str) -> dt.timedelta:
+    """``90d`` or ``12h`` (a whole number of days or hours) as a timedelta; InvalidValue otherwise."""
+    match = _LIFETIME.fullmatch((text or "").strip().lower())
+    lifetime = None
+    if match:
+        number, unit = int(match.group(1)), match.group(2)
+        lifetime = dt.timedelta(days=number) if unit == "d" else dt.timedelta(hours=number)
+    if lifetime is None or lifetime > _MAX_LIFETIME:
+        raise InvalidValue(f"a key lifetime is a whole number of days or hours up to {_MAX_LIFETIME.days} days, "
+                           "like 90d or 12h")
+    return lifetime
 
 
 def _hash(ctx: Context, key: str) -> str:
@@ -55,26 +103,30 @@ def _parse_scopes(scopes) -> frozenset[Scope]:
 
 
 async def create_api_key(ctx: Context, clinic_id: int, scopes, doctor_id: int | None = None,
-                         label: str = "") -> NewApiKey:
-    """Make a key for a clinic (optionally bound to one of its doctors) and return it in plain text once."""
+                         label: str = "", expires_in: dt.timedelta | None = None) -> NewApiKey:
+    """Make a key for a clinic (optionally bound to one of its doctors, optionally expiring) and return it in
+    plain text once."""
     parsed = _parse_scopes(scopes)
     if doctor_id is not None and Scope.ADMIN in parsed:
         raise InvalidValue("an admin key sees the whole clinic; it cannot be bound to one doctor")
+    if expires_in is not None and expires_in <= dt.timedelta(0):
+        raise InvalidValue("a key's lifetime must be positive")
     prefix = secrets.token_hex(_PREFIX_BYTES)
     key = f"{KEY_MARK}_{prefix}_{secrets.token_urlsafe(32)}"
     now = ctx.clock.now()
+    expires_at = now + expires_in if expires_in is not None else None
     async with ctx.uow() as uow:
         await uow.clinics.get(clinic_id)
         if doctor_id is not None:
             await uow.doctors.get(doctor_id, clinic_id)
         key_id = await uow.api_keys.add(clinic_id=clinic_id, key_prefix=prefix, key_hash=_hash(ctx, key),
                                         scopes=",".join(sorted(s.value for s in parsed)), doctor_id=doctor_id,
-                                        label=(label or "").strip()[:200], now=now)
+                                        label=(label or "").strip()[:200], now=now, expires_at=expires_at)
         await uow.audit.append(now, "admin", "api_key.create", f"api_key:{key_id}",
                                {"clinic": clinic_id, "prefix": prefix, "scopes": sorted(s.value for s in parsed),
-                                "doctor": doctor_id})
+                                "doctor": doctor_id, "expires_at": expires_at.isoformat() if expires_at else None})
         await uow.commit()
-    return NewApiKey(key, ApiPrincipal(key_id, prefix, clinic_id, parsed, doctor_id))
+    return NewApiKey(key, ApiPrincipal(key_id, prefix, clinic_id, parsed, doctor_id), expires_at)
 
 
 def split_key(presented: str) -> str | None:
@@ -88,24 +140,56 @@ def split_key(presented: str) -> str | None:
 
 
 async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | None:
-    """The principal for a live key, or None. The hash comparison is constant-time and always performed."""
+    """The principal for a live key, or None; ApiKeyExpired for the right key past its expiry. The hash
+    comparison is constant-time and always performed. The lookup is a read; the key's last use is written
+    only when the recorded one is older than USE_RECORDED_EVERY."""
     prefix = split_key(presented)
     row = None
     if prefix is not None:
-        async with ctx.uow() as uow:
+        async with ctx.uow(read_only=True) as uow:
             row = await uow.api_keys.by_prefix(prefix)
     expected = row.key_hash if row is not None else "0" * 64
     candidate = _hash(ctx, presented if prefix is not None else "")
     if not hmac.compare_digest(candidate, expected) or row is None or row.revoked_at is not None:
         return None
+    now = ctx.clock.now()
+    if row.expires_at is not None and now >= row.expires_at:
+        raise ApiKeyExpired(row.key_prefix, row.expires_at)
+    stale = now - USE_RECORDED_EVERY
+    if row.last_used_at is None or row.last_used_at < stale:
+        async with ctx.uow() as uow:
+            await uow.api_keys.touch(row.id, now, stale)
+            await uow.commit()
     return ApiPrincipal(row.id, row.key_prefix, row.clinic_id, frozenset(Scope(s) for s in row.scopes.split(",")),
                         row.doctor_id)
 
 
-async def revoke_api_key(ctx: Context, key_prefix: str) -> None:
+async def list_api_keys(ctx: Context, clinic_id: int | None = None) -> list[ApiKeyInfo]:
+    async with ctx.uow(read_only=True) as uow:
+        if clinic_id is not None:
+            await uow.clinics.get(clinic_id)
+        rows = await uow.api_keys.list(clinic_id)
+    return [_info(r) for r in rows]
+
+
+def _info(row) -> ApiKeyInfo:
+    return ApiKeyInfo(prefix=row.key_prefix, clinic_id=row.clinic_id, label=row.label,
+                      scopes=tuple(row.scopes.split(",")), doctor_id=row.doctor_id, created_at=row.created_at,
+                      expires_at=row.expires_at, last_used_at=row.last_used_at, revoked_at=row.revoked_at)
+
+
+async def revoke_api_key(ctx: Context, key_prefix: str) -> ApiKeyInfo:
+    """Revoke the key with this prefix (a whole key pasted by mistake is reduced to its prefix); audit-logged."""
+    prefix = split_key(key_prefix) or (key_prefix or "").strip().lower()
     now = ctx.clock.now()
     async with ctx.uow() as uow:
-        if not await uow.api_keys.revoke(key_prefix, now):
-            raise NotFound(f"no live API key with prefix {key_prefix}")
-        await uow.audit.append(now, "admin", "api_key.revoke", f"api_key:{key_prefix}", {})
+        row = await uow.api_keys.by_prefix(prefix)
+        if row is None:
+            raise NotFound(f"no API key with prefix {prefix[:2 * _PREFIX_BYTES]}; "
+                           "`rastau list-api-keys` shows the prefixes")
+        if row.revoked_at is not None or not await uow.api_keys.revoke(prefix, now):
+            raise Conflict(f"API key {prefix} was already revoked")
+        await uow.audit.append(now, "admin", "api_key.revoke", f"api_key:{row.id}",
+                               {"clinic": row.clinic_id, "prefix": prefix})
         await uow.commit()
+    return dataclasses.replace(_info(row), revoked_at=now)

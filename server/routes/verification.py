@@ -15,12 +15,12 @@ from core.services import codes, faces
 from core.services.keys import Scope
 from server.appkeys import CTX, FACE_POOL, METRICS, SETTINGS
 from server.auth import guard_doctor_visit, principal, requires
-from server.bodies import Body, path_id, read_bounded, read_json
+from server.bodies import Body, id_segment, path_id, read_bounded, read_json
 from server.face.image import ImageRejected
 from server.problems import Problem
 
 API = "/api/v1"
-VISIT = API + r"/visits/{visit_id:\d{1,12}}"
+VISIT = API + "/visits/" + id_segment("visit_id")
 FRAME_TYPES = ("image/jpeg", "image/png")
 routes = web.RouteTableDef()
 
@@ -83,8 +83,10 @@ async def verify_code(request: web.Request) -> web.Response:
 @routes.post(VISIT + "/code-requests")
 @requires(Scope.CLINIC_SYSTEM)
 async def request_code(request: web.Request) -> web.Response:
-    """Queues a fresh code for the patient's chat. The code is made at sending time and never returned here."""
+    """Queues a fresh code for the patient's chat and says which channel carries it (409 when none can). The code
+    is made at sending time and never returned here."""
     who = principal(request)
     visit_id = path_id(request, "visit_id", "visit")
-    await codes.request_code(request.app[CTX], who.clinic_id, visit_id, who.doctor_id)
-    return web.json_response({"status": "sent_to_patient"}, status=202)
+    queued = await codes.request_code(request.app[CTX], who.clinic_id, visit_id, who.doctor_id)
+    return web.json_response({"status": "queued", "channel": queued.channel, "requests_left": queued.requests_left},
+                             status=202)

@@ -19,11 +19,12 @@ from core.services import idempotency, visits
 from core.services.keys import Scope
 from server.appkeys import CTX
 from server.auth import guard_doctor_visit, principal, requires
-from server.bodies import MAX_ID, YEARS, Body, JsonInt, path_id, query_date, query_int, read_json
+from server.bodies import (MAX_ID, YEARS, Body, JsonInt, id_segment, path_id, query_date, query_int,
+                          read_json)
 from server.problems import Problem
 
 API = "/api/v1"
-VISIT = API + r"/visits/{visit_id:\d{1,12}}"
+VISIT = API + "/visits/" + id_segment("visit_id")
 routes = web.RouteTableDef()
 
 

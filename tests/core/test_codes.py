@@ -119,10 +119,14 @@ async def test_code_cannot_be_recovered_from_database_contents(ctx, clinic_world
 
 async def test_code_request_is_queued_and_never_returned(ctx, clinic_world):
     v = await _visit(ctx, clinic_world)
-    message_id = await codes.request_code(ctx, clinic_world.clinic.id, v.id)
+    async with ctx.uow() as uow:
+        await uow.patients.set_chat(clinic_world.p1.phone, 7001)
+        await uow.commit()
+    request = await codes.request_code(ctx, clinic_world.clinic.id, v.id)
+    assert request.channel == "telegram" and not hasattr(request, "code")
     async with ctx.uow() as uow:
         queued = await uow.outbox.pending(visit_id=v.id, kind="visit_code")
-    assert message_id in [m.id for m in queued]
+    assert request.message_id in [m.id for m in queued]
     assert all(len(m.payload) < 40 and not any(ch.isdigit() for ch in m.payload) for m in queued)
 
 

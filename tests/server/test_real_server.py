@@ -102,9 +102,9 @@ async def test_real_server_in_person_and_online_flows_then_sigterm(tmp_path):
                                     .read_bytes(), headers={**h, "Content-Type": "image/jpeg"}) as r:
                 assert r.status == 409
             async with session.post(f"{base}/api/v1/visits/{online}/code-requests", headers=h) as r:
-                assert r.status == 202 and await r.json() == {"status": "sent_to_patient"}
+                assert r.status == 409 and (await r.json())["code"] == "patient_unreachable"  # no chat linked
             async with session.post(f"{base}/api/v1/visits/{online}/code", headers=h, json={"code": "000000"}) as r:
-                assert (await r.json())["result"] == "no_code"  # the bot has not sent it yet
+                assert (await r.json())["result"] == "no_code"  # none was queued, none exists
     finally:
         process.send_signal(signal.SIGTERM)
         try:

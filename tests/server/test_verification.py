@@ -150,8 +150,12 @@ async def test_code_locks_after_the_attempt_cap_with_429(client, ctx, tenants):
 async def test_code_request_is_queued_and_never_answered(client, ctx, tenants):
     a, _ = tenants
     visit = await add_visit(ctx, a, mode=VisitMode.ONLINE)
+    async with ctx.uow() as uow:
+        await uow.patients.set_chat((await uow.patients.get(a.patient_ids[0])).phone, 7001)
+        await uow.commit()
     response = await client.post(f"{API}/visits/{visit.id}/code-requests", headers=a.h())
-    assert response.status == 202 and await response.json() == {"status": "sent_to_patient"}
+    assert response.status == 202
+    assert await response.json() == {"status": "queued", "channel": "telegram", "requests_left": 2}
     async with ctx.uow() as uow:
         queued = await uow.outbox.pending(visit_id=visit.id, kind=KIND_VISIT_CODE)
     assert [row.payload for row in queued] == ['{"reason": "requested"}']
