@@ -99,6 +99,10 @@ async def _seed(seeded: Seeded) -> str:
                                                    "kk" if i % 2 else "ru")).patient for i in range(8)]
         for patient in patients[:5]:
             await registry.record_consent(ctx, clinic.id, patient.id, "Nurse")
+        async with ctx.uow() as uow:  # six have the bot: codes requested for them are queued (202), then capped
+            for chat_id, patient in enumerate(patients[:6], start=9000):
+                await uow.patients.set_chat(patient.phone, chat_id)
+            await uow.commit()
         for patient in patients[:3]:
             await registry.enrol_face(ctx, clinic.id, patient.id, [tuple(0.01 * i for i in range(128))])
         for i in range(24):
