@@ -12,6 +12,7 @@ from core.db.engine import create_engine
 from core.db.migrate import current_revision, head_revision, upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.errors import DomainError
+from core.logs import configure_logging
 from core.services import Context, keys, registry
 
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)  # library warnings pass the same redaction
     try:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
