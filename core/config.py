@@ -38,7 +38,6 @@ class Settings(BaseSettings):
     bot_token: SecretStr | None = None
     api_key_pepper: SecretStr | None = None
 
-    timezone: str = "Asia/Almaty"
     log_level: str = "INFO"
     log_format: str = Field("console", pattern="^(json|console)$")
 

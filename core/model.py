@@ -54,10 +54,6 @@ FRESH_REFERENCE = "fresh_reference"
 ANSWER_CORRECTION_WINDOW = dt.timedelta(hours=48)
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def ensure_utc(moment: dt.datetime, what: str = "time") -> dt.datetime:
     if moment.tzinfo is None:
         raise InvalidValue(f"{what} must carry a time zone (e.g. 2026-11-25T09:00:00+05:00)")
@@ -68,7 +64,6 @@ def ensure_utc(moment: dt.datetime, what: str = "time") -> dt.datetime:
 class Clinic:
     id: int | None
     name: str
-    timezone: str = "Asia/Almaty"
 
 
 @dataclass

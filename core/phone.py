@@ -38,7 +38,3 @@ def normalise_phone(raw: str) -> str:
     if body[1] not in "67":
         raise InvalidPhone("not a Kazakhstan number: after +7 it must start with 7 (mobile) or 6 (landline)")
     return "+" + body
-
-
-def is_mobile(phone: str) -> bool:
-    return phone.startswith("+77")

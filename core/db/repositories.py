@@ -28,7 +28,7 @@ class _Repo:
 
 class ClinicRepo(_Repo):
     async def add(self, clinic: Clinic, now: dt.datetime) -> Clinic:
-        res = await self.conn.execute(insert(t.clinics).values(name=clinic.name, timezone=clinic.timezone,
+        res = await self.conn.execute(insert(t.clinics).values(name=clinic.name,
                                                                created_at=now).returning(t.clinics.c.id))
         clinic.id = res.scalar_one()
         return clinic
@@ -37,11 +37,11 @@ class ClinicRepo(_Repo):
         row = (await self.conn.execute(select(t.clinics).where(t.clinics.c.id == clinic_id))).first()
         if row is None:
             raise NotFound(f"clinic {clinic_id} not found")
-        return Clinic(id=row.id, name=row.name, timezone=row.timezone)
+        return Clinic(id=row.id, name=row.name)
 
     async def list(self) -> list[Clinic]:
         rows = (await self.conn.execute(select(t.clinics).order_by(t.clinics.c.id))).all()
-        return [Clinic(id=r.id, name=r.name, timezone=r.timezone) for r in rows]
+        return [Clinic(id=r.id, name=r.name) for r in rows]
 
 
 def _doctor(row) -> Doctor:
@@ -338,14 +338,6 @@ class VisitRepo(_Repo):
         """Whether the patient has ever had a visit with the doctor (what makes them that doctor's patient)."""
         return (await self.conn.execute(select(t.visits.c.id).where(and_(
             t.visits.c.patient_id == patient_id, t.visits.c.doctor_id == doctor_id)).limit(1))).first() is not None
-
-    async def for_patients(self, patient_ids: list[int], since: dt.datetime) -> list[Visit]:
-        if not patient_ids:
-            return []
-        rows = (await self.conn.execute(_VISITS.where(and_(
-            t.visits.c.patient_id.in_(patient_ids), t.visits.c.start_at >= since))
-            .order_by(t.visits.c.start_at.desc()))).all()
-        return [_visit(r) for r in rows]
 
     async def scheduled_ending_before(self, moment: dt.datetime, limit: int = 500) -> list[int]:
         """Ids of scheduled visits whose end lies before ``moment`` (their window has closed)."""
@@ -685,7 +677,3 @@ class AuditRepo(_Repo):
     async def head(self) -> tuple[int, str]:
         row = (await self.conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1))).first()
         return (row.seq, row.last_hash) if row else (0, audit.GENESIS)
-
-
-async def count_rows(conn: AsyncConnection, table) -> int:
-    return (await conn.execute(select(func.count()).select_from(table))).scalar_one()

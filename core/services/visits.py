@@ -184,12 +184,3 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
                     due_at=now, payload={}, dedupe_key=f"dispute:{visit.id}:{admin.id}"), now)
         await uow.commit()
     return AnswerResult(visit, event is not None)
-
-
-async def add_dispute_reason(ctx: Context, visit_id: int, patient_ids: list[int], reason: str) -> Visit:
-    async with ctx.uow() as uow:
-        visit = await patient_visit(uow, visit_id, patient_ids)
-        visit.add_dispute_reason(reason, ctx.clock.now())
-        await uow.visits.save(visit)
-        await uow.commit()
-    return visit
