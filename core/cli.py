@@ -1,10 +1,16 @@
-"""``rastau``: operator commands shared by the server and the bot (migrations, audit chain, directory)."""
+"""``rastau``: operator commands shared by the server and the bot (migrations, audit chain, directory).
+
+Written with click, like ``rastau-enrol``: one library for every console script (click is a dependency anyway),
+with typed options that are refused before any work, exit status 2, naming the option.
+"""
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
-import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+import click
 
 from core.clock import SystemClock, to_local
 from core.config import Settings
@@ -15,16 +21,82 @@ from core.errors import DomainError
 from core.logs import configure_logging
 from core.services import Context, keys, registry
 
+EXIT_OK, EXIT_AUDIT_BROKEN, EXIT_REFUSED = 0, 1, 2  # 2 is also click's status for a command line it refuses
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
-async def _migrate(settings: Settings) -> int:
-    engine = create_engine(settings.database_url)
+
+def _run(work: Callable[[Settings], Awaitable[int]]) -> NoReturn:
+    """Run one command: settings from the environment, logs through the usual redaction, and a request the
+    domain refuses (unknown clinic, duplicate phone, revoked key…) reported as ``error: …`` with status 2."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)  # library warnings pass the same redaction
     try:
-        before = await current_revision(engine)
-        await upgrade_to_head(engine)
-        print(f"schema upgraded: {before or 'empty'} -> {head_revision()}")
-    finally:
-        await engine.dispose()
-    return 0
+        code = asyncio.run(work(settings))
+    except DomainError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        code = EXIT_REFUSED
+    raise SystemExit(code)
+
+
+def _in_directory(act: Callable[[Context], Awaitable[None]]) -> NoReturn:
+    """Run ``act`` on the clinics directory (clinics, staff, API keys), which needs the secrets."""
+    async def work(settings: Settings) -> int:
+        settings = settings.require_secrets()
+        engine = create_engine(settings.database_url)
+        try:
+            await act(Context.build(settings, UnitOfWorkFactory(engine), SystemClock()))
+        finally:
+            await engine.dispose()
+        return EXIT_OK
+
+    _run(work)
+
+
+class _InWorkflowOrder(click.Group):
+    """Lists the commands in the order an operator meets them (schema first), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_InWorkflowOrder, context_settings=CONTEXT_SETTINGS)
+def main() -> None:
+    """Operator commands for Rastau: the database schema, the audit log, clinics, their staff and API keys.
+
+    Settings come from RASTAU_* environment variables or a .env file in the working directory
+    (RASTAU_DATABASE_URL names the database; the directory commands need the same secrets as the server).
+    Exit status: 0 done, 1 the audit chain is broken, 2 the request was refused (the reason is printed).
+    """
+
+
+@main.command()
+def migrate() -> NoReturn:
+    """Upgrade the database schema to this version's head.
+
+    Run it after every upgrade, before starting the server and the bot: they refuse to start on an old
+    schema and say so.
+    """
+    async def work(settings: Settings) -> int:
+        engine = create_engine(settings.database_url)
+        try:
+            before = await current_revision(engine)
+            await upgrade_to_head(engine)
+            click.echo(f"schema upgraded: {before or 'empty'} -> {head_revision()}")
+        finally:
+            await engine.dispose()
+        return EXIT_OK
+
+    _run(work)
+
+
+@main.command("audit-verify")
+def audit_verify() -> NoReturn:
+    """Check the audit log's hash chain.
+
+    Names the first broken row; exit status 1 when a row was changed, or rows were deleted from the middle
+    or the end.
+    """
+    _run(_verify_audit)
 
 
 async def _verify_audit(settings: Settings) -> int:
@@ -38,51 +110,144 @@ async def _verify_audit(settings: Settings) -> int:
         await engine.dispose()
     broken = find_break(records)
     if broken is None and records and (records[-1].seq != head_seq or records[-1].hash != head_hash):
-        print(f"audit chain BROKEN at row {records[-1].seq + 1}: rows after {records[-1].seq} were deleted "
-              f"(head says {head_seq})")
-        return 1
+        click.echo(f"audit chain BROKEN at row {records[-1].seq + 1}: rows after {records[-1].seq} were deleted "
+                   f"(head says {head_seq})")
+        return EXIT_AUDIT_BROKEN
     if broken is None and not records and head_seq:
-        print(f"audit chain BROKEN at row 1: all {head_seq} rows were deleted")
-        return 1
+        click.echo(f"audit chain BROKEN at row 1: all {head_seq} rows were deleted")
+        return EXIT_AUDIT_BROKEN
     if broken:
-        print(f"audit chain BROKEN at row {broken.seq}: {broken.reason}")
-        return 1
-    print(f"audit chain intact: {len(records)} rows")
-    return 0
+        click.echo(f"audit chain BROKEN at row {broken.seq}: {broken.reason}")
+        return EXIT_AUDIT_BROKEN
+    click.echo(f"audit chain intact: {len(records)} rows")
+    return EXIT_OK
 
 
-async def _directory(settings: Settings, args) -> int:
-    settings = settings.require_secrets()
-    engine = create_engine(settings.database_url)
-    try:
-        ctx = Context.build(settings, UnitOfWorkFactory(engine), SystemClock())
-        if args.command == "add-clinic":
-            clinic = await registry.create_clinic(ctx, args.name)
-            print(f"clinic {clinic.id}: {clinic.name}")
-        elif args.command == "add-doctor":
-            doctor = await registry.add_doctor(ctx, args.clinic, args.name, args.phone, args.external_ref)
-            print(f"doctor {doctor.id}: {doctor.full_name} {doctor.phone}")
-        elif args.command == "add-admin":
-            admin = await registry.add_admin(ctx, args.clinic, args.name, args.phone)
-            print(f"clinic admin {admin.id}: {admin.full_name} {admin.phone}")
-        elif args.command == "add-api-key":
-            made = await keys.create_api_key(ctx, args.clinic, args.scope, args.doctor, args.label, args.expires_in)
-            scopes = ", ".join(sorted(s.value for s in made.principal.scopes))
-            doctor = f", doctor {args.doctor}" if args.doctor else ""
-            expiry = f"expires {_local(made.expires_at)} Asia/Almaty" if made.expires_at else "never expires"
-            print(f"API key {made.principal.key_prefix} for clinic {args.clinic} ({scopes}{doctor}; {expiry}):\n\n"
-                  f"    {made.key}\n\n"
-                  "Store it in the clinic system's configuration now: it is shown only this once and cannot be "
-                  "recovered (Rastau keeps only a hash).", file=sys.stdout)
-        elif args.command == "list-api-keys":
-            _print_keys(await keys.list_api_keys(ctx, args.clinic), ctx.clock.now())
-        elif args.command == "revoke-api-key":
-            revoked = await keys.revoke_api_key(ctx, args.prefix)
-            print(f"API key {revoked.prefix} revoked (clinic {revoked.clinic_id}, {revoked.label or 'no label'}); "
-                  "requests with it now answer 401")
-    finally:
-        await engine.dispose()
-    return 0
+@main.command("add-clinic")
+@click.argument("name")
+def add_clinic(name: str) -> NoReturn:
+    """Register a clinic named NAME; prints its id.
+
+    The other commands take that id as --clinic.
+    """
+    async def act(ctx: Context) -> None:
+        clinic = await registry.create_clinic(ctx, name)
+        click.echo(f"clinic {clinic.id}: {clinic.name}")
+
+    _in_directory(act)
+
+
+def _clinic_option(**extra):
+    return click.option("--clinic", "clinic_id", type=int, metavar="ID",
+                        help="the clinic's id (printed by add-clinic)", **extra)
+
+
+def _staff_options(command):
+    """--clinic, --name and --phone: the same for doctors and admins."""
+    command = click.option("--phone", required=True,
+                           help="Kazakhstan mobile number in any common spelling, e.g. '8 701 111 22 33'; "
+                                "the bot recognises the person by it")(command)
+    command = click.option("--name", required=True, help="full name as patients and admins will see it")(command)
+    return _clinic_option(required=True)(command)
+
+
+@main.command("add-doctor")
+@_staff_options
+@click.option("--external-ref", default=None, metavar="REF",
+              help="the doctor's id in the clinic information system, if it has one")
+def add_doctor(clinic_id: int, name: str, phone: str, external_ref: str | None) -> NoReturn:
+    """Register a clinic's doctor."""
+    async def act(ctx: Context) -> None:
+        doctor = await registry.add_doctor(ctx, clinic_id, name, phone, external_ref)
+        click.echo(f"doctor {doctor.id}: {doctor.full_name} {doctor.phone}")
+
+    _in_directory(act)
+
+
+@main.command("add-admin")
+@_staff_options
+def add_admin(clinic_id: int, name: str, phone: str) -> NoReturn:
+    """Register a clinic's admin.
+
+    Admins get the daily digest and the patients' disputes in the bot.
+    """
+    async def act(ctx: Context) -> None:
+        admin = await registry.add_admin(ctx, clinic_id, name, phone)
+        click.echo(f"clinic admin {admin.id}: {admin.full_name} {admin.phone}")
+
+    _in_directory(act)
+
+
+class Lifetime(click.ParamType):
+    """A key lifetime like ``90d`` or ``12h``; the domain's own rule (keys.parse_lifetime) decides."""
+    name = "lifetime"
+
+    def convert(self, value, param, ctx) -> dt.timedelta:
+        if isinstance(value, dt.timedelta):
+            return value
+        try:
+            return keys.parse_lifetime(value)
+        except DomainError as exc:
+            self.fail(exc.detail, param, ctx)
+
+
+@main.command("add-api-key")
+@_clinic_option(required=True)
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice([s.value for s in keys.Scope]),
+              help="what the key may do; repeat for several: clinic_system (the clinic information system: "
+                   "patients, consent, enrolment, visits, codes), webcam (a doctor's webcam: face and code "
+                   "checks), admin (digests, CSV, visit lists)")
+@click.option("--doctor", "doctor_id", type=int, default=None, metavar="ID",
+              help="bind the key to this doctor's visits only")
+@click.option("--label", default="", help="where the key is used, e.g. 'MIS reception' or 'room 12 webcam'")
+@click.option("--expires-in", "lifetime", type=Lifetime(), default=None, metavar="90d|12h",
+              help="the key answers 401 after this many days (d) or hours (h) [default: never]")
+def add_api_key(clinic_id: int, scopes: tuple[str, ...], doctor_id: int | None, label: str,
+                lifetime: dt.timedelta | None) -> NoReturn:
+    """Make a clinic API key for the verification server.
+
+    The key is printed once and cannot be recovered: Rastau keeps only a hash.
+    """
+    async def act(ctx: Context) -> None:
+        made = await keys.create_api_key(ctx, clinic_id, list(scopes), doctor_id, label, lifetime)
+        granted = ", ".join(sorted(s.value for s in made.principal.scopes))
+        doctor = f", doctor {doctor_id}" if doctor_id else ""
+        expiry = f"expires {_local(made.expires_at)} Asia/Almaty" if made.expires_at else "never expires"
+        click.echo(f"API key {made.principal.key_prefix} for clinic {clinic_id} ({granted}{doctor}; {expiry}):\n\n"
+                   f"    {made.key}\n\n"
+                   "Store it in the clinic system's configuration now: it is shown only this once and cannot be "
+                   "recovered (Rastau keeps only a hash).")
+
+    _in_directory(act)
+
+
+@main.command("list-api-keys")
+@_clinic_option(default=None)
+def list_api_keys(clinic_id: int | None) -> NoReturn:
+    """List API keys, never the key or its hash.
+
+    One line per key: prefix, clinic, status, scopes, doctor, created, expires, last used, label. Without
+    --clinic, every clinic's keys. Times are Asia/Almaty.
+    """
+    async def act(ctx: Context) -> None:
+        _print_keys(await keys.list_api_keys(ctx, clinic_id), ctx.clock.now())
+
+    _in_directory(act)
+
+
+@main.command("revoke-api-key")
+@click.argument("prefix")
+def revoke_api_key(prefix: str) -> NoReturn:
+    """Revoke an API key: it answers 401 from now on.
+
+    PREFIX is the 12-character prefix shown by add-api-key and list-api-keys. The revocation is audit-logged.
+    """
+    async def act(ctx: Context) -> None:
+        revoked = await keys.revoke_api_key(ctx, prefix)
+        click.echo(f"API key {revoked.prefix} revoked (clinic {revoked.clinic_id}, {revoked.label or 'no label'}); "
+                   "requests with it now answer 401")
+
+    _in_directory(act)
 
 
 def _local(moment: dt.datetime | None) -> str:
@@ -95,68 +260,16 @@ _KEY_COLUMNS = "{:<13} {:>6}  {:<8} {:<27} {:<11} {:<16}  {:<16}  {:<16}  {}"
 def _print_keys(found: list[keys.ApiKeyInfo], now: dt.datetime) -> None:
     """One line per key: prefix and facts, never the key or its hash. Times in Asia/Almaty."""
     if not found:
-        print("no API keys")
+        click.echo("no API keys")
         return
-    print(_KEY_COLUMNS.format("prefix", "clinic", "status", "scopes", "doctor", "created", "expires", "last used",
-                              "label") + "   (times: Asia/Almaty)")
+    click.echo(_KEY_COLUMNS.format("prefix", "clinic", "status", "scopes", "doctor", "created", "expires",
+                                   "last used", "label") + "   (times: Asia/Almaty)")
     for key in found:
-        print(_KEY_COLUMNS.format(key.prefix, key.clinic_id, key.status(now), ",".join(sorted(key.scopes)),
-                                  f"doctor {key.doctor_id}" if key.doctor_id else "any", _local(key.created_at),
-                                  _local(key.expires_at) if key.expires_at else "never",
-                                  _local(key.last_used_at) if key.last_used_at else "never", key.label))
-
-
-def _lifetime(text: str) -> dt.timedelta:
-    try:
-        return keys.parse_lifetime(text)
-    except DomainError as exc:
-        raise argparse.ArgumentTypeError(exc.detail) from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rastau", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="upgrade the database schema to this version's head")
-    sub.add_parser("audit-verify", help="check the audit log's hash chain; names the first broken row")
-    p = sub.add_parser("add-clinic", help="register a clinic")
-    p.add_argument("name")
-    for name in ("add-doctor", "add-admin"):
-        p = sub.add_parser(name, help=f"register a clinic's {name[4:]}")
-        p.add_argument("--clinic", type=int, required=True)
-        p.add_argument("--name", required=True)
-        p.add_argument("--phone", required=True)
-        if name == "add-doctor":
-            p.add_argument("--external-ref", default=None)
-    p = sub.add_parser("add-api-key", help="make a clinic API key for the verification server (shown once)")
-    p.add_argument("--clinic", type=int, required=True)
-    p.add_argument("--scope", action="append", required=True, choices=["clinic_system", "webcam", "admin"],
-                   help="repeat for several scopes")
-    p.add_argument("--doctor", type=int, default=None, help="bind the key to this doctor's visits only")
-    p.add_argument("--label", default="", help="where the key is used, e.g. 'MIS reception' or 'room 12 webcam'")
-    p.add_argument("--expires-in", type=_lifetime, default=None, metavar="90d|12h",
-                   help="the key answers 401 after this many days (d) or hours (h) [default: never]")
-    p = sub.add_parser("list-api-keys", help="list API keys: prefix, clinic, status, scopes, doctor, created, "
-                                             "expires, last used, label (never the key or its hash)")
-    p.add_argument("--clinic", type=int, default=None, help="only this clinic's keys")
-    p = sub.add_parser("revoke-api-key", help="revoke an API key by its prefix; it answers 401 from now on")
-    p.add_argument("prefix", help="the 12-character prefix shown by add-api-key and list-api-keys")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)  # library warnings pass the same redaction
-    try:
-        if args.command == "migrate":
-            return asyncio.run(_migrate(settings))
-        if args.command == "audit-verify":
-            return asyncio.run(_verify_audit(settings))
-        return asyncio.run(_directory(settings, args))
-    except DomainError as exc:
-        print(f"error: {exc.detail}", file=sys.stderr)
-        return 2
+        click.echo(_KEY_COLUMNS.format(key.prefix, key.clinic_id, key.status(now), ",".join(sorted(key.scopes)),
+                                       f"doctor {key.doctor_id}" if key.doctor_id else "any",
+                                       _local(key.created_at), _local(key.expires_at) if key.expires_at else "never",
+                                       _local(key.last_used_at) if key.last_used_at else "never", key.label))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="rastau")

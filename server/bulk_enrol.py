@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from core import csvfile
+from core.cli import CONTEXT_SETTINGS
 from core.clock import SystemClock
 from core.config import MissingSecrets, Settings
 from core.db.engine import create_engine
@@ -211,7 +212,7 @@ async def run(settings: Settings, clinic_id: int, csv_path: Path, photos_dir: Pa
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--clinic", "clinic_id", type=int, required=True, help="id of the clinic the patients belong to")
 @click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV with the columns iin,full_name,phone,language,photo (photo: file names joined by ';')")
