@@ -21,7 +21,7 @@ from core.config import Settings
 from core.db.engine import create_engine
 from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
-from core.model import OutboxMessage
+from core.model import OutboxKind, OutboxMessage, Recipient
 from core.services import Context
 from devkit.botapi import BotApiStandIn
 
@@ -38,7 +38,7 @@ async def _queue(ctx: Context, count: int, chats: int) -> None:
     async with ctx.uow() as uow:
         for n in range(count):
             chat = 10_000 + n % chats
-            await uow.outbox.add(OutboxMessage(kind="bench", recipient_kind="patient", recipient_id=chat,
+            await uow.outbox.add(OutboxMessage(kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=chat,
                                                due_at=now, payload={"chat_id": chat, "text": f"message {n}"}), now)
         await uow.commit()
 

@@ -17,13 +17,11 @@ from bot.keyboards import answer_keyboard, change_keyboard
 from core.errors import NotFound
 from core.iin import mask_iin
 from core.logs import get_logger
-from core.model import Language, VisitMode, VisitState
+from core.model import Language, OutboxKind, VisitMode, VisitState
 from core.services import Context
 from core.services.chat import chat_language
 from core.services.codes import issue_code
 from core.services.digest import build_digest
-from core.services.patient_changes import KIND_CHANGE_DISPUTE_NOTICE, KIND_CHANGE_NOTICE
-from core.services.visits import KIND_DIGEST, KIND_DISPUTE_NOTICE, KIND_PROMPT, KIND_VISIT_CODE
 
 log = get_logger("rastau.renderer")
 
@@ -31,9 +29,10 @@ log = get_logger("rastau.renderer")
 class OutboxRenderer:
     def __init__(self, ctx: Context, i18n: I18n):
         self._ctx, self._i18n = ctx, i18n
-        self._kinds = {KIND_VISIT_CODE: self._visit_code, KIND_PROMPT: self._prompt,
-                       KIND_DISPUTE_NOTICE: self._dispute_notice, KIND_DIGEST: self._digest,
-                       KIND_CHANGE_NOTICE: self._change_notice, KIND_CHANGE_DISPUTE_NOTICE: self._change_dispute_notice}
+        self._kinds = {OutboxKind.VISIT_CODE: self._visit_code, OutboxKind.ATTENDANCE_PROMPT: self._prompt,
+                       OutboxKind.DISPUTE_NOTICE: self._dispute_notice, OutboxKind.DAILY_DIGEST: self._digest,
+                       OutboxKind.CHANGE_NOTICE: self._change_notice,
+                       OutboxKind.CHANGE_DISPUTE_NOTICE: self._change_dispute_notice}
 
     async def render(self, message: OutboxItem) -> list[Outgoing] | None:
         build = self._kinds.get(message.kind)

@@ -46,6 +46,23 @@ class Actor(str, enum.Enum):
     ADMIN = "admin"
 
 
+class PatientAnswer(str, enum.Enum):
+    """What the patient said about a visit, as the visit and the digest show it."""
+    CONFIRMED = "confirmed"
+    DISPUTED = "disputed"
+    CLAIMED_ATTENDED = "claimed_attended"  # "yes, I was there" to a visit that was never verified
+    NONE = "none"
+
+
+def patient_answer(state: VisitState, attended_claim_at: dt.datetime | None) -> PatientAnswer:
+    """The one rule: a confirmed or disputed state is the answer; else a claim on an unverified visit; else none."""
+    if state is VisitState.PATIENT_CONFIRMED:
+        return PatientAnswer.CONFIRMED
+    if state is VisitState.PATIENT_DISPUTED:
+        return PatientAnswer.DISPUTED
+    return PatientAnswer.CLAIMED_ATTENDED if attended_claim_at is not None else PatientAnswer.NONE
+
+
 # The detail of a face verification's event when the matched reference was enrolled under 24 hours before and the
 # patient had no chat to hear of that enrolment: what the visit and the digest show as `fresh_reference`.
 FRESH_REFERENCE = "fresh_reference"
@@ -173,6 +190,10 @@ class Visit:
     def end(self) -> dt.datetime:
         return self.start + self.duration
 
+    @property
+    def answer(self) -> PatientAnswer:
+        return patient_answer(self.state, self.attended_claim_at)
+
     def _move(self, step: str, to: VisitState, actor: Actor | str, at: dt.datetime,
               method: str | None = None, detail: str | None = None) -> VisitEvent:
         event = VisitEvent(self.id, ensure_utc(at), step, self.state, to, Actor(actor), method, detail)
@@ -251,16 +272,46 @@ class Visit:
         return event
 
 
+class OutboxKind(str, enum.Enum):
+    """What an outbox message says; the bot's renderer has one builder per kind."""
+    VISIT_CODE = "visit_code"                         # to the patient: the one-time code
+    ATTENDANCE_PROMPT = "attendance_prompt"           # to the patient: "were you there?"
+    DISPUTE_NOTICE = "dispute_notice"                 # to the clinic's admins: "the patient says they weren't"
+    DAILY_DIGEST = "daily_digest"                     # to the clinic's admins: the day's digest
+    CHANGE_NOTICE = "patient_change_notice"           # to the patient: "this changed; wasn't you?"
+    CHANGE_DISPUTE_NOTICE = "change_dispute_notice"   # to the clinic's admins: "the patient says it wasn't them"
+
+
+class Recipient(str, enum.Enum):
+    """Whose chat an outbox message goes to; its ``recipient_id`` is a row of that table."""
+    PATIENT = "patient"
+    DOCTOR = "doctor"
+    ADMIN = "admin"
+
+
+class OutboxStatus(str, enum.Enum):
+    PENDING = "pending"   # waiting for its due time
+    SENDING = "sending"   # claimed by a dispatcher until its lease expires
+    SENT = "sent"
+    SKIPPED = "skipped"   # nothing to send: no linked chat, or no longer relevant
+    BLOCKED = "blocked"   # the recipient blocked the bot
+    FAILED = "failed"     # gave up: the retry budget is spent, or Telegram refused it
+
+
 @dataclass(frozen=True)
 class OutboxMessage:
     """A chat message to send later; stored in the same transaction as the change that causes it."""
-    kind: str
-    recipient_kind: str  # "patient" | "doctor" | "admin"
+    kind: OutboxKind
+    recipient_kind: Recipient
     recipient_id: int
     due_at: dt.datetime
     payload: dict
     visit_id: int | None = None
     dedupe_key: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", OutboxKind(self.kind))
+        object.__setattr__(self, "recipient_kind", Recipient(self.recipient_kind))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from aiogram.types import BufferedInputFile
 from bot.delivery.limits import Pacer, SendPacer, TooLate
 from bot.delivery.types import OutboxItem, Outgoing, Renderer
 from core.logs import get_logger
+from core.model import OutboxStatus, Recipient
 from core.services import Context
 
 log = get_logger("rastau.dispatcher")
@@ -115,11 +116,11 @@ class OutboxDispatcher:
                     pass
 
     async def _deliver(self, row, send_by: float) -> None:
-        item = OutboxItem(id=row.id, kind=row.kind, recipient_kind=row.recipient_kind,
+        item = OutboxItem(id=row.id, kind=row.kind, recipient_kind=Recipient(row.recipient_kind),
                           recipient_id=row.recipient_id, visit_id=row.visit_id,
                           payload=json.loads(row.payload or "{}"), attempts=row.attempts, failures=row.failures)
         if item.attempts > MAX_CLAIMS:
-            await self._finish(item.id, "failed", f"claimed {item.attempts} times without an outcome")
+            await self._finish(item.id, OutboxStatus.FAILED, f"claimed {item.attempts} times without an outcome")
             log.error("message abandoned: dispatchers keep dying on it", outbox_id=item.id, kind=item.kind,
                       claims=item.attempts)
             return
@@ -131,7 +132,7 @@ class OutboxDispatcher:
                 await self._reschedule(item, f"render: {type(exc).__name__}")
                 return
             if not parts:
-                await self._finish(item.id, "skipped", "nothing to send (no linked chat or no longer relevant)")
+                await self._finish(item.id, OutboxStatus.SKIPPED, "nothing to send (no linked chat or no longer relevant)")
                 return
             lock = self._chat_locks.setdefault(parts[0].chat_id, asyncio.Lock())
             async with lock:
@@ -156,13 +157,13 @@ class OutboxDispatcher:
                 await self._blocked(item, part.chat_id, exc)
                 return
             except (TelegramBadRequest, TelegramNotFound) as exc:
-                await self._finish(item.id, "failed", f"bad request: {exc.message}"[:300])
+                await self._finish(item.id, OutboxStatus.FAILED, f"bad request: {exc.message}"[:300])
                 log.error("telegram refused message", outbox_id=item.id, kind=item.kind, error=exc.message)
                 return
             except (_Retry, TelegramAPIError, asyncio.TimeoutError) as exc:  # 5xx, network, timeouts
                 await self._reschedule(item, f"{type(exc).__name__}: {exc}"[:300])
                 return
-        await self._finish(item.id, "sent", None, last_message_id)
+        await self._finish(item.id, OutboxStatus.SENT, None, last_message_id)
         log.info("message delivered", outbox_id=item.id, kind=item.kind, recipient_kind=item.recipient_kind)
 
     async def _send_one(self, part: Outgoing, send_by: float) -> int:
@@ -187,7 +188,7 @@ class OutboxDispatcher:
     async def _reschedule(self, item: OutboxItem, error: str) -> None:
         failures = item.failures + 1
         if failures >= MAX_FAILURES:
-            await self._finish(item.id, "failed", f"gave up after {failures} failed sends: {error}")
+            await self._finish(item.id, OutboxStatus.FAILED, f"gave up after {failures} failed sends: {error}")
             log.error("message abandoned", outbox_id=item.id, kind=item.kind, failures=failures)
             return
         due = self._ctx.clock.now() + backoff(failures)
@@ -207,14 +208,14 @@ class OutboxDispatcher:
     async def _blocked(self, item: OutboxItem, chat_id: int, exc: Exception) -> None:
         now = self._ctx.clock.now()
         async with self._ctx.uow() as uow:
-            await uow.outbox.finish(item.id, "blocked", now, error=str(exc)[:300], worker_id=self.worker_id)
-            if item.recipient_kind == "patient":
+            await uow.outbox.finish(item.id, OutboxStatus.BLOCKED, now, error=str(exc)[:300], worker_id=self.worker_id)
+            if item.recipient_kind is Recipient.PATIENT:
                 await uow.patients.mark_chat_blocked(chat_id)
             await uow.commit()
         log.warning("recipient blocked the bot; not retrying", outbox_id=item.id, kind=item.kind,
                     recipient_kind=item.recipient_kind)
 
-    async def _finish(self, message_id: int, status: str, error: str | None, chat_message_id: int | None = None):
+    async def _finish(self, message_id: int, status: OutboxStatus, error: str | None, chat_message_id: int | None = None):
         async with self._ctx.uow() as uow:
             ours = await uow.outbox.finish(message_id, status, self._ctx.clock.now(), error=error,
                                            chat_message_id=chat_message_id, worker_id=self.worker_id)

@@ -4,12 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core.model import Recipient
+
 
 @dataclass(frozen=True)
 class OutboxItem:
     id: int
-    kind: str
-    recipient_kind: str  # "patient" | "doctor" | "admin"
+    kind: str  # as stored: a core.model.OutboxKind value, or one this version does not know (the renderer skips it)
+    recipient_kind: Recipient
     recipient_id: int
     visit_id: int | None
     payload: dict = field(default_factory=dict)

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core import audit
 from core.db import tables as t
 from core.errors import NotFound
-from core.model import (FRESH_REFERENCE, Clinic, ClinicAdmin, Doctor, Language, OutboxMessage, Patient, PatientChange,
-                        Visit, VisitEvent, VisitMode, VisitState)
+from core.model import (FRESH_REFERENCE, Clinic, ClinicAdmin, Doctor, Language, OutboxKind, OutboxMessage,
+                        OutboxStatus, Patient, PatientChange, Visit, VisitEvent, VisitMode, VisitState)
 
 
 class _Repo:
@@ -488,7 +488,7 @@ class OutboxRepo(_Repo):
             if exists:
                 return None
         res = await self.conn.execute(insert(t.outbox).values(
-            created_at=now, due_at=message.due_at, kind=message.kind, recipient_kind=message.recipient_kind,
+            created_at=now, due_at=message.due_at, kind=message.kind.value, recipient_kind=message.recipient_kind.value,
             recipient_id=message.recipient_id, visit_id=message.visit_id,
             payload=json.dumps(message.payload, ensure_ascii=False, sort_keys=True),
             dedupe_key=message.dedupe_key).returning(t.outbox.c.id))
@@ -498,8 +498,8 @@ class OutboxRepo(_Repo):
         """Take up to ``limit`` due rows for this worker: pending ones whose time has come, and rows whose
         previous claim expired (a dispatcher died mid-send). PostgreSQL skips rows another dispatcher holds."""
         o = t.outbox
-        due = or_(and_(o.c.status == "pending", o.c.due_at <= now),
-                  and_(o.c.status == "sending", o.c.claim_expires_at < now))
+        due = or_(and_(o.c.status == OutboxStatus.PENDING.value, o.c.due_at <= now),
+                  and_(o.c.status == OutboxStatus.SENDING.value, o.c.claim_expires_at < now))
         stmt = select(o.c.id).where(due).order_by(o.c.due_at, o.c.id).limit(limit)
         if self._for_update:
             stmt = stmt.with_for_update(skip_locked=True)
@@ -507,14 +507,14 @@ class OutboxRepo(_Repo):
         if not ids:
             return []
         await self.conn.execute(update(o).where(o.c.id.in_(ids)).values(
-            status="sending", claimed_by=worker_id, claim_expires_at=now + lease, attempts=o.c.attempts + 1))
+            status=OutboxStatus.SENDING.value, claimed_by=worker_id, claim_expires_at=now + lease, attempts=o.c.attempts + 1))
         return list((await self.conn.execute(select(o).where(o.c.id.in_(ids)).order_by(o.c.due_at, o.c.id))).all())
 
     async def release_claims(self, worker_id: str) -> int:
         """At start: rows this worker claimed before a crash go back to the queue at once."""
         res = await self.conn.execute(update(t.outbox).where(and_(
-            t.outbox.c.status == "sending", t.outbox.c.claimed_by == worker_id))
-            .values(status="pending", claimed_by=None, claim_expires_at=None))
+            t.outbox.c.status == OutboxStatus.SENDING.value, t.outbox.c.claimed_by == worker_id))
+            .values(status=OutboxStatus.PENDING.value, claimed_by=None, claim_expires_at=None))
         return res.rowcount
 
     @staticmethod
@@ -526,11 +526,12 @@ class OutboxRepo(_Repo):
     async def set_parts_sent(self, message_id: int, parts: int, *, worker_id: str | None = None) -> None:
         await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(parts_sent=parts))
 
-    async def finish(self, message_id: int, status: str, now: dt.datetime, *, error: str | None = None,
+    async def finish(self, message_id: int, status: OutboxStatus, now: dt.datetime, *, error: str | None = None,
                      chat_message_id: int | None = None, worker_id: str | None = None) -> bool:
         """Terminal outcome: sent | skipped | blocked | failed. False when the claim was no longer ours."""
-        values = dict(status=status, claimed_by=None, claim_expires_at=None, last_error=error)
-        if status == "sent":
+        status = OutboxStatus(status)
+        values = dict(status=status.value, claimed_by=None, claim_expires_at=None, last_error=error)
+        if status is OutboxStatus.SENT:
             values.update(sent_at=now, chat_message_id=chat_message_id)
         res = await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(**values))
         return res.rowcount == 1
@@ -539,7 +540,7 @@ class OutboxRepo(_Repo):
                           worker_id: str | None = None) -> bool:
         """Back to the queue; `failed` spends one unit of the retry budget. A hand-back does not, and it takes
         back its claim from the count of claims without an outcome (those mean a dispatcher died on the row)."""
-        values = dict(status="pending", due_at=due_at, claimed_by=None, claim_expires_at=None, last_error=error[:300])
+        values = dict(status=OutboxStatus.PENDING.value, due_at=due_at, claimed_by=None, claim_expires_at=None, last_error=error[:300])
         if failed:
             values["failures"] = t.outbox.c.failures + 1
         else:
@@ -553,12 +554,12 @@ class OutboxRepo(_Repo):
     async def by_dedupe_key(self, dedupe_key: str):
         return (await self.conn.execute(select(t.outbox).where(t.outbox.c.dedupe_key == dedupe_key))).first()
 
-    async def pending(self, *, visit_id: int | None = None, kind: str | None = None) -> list:
-        stmt = select(t.outbox).where(t.outbox.c.status == "pending")
+    async def pending(self, *, visit_id: int | None = None, kind: OutboxKind | None = None) -> list:
+        stmt = select(t.outbox).where(t.outbox.c.status == OutboxStatus.PENDING.value)
         if visit_id is not None:
             stmt = stmt.where(t.outbox.c.visit_id == visit_id)
         if kind is not None:
-            stmt = stmt.where(t.outbox.c.kind == kind)
+            stmt = stmt.where(t.outbox.c.kind == OutboxKind(kind).value)
         return list((await self.conn.execute(stmt.order_by(t.outbox.c.id))).all())
 
 

@@ -15,11 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from core.clock import ALMATY, local_day_bounds, to_local
 from core.db import tables as t
 from core.errors import InvalidPhone
-from core.model import (ClinicAdmin, Doctor, Language, OutboxMessage, Patient, VisitMode, VisitState,
+from core.model import (ClinicAdmin, Doctor, Language, OutboxKind, OutboxMessage, Patient, Recipient, VisitMode, VisitState,
                         ensure_utc)
 from core.phone import normalise_phone
 from core.services import Context
-from core.services.visits import KIND_DIGEST, KIND_DISPUTE_NOTICE, patient_visit
+from core.services.visits import patient_visit
 
 PATIENT_HISTORY_DAYS = 30
 
@@ -232,7 +232,7 @@ async def explain_dispute(ctx: Context, visit_id: int, patient_ids: list[int], r
         if visit.dispute_reason:
             for admin in await uow.admins.list_by_clinic(visit.clinic_id):
                 await uow.outbox.add(OutboxMessage(
-                    kind=KIND_DISPUTE_NOTICE, recipient_kind="admin", recipient_id=admin.id, visit_id=visit.id,
+                    kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id, visit_id=visit.id,
                     due_at=now, payload={"update": "reason"}, dedupe_key=f"dispute-reason:{visit.id}:{admin.id}"),
                     now)
         await uow.commit()
@@ -254,7 +254,7 @@ async def queue_daily_digests(ctx: Context, day: dt.date) -> int:
         for clinic in await uow.clinics.list():
             for admin in await uow.admins.list_by_clinic(clinic.id):
                 added = await uow.outbox.add(OutboxMessage(
-                    kind=KIND_DIGEST, recipient_kind="admin", recipient_id=admin.id, due_at=now,
+                    kind=OutboxKind.DAILY_DIGEST, recipient_kind=Recipient.ADMIN, recipient_id=admin.id, due_at=now,
                     payload={"clinic_id": clinic.id, "day": day.isoformat()},
                     dedupe_key=digest_dedupe_key(clinic.id, day, admin.id)), now)
                 queued += added is not None

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from core.clock import hour_start
+from core.clock import hour_start, seconds_to_next_hour
 from core.codes import CodeOutcome, CodePolicy, generate_code, looks_like_code
 from core.db import tables as t
 from core.errors import Conflict, DomainError, IllegalTransition, InvalidValue, NotFound
-from core.model import Actor, OutboxMessage, VerificationMethod, VisitEvent, VisitState
+from core.model import Actor, OutboxKind, OutboxMessage, Recipient, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
-from core.services.visits import KIND_VISIT_CODE, RegisteredLate, evidence_refusal, window_end
+from core.services.visits import RegisteredLate, evidence_refusal, window_end
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: i
                 f"visit {visit_id} already had {cap} codes sent on request, the most allowed; each new code "
                 "replaced the one before, so ask the patient to read out the latest, or verify by face (in person)")
         message_id = await uow.outbox.add(OutboxMessage(
-            kind=KIND_VISIT_CODE, recipient_kind="patient", recipient_id=visit.patient_id, visit_id=visit.id,
+            kind=OutboxKind.VISIT_CODE, recipient_kind=Recipient.PATIENT, recipient_id=visit.patient_id, visit_id=visit.id,
             due_at=now, payload={"reason": "requested"}), now)
         await uow.visits.record_event(visit_id, VisitEvent(visit_id, now, "code_requested", visit.state, visit.state,
                                                            Actor.DOCTOR, "code", f"request {taken} of {cap}"))
@@ -115,6 +115,7 @@ class CodeCheck:
     outcome: CodeOutcome
     attempts_left: int
     capped_by: str | None = None  # "doctor" or "clinic": an hourly cap on wrong codes stopped the check
+    retry_after: int | None = None  # with capped_by: seconds until the cap's hour turns
 
 
 async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
@@ -141,9 +142,9 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
             raise RegisteredLate(visit, "verify by code")
         hour = hour_start(now)
         if await uow.codes.doctor_failures(visit.doctor_id, hour) >= policy.doctor_failures_per_hour:
-            return _capped(policy, await uow.visits.code_attempts(visit_id), "doctor")
+            return _capped(policy, await uow.visits.code_attempts(visit_id), "doctor", now)
         if await uow.codes.clinic_failures(clinic_id, hour) >= policy.clinic_failures_per_hour:
-            return _capped(policy, await uow.visits.code_attempts(visit_id), "clinic")
+            return _capped(policy, await uow.visits.code_attempts(visit_id), "clinic", now)
         attempts = await uow.visits.bump_code_attempts(visit_id)
         left = max(policy.max_attempts - attempts, 0)
         if attempts > policy.max_attempts:
@@ -164,11 +165,12 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
             if not await uow.codes.take_clinic_failure(clinic_id, hour, policy.clinic_failures_per_hour):
                 # another doctor's guess took the clinic's last slot meanwhile: leaving without a commit
                 # keeps nothing of this attempt, and the answer does not say whether the code was right
-                return _capped(policy, attempts - 1, "clinic")
+                return _capped(policy, attempts - 1, "clinic", now)
             await uow.codes.add_doctor_failure(visit.doctor_id, hour)
         await uow.commit()
     return CodeCheck(outcome, left)
 
 
-def _capped(policy: CodePolicy, attempts: int, by: str) -> CodeCheck:
-    return CodeCheck(CodeOutcome.LOCKED, max(policy.max_attempts - attempts, 0), capped_by=by)
+def _capped(policy: CodePolicy, attempts: int, by: str, now: dt.datetime) -> CodeCheck:
+    return CodeCheck(CodeOutcome.LOCKED, max(policy.max_attempts - attempts, 0), capped_by=by,
+                     retry_after=seconds_to_next_hour(now))

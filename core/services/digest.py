@@ -13,7 +13,7 @@ from core.clock import ALMATY, local_day_bounds, to_local
 from core.db import tables as t
 from core.db.repositories import ENROLLED_AT, FRESH
 from core.iin import mask_iin
-from core.model import VisitState
+from core.model import VisitState, patient_answer
 from core.services import Context
 
 
@@ -119,16 +119,6 @@ _CANCELLED, _SCHEDULED = VisitState.CANCELLED.value, VisitState.SCHEDULED.value
 _CONFIRMED, _DISPUTED = VisitState.PATIENT_CONFIRMED.value, VisitState.PATIENT_DISPUTED.value
 
 
-def _answer(row) -> str:
-    if row.state == _CONFIRMED:
-        return "confirmed"
-    if row.state == _DISPUTED:
-        return "disputed"
-    if row.attended_claim_at is not None:
-        return "claimed_attended"
-    return "none"
-
-
 def _count(condition) -> ColumnElement:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
@@ -178,7 +168,7 @@ def _row(r) -> DigestRow:
     return DigestRow(visit_id=r.id, start_local=to_local(r.start_at), doctor_id=r.doctor_id,
                      doctor_name=r.doctor_name, patient_name=r.patient_name, iin_masked=mask_iin(r.iin),
                      mode=r.mode, service_code=r.service_code, state=r.state, verified_by=r.verified_by,
-                     answer=_answer(r), dispute_reason=r.dispute_reason,
+                     answer=patient_answer(VisitState(r.state), r.attended_claim_at).value, dispute_reason=r.dispute_reason,
                      patient_reachable=r.chat_id is not None and not r.chat_blocked,
                      registered_at=to_local(r.created_at), registered_late=r.registered_late,
                      verified_at=_local(r.verified_at), verified_enrolment_id=r.verified_enrolment_id,

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from core.errors import DomainError, NotFound
-from core.model import OutboxMessage, Patient, PatientChange
+from core.model import OutboxKind, OutboxMessage, Patient, PatientChange, Recipient
 from core.services import Context
 from core.services.keys import ApiPrincipal
 
@@ -24,9 +24,6 @@ FACE_REVOKED = "face_revoked"
 PHONE_CHANGED = "phone_changed"
 CONSENT_RECORDED = "consent_recorded"
 KINDS = (FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED, CONSENT_RECORDED)
-
-KIND_CHANGE_NOTICE = "patient_change_notice"         # to the patient: "this changed; wasn't you?"
-KIND_CHANGE_DISPUTE_NOTICE = "change_dispute_notice"  # to the clinic's admins: "the patient says it wasn't them"
 
 
 @dataclass(frozen=True)
@@ -94,7 +91,7 @@ async def record_change(uow, patient: Patient, kind: str, caller: Caller, now: d
                                               actor=caller.actor)
     if chat_id is not None:
         await uow.outbox.add(OutboxMessage(
-            kind=KIND_CHANGE_NOTICE, recipient_kind="patient", recipient_id=patient.id, due_at=now,
+            kind=OutboxKind.CHANGE_NOTICE, recipient_kind=Recipient.PATIENT, recipient_id=patient.id, due_at=now,
             payload={"change_id": change_id, "chat_id": chat_id}, dedupe_key=notice_key(change_id)), now)
     return change_id
 
@@ -127,7 +124,7 @@ async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeR
                                {"change": change_id, "kind": change.kind, "by": change.actor})
         for admin in await uow.admins.list_by_clinic(change.clinic_id):
             await uow.outbox.add(OutboxMessage(
-                kind=KIND_CHANGE_DISPUTE_NOTICE, recipient_kind="admin", recipient_id=admin.id, due_at=now,
+                kind=OutboxKind.CHANGE_DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id, due_at=now,
                 payload={"change_id": change_id}, dedupe_key=f"change-dispute:{change_id}:{admin.id}"), now)
         await uow.commit()
     return DisputeResult(dataclasses.replace(change, disputed_at=now), changed=True)

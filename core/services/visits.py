@@ -7,13 +7,9 @@ from dataclasses import dataclass
 
 from core.clock import to_local
 from core.errors import IllegalTransition, NotFound
-from core.model import Actor, OutboxMessage, Visit, VisitEvent, VisitMode, VisitState, ensure_utc
+from core.model import (Actor, OutboxKind, OutboxMessage, Recipient, Visit, VisitEvent, VisitMode, VisitState,
+                        ensure_utc)
 from core.services import Context
-
-KIND_VISIT_CODE = "visit_code"
-KIND_PROMPT = "attendance_prompt"
-KIND_DISPUTE_NOTICE = "dispute_notice"
-KIND_DIGEST = "daily_digest"
 
 
 def window_end(visit: Visit, ctx: Context) -> dt.datetime:
@@ -73,11 +69,11 @@ async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patien
         await uow.visits.save(visit)
         if visit.mode is VisitMode.IN_PERSON and not visit.registered_late:
             await uow.outbox.add(OutboxMessage(
-                kind=KIND_VISIT_CODE, recipient_kind="patient", recipient_id=patient_id, visit_id=visit.id,
+                kind=OutboxKind.VISIT_CODE, recipient_kind=Recipient.PATIENT, recipient_id=patient_id, visit_id=visit.id,
                 due_at=max(now, visit.start - dt.timedelta(minutes=settings.code_send_lead_minutes)),
                 payload={"reason": "scheduled"}, dedupe_key=f"code:{visit.id}:scheduled"), now)
         await uow.outbox.add(OutboxMessage(
-            kind=KIND_PROMPT, recipient_kind="patient", recipient_id=patient_id, visit_id=visit.id,
+            kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=patient_id, visit_id=visit.id,
             due_at=visit.end + dt.timedelta(minutes=settings.prompt_delay_minutes), payload={},
             dedupe_key=f"prompt:{visit.id}"), now)
         if idempotency is not None:
@@ -180,7 +176,7 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
         if event is not None:
             for admin in await uow.admins.list_by_clinic(visit.clinic_id):
                 await uow.outbox.add(OutboxMessage(
-                    kind=KIND_DISPUTE_NOTICE, recipient_kind="admin", recipient_id=admin.id, visit_id=visit.id,
+                    kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id, visit_id=visit.id,
                     due_at=now, payload={}, dedupe_key=f"dispute:{visit.id}:{admin.id}"), now)
         await uow.commit()
     return AnswerResult(visit, event is not None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import Field
 
-from core.clock import seconds_to_next_hour
 from core.codes import CodeOutcome
 from core.model import Actor
 from core.services import codes, faces
@@ -69,7 +68,7 @@ async def verify_code(request: web.Request) -> web.Response:
     request.app[METRICS].code_outcomes.labels(check.outcome.value).inc()
     if check.outcome is CodeOutcome.LOCKED:
         if check.capped_by is not None:
-            wait = seconds_to_next_hour(ctx.clock.now())
+            wait = check.retry_after
             who = "this doctor has" if check.capped_by == "doctor" else "this clinic's doctors have"
             raise Problem(429, f"{check.capped_by}_code_cap", f"{who} entered too many wrong codes this hour; "
                           f"code checks resume in {wait} s; verify the patient by face (in person) meanwhile",

@@ -52,14 +52,6 @@ def _iso(moment: dt.datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def _answer(visit: Visit) -> str:
-    if visit.state is VisitState.PATIENT_CONFIRMED:
-        return "confirmed"
-    if visit.state is VisitState.PATIENT_DISPUTED:
-        return "disputed"
-    return "claimed_attended" if visit.attended_claim_at else "none"
-
-
 def visit_json(visit: Visit) -> dict:
     return {"id": visit.id, "doctor_id": visit.doctor_id, "patient_id": visit.patient_id,
             "start": _iso(visit.start), "start_local": visit.start.astimezone(ALMATY).isoformat(),
@@ -70,7 +62,7 @@ def visit_json(visit: Visit) -> dict:
             "verified_by": visit.verified_by.value if visit.verified_by else None,
             "verified_at": _iso(visit.verified_at), "verified_enrolment_id": visit.verified_enrolment_id,
             "enrolled_at": _iso(visit.enrolled_at), "fresh_reference": visit.fresh_reference,
-            "patient_answer": {"answer": _answer(visit), "answered_at": _iso(visit.answered_at or
+            "patient_answer": {"answer": visit.answer.value, "answered_at": _iso(visit.answered_at or
                                                                              visit.attended_claim_at),
                                "dispute_reason": visit.dispute_reason}}
 

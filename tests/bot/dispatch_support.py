@@ -8,7 +8,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
 from bot.delivery.types import OutboxItem, Outgoing
-from core.model import OutboxMessage
+from core.model import OutboxKind, OutboxMessage, Recipient
 
 TOKEN = "123456:TEST-token-for-standin"
 
@@ -35,7 +35,7 @@ async def queue(ctx, chat_id: int, text: str = "hello", *, due: dt.datetime | No
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         message_id = await uow.outbox.add(OutboxMessage(
-            kind="test", recipient_kind="patient", recipient_id=chat_id, due_at=due or now,
+            kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=chat_id, due_at=due or now,
             payload={"chat_id": chat_id, "text": text, **extra}), now)
         await uow.commit()
     return message_id

@@ -61,10 +61,10 @@ from core.audit import find_break
 from core.codes import CodeOutcome
 from core.db import tables as t
 from core.iin import check_digit
-from core.model import Language, VerificationMethod, VisitMode, VisitState
+from core.model import Language, OutboxKind, VerificationMethod, VisitMode, VisitState
 from core.services import registry
 from core.services.codes import verify_code
-from core.services.visits import KIND_PROMPT, KIND_VISIT_CODE, register_visit
+from core.services.visits import register_visit
 from devkit.botapi import BotApiStandIn
 from tests.bot.dispatch_support import TOKEN
 
@@ -240,9 +240,9 @@ def classify(message, world: World) -> tuple[str, int]:
         assert len(answers) == 1, buttons
         visit_id = answers.pop()
         assert world.chat_of_visit[visit_id] == message.chat_id, "a prompt reached another patient's chat"
-        return KIND_PROMPT, visit_id
+        return OutboxKind.ATTENDANCE_PROMPT, visit_id
     assert CODE_RE.search(message.text or ""), f"neither a code nor a prompt: {message.text!r}"
-    return KIND_VISIT_CODE, world.in_person[message.chat_id]
+    return OutboxKind.VISIT_CODE, world.in_person[message.chat_id]
 
 
 def run_of(runs: list[Run], at: float) -> int:
@@ -312,7 +312,7 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
     ctx.clock.set(REGISTERED_AT)
     world = await build_world(ctx, rng)
     rows = await outbox_rows(ctx)
-    assert Counter(r.kind for r in rows) == {KIND_VISIT_CODE: N_IN_PERSON, KIND_PROMPT: N_VISITS}
+    assert Counter(r.kind for r in rows) == {OutboxKind.VISIT_CODE: N_IN_PERSON, OutboxKind.ATTENDANCE_PROMPT: N_VISITS}
     registered = time.monotonic()
 
     server = ForkServer(child_env(db_url, settings, standin), tmp_path / "dispatchers.log")
@@ -322,7 +322,7 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
     reclaimed_after_lease: set[int] = set()
     try:
         i, hold_for, holds = 0, None, 0
-        while len(runs) < MIN_KILLS or await outstanding(ctx, KIND_VISIT_CODE):
+        while len(runs) < MIN_KILLS or await outstanding(ctx, OutboxKind.VISIT_CODE):
             assert i < 400, "the schedule does not advance: dispatchers never get ready?"
             holding = hold_for is not None
             if holding:
@@ -439,18 +439,18 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
     async with ctx.uow(read_only=True) as uow:
         code_rows = {r.visit_id: r for r in (await uow.conn.execute(sa.select(t.visit_codes))).all()}
     for (kind, visit_id), sent in copies.items():
-        if kind != KIND_VISIT_CODE:
+        if kind != OutboxKind.VISIT_CODE:
             continue
         current = code_rows[visit_id]
         codes = [CODE_RE.search(m.text).group(1) for m in sent]
         assert ctx.hasher.matches(visit_id, current.generation, codes[-1], current.code_hash)
         assert not any(ctx.hasher.matches(visit_id, current.generation, c, current.code_hash) for c in codes[:-1])
-    sample = [v for (kind, v), sent in copies.items() if kind == KIND_VISIT_CODE and len(sent) > 1]
-    sample += rng.sample([v for (kind, v) in copies if kind == KIND_VISIT_CODE], 40)
+    sample = [v for (kind, v), sent in copies.items() if kind == OutboxKind.VISIT_CODE and len(sent) > 1]
+    sample += rng.sample([v for (kind, v) in copies if kind == OutboxKind.VISIT_CODE], 40)
     async with ctx.uow(read_only=True) as uow:
         clinic_of = {v.id: v.clinic_id for v in (await uow.conn.execute(sa.select(t.visits))).all()}
     for visit_id in dict.fromkeys(sample):
-        last = CODE_RE.search(copies[(KIND_VISIT_CODE, visit_id)][-1].text).group(1)
+        last = CODE_RE.search(copies[(OutboxKind.VISIT_CODE, visit_id)][-1].text).group(1)
         ctx.clock.set(code_rows[visit_id].issued_at + dt.timedelta(seconds=30))
         check = await verify_code(ctx, clinic_of[visit_id], visit_id, last)
         assert check.outcome is CodeOutcome.VERIFIED, (visit_id, check)

@@ -8,8 +8,7 @@ import pytest
 from sqlalchemy import insert
 
 from core.db import tables as t
-from core.model import VisitMode
-from core.services.visits import KIND_VISIT_CODE
+from core.model import OutboxKind, VisitMode
 from tests.server.conftest import add_visit
 
 API = "/api/v1"
@@ -30,7 +29,7 @@ async def link_chat(ctx, tenant, patient: int = 0, chat_id: int = 5001, *, block
 
 async def queued_codes(ctx, visit_id: int) -> int:
     async with ctx.uow() as uow:
-        return len(await uow.outbox.pending(visit_id=visit_id, kind=KIND_VISIT_CODE))
+        return len(await uow.outbox.pending(visit_id=visit_id, kind=OutboxKind.VISIT_CODE))
 
 
 async def test_requests_are_capped_per_visit(client, ctx, tenants):

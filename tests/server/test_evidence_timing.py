@@ -13,8 +13,8 @@ from sqlalchemy import insert
 
 from core.clock import ALMATY
 from core.db import tables as t
+from core.model import OutboxKind
 from core.services import codes, registry, visits
-from core.services.visits import KIND_PROMPT
 from tests.conftest import VALID_IINS
 from tests.server.conftest import add_visit
 from tests.server.support import _encoding, fake_frame
@@ -104,7 +104,7 @@ async def test_a_visit_registered_after_its_window_is_accepted_marked_and_collec
     assert (entered.status, (await entered.json())["code"]) == (409, "registered_late")
     assert await codes.issue_code(ctx, late_id) is None
     async with ctx.uow() as uow:  # no code is ever sent for it; the patient is still asked "were you there?"
-        assert [m.kind for m in await uow.outbox.pending(visit_id=late_id)] == [KIND_PROMPT]
+        assert [m.kind for m in await uow.outbox.pending(visit_id=late_id)] == [OutboxKind.ATTENDANCE_PROMPT]
         assert await uow.visits.code_attempts(late_id) == 0
 
     shown = await visit_json(client, a, late_id)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from core.model import VisitMode
+from core.model import OutboxKind, VisitMode
 from core.services import codes, registry, visits
-from core.services.visits import KIND_VISIT_CODE
 from server.app import create_app
 from tests.server.conftest import add_visit
 from tests.server.support import FakeAnalyser, _encoding, fake_frame
@@ -157,7 +156,7 @@ async def test_code_request_is_queued_and_never_answered(client, ctx, tenants):
     assert response.status == 202
     assert await response.json() == {"status": "queued", "channel": "telegram", "requests_left": 2}
     async with ctx.uow() as uow:
-        queued = await uow.outbox.pending(visit_id=visit.id, kind=KIND_VISIT_CODE)
+        queued = await uow.outbox.pending(visit_id=visit.id, kind=OutboxKind.VISIT_CODE)
     assert [row.payload for row in queued] == ['{"reason": "requested"}']
     await visits.cancel_visit(ctx, a.clinic_id, visit.id)
     closed = await client.post(f"{API}/visits/{visit.id}/code-requests", headers=a.h())
