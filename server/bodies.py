@@ -1,4 +1,8 @@
-"""Request parsing: JSON bodies through strict pydantic models, path ids, bounded raw reads."""
+"""Request parsing: JSON bodies through strict pydantic models, path ids, bounded raw reads.
+
+The same models are the request body schemas of the OpenAPI document (server/openapi.py): one definition
+validates a body and describes it.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,6 +11,8 @@ from typing import Annotated, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from core.clock import ALMATY
 from core.errors import NotFound
@@ -16,6 +22,17 @@ from server.problems import Problem, validation_problem
 MAX_ID = 2**31 - 1
 YEARS = range(2000, 2101)  # dates outside these are typos, and near the ends of datetime they overflow
 READ_CHUNK = 64 * 1024
+
+# Rules the domain checks after parsing (with its own 422 codes), stated in the document for integrators and
+# API testers; the models' validation stays as loose as these fields' types. IIN: core/iin.py also checks the
+# check digit. Names: core/names.py refuses Unicode Cc, Cf, Cs, Zl, Zp; the pattern lists the characters met in
+# practice: C0 and C1 controls, soft hyphen, zero-width and direction marks, separators, overrides.
+IIN_PATTERN = "^[0-9]{12}$"
+NAME_PATTERN = (r"^[^\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064"
+                r"\u2066-\u206f\ufeff\ufff9-\ufffb]*$")
+NAME_RULE = ("plain text: control characters, line breaks, tabs, direction overrides and invisible characters are "
+             "refused (422 `invalid_name`)")
+STORABLE_TEXT_PATTERN = r"^[^\u0000]*$"  # what Body._storable_text lets through
 
 
 class Body(BaseModel):
@@ -32,6 +49,17 @@ class Body(BaseModel):
 
 
 M = TypeVar("M", bound=Body)
+
+
+class BodySchema(GenerateJsonSchema):
+    """A Body's JSON Schema for the OpenAPI document: every string field says it holds no NUL (Body refuses
+    one) unless it states a stricter pattern; no titles made up from field names."""
+
+    def str_schema(self, schema: core_schema.StringSchema) -> JsonSchemaValue:
+        return {"pattern": STORABLE_TEXT_PATTERN, **super().str_schema(schema)}
+
+    def field_title_should_be_set(self, schema) -> bool:
+        return False
 
 
 def _integral(value):

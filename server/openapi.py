@@ -1,31 +1,47 @@
 """The OpenAPI 3.1 description of the API, served at ``/api/v1/openapi.json``.
 
-Written by hand (it is the contract clinic integrators build against); tests/server check that it lists exactly
-the routes the app serves, with the scopes each handler demands, and that real responses match its schemas.
+The operation table and the response schemas are written by hand (it is the contract clinic integrators build
+against); the request body schemas are generated from the pydantic models that validate the bodies, so the
+document cannot promise a body the server refuses, or the reverse. tests/server check that it lists exactly the
+routes the app serves, with the scopes each handler demands, and that real responses match its schemas.
 """
 from __future__ import annotations
 
 from core.services.patient_changes import KINDS as CHANGE_KINDS
+from server.bodies import Body, BodySchema
+from server.routes.patients import ConsentIn, PatientIn
+from server.routes.verification import CodeIn
+from server.routes.visits import CancelIn, VisitIn
 
 API = "/api/v1"
 _DATETIME = {"type": "string", "format": "date-time"}
 _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
-_TEXT = r"^[^\u0000]*$"  # PostgreSQL cannot store NUL in text
-# Names: no control, bidi or invisible characters (core/names.py refuses Unicode Cc, Cf, Cs, Zl, Zp; this lists the
-# ones met in practice: C0 and C1 controls, soft hyphen, zero-width and direction marks, separators, overrides)
-_NAME = (r"^[^\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064"
-         r"\u2066-\u206f\ufeff\ufff9-\ufffb]*$")
 _YEAR_2000_2100 = r"^(20[0-9]{2}|2100)-"
 _DAY = {"type": "string", "format": "date", "pattern": _YEAR_2000_2100 + r"[0-9]{2}-[0-9]{2}$"}
+_REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": _REF_TEMPLATE.format(model=name)}
 
 
 def _json(schema: dict) -> dict:
     return {"content": {"application/json": {"schema": schema}}}
+
+
+def _json_body(model: type[Body], *, required: bool = True) -> dict:
+    return {"required": required, **_json(_ref(model.__name__))}
+
+
+def _body_schemas(*models: type[Body]) -> dict:
+    """components/schemas entries for the request bodies, each model's nested definitions beside it."""
+    schemas: dict = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF_TEMPLATE, schema_generator=BodySchema)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
 
 
 _PROBLEM_STATUSES = {
@@ -92,6 +108,7 @@ _CS, _WEBCAM, _ADMIN = "clinic_system", "webcam", "admin"
 _AUTH = (401, 403)
 
 _SCHEMAS = {
+    **_body_schemas(PatientIn, ConsentIn, VisitIn, CancelIn, CodeIn),
     "Problem": {
         "type": "object", "required": ["type", "title", "status", "detail", "code"],
         "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
@@ -101,19 +118,6 @@ _SCHEMAS = {
                        "errors": {"type": "array", "items": {
                            "type": "object", "required": ["field", "message"],
                            "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}},
-    "PatientIn": {
-        "type": "object", "additionalProperties": False, "required": ["iin", "full_name", "phone"],
-        "properties": {"iin": {"type": "string", "pattern": "^[0-9]{12}$",
-                               "description": "12-digit IIN (ЖСН/ИИН); its check digit is verified too"},
-                       "full_name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _NAME,
-                                     "description": "plain text: control characters, line breaks, tabs, "
-                                                    "direction overrides and invisible characters are refused "
-                                                    "(422 `invalid_name`)"},
-                       "phone": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": _TEXT,
-                                 "description": "Kazakhstan mobile number, any common spelling"},
-                       "language": {"enum": ["kk", "ru", None],
-                                    "description": "left out or null: a new patient gets ru, an existing one "
-                                                   "keeps the language on record"}}},
     "Patient": {
         "type": "object",
         "required": ["id", "full_name", "phone", "language", "chat_linked", "consent_recorded_at",
@@ -123,23 +127,10 @@ _SCHEMAS = {
                        "consent_recorded_at": _NULLABLE_DATETIME,
                        "consent_recorded_by": {"type": ["string", "null"]},
                        "created": {"type": "boolean"}}},
-    "ConsentIn": {"type": "object", "additionalProperties": False, "required": ["recorded_by"],
-                  "properties": {"recorded_by": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _TEXT,
-                                                 "description": "who took the consent (staff name or id)"}}},
     "Enrolment": {"type": "object", "required": ["enrolled"],
                   "properties": {"enrolled": {"type": "integer", "minimum": 1, "maximum": 5}}},
     "Revocation": {"type": "object", "required": ["revoked"],
                    "properties": {"revoked": {"type": "integer", "minimum": 0}}},
-    "VisitIn": {
-        "type": "object", "additionalProperties": False,
-        "required": ["doctor_id", "patient_id", "start", "duration_minutes", "mode", "service_code"],
-        "properties": {"doctor_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
-                       "patient_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
-                       "start": {**_DATETIME, "description": "with a UTC offset, e.g. 2026-11-25T09:00:00+05:00; "
-                                                          "years 2000-2100"},
-                       "duration_minutes": {"type": "integer", "minimum": 1, "maximum": 720},
-                       "mode": {"enum": ["in_person", "online"]},
-                       "service_code": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _TEXT}}},
     "Visit": {
         "type": "object",
         "required": ["id", "doctor_id", "patient_id", "start", "start_local", "duration_minutes", "mode",
@@ -182,16 +173,11 @@ _SCHEMAS = {
     "VisitList": {"type": "object", "required": ["date", "visits"],
                   "properties": {"date": {"type": "string", "format": "date"},
                                  "visits": {"type": "array", "items": _ref("Visit")}}},
-    "CancelIn": {"type": "object", "additionalProperties": False,
-                 "properties": {"reason": {"type": ["string", "null"], "maxLength": 1000, "pattern": _TEXT}}},
     "FaceDecision": {
         "type": "object", "required": ["decision"],
         "properties": {"decision": {"enum": ["match", "no_match", "no_face", "multiple_faces"]},
                        "face_locked_for_seconds": {"type": "integer", "minimum": 1,
                                                    "description": "set when this failure locked face checks"}}},
-    "CodeIn": {"type": "object", "additionalProperties": False, "required": ["code"],
-               "properties": {"code": {"type": "string", "pattern": "^[0-9]{6}$",
-                                        "description": "the 6 digits the patient read out"}}},
     "CodeResult": {
         "type": "object", "required": ["result", "attempts_left"],
         "properties": {"result": {"enum": ["verified", "wrong", "expired", "no_code", "already_used"]},
@@ -260,14 +246,14 @@ _PATHS = {
         "upsertPatient", "Create the clinic's patient with this IIN, or update name, phone and language", (_CS,),
         {200: _ok(_ref("Patient"), "Updated", _PATIENT_LINKS), 201: _ok(_ref("Patient"), "Created", _PATIENT_LINKS)},
         (*_AUTH, 404, 409, 413, 415, 422, 503),
-        body={"required": True, **_json(_ref("PatientIn"))},
+        body=_json_body(PatientIn),
         description="409 `staff_phone`: the number belongs to a doctor or admin of this clinic; a patient's codes "
                     "and questions must reach the patient. A new phone unlinks the patient's chat and is told to "
                     "the old chat with a \"this wasn't me\" button. A key bound to a doctor: 404 for an existing "
                     "patient with no visit with its doctor, 403 `doctor_key_forbidden` for a new phone.")},
     f"{API}/patients/{{patient_id}}/consent": {"post": _op(
         "recordConsent", "Record the patient's consent to face verification", (_CS,), {200: _ok(_ref("Patient"))},
-        (*_AUTH, 404, 413, 415, 422, 503), body={"required": True, **_json(_ref("ConsentIn"))},
+        (*_AUTH, 404, 413, 415, 422, 503), body=_json_body(ConsentIn),
         parameters=[_PATIENT_ID], description=_TOLD + " " + _BOUND_404)},
     f"{API}/patients/{{patient_id}}/face": {
         "put": _op("enrolFace", "Replace the patient's reference faces with 1-5 photos (all-or-nothing)", (_CS,),
@@ -290,7 +276,7 @@ _PATHS = {
         "post": _op("createVisit", "Register a visit", (_CS,),
                     {201: {**_ok(_ref("Visit"), "Created (or replayed for a repeated Idempotency-Key)", _VISIT_LINKS),
                            "headers": {"Location": {"schema": {"type": "string"}}}}},
-                    (*_AUTH, 404, 409, 413, 415, 422, 503), body={"required": True, **_json(_ref("VisitIn"))},
+                    (*_AUTH, 404, 409, 413, 415, 422, 503), body=_json_body(VisitIn),
                     parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
                                  "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                                  "description": "same key and body: the first answer again, one visit; "
@@ -311,7 +297,7 @@ _PATHS = {
         {200: _ok(_ref("VisitDetail"))}, (*_AUTH, 404, 503), parameters=[_VISIT_ID])},
     f"{API}/visits/{{visit_id}}/cancel": {"post": _op(
         "cancelVisit", "Cancel a scheduled visit", (_CS,), {200: _ok(_ref("Visit"))},
-        (*_AUTH, 404, 409, 413, 415, 422, 503), body={"required": False, **_json(_ref("CancelIn"))},
+        (*_AUTH, 404, 409, 413, 415, 422, 503), body=_json_body(CancelIn, required=False),
         parameters=[_VISIT_ID])},
     f"{API}/visits/{{visit_id}}/face": {"post": _op(
         "verifyFace", "Verify an in-person visit with one webcam frame", (_WEBCAM,), {200: _ok(_ref("FaceDecision"))},
@@ -330,7 +316,7 @@ _PATHS = {
                     "endpoint stays open.")},
     f"{API}/visits/{{visit_id}}/code": {"post": _op(
         "verifyCode", "Check the 6-digit code the patient read out", (_WEBCAM, _CS), {200: _ok(_ref("CodeResult"))},
-        (*_AUTH, 404, 409, 413, 415, 422, 429, 503), body={"required": True, **_json(_ref("CodeIn"))},
+        (*_AUTH, 404, 409, 413, 415, 422, 429, 503), body=_json_body(CodeIn),
         parameters=[_VISIT_ID], description="409 `registered_late`: no code exists for a visit registered after "
                                             "its window; 429 `code_locked`: too many wrong codes for the visit; "
                                             "429 `doctor_code_cap`: too many for the doctor this hour; "

@@ -19,7 +19,8 @@ from core.services.patient_changes import Caller
 from core.templates import MAX_REFERENCES
 from server.appkeys import CTX, FACE_POOL, SETTINGS
 from server.auth import principal, requires
-from server.bodies import Body, id_segment, path_id, read_bounded, read_json
+from server.bodies import (IIN_PATTERN, NAME_PATTERN, NAME_RULE, Body, id_segment, path_id, read_bounded,
+                           read_json)
 from server.face.image import ImageRejected
 from server.problems import Problem, image_problem
 
@@ -29,14 +30,18 @@ routes = web.RouteTableDef()
 
 
 class PatientIn(Body):
-    iin: str = Field(max_length=32)
-    full_name: str = Field(min_length=1, max_length=200)
-    phone: str = Field(min_length=1, max_length=32)
-    language: Literal["kk", "ru"] | None = None  # left out or null: a new patient gets ru, others keep theirs
+    iin: str = Field(max_length=32, description="12-digit IIN (ЖСН/ИИН); its check digit is verified too",
+                     json_schema_extra={"pattern": IIN_PATTERN})
+    full_name: str = Field(min_length=1, max_length=200, description=NAME_RULE,
+                           json_schema_extra={"pattern": NAME_PATTERN})
+    phone: str = Field(min_length=1, max_length=32, description="Kazakhstan mobile number, any common spelling")
+    language: Literal["kk", "ru"] | None = Field(
+        default=None, description="left out or null: a new patient gets ru, an existing one keeps the language "
+                                  "on record")
 
 
 class ConsentIn(Body):
-    recorded_by: str = Field(min_length=1, max_length=200)
+    recorded_by: str = Field(min_length=1, max_length=200, description="who took the consent (staff name or id)")
 
 
 def patient_json(patient: Patient) -> dict:

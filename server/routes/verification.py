@@ -25,7 +25,8 @@ routes = web.RouteTableDef()
 
 
 class CodeIn(Body):
-    code: str = Field(max_length=32)
+    code: str = Field(max_length=32, description="the 6 digits the patient read out",
+                      json_schema_extra={"pattern": "^[0-9]{6}$"})
 
 
 @routes.post(VISIT + "/face")

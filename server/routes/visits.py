@@ -31,7 +31,8 @@ routes = web.RouteTableDef()
 class VisitIn(Body):
     doctor_id: JsonInt = Field(ge=1, le=MAX_ID)
     patient_id: JsonInt = Field(ge=1, le=MAX_ID)
-    start: AwareDatetime
+    start: AwareDatetime = Field(description="with a UTC offset, e.g. 2026-11-25T09:00:00+05:00; "
+                                             f"years {YEARS.start}-{YEARS.stop - 1}")
     duration_minutes: JsonInt = Field(ge=1, le=720)
     mode: Literal["in_person", "online"]
     service_code: str = Field(min_length=1, max_length=64)

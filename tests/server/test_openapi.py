@@ -6,6 +6,7 @@ from aiohttp import web
 from core.config import Mode, Settings
 from server.app import create_app
 from server.auth import access_of
+from server.bodies import Body, BodySchema
 from server.openapi import DOCUMENT
 from tests.server.support import FakeAnalyser
 
@@ -48,3 +49,32 @@ async def test_document_is_served(client):
     response = await client.get("/api/v1/openapi.json")
     assert response.status == 200
     assert await response.json() == DOCUMENT
+
+
+def _references(node) -> list[str]:
+    if isinstance(node, list):
+        return [ref for value in node for ref in _references(value)]
+    if not isinstance(node, dict):
+        return []
+    found = [node["$ref"]] if "$ref" in node else []
+    return found + [ref for value in node.values() for ref in _references(value)]
+
+
+def test_every_reference_in_the_document_resolves():
+    for ref in set(_references(DOCUMENT)):
+        node = DOCUMENT
+        for part in ref.removeprefix("#/").split("/"):
+            assert part in node, f"{ref} points nowhere"
+            node = node[part]
+
+
+def test_json_request_bodies_are_the_schemas_of_the_models_that_validate_them():
+    models = {model.__name__: model for model in Body.__subclasses__()}
+    bodies = [op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+              for ops in DOCUMENT["paths"].values() for op in ops.values()
+              if "application/json" in op.get("requestBody", {}).get("content", {})]
+    assert bodies and set(bodies) <= set(models), "a JSON body documented without a model"
+    for name in bodies:
+        generated = models[name].model_json_schema(ref_template="#/components/schemas/{model}",
+                                                   schema_generator=BodySchema)
+        assert DOCUMENT["components"]["schemas"][name] == generated, name
