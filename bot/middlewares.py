@@ -11,7 +11,8 @@ from aiogram.utils.i18n.middleware import I18nMiddleware
 from bot.i18n import LANGUAGES
 from core.logs import get_logger
 from core.services import Context
-from core.services.chat import ChatProfile, chat_profile, claim_update, release_update, unblock_chat
+from core.services.chat import ChatProfile, chat_profile, unblock_chat
+from core.services.updates import claim_update, release_update
 
 log = get_logger("rastau.bot")
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]

@@ -22,7 +22,8 @@ from bot.delivery.dispatcher import OutboxDispatcher
 from core.clock import ALMATY, to_local
 from core.logs import get_logger
 from core.services import Context
-from core.services.chat import prune_processed_updates, queue_daily_digests
+from core.services.digest import queue_daily_digests
+from core.services.updates import prune_processed_updates
 from core.services.visits import close_expired_windows
 
 log = get_logger("rastau.scheduler")

@@ -10,7 +10,8 @@ from aiogram.utils.markdown import html_decoration as hd
 from bot.i18n import __, _, day_name, ngettext, short_when, when
 from core import csvfile
 from core.model import VisitMode, VisitState
-from core.services.chat import PATIENT_HISTORY_DAYS, ChatProfile, VisitLine
+from core.services.chat import ChatProfile
+from core.services.visit_lists import PATIENT_HISTORY_DAYS, VisitLine
 from core.services.digest import Digest, DigestRow
 from core.services.patient_changes import (CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED,
                                            PHONE_CHANGED)

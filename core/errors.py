@@ -46,6 +46,17 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class ConcurrentWrite(Conflict):
+    """The database refused a write on a unique key or a foreign key: usually another request wrote the same record
+    at the same moment. Raised by the unit of work in place of the driver's integrity error."""
+    code = "concurrent_write"
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or answer (down, refused, timed out, SQLite locked): not the request's
+    fault, and not a bug in a query. Raised by the unit of work in place of the driver's error, which is its cause."""
+
+
 class StaffPhone(Conflict):
     """A number shared by a patient and the staff of the patient's clinic: staff would receive the patient's codes
     and the "were you there?" questions, and could confirm visits that never happened."""

@@ -7,11 +7,11 @@ from http import HTTPStatus
 
 from aiohttp import web
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from core.errors import (
     Conflict,
     ConsentMissing,
+    DatabaseUnavailable,
     DomainError,
     IllegalTransition,
     InvalidIin,
@@ -105,13 +105,6 @@ def image_problem(exc: ImageRejected, which: str | None = None) -> Problem:
     return Problem(_IMAGE_STATUS.get(exc.reason, 422), f"image_{exc.reason}", prefix + exc.message)
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """Connection-level failures (server down, refused, timed out, SQLite locked) — not bugs in a query."""
-    if isinstance(exc, (OperationalError, InterfaceError, OSError)):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
 @web.middleware
 async def problem_middleware(request: web.Request, handler):
     try:
@@ -139,16 +132,13 @@ async def problem_middleware(request: web.Request, handler):
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
         return problem_response(exc.status, code, exc.text if exc.status != 404 else
                                 f"no such endpoint: {request.method} {request.path}", headers=headers)
-    except IntegrityError:
-        return problem_response(409, "concurrent_write", "another request changed the same record at the same "
-                                "moment; retry this request")
+    except DatabaseUnavailable as exc:
+        log.error("database unavailable", error_type=type(exc.__cause__ or exc).__name__)
+        return problem_response(503, "database_unavailable", "the database is unreachable right now; "
+                                "retry shortly", headers={"Retry-After": "5"},
+                                request_id=request.get(REQUEST_ID, "-"))
     except Exception as exc:  # noqa: BLE001 - the last line of defence: log the cause, answer without internals
         request_id = request.get(REQUEST_ID, "-")
-        if database_unavailable(exc):
-            log.error("database unavailable", error_type=type(exc).__name__)
-            return problem_response(503, "database_unavailable", "the database is unreachable right now; "
-                                    "retry shortly", headers={"Retry-After": "5"},
-                                    request_id=request_id)
         log.exception("unhandled error", error_type=type(exc).__name__)
         return problem_response(500, "internal_error", "an unexpected error occurred; quote this request id "
                                 f"when reporting it: {request_id}", request_id=request_id)

@@ -11,7 +11,8 @@ from bot.i18n import _, clock_time, ngettext
 from bot.keyboards import CodeCb
 from core.errors import IllegalTransition, NotFound
 from core.services import Context
-from core.services.chat import ChatProfile, doctor_online_today, visit_line
+from core.services.chat import ChatProfile
+from core.services.visit_lists import doctor_online_today, visit_line
 from core.services.codes import CodeRequestsCapped, PatientUnreachable, request_code
 
 def build_router() -> Router:

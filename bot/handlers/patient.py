@@ -15,9 +15,10 @@ from bot.keyboards import AnswerCb, ChangeCb, ReasonSkipCb, skip_reason_keyboard
 from core.errors import IllegalTransition, NotFound
 from core.model import ANSWER_CORRECTION_WINDOW, VisitState
 from core.services import Context
-from core.services.chat import ChatProfile, VisitLine, explain_dispute, patient_visits
+from core.services.chat import ChatProfile
+from core.services.visit_lists import VisitLine, patient_visits
 from core.services.patient_changes import dispute_change
-from core.services.visits import patient_confirms, patient_disputes
+from core.services.visits import explain_dispute, patient_confirms, patient_disputes
 
 MAX_LISTED = 15
 MAX_REASON = 1000

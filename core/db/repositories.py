@@ -5,7 +5,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, exists, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -199,6 +199,45 @@ class PatientRepo(_Repo):
     async def mark_chat_blocked(self, chat_id: int) -> None:
         await self.conn.execute(update(t.patients).where(t.patients.c.chat_id == chat_id)
                                 .values(chat_blocked=True))
+
+    async def unblock_chat(self, chat_id: int) -> None:
+        await self.conn.execute(update(t.patients).where(t.patients.c.chat_id == chat_id)
+                                .values(chat_blocked=False))
+
+
+class ChatUserRepo(_Repo):
+    """A chat's own settings: its language and whether it said /stop."""
+
+    async def upsert(self, chat_id: int, now: dt.datetime, *, language: Language | None = None,
+                     stopped: bool | None = None) -> None:
+        """Set the given fields; a chat seen for the first time starts in Russian unless a language is given."""
+        values: dict = {}
+        if language is not None:
+            values["language"] = Language(language).value
+        if stopped is not None:
+            values["stopped"] = stopped
+        res = await self.conn.execute(update(t.chat_users).where(t.chat_users.c.chat_id == chat_id)
+                                      .values(updated_at=now, **values))
+        if res.rowcount == 0:
+            values.setdefault("language", Language.RU.value)
+            await self.conn.execute(insert(t.chat_users).values(chat_id=chat_id, created_at=now, updated_at=now,
+                                                               **values))
+
+
+class ProcessedUpdateRepo(_Repo):
+    """Telegram update ids already handled, per bot: what makes a redelivered update a no-op."""
+
+    async def add(self, bot_id: int, update_id: int, now: dt.datetime) -> None:
+        """A repeat fails on the primary key (the unit of work raises core.errors.ConcurrentWrite)."""
+        await self.conn.execute(insert(t.processed_updates).values(update_id=update_id, bot_id=bot_id, at=now))
+
+    async def release(self, bot_id: int, update_id: int) -> None:
+        await self.conn.execute(delete(t.processed_updates).where(and_(
+            t.processed_updates.c.update_id == update_id, t.processed_updates.c.bot_id == bot_id)))
+
+    async def prune(self, before: dt.datetime) -> int:
+        res = await self.conn.execute(delete(t.processed_updates).where(t.processed_updates.c.at < before))
+        return res.rowcount
 
 
 @dataclass(frozen=True)

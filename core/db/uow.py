@@ -2,16 +2,41 @@
 
 State changes and the outbox messages they cause are written through the same unit of work, so either
 both land or neither does.
+
+The driver's errors do not leave it: a refused unique or foreign key becomes :class:`core.errors.ConcurrentWrite`,
+a database that cannot answer :class:`core.errors.DatabaseUnavailable` (the driver's error is the cause), so the
+server and the bot need not know SQLAlchemy.
 """
 from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.db.engine import READ_ONLY_OPTION
-from core.db.repositories import (AdminRepo, ApiKeyRepo, AuditRepo, ClinicRepo, CodeRepo, DoctorRepo, FaceFailureRepo,
-                                  IdempotencyRepo, OutboxRepo, PatientChangeRepo, PatientRepo, TemplateRepo, VisitRepo)
+from core.db.queries import Queries
+from core.db.repositories import (AdminRepo, ApiKeyRepo, AuditRepo, ChatUserRepo, ClinicRepo, CodeRepo, DoctorRepo,
+                                  FaceFailureRepo, IdempotencyRepo, OutboxRepo, PatientChangeRepo, PatientRepo,
+                                  ProcessedUpdateRepo, TemplateRepo, VisitRepo)
+from core.errors import ConcurrentWrite, DatabaseUnavailable
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Connection-level failures (server down, refused, timed out, SQLite locked), not bugs in a query."""
+    if isinstance(exc, (OperationalError, InterfaceError, OSError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _translated(exc: BaseException) -> Exception | None:
+    """The core error that stands for a driver's error, or None for any other exception."""
+    if isinstance(exc, IntegrityError):
+        return ConcurrentWrite("another request changed the same record at the same moment; retry this request")
+    if _unavailable(exc):
+        return DatabaseUnavailable(f"the database is unreachable ({type(exc).__name__})")
+    return None
 
 
 class UnitOfWork:
@@ -36,8 +61,10 @@ class UnitOfWork:
             except BaseException:
                 await self.conn.close()
                 raise
-        except BaseException:  # no __aexit__ follows a failed __aenter__: let the next writer in
+        except BaseException as exc:  # no __aexit__ follows a failed __aenter__: let the next writer in
             self._release_writer()
+            if (core_error := _translated(exc)) is not None:
+                raise core_error from exc
             raise
         locks = self.row_locks
         self.audit = AuditRepo(self.conn, locks)
@@ -53,6 +80,9 @@ class UnitOfWork:
         self.outbox = OutboxRepo(self.conn, locks)
         self.api_keys = ApiKeyRepo(self.conn, locks)
         self.idempotency = IdempotencyRepo(self.conn, locks)
+        self.chat_users = ChatUserRepo(self.conn, locks)
+        self.processed_updates = ProcessedUpdateRepo(self.conn, locks)
+        self.queries = Queries(self.conn)
         return self
 
     async def commit(self) -> None:
@@ -64,6 +94,16 @@ class UnitOfWork:
         await self.conn.rollback()
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
+        try:
+            await self._end()
+        except Exception as cleanup_error:  # a dead connection fails its rollback too
+            if (core_error := _translated(cleanup_error)) is None:
+                raise
+            raise core_error from cleanup_error
+        if exc is not None and (core_error := _translated(exc)) is not None:
+            raise core_error from exc
+
+    async def _end(self) -> None:
         try:
             if not self._committed:
                 await self.conn.rollback()
@@ -92,3 +132,13 @@ class UnitOfWorkFactory:
 
     def __call__(self, *, read_only: bool = False) -> UnitOfWork:
         return UnitOfWork(self.engine, read_only=read_only, writer=self._writer)
+
+    async def ping(self) -> None:
+        """One round trip to the database; DatabaseUnavailable (or the driver's error) when it cannot answer."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            if (core_error := _translated(exc)) is not None:
+                raise core_error from exc
+            raise

@@ -4,11 +4,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from core.clock import hour_start, seconds_to_next_hour
 from core.codes import CodeOutcome, CodePolicy, generate_code, looks_like_code
-from core.db import tables as t
 from core.errors import Conflict, DomainError, IllegalTransition, InvalidValue, NotFound
 from core.model import Actor, OutboxKind, OutboxMessage, Recipient, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
@@ -105,9 +102,8 @@ async def _channel(uow, patient_id: int) -> str | None:
     patient = await uow.patients.get(patient_id)
     if patient.chat_id is None or patient.chat_blocked:
         return None
-    stopped = (await uow.conn.execute(select(t.chat_users.c.stopped)
-                                      .where(t.chat_users.c.chat_id == patient.chat_id))).scalar_one_or_none()
-    return None if stopped else CHANNEL_TELEGRAM
+    chat = await uow.queries.chat_user(patient.chat_id)
+    return None if chat is not None and chat.stopped else CHANNEL_TELEGRAM
 
 
 @dataclass(frozen=True)

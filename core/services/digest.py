@@ -1,19 +1,15 @@
-"""The clinic admins' daily digest: what happened to each visit of one local day, and a CSV of it.
-The server serves it as data; the bot renders it in the admin's language."""
+"""The clinic admins' daily digest: what happened to each visit of one local day, and a CSV of it; and the daily
+outbox rows that carry it. The server serves it as data; the bot renders it in the admin's language."""
 from __future__ import annotations
 
 import datetime as dt
 import io
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
-
 from core import csvfile
 from core.clock import ALMATY, local_day_bounds, to_local
-from core.db import tables as t
-from core.db.repositories import ENROLLED_AT, FRESH
 from core.iin import mask_iin
-from core.model import VisitState, patient_answer
+from core.model import OutboxKind, OutboxMessage, Recipient, VisitState, patient_answer
 from core.services import Context
 
 
@@ -115,49 +111,6 @@ TOTAL_KEYS = ("visits", "face_verified", "code_verified", "unverified", "patient
               "no_answer", "cancelled", "unreachable", "registered_late", "fresh_reference")
 
 
-_CANCELLED, _SCHEDULED = VisitState.CANCELLED.value, VisitState.SCHEDULED.value
-_CONFIRMED, _DISPUTED = VisitState.PATIENT_CONFIRMED.value, VisitState.PATIENT_DISPUTED.value
-
-
-def _count(condition) -> ColumnElement:
-    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
-
-_v, _d, _p = t.visits, t.doctors, t.patients
-_billed = _v.c.state != _CANCELLED
-_unverified = and_(_billed, _v.c.verified_by.is_(None), _v.c.state != _SCHEDULED)
-_disputed = _v.c.state == _DISPUTED
-# Per doctor, everything the totals need: the counting happens in the database, in one pass over the day.
-_COUNTS = (select(_v.c.doctor_id, _d.c.full_name,
-                  _count(_billed).label("visits"),
-                  _count(and_(_billed, _v.c.verified_by == "face")).label("face_verified"),
-                  _count(and_(_billed, _v.c.verified_by == "code")).label("code_verified"),
-                  _count(_unverified).label("unverified"),
-                  _count(_v.c.state == _CONFIRMED).label("patient_confirmed"),
-                  _count(_disputed).label("disputed"),
-                  _count(and_(_billed, _v.c.state.not_in([_CONFIRMED, _DISPUTED]),
-                              _v.c.attended_claim_at.is_(None))).label("no_answer"),
-                  _count(~_billed).label("cancelled"),
-                  _count(and_(_billed, or_(_p.c.chat_id.is_(None), _p.c.chat_blocked))).label("unreachable"),
-                  _count(and_(_billed, _v.c.registered_late)).label("registered_late"),
-                  _count(and_(_billed, FRESH)).label("fresh_reference"))
-           .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
-           .group_by(_v.c.doctor_id, _d.c.full_name))
-_ROWS = (select(_v.c.id, _v.c.start_at, _v.c.doctor_id, _v.c.mode, _v.c.service_code, _v.c.state,
-                _v.c.verified_by, _v.c.attended_claim_at, _v.c.dispute_reason,
-                _d.c.full_name.label("doctor_name"), _p.c.full_name.label("patient_name"), _p.c.iin,
-                _p.c.chat_id, _p.c.chat_blocked, _v.c.created_at, _v.c.registered_late, _v.c.verified_at,
-                _v.c.verified_enrolment_id, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"))
-         .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
-         .order_by(_v.c.start_at, _v.c.id))
-
-
-_c = t.patient_changes
-_DISPUTED_CHANGES = (select(_c.c.id, _c.c.kind, _c.c.patient_id, _c.c.actor, _c.c.at, _c.c.disputed_at,
-                            _p.c.full_name, _p.c.iin)
-                     .join(_p, _p.c.id == _c.c.patient_id).order_by(_c.c.disputed_at, _c.c.id))
-
-
 def _dispute(r) -> EnrolmentDispute:
     return EnrolmentDispute(change_id=r.id, kind=r.kind, patient_id=r.patient_id, patient_name=r.full_name,
                             iin_masked=mask_iin(r.iin), actor=r.actor, changed_at_local=to_local(r.at),
@@ -168,7 +121,8 @@ def _row(r) -> DigestRow:
     return DigestRow(visit_id=r.id, start_local=to_local(r.start_at), doctor_id=r.doctor_id,
                      doctor_name=r.doctor_name, patient_name=r.patient_name, iin_masked=mask_iin(r.iin),
                      mode=r.mode, service_code=r.service_code, state=r.state, verified_by=r.verified_by,
-                     answer=patient_answer(VisitState(r.state), r.attended_claim_at).value, dispute_reason=r.dispute_reason,
+                     answer=patient_answer(VisitState(r.state), r.attended_claim_at).value,
+                     dispute_reason=r.dispute_reason,
                      patient_reachable=r.chat_id is not None and not r.chat_blocked,
                      registered_at=to_local(r.created_at), registered_late=r.registered_late,
                      verified_at=_local(r.verified_at), verified_enrolment_id=r.verified_enrolment_id,
@@ -181,17 +135,15 @@ def _local(moment: dt.datetime | None) -> dt.datetime | None:
 
 async def build_digest(ctx: Context, clinic_id: int, day: dt.date, *, with_rows: bool = True) -> Digest:
     """One clinic, one Asia/Almaty calendar day, in one read snapshot: counts by SQL aggregate, the flagged
-    visits (unverified, disputed, or verified against a fresh reference), the changes patients disputed that day, and every row only when asked (the
-    CSV needs them, a summary does not)."""
+    visits (unverified, disputed, or verified against a fresh reference), the changes patients disputed that day,
+    and every row only when asked (the CSV needs them, a summary does not)."""
     start, end = local_day_bounds(day, ALMATY)
-    in_day = and_(_v.c.clinic_id == clinic_id, _v.c.start_at >= start, _v.c.start_at < end)
     async with ctx.uow(read_only=True) as uow:
         clinic = await uow.clinics.get(clinic_id)
-        counts = (await uow.conn.execute(_COUNTS.where(in_day))).all()
-        flagged_rows = (await uow.conn.execute(_ROWS.where(in_day, or_(_unverified, _disputed, FRESH)))).all()
-        all_rows = (await uow.conn.execute(_ROWS.where(in_day))).all() if with_rows else []
-        disputes = (await uow.conn.execute(_DISPUTED_CHANGES.where(
-            _c.c.clinic_id == clinic_id, _c.c.disputed_at >= start, _c.c.disputed_at < end))).all()
+        counts = await uow.queries.digest_counts(clinic_id, start, end)
+        flagged_rows = await uow.queries.digest_visits(clinic_id, start, end, flagged_only=True)
+        all_rows = await uow.queries.digest_visits(clinic_id, start, end) if with_rows else []
+        disputes = await uow.queries.disputed_changes(clinic_id, start, end)
     totals = {key: sum(getattr(c, key) for c in counts) for key in TOTAL_KEYS}
     per_doctor = [DoctorCounts(c.doctor_id, c.full_name, total=c.visits,
                                verified=c.face_verified + c.code_verified, unverified=c.unverified,
@@ -200,3 +152,24 @@ async def build_digest(ctx: Context, clinic_id: int, day: dt.date, *, with_rows:
                   per_doctor=sorted(per_doctor, key=lambda c: c.doctor_name),
                   flagged=[_row(r) for r in flagged_rows], rows=[_row(r) for r in all_rows],
                   enrolment_disputes=[_dispute(r) for r in disputes])
+
+
+def digest_dedupe_key(clinic_id: int, day: dt.date, admin_id: int) -> str:
+    return f"digest:{clinic_id}:{day.isoformat()}:{admin_id}"
+
+
+async def queue_daily_digests(ctx: Context, day: dt.date) -> int:
+    """One ``daily_digest`` outbox row per admin of every clinic for this local day. A repeat (restart,
+    catch-up, a second bot instance) adds nothing: the dedupe key names clinic, day and admin."""
+    now = ctx.clock.now()
+    queued = 0
+    async with ctx.uow() as uow:
+        for clinic in await uow.clinics.list():
+            for admin in await uow.admins.list_by_clinic(clinic.id):
+                added = await uow.outbox.add(OutboxMessage(
+                    kind=OutboxKind.DAILY_DIGEST, recipient_kind=Recipient.ADMIN, recipient_id=admin.id, due_at=now,
+                    payload={"clinic_id": clinic.id, "day": day.isoformat()},
+                    dedupe_key=digest_dedupe_key(clinic.id, day, admin.id)), now)
+                queued += added is not None
+        await uow.commit()
+    return queued

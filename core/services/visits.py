@@ -180,3 +180,21 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
                     due_at=now, payload={}, dedupe_key=f"dispute:{visit.id}:{admin.id}"), now)
         await uow.commit()
     return AnswerResult(visit, event is not None)
+
+
+async def explain_dispute(ctx: Context, visit_id: int, patient_ids: list[int], reason: str) -> Visit:
+    """Store the patient's free-text reason for "I wasn't there" and pass it on to the clinic's admins,
+    who already got the dispute itself at once."""
+    now = ctx.clock.now()
+    async with ctx.uow() as uow:
+        visit = await patient_visit(uow, visit_id, patient_ids)
+        visit.add_dispute_reason(reason, now)
+        await uow.visits.save(visit)
+        if visit.dispute_reason:
+            for admin in await uow.admins.list_by_clinic(visit.clinic_id):
+                await uow.outbox.add(OutboxMessage(
+                    kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
+                    visit_id=visit.id, due_at=now, payload={"update": "reason"},
+                    dedupe_key=f"dispute-reason:{visit.id}:{admin.id}"), now)
+        await uow.commit()
+    return visit

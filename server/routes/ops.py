@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
-from sqlalchemy import text
 
 from server.appkeys import CTX, FACE_POOL, METRICS
 from server.auth import public
@@ -23,8 +22,7 @@ async def healthz(_request: web.Request) -> web.Response:
 async def _database_ok(request: web.Request) -> bool:
     try:
         async with asyncio.timeout(DB_CHECK_TIMEOUT_S):
-            async with request.app[CTX].uow.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await request.app[CTX].uow.ping()
         return True
     except Exception:  # noqa: BLE001 - any failure means "not ready"; the reason is not the caller's business
         return False

@@ -10,10 +10,9 @@ from typing import Literal
 
 from aiohttp import web
 from pydantic import AwareDatetime, Field, field_validator
-from sqlalchemy.exc import IntegrityError
 
 from core.clock import ALMATY, local_day_bounds
-from core.errors import NotFound
+from core.errors import ConcurrentWrite, NotFound
 from core.model import Visit, VisitEvent, VisitMode, VisitState
 from core.services import idempotency, visits
 from core.services.keys import Scope
@@ -107,7 +106,7 @@ async def create_visit(request: web.Request) -> web.Response:
             ctx, clinic_id=who.clinic_id, doctor_id=body.doctor_id, patient_id=body.patient_id, start=body.start,
             duration=dt.timedelta(minutes=body.duration_minutes), mode=body.mode, service_code=body.service_code,
             idempotency=write)
-    except IntegrityError:
+    except ConcurrentWrite:
         if write is None:
             raise
         earlier = await idempotency.replay(ctx, who.clinic_id, key, write.request_hash)  # a concurrent twin won

@@ -62,6 +62,7 @@ async def test_a_transaction_that_fails_to_begin_does_not_block_the_next_writer(
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from core.db.uow import UnitOfWorkFactory
+    from core.errors import DatabaseUnavailable
 
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'rastau.db'}")
     await upgrade_to_head(engine)
@@ -72,9 +73,10 @@ async def test_a_transaction_that_fails_to_begin_does_not_block_the_next_writer(
         raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
 
     monkeypatch.setattr(AsyncConnection, "begin", locked_out)
-    with pytest.raises(OperationalError):
+    with pytest.raises(DatabaseUnavailable) as failed:  # the driver's error, in core's words
         async with uow():
             pass
+    assert isinstance(failed.value.__cause__, OperationalError)
     monkeypatch.setattr(AsyncConnection, "begin", real_begin)
 
     async def write() -> None:
