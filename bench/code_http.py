@@ -15,8 +15,7 @@ import aiohttp
 from sqlalchemy import text
 
 from bench.results import percentile
-from bench.world import (db_time, fresh_context, free_port, server_env, store_known_codes,
-                         wait_healthy)
+from bench.world import db_time, free_port, fresh_context, server_env, store_known_codes, wait_healthy
 from core.services import registry
 from core.services.keys import create_api_key
 

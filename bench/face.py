@@ -37,7 +37,7 @@ def webcam_frames(limit: int | None = None) -> list[tuple[str, bytes]]:
         canvas = np.full((480, 640, 3), 128, np.uint8)
         top, left = (480 - image.shape[0]) // 2, (640 - image.shape[1]) // 2
         canvas[top:top + image.shape[0], left:left + image.shape[1]] = image
-        ok, jpeg = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _, jpeg = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
         frames.append((f"{path.parent.name}/{path.name}", jpeg.tobytes()))
     return frames
 

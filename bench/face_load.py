@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import subprocess
 import sys
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.world import fresh_context, free_port, server_env, wait_healthy
 from bench.face import webcam_frames
 from bench.results import median, percentile
+from bench.world import free_port, fresh_context, server_env, wait_healthy
 from core.services import registry, visits
 from core.services.keys import create_api_key
 
@@ -115,7 +116,7 @@ async def run(workdir: str, *, workers: list[int], frames_per_run: int) -> dict:
                     await asyncio.sleep(0.1)
             idle = tree_rss(process.pid)
             result = await _load(base, api_key, visit_ids, frames, concurrency=2 * count,
-                                 rss_of=lambda: tree_rss(process.pid))
+                                 rss_of=functools.partial(tree_rss, process.pid))
             results[count] = {**result, "idle_rss": idle}
         finally:
             process.terminate()

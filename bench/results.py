@@ -54,7 +54,7 @@ def write_section(name: str, body: str, *, smoke: bool) -> None:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def interleaved(candidate, baseline, rounds: int) -> tuple[list[float], list[float]]:

@@ -32,11 +32,10 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy import text
 
-from bench.world import (ROOT, db_time, fresh_context, free_port, server_env, store_known_codes,
-                         wait_healthy)
 from bench.face import webcam_frames
 from bench.face_load import tree_rss
 from bench.results import percentile
+from bench.world import ROOT, db_time, free_port, fresh_context, server_env, store_known_codes, wait_healthy
 from core.iin import make_iin
 from core.services import chat, registry
 from core.services.keys import create_api_key
@@ -239,7 +238,7 @@ async def run(workdir: str, database_url: str, *, duration: float, code_rate: fl
                 registered = time.monotonic()
                 try:
                     delivered_at, value = await asyncio.wait_for(arrived, timeout=60)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     kinds["delivery"].record(registered, "not delivered within 60 s", EXPECTED["delivery"])
                     kinds["chat"].record(scheduled, "no code", EXPECTED["chat"])
                     return
@@ -277,7 +276,7 @@ async def run(workdir: str, database_url: str, *, duration: float, code_rate: fl
                     load.append(os.getloadavg()[0])
                     try:
                         await asyncio.wait_for(stop.wait(), timeout=max(1.0, duration / 60))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
 
             reader = asyncio.create_task(read_chats())

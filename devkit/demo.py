@@ -149,7 +149,7 @@ class Story:
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "Story":
+    async def __aenter__(self) -> Story:
         self.api = BotApiStandIn(bot_id=int(BOT_TOKEN.split(":")[0]), username="rastau_demo_bot")
         await self.api.start()
         self.settings = Settings(_env_file=None, mode="dev", database_url=f"sqlite+aiosqlite:///{self._tmp.name}/demo.db",
@@ -263,7 +263,8 @@ class Story:
         for label, patient, hour, mode in (("A", "aigerim", 9, "in_person"), ("B", "dmitry", 10, "online"),
                                            ("C", "dmitry", 11, "in_person")):
             start = dt.datetime.combine(self.day, dt.time(hour), tzinfo=ALMATY)
-            status, visit = await self.call("POST", "/visits", self.mis_key, headers={"Idempotency-Key": f"demo-{label}"},
+            status, visit = await self.call("POST", "/visits", self.mis_key,
+                                            headers={"Idempotency-Key": f"demo-{label}"},
                                             json={"doctor_id": doctor.id, "patient_id": patient_ids[patient],
                                                   "start": start.isoformat(), "duration_minutes": 20, "mode": mode,
                                                   "service_code": "A01.001"})

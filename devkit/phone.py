@@ -56,7 +56,8 @@ class Phone:
         self.api.push_update(update)  # the stand-in numbers updates in arrival order
 
     def type(self, text: str) -> None:
-        entities = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}] if text.startswith("/") else []
+        command = text.startswith("/")
+        entities = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}] if command else []
         self._push({"message": self._message(text=text, entities=entities)}, text)
 
     def share_contact(self) -> None:

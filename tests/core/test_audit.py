@@ -16,7 +16,7 @@ async def test_tampering_in_the_middle_is_detected_and_located(ctx, clinic_world
         await uow.conn.execute(sa.update(t.audit_log).where(t.audit_log.c.seq == target)
                                .values(details='{"clinic": 999}'))
         await uow.commit()
-        
+
     async with ctx.uow() as uow:
         broken = find_break(await uow.audit.records())
     assert broken.seq == target and "altered" in broken.reason

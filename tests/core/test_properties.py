@@ -11,11 +11,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from core.codes import CodeHasher, CodePolicy, generate_code, looks_like_code
 from core.errors import IllegalTransition, InvalidIin, InvalidPhone
 from core.iin import check_digit, make_iin, mask_iin, parse_iin
-from core.model import (ANSWER_CORRECTION_WINDOW, Actor, VerificationMethod, Visit, VisitMode,
-                        VisitState)
+from core.model import ANSWER_CORRECTION_WINDOW, Actor, VerificationMethod, Visit, VisitMode, VisitState
 from core.phone import normalise_phone
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @st.composite

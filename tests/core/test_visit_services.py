@@ -17,7 +17,8 @@ from core.services.faces import FaceLocked
 
 async def _visit(ctx, w, *, patient=None, mode=VisitMode.IN_PERSON, start=None):
     return await visits.register_visit(ctx, clinic_id=w.clinic.id, doctor_id=w.doctor.id,
-                                       patient_id=(patient or w.p1).id, start=start or ctx.clock.now() + dt.timedelta(hours=2),
+                                       patient_id=(patient or w.p1).id,
+                                       start=start or ctx.clock.now() + dt.timedelta(hours=2),
                                        duration=dt.timedelta(minutes=20), mode=mode, service_code="A01")
 
 
@@ -102,7 +103,7 @@ async def test_five_face_failures_lock_with_growing_retry_after(ctx, clinic_worl
                                                encoding)
 
     far = tuple([0.5] * 128)
-    for round_, expected in ((1, 30), (2, 60)):
+    for _round, expected in ((1, 30), (2, 60)):
         results = [await attempt(far) for _ in range(5)]
         assert [r.decision.value for r in results] == ["no_match"] * 5
         assert results[-1].retry_after == expected

@@ -87,5 +87,6 @@ def test_a_confirmation_may_be_corrected_to_a_dispute_within_48_hours():
 
 def test_naive_times_are_refused():
     with pytest.raises(Exception, match="time zone"):
-        Visit(id=None, clinic_id=1, doctor_id=1, patient_id=1, start=dt.datetime(2026, 1, 1, 9),
+        naive = dt.datetime(2026, 1, 1, 9)  # noqa: DTZ001 - the naive time under test
+        Visit(id=None, clinic_id=1, doctor_id=1, patient_id=1, start=naive,
               duration=dt.timedelta(minutes=10), mode="in_person", service_code="A")

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from devkit.demo import NARRATION, Evidence, play
+from devkit.demo import NARRATION, play
 
 EXPECTED = [
     # in person: the webcam frame matched, the patient said "yes"

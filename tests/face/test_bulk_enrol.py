@@ -170,7 +170,7 @@ async def test_rastau_enrol_tells_the_patient_and_replaces_a_face_at_most_once_p
 
     async def run(name: str, photo_name: str) -> tuple[int, list[dict]]:
         batch = _write_csv(tmp_path / f"{name}.csv", [[w.p1.iin, "Asel N.", w.p1.phone, "kk", photo_name]])
-        code, _out, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(w.clinic.id), "--csv", str(batch),
+        code, _out, _err = await _enrol(ctx.settings, tmp_path, "--clinic", str(w.clinic.id), "--csv", str(batch),
                                        "--photos", str(photos), "--workers", "1", "--consent-by", "Nurse Aigerim")
         with (tmp_path / f"{name}.failures.csv").open(encoding="utf-8-sig", newline="") as handle:
             return code, list(csv.DictReader(handle))

@@ -14,7 +14,7 @@ async def test_the_failure_report_keeps_formulas_as_text(ctx, clinic_world, tmp_
     rows = [["900101300018", name, "87011234567", "ru", "a.jpg"] for name in FORMULA_NAMES]  # bad check digit
     rows.append(["021231500015", "Plain Name", "87011234567", "ru", '=HYPERLINK("http://x","y").jpg'])
     report = tmp_path / "failures.csv"
-    code, out, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
+    code, _out, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
                                   "--csv", str(_write_csv(tmp_path / "p.csv", rows)), "--photos", str(photos),
                                   "--report", str(report), "--workers", "1", "--consent-by", "Nurse")
     assert code == 1, err

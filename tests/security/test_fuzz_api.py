@@ -178,7 +178,7 @@ def test_stateful_flows_along_the_documents_links(fuzz_server):
     Schemathesis ends a stateful run at the first replay the live database answers differently (Hypothesis's
     FlakyStrategyDefinition), at a point that shifts with every answer the server gives; so the run is repeated
     with the next seed (at most RUNS times) until the flows have made enough calls."""
-    from schemathesis.engine import Status, from_schema, events
+    from schemathesis.engine import Status, events, from_schema
 
     failures, errors, scenarios, statuses = [], [], 0, collections.Counter()
     for seed in range(20261125, 20261125 + RUNS):

@@ -30,7 +30,7 @@ from server.app import create_app
 from server.face.image import MAX_BYTES, MAX_PIXELS
 from server.face.pool import FacePool
 from tests.security.support import peak_rss, rss
-from tests.server.conftest import add_visit, conformance, tenants  # noqa: F401 - fixtures
+from tests.server.conftest import add_visit
 
 API = "/api/v1"
 FACES = Path(__file__).parents[1] / "fixtures" / "faces"

@@ -6,9 +6,8 @@ errors) may spend the retry budget, or a dozen crashes would make one 500 lose t
 Revision ID: 0002
 Revises: 0001
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0002'
 down_revision = '0001'

@@ -5,8 +5,8 @@ The per-doctor cap lets a clinic with N doctors try N times as many guesses; thi
 Revision ID: 0003
 Revises: 0002
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = '0003'
 down_revision = '0002'
