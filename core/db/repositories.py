@@ -546,7 +546,8 @@ class OutboxRepo(_Repo):
         if not ids:
             return []
         await self.conn.execute(update(o).where(o.c.id.in_(ids)).values(
-            status=OutboxStatus.SENDING.value, claimed_by=worker_id, claim_expires_at=now + lease, attempts=o.c.attempts + 1))
+            status=OutboxStatus.SENDING.value, claimed_by=worker_id, claim_expires_at=now + lease,
+            attempts=o.c.attempts + 1))
         return list((await self.conn.execute(select(o).where(o.c.id.in_(ids)).order_by(o.c.due_at, o.c.id))).all())
 
     async def release_claims(self, worker_id: str) -> int:
@@ -579,7 +580,8 @@ class OutboxRepo(_Repo):
                           worker_id: str | None = None) -> bool:
         """Back to the queue; `failed` spends one unit of the retry budget. A hand-back does not, and it takes
         back its claim from the count of claims without an outcome (those mean a dispatcher died on the row)."""
-        values = dict(status=OutboxStatus.PENDING.value, due_at=due_at, claimed_by=None, claim_expires_at=None, last_error=error[:300])
+        values = dict(status=OutboxStatus.PENDING.value, due_at=due_at, claimed_by=None, claim_expires_at=None,
+                      last_error=error[:300])
         if failed:
             values["failures"] = t.outbox.c.failures + 1
         else:

@@ -89,8 +89,8 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: i
                 f"visit {visit_id} already had {cap} codes sent on request, the most allowed; each new code "
                 "replaced the one before, so ask the patient to read out the latest, or verify by face (in person)")
         message_id = await uow.outbox.add(OutboxMessage(
-            kind=OutboxKind.VISIT_CODE, recipient_kind=Recipient.PATIENT, recipient_id=visit.patient_id, visit_id=visit.id,
-            due_at=now, payload={"reason": "requested"}), now)
+            kind=OutboxKind.VISIT_CODE, recipient_kind=Recipient.PATIENT, recipient_id=visit.patient_id,
+            visit_id=visit.id, due_at=now, payload={"reason": "requested"}), now)
         await uow.visits.record_event(visit_id, VisitEvent(visit_id, now, "code_requested", visit.state, visit.state,
                                                            Actor.DOCTOR, "code", f"request {taken} of {cap}"))
         await uow.commit()

@@ -124,7 +124,8 @@ async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeR
                                {"change": change_id, "kind": change.kind, "by": change.actor})
         for admin in await uow.admins.list_by_clinic(change.clinic_id):
             await uow.outbox.add(OutboxMessage(
-                kind=OutboxKind.CHANGE_DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id, due_at=now,
-                payload={"change_id": change_id}, dedupe_key=f"change-dispute:{change_id}:{admin.id}"), now)
+                kind=OutboxKind.CHANGE_DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
+                due_at=now, payload={"change_id": change_id}, dedupe_key=f"change-dispute:{change_id}:{admin.id}"),
+                now)
         await uow.commit()
     return DisputeResult(dataclasses.replace(change, disputed_at=now), changed=True)

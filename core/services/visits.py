@@ -69,11 +69,13 @@ async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patien
         await uow.visits.save(visit)
         if visit.mode is VisitMode.IN_PERSON and not visit.registered_late:
             await uow.outbox.add(OutboxMessage(
-                kind=OutboxKind.VISIT_CODE, recipient_kind=Recipient.PATIENT, recipient_id=patient_id, visit_id=visit.id,
+                kind=OutboxKind.VISIT_CODE, recipient_kind=Recipient.PATIENT, recipient_id=patient_id,
+                visit_id=visit.id,
                 due_at=max(now, visit.start - dt.timedelta(minutes=settings.code_send_lead_minutes)),
                 payload={"reason": "scheduled"}, dedupe_key=f"code:{visit.id}:scheduled"), now)
         await uow.outbox.add(OutboxMessage(
-            kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=patient_id, visit_id=visit.id,
+            kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=patient_id,
+            visit_id=visit.id,
             due_at=visit.end + dt.timedelta(minutes=settings.prompt_delay_minutes), payload={},
             dedupe_key=f"prompt:{visit.id}"), now)
         if idempotency is not None:
@@ -176,8 +178,8 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
         if event is not None:
             for admin in await uow.admins.list_by_clinic(visit.clinic_id):
                 await uow.outbox.add(OutboxMessage(
-                    kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id, visit_id=visit.id,
-                    due_at=now, payload={}, dedupe_key=f"dispute:{visit.id}:{admin.id}"), now)
+                    kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
+                    visit_id=visit.id, due_at=now, payload={}, dedupe_key=f"dispute:{visit.id}:{admin.id}"), now)
         await uow.commit()
     return AnswerResult(visit, event is not None)
 
