@@ -7,6 +7,10 @@ routes the app serves, with the scopes each handler demands, and that real respo
 """
 from __future__ import annotations
 
+from core.codes import CodeOutcome
+from core.model import Language, PatientAnswer, VerificationMethod, VisitMode, VisitState
+from core.services.faces import FaceDecision
+from core.services.keys import Scope
 from core.services.patient_changes import KINDS as CHANGE_KINDS
 from server.bodies import Body, BodySchema
 from server.routes.patients import ConsentIn, PatientIn
@@ -28,6 +32,11 @@ def _ref(name: str) -> dict:
 
 def _json(schema: dict) -> dict:
     return {"content": {"application/json": {"schema": schema}}}
+
+
+def _enum(members, *, nullable: bool = False) -> dict:
+    """The values of a domain enum, so the document follows the code."""
+    return {"enum": [member.value for member in members] + [None] * nullable}
 
 
 def _json_body(model: type[Body], *, required: bool = True) -> dict:
@@ -104,7 +113,7 @@ _BOUND_403 = "A key bound to a doctor cannot do this at all: 403 `doctor_key_for
 _VISIT_ID = {"name": "visit_id", "in": "path", "required": True, "schema": _ID}
 _DATE_QUERY = {"name": "date", "in": "query", "required": False, "description": "Asia/Almaty day; default today",
                "schema": _DAY}
-_CS, _WEBCAM, _ADMIN = "clinic_system", "webcam", "admin"
+_CS, _WEBCAM, _ADMIN = Scope.CLINIC_SYSTEM.value, Scope.WEBCAM.value, Scope.ADMIN.value
 _AUTH = (401, 403)
 
 _SCHEMAS = {
@@ -123,7 +132,7 @@ _SCHEMAS = {
         "required": ["id", "full_name", "phone", "language", "chat_linked", "consent_recorded_at",
                      "consent_recorded_by"],
         "properties": {"id": _ID, "full_name": {"type": "string"}, "phone": {"type": "string"},
-                       "language": {"enum": ["kk", "ru"]}, "chat_linked": {"type": "boolean"},
+                       "language": _enum(Language), "chat_linked": {"type": "boolean"},
                        "consent_recorded_at": _NULLABLE_DATETIME,
                        "consent_recorded_by": {"type": ["string", "null"]},
                        "created": {"type": "boolean"}}},
@@ -140,16 +149,15 @@ _SCHEMAS = {
         "properties": {
             "id": _ID, "doctor_id": _ID, "patient_id": _ID, "start": _DATETIME,
             "start_local": {**_DATETIME, "description": "the start in Asia/Almaty"},
-            "duration_minutes": {"type": "integer"}, "mode": {"enum": ["in_person", "online"]},
+            "duration_minutes": {"type": "integer"}, "mode": _enum(VisitMode),
             "service_code": {"type": "string"},
-            "state": {"enum": ["scheduled", "verified", "unverified", "patient_confirmed", "patient_disputed",
-                               "cancelled"]},
-            "verification_methods": {"type": "array", "items": {"enum": ["face", "code"]},
+            "state": _enum(VisitState),
+            "verification_methods": {"type": "array", "items": _enum(VerificationMethod),
                                      "description": "online consultations: code only"},
             "registered_at": {**_DATETIME, "description": "when the clinic registered the visit"},
             "registered_late": {"type": "boolean", "description": "registered after its verification window had "
                                                                  "closed: it can collect no evidence"},
-            "verified_by": {"enum": ["face", "code", None]}, "verified_at": _NULLABLE_DATETIME,
+            "verified_by": _enum(VerificationMethod, nullable=True), "verified_at": _NULLABLE_DATETIME,
             "verified_enrolment_id": {"type": ["integer", "null"],
                                       "description": "the face enrolment (patient change) a face match was made "
                                                      "against"},
@@ -159,7 +167,7 @@ _SCHEMAS = {
                                                "for a patient with no chat to hear of that enrolment"},
             "patient_answer": {
                 "type": "object", "required": ["answer", "answered_at", "dispute_reason"],
-                "properties": {"answer": {"enum": ["confirmed", "disputed", "claimed_attended", "none"]},
+                "properties": {"answer": _enum(PatientAnswer),
                                "answered_at": _NULLABLE_DATETIME,
                                "dispute_reason": {"type": ["string", "null"]}}}}},
     "VisitEvent": {
@@ -175,12 +183,12 @@ _SCHEMAS = {
                                  "visits": {"type": "array", "items": _ref("Visit")}}},
     "FaceDecision": {
         "type": "object", "required": ["decision"],
-        "properties": {"decision": {"enum": ["match", "no_match", "no_face", "multiple_faces"]},
+        "properties": {"decision": _enum(FaceDecision),
                        "face_locked_for_seconds": {"type": "integer", "minimum": 1,
                                                    "description": "set when this failure locked face checks"}}},
     "CodeResult": {
         "type": "object", "required": ["result", "attempts_left"],
-        "properties": {"result": {"enum": ["verified", "wrong", "expired", "no_code", "already_used"]},
+        "properties": {"result": _enum(o for o in CodeOutcome if o is not CodeOutcome.LOCKED),  # locked: 429
                        "attempts_left": {"type": "integer", "minimum": 0}}},
     "CodeRequested": {
         "type": "object", "required": ["status", "channel", "requests_left"],
@@ -222,7 +230,7 @@ _SCHEMAS = {
                                        "verified_enrolment_id", "enrolled_at", "fresh_reference"],
         "properties": {"visit_id": _ID, "start_local": _DATETIME, "doctor_id": _ID,
                        "registered_at": _DATETIME, "registered_late": {"type": "boolean"},
-                       "verified_by": {"enum": ["face", "code", None]}, "verified_at": _NULLABLE_DATETIME,
+                       "verified_by": _enum(VerificationMethod, nullable=True), "verified_at": _NULLABLE_DATETIME,
                        "verified_enrolment_id": {"type": ["integer", "null"]}, "enrolled_at": _NULLABLE_DATETIME,
                        "fresh_reference": {"type": "boolean"},
                        "iin_masked": {"type": "string", "pattern": r"^\*{8}\d{4}$"},
@@ -285,9 +293,8 @@ _PATHS = {
                    {200: _ok(_ref("VisitList"))}, (*_AUTH, 422, 503),
                    parameters=[_DATE_QUERY,
                                {"name": "doctor_id", "in": "query", "required": False, "schema": _ID},
-                               {"name": "status", "in": "query", "required": False, "schema": {
-                                   "enum": ["scheduled", "verified", "unverified", "patient_confirmed",
-                                            "patient_disputed", "cancelled"]}},
+                               {"name": "status", "in": "query", "required": False,
+                                "schema": _enum(VisitState)},
                                {"name": "limit", "in": "query", "required": False,
                                 "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 200}},
                                {"name": "offset", "in": "query", "required": False,
@@ -355,6 +362,7 @@ DOCUMENT = {
             "application/problem+json": {"schema": _ref("Problem")}}} for status, text in _PROBLEM_STATUSES.items()},
         "securitySchemes": {"bearerAuth": {
             "type": "http", "scheme": "bearer",
-            "description": "A clinic API key (rastau add-api-key). Scopes: clinic_system, webcam, admin."}},
+            "description": "A clinic API key (rastau add-api-key). Scopes: "
+                           + ", ".join(scope.value for scope in Scope) + "."}},
     },
 }
