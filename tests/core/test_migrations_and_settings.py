@@ -1,10 +1,13 @@
+import datetime as dt
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from core.clock import SystemClock
 from core.config import MissingSecrets, Mode, Settings
 from core.db.engine import create_engine
 from core.db.migrate import SchemaNotCurrent, current_revision, ensure_schema_current, head_revision, upgrade_to_head
@@ -111,6 +114,20 @@ def test_dev_mode_invents_secrets_and_says_so_loudly(capsys):
     assert "DEV MODE" in capsys.readouterr().err
 
 
+def test_production_refuses_a_shifted_clock_which_dev_runs_on(monkeypatch):
+    """RASTAU_CLOCK_OFFSET_SECONDS lets tests pin the clock hour of server processes; production never runs on it."""
+    with pytest.raises(ValidationError, match="RASTAU_CLOCK_OFFSET_SECONDS is for tests"):
+        Settings(_env_file=None, mode=Mode.PRODUCTION, clock_offset_seconds=-3600)
+    monkeypatch.setenv("RASTAU_MODE", "production")  # as `python -m server` reads it
+    monkeypatch.setenv("RASTAU_CLOCK_OFFSET_SECONDS", "60")
+    with pytest.raises(ValidationError, match="production runs on the system clock"):
+        Settings(_env_file=None)
+    assert isinstance(Settings(_env_file=None, mode=Mode.PRODUCTION, clock_offset_seconds=0).clock(), SystemClock)
+
+    shifted = Settings(_env_file=None, mode=Mode.DEV, clock_offset_seconds=-3600).clock().now()
+    assert abs(shifted - (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))) < dt.timedelta(seconds=5)
+
+
 def test_migrate_cli_on_an_empty_file(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
     done = subprocess.run([sys.executable, "-m", "core.cli", "migrate"], cwd=ROOT, capture_output=True, text=True,
@@ -141,3 +158,48 @@ def test_env_example_documents_every_setting_with_a_comment():
         at = next((n for n, line in enumerate(lines) if line.startswith(variable)), None)
         assert at is not None, f"{variable} is not in .env.example"
         assert lines[at - 1].startswith("#"), f"{variable} in .env.example has no comment above it"
+
+
+def _schema_drift(sync_conn, metadata, *, defaults: bool) -> list:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(sync_conn, opts={"compare_type": True, "compare_server_default": defaults})
+    return compare_metadata(context, metadata)
+
+
+async def test_migrations_build_exactly_the_tables_the_code_defines(db_url):
+    """What Alembic's migrations build and what core/db/tables.py declares must agree (tables, columns, types,
+    nullability, indexes, unique and foreign keys; on PostgreSQL the server defaults too: SQLite reflects a
+    default as the text it was written with, which never compares equal). A drift found here is fixed in
+    tables.py or in a new migration, never in an old one."""
+    from core.db.tables import metadata
+
+    engine = create_engine(db_url)
+    try:
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            drift = await conn.run_sync(_schema_drift, metadata, defaults=conn.dialect.name == "postgresql")
+    finally:
+        await engine.dispose()
+    assert drift == []
+
+
+async def test_the_schema_comparison_sees_a_column_the_migrations_lack(tmp_path):
+    import sqlalchemy as sa
+
+    from core.db.tables import metadata
+
+    widened = sa.MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.tables.values():
+        table.to_metadata(widened)
+    widened.tables["clinics"].append_column(sa.Column("region", sa.String(64)))
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'rastau.db'}")
+    try:
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            drift = await conn.run_sync(_schema_drift, widened, defaults=False)
+    finally:
+        await engine.dispose()
+    assert [(op, column.table.name, column.name) for op, _schema, _table, column in drift] == [
+        ("add_column", "clinics", "region")]
