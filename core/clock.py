@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -15,6 +16,17 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
+
+
+class ShiftedClock:
+    """The system clock plus a fixed offset: real-speed time placed where a test's schedule needs it, the same
+    in every process handed the same offset."""
+
+    def __init__(self, offset_seconds: float):
+        self.offset = offset_seconds
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(time.time() + self.offset, dt.UTC)
 
 
 class ManualClock:

@@ -12,9 +12,10 @@ import secrets
 import sys
 from functools import cached_property
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.clock import Clock, ShiftedClock, SystemClock
 from core.codes import CodePolicy
 
 
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: str = Field("console", pattern="^(json|console)$")
+    clock_offset_seconds: float = 0.0
 
     code_issue_lead_minutes: int = Field(15, ge=0, le=240)
     code_validity_minutes: int = Field(10, ge=1, le=240)
@@ -80,6 +82,17 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_missing(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _production_runs_on_the_system_clock(self) -> Settings:
+        if self.mode is Mode.PRODUCTION and self.clock_offset_seconds:
+            raise ValueError("RASTAU_CLOCK_OFFSET_SECONDS is for tests and dev: production runs on the system clock")
+        return self
+
+    def clock(self) -> Clock:
+        """The system clock, shifted by ``clock_offset_seconds`` in dev mode (tests pin the clock hour of
+        server processes with it)."""
+        return ShiftedClock(self.clock_offset_seconds) if self.clock_offset_seconds else SystemClock()
 
     @cached_property
     def code_policy(self) -> CodePolicy:

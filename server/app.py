@@ -9,7 +9,6 @@ import asyncio
 
 from aiohttp import hdrs, web, web_protocol
 
-from core.clock import SystemClock
 from core.config import Settings
 from core.db.engine import create_engine
 from core.db.migrate import ensure_schema_current
@@ -33,7 +32,7 @@ async def _database(app: web.Application):
     engine = create_engine(settings.database_url)
     try:
         await ensure_schema_current(engine)
-        app[CTX] = Context.build(settings, UnitOfWorkFactory(engine), SystemClock())
+        app[CTX] = Context.build(settings, UnitOfWorkFactory(engine), settings.clock())
         yield
     finally:
         await engine.dispose()

@@ -49,6 +49,7 @@ import sqlalchemy as sa  # noqa: E402
 from bot.delivery.dispatcher import OutboxDispatcher  # noqa: E402
 from bot.i18n import make_i18n  # noqa: E402
 from bot.rendering import OutboxRenderer  # noqa: E402
+from core.clock import ShiftedClock  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.db import tables as t  # noqa: E402
 from core.db.engine import create_engine  # noqa: E402
@@ -57,16 +58,6 @@ from core.logs import configure_logging  # noqa: E402
 from core.services import Context  # noqa: E402
 
 CONFIG_ENV = "RASTAU_CRASH_CONFIG"
-
-
-class ShiftedClock:
-    """The system clock plus a fixed offset: real-speed time, placed wherever the test's schedule needs it."""
-
-    def __init__(self, offset_seconds: float):
-        self.offset = offset_seconds
-
-    def now(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(time.time() + self.offset, dt.UTC)
 
 
 def _say(line: str) -> None:

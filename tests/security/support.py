@@ -1,10 +1,11 @@
 """Helpers for the security tests: `python -m server` as a real process (its logs in files, so a chatty server
-never blocks on a full pipe), a Context sharing that server's secrets for seeding, PostgreSQL schemas, and
-the resident memory of a process tree."""
+never blocks on a full pipe), a Context sharing that server's secrets (and clock) for seeding, PostgreSQL
+schemas, and the resident memory of a process tree."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import secrets
 import signal
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import aiohttp
 
-from core.clock import SystemClock
 from core.db.engine import create_engine
 from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
@@ -27,6 +27,14 @@ from tests.conftest import test_settings
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 240  # two busy cores load the dlib models slowly
 PAGE = os.sysconf("SC_PAGE_SIZE")
+PINNED_HOUR = dt.datetime(2026, 11, 25, 4, 0, tzinfo=dt.UTC)  # 09:00 Almaty, the start of a clock hour
+
+
+def pinned_clock_offset() -> float:
+    """Seconds that move the system clock to PINNED_HOUR now. Hourly caps count per clock hour: a seeding
+    Context and server processes all shifted by this offset share one hour, however near the real hour's turn
+    the test starts (instead of waiting for the turn to pass)."""
+    return (PINNED_HOUR - dt.datetime.now(dt.UTC)).total_seconds()
 
 
 def free_port() -> int:
@@ -42,15 +50,18 @@ def new_secrets() -> dict[str, str]:
 
 @dataclass
 class Seeded:
-    """A database URL, the secrets its server must run with, and a Context (system clock) to seed it."""
+    """A database URL, the secrets its server must run with, and a Context (the system clock, shifted by
+    ``clock_offset_seconds`` as its servers' are) to seed it."""
     url: str
     keys: dict[str, str]
+    clock_offset_seconds: float = 0.0
     ctx: Context | None = None
 
     async def open(self) -> Context:
         engine = create_engine(self.url)
         await upgrade_to_head(engine)
-        self.ctx = Context.build(test_settings(self.url, **self.keys), UnitOfWorkFactory(engine), SystemClock())
+        settings = test_settings(self.url, **self.keys, clock_offset_seconds=self.clock_offset_seconds)
+        self.ctx = Context.build(settings, UnitOfWorkFactory(engine), settings.clock())
         return self.ctx
 
     async def close(self) -> None:
@@ -60,11 +71,12 @@ class Seeded:
 
 @dataclass
 class ServerProcess:
-    """`python -m server` on 127.0.0.1 with a database and secrets of the test's choosing."""
+    """`python -m server` on 127.0.0.1 with a database, secrets and clock offset of the test's choosing."""
     url: str
     keys: dict[str, str]
     workdir: Path
     env_extra: dict[str, str] = field(default_factory=dict)
+    clock_offset_seconds: float = 0.0
     port: int = 0
     process: subprocess.Popen | None = None
 
@@ -82,10 +94,12 @@ class ServerProcess:
                    RASTAU_CODE_HMAC_KEY=self.keys["code_hmac_key"], RASTAU_TEMPLATE_KEY=self.keys["template_key"],
                    RASTAU_API_KEY_PEPPER=self.keys["api_key_pepper"], RASTAU_FACE_WORKERS="1",
                    RASTAU_LOG_FORMAT="json", RASTAU_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+        if self.clock_offset_seconds:  # production refuses a shifted clock; with every secret set, dev runs the same
+            env.update(RASTAU_MODE="dev", RASTAU_CLOCK_OFFSET_SECONDS=repr(self.clock_offset_seconds))
         env.update(self.env_extra)
         return env
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.port = self.port or free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._out = open(self.workdir / f"server-{self.port}.out", "w")

@@ -19,8 +19,8 @@ from core.config import Settings
 from core.services import Context, codes, keys, registry, visits
 from server.app import create_app
 from tests.conftest import pg_schema
-from tests.security.support import Seeded, ServerProcess, new_secrets
-from tests.server.conftest import add_visit, app, client, conformance, faces, tenants  # noqa: F401 - fixtures
+from tests.security.support import Seeded, ServerProcess, new_secrets, pinned_clock_offset
+from tests.server.conftest import add_visit
 
 API = "/api/v1"
 
@@ -162,14 +162,8 @@ async def test_guessing_spread_over_doctors_stops_at_the_clinics_hourly_cap(aioh
 
 
 # --- two `python -m server` processes on one PostgreSQL schema -------------------------------------------
-
-async def _clear_of_the_hour_boundary(margin_s: float = 90) -> None:
-    """The doctor's cap counts per clock hour; a run that straddles the hour would see two counters."""
-    now = dt.datetime.now(dt.UTC)
-    to_next = 3600 - (now.minute * 60 + now.second + now.microsecond / 1e6)
-    if to_next < margin_s:
-        await asyncio.sleep(to_next + 2)
-
+# The caps count per clock hour: the seeding Context and both servers run on the system clock shifted to the
+# start of an hour (pinned_clock_offset), so the whole run falls in one hour and nothing waits for the turn.
 
 @pytest.fixture
 def shared_pg():
@@ -215,17 +209,17 @@ async def _count(url: str, sql: str, **params) -> int:
 
 
 async def test_caps_hold_across_two_server_processes_sharing_postgresql(shared_pg, tmp_path):
-    seeded = Seeded(shared_pg, new_secrets())
+    offset = pinned_clock_offset()
+    seeded = Seeded(shared_pg, new_secrets(), clock_offset_seconds=offset)
     world = await _seed_shared(seeded)
     settings = seeded.ctx.settings
     visit_cap, doctor_cap = settings.code_max_attempts, settings.doctor_code_failures_per_hour
     clinic_cap = visit_cap + doctor_cap + 10  # room for steps 1 and 2, then ten more wrong codes in step 3
-    servers = [ServerProcess(shared_pg, seeded.keys, tmp_path / f"s{i}",
+    servers = [ServerProcess(shared_pg, seeded.keys, tmp_path / f"s{i}", clock_offset_seconds=offset,
                              env_extra={"RASTAU_CLINIC_CODE_FAILURES_PER_HOUR": str(clinic_cap)}).start()
                for i in range(2)]
     try:
         await asyncio.gather(*(s.wait_ready("/healthz") for s in servers))  # codes need no face workers
-        await _clear_of_the_hour_boundary()
         headers = {"Authorization": f"Bearer {world['key']}"}
         bases = itertools.cycle([s.base for s in servers])
         async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0)) as session:

@@ -20,9 +20,9 @@ from core.config import Settings
 from core.services import Context, keys, registry, visits
 from server.app import create_app
 from tests.conftest import pg_schema
-from tests.security.support import Seeded, ServerProcess, new_secrets
-from tests.security.test_code_guessing import _clear_of_the_hour_boundary, _count
-from tests.server.conftest import add_visit, app, client, conformance, tenants  # noqa: F401 - fixtures
+from tests.security.support import Seeded, ServerProcess, new_secrets, pinned_clock_offset
+from tests.security.test_code_guessing import _count
+from tests.server.conftest import add_visit
 from tests.server.support import FakeAnalyser, _encoding, fake_frame
 
 API = "/api/v1"
@@ -244,10 +244,12 @@ async def _seed(seeded: Seeded) -> dict:
 
 
 async def test_face_caps_hold_across_two_server_processes_sharing_postgresql(shared_pg, tmp_path):
-    seeded = Seeded(shared_pg, new_secrets())
+    offset = pinned_clock_offset()  # the caps count per clock hour: seeding and both servers share one hour
+    seeded = Seeded(shared_pg, new_secrets(), clock_offset_seconds=offset)
     world = await _seed(seeded)
     env = {f"RASTAU_{scope.upper()}_FACE_FAILURES_PER_HOUR": str(cap) for scope, cap in CAPS.items()}
-    servers = [ServerProcess(shared_pg, seeded.keys, tmp_path / f"s{i}", env_extra=env).start() for i in range(2)]
+    servers = [ServerProcess(shared_pg, seeded.keys, tmp_path / f"s{i}", env_extra=env, clock_offset_seconds=offset)
+               .start() for i in range(2)]
     impostor, patient = (FACES / "biden/biden1.jpg").read_bytes(), (FACES / "obama/obama2.jpg").read_bytes()
     try:
         await asyncio.gather(*(s.wait_ready() for s in servers))  # face workers warm on both
@@ -267,7 +269,6 @@ async def test_face_caps_hold_across_two_server_processes_sharing_postgresql(sha
                 async with session.put(f"{next(bases)}{API}/patients/{patient_id}/face", data=form, headers={
                         "Authorization": f"Bearer {world['keys'][clinic_id]}"}) as r:
                     assert r.status == 200, await r.text()
-            await _clear_of_the_hour_boundary()
 
             # 1. twelve concurrent frames for one visit, alternating between the servers: exactly the visit's cap
             answers = await asyncio.gather(*(post(world["v1"], impostor) for _ in range(12)))
