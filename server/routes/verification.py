@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import Field
 
-from core.codes import CodeOutcome
+from core.codes import CODE_DIGITS, CodeOutcome
 from core.model import Actor
 from core.services import codes, faces
 from core.services.keys import Scope
@@ -25,8 +25,8 @@ routes = web.RouteTableDef()
 
 
 class CodeIn(Body):
-    code: str = Field(max_length=32, description="the 6 digits the patient read out",
-                      json_schema_extra={"pattern": "^[0-9]{6}$"})
+    code: str = Field(max_length=32, description=f"the {CODE_DIGITS} digits the patient read out",
+                      json_schema_extra={"pattern": f"^[0-9]{{{CODE_DIGITS}}}$"})
 
 
 @routes.post(VISIT + "/face")
