@@ -13,49 +13,57 @@ from core.services import Context
 from core.services.chat import ChatProfile, stop_chat
 
 
+async def help_(message: Message, profile: ChatProfile) -> None:
+    await message.answer(texts.help_text(profile))
+
+
+async def stop(message: Message, ctx: Context, state: FSMContext) -> None:
+    await state.clear()
+    await stop_chat(ctx, message.chat.id)
+    await message.answer(_("You are disconnected. Rastau will not write to you any more. If you change your "
+                           "mind, press /start."), reply_markup=ReplyKeyboardRemove())
+
+
+async def unknown_command(message: Message) -> None:
+    await message.answer(_("I don't know this command. /help lists what I can do."))
+
+
+async def free_text(message: Message, profile: ChatProfile) -> None:
+    if not profile.linked:
+        await message.answer(_("To use Rastau, press /start and share your phone number."))
+    else:
+        await message.answer(_("I answer buttons and commands only; nobody reads free text here. "
+                               "/help lists what I can do."))
+
+
+async def media(message: Message) -> None:
+    await message.answer(_("Please don't send photos, videos or files here: Rastau does not need them and "
+                           "does not keep them. /help lists what I can do."))
+
+
+async def anything_else(message: Message) -> None:
+    """Stickers, voice, locations, polls …"""
+    await message.answer(_("I can't understand this kind of message. Please use the buttons or the "
+                           "commands in /help."))
+
+
+async def edited(message: Message) -> None:
+    await message.answer(_("Edited messages are not processed. Please send a new message instead."))
+
+
+async def stale_button(query: CallbackQuery) -> None:
+    await query.answer(_("This button is no longer valid."), show_alert=True)
+
+
 def build_router() -> Router:
+    """A fresh Router for each Dispatcher: aiogram attaches a router to one parent only."""
     router = Router(name="common")
-
-    @router.message(Command("help"))
-    async def help_(message: Message, profile: ChatProfile) -> None:
-        await message.answer(texts.help_text(profile))
-
-    @router.message(Command("stop"))
-    async def stop(message: Message, ctx: Context, state: FSMContext) -> None:
-        await state.clear()
-        await stop_chat(ctx, message.chat.id)
-        await message.answer(_("You are disconnected. Rastau will not write to you any more. If you change your "
-                               "mind, press /start."), reply_markup=ReplyKeyboardRemove())
-
-    @router.message(F.text.startswith("/"))
-    async def unknown_command(message: Message) -> None:
-        await message.answer(_("I don't know this command. /help lists what I can do."))
-
-    @router.message(F.text)
-    async def free_text(message: Message, profile: ChatProfile) -> None:
-        if not profile.linked:
-            await message.answer(_("To use Rastau, press /start and share your phone number."))
-        else:
-            await message.answer(_("I answer buttons and commands only; nobody reads free text here. "
-                                   "/help lists what I can do."))
-
-    @router.message(F.photo | F.video | F.video_note | F.document)
-    async def media(message: Message) -> None:
-        await message.answer(_("Please don't send photos, videos or files here: Rastau does not need them and "
-                               "does not keep them. /help lists what I can do."))
-
-    @router.message()
-    async def anything_else(message: Message) -> None:
-        """Stickers, voice, locations, polls …"""
-        await message.answer(_("I can't understand this kind of message. Please use the buttons or the "
-                               "commands in /help."))
-
-    @router.edited_message()
-    async def edited(message: Message) -> None:
-        await message.answer(_("Edited messages are not processed. Please send a new message instead."))
-
-    @router.callback_query()
-    async def stale_button(query: CallbackQuery) -> None:
-        await query.answer(_("This button is no longer valid."), show_alert=True)
-
+    router.message.register(help_, Command("help"))
+    router.message.register(stop, Command("stop"))
+    router.message.register(unknown_command, F.text.startswith("/"))
+    router.message.register(free_text, F.text)
+    router.message.register(media, F.photo | F.video | F.video_note | F.document)
+    router.message.register(anything_else)
+    router.edited_message.register(edited)
+    router.callback_query.register(stale_button)
     return router
