@@ -2,26 +2,30 @@
 from __future__ import annotations
 
 from contextlib import suppress
+from typing import Any
 
 from aiogram import Bot, Dispatcher, F
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.enums import ChatType
+from aiogram.exceptions import TelegramAPIError
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
-from aiogram.exceptions import TelegramAPIError
-from aiogram.types import BotCommand, Chat, ErrorEvent
+from aiogram.types import BotCommand, Chat, ErrorEvent, Update
 from aiogram.utils.i18n import I18n
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
 
 from bot.handlers import build_routers
 from bot.i18n import LANGUAGES, __
-from bot.middlewares import ChatLanguageMiddleware, DedupeMiddleware, ProfileMiddleware
+from bot.middlewares import ChatLanguageMiddleware, ProfileMiddleware
 from core.config import Settings
 from core.logs import get_logger
 from core.services import Context
+from core.services.chat import unblock_chat
+from core.services.updates import claim_update, release_update
 
 log = get_logger("rastau.bot")
 
@@ -64,11 +68,29 @@ def create_storage(settings: Settings) -> BaseStorage:
     return MemoryStorage()
 
 
+class OncePerUpdateDispatcher(Dispatcher):
+    """A repeated update (webhook retry, long-poll overlap, a second instance) has one effect.
+
+    Every way in (long polling, the webhook, ``feed_raw_update``) passes ``feed_update``: here, before any
+    middleware or handler runs, the first delivery claims its update_id in the database. A failed update's
+    claim is released by `apologise`, so Telegram's redelivery can try again. A user who sends anything has
+    not blocked the bot, so messages can reach their patient rows again.
+    """
+
+    async def feed_update(self, bot: Bot, update: Update, **kwargs: Any) -> Any:
+        ctx: Context = self["ctx"]
+        if not await claim_update(ctx, bot.id, update.update_id):
+            log.info("duplicate update ignored", update_id=update.update_id)
+            return None
+        sender = UserContextMiddleware.resolve_event_context(update).user
+        if sender is not None and not sender.is_bot:
+            await unblock_chat(ctx, sender.id)
+        return await super().feed_update(bot, update, **kwargs)
+
+
 def create_dispatcher(ctx: Context, i18n: I18n, storage: BaseStorage | None = None) -> Dispatcher:
-    """Dependencies travel as workflow data (``ctx``), never as globals."""
-    dp = Dispatcher(storage=storage or MemoryStorage())
-    dp["ctx"] = ctx
-    dp.update.outer_middleware(DedupeMiddleware())
+    """Dependencies travel as workflow data (``ctx``, ``i18n``), never as globals."""
+    dp = OncePerUpdateDispatcher(storage=storage or MemoryStorage(), ctx=ctx, i18n=i18n)
     dp.update.outer_middleware(ProfileMiddleware())
     dp.update.outer_middleware(ChatLanguageMiddleware(i18n))
     private = F.chat.type == ChatType.PRIVATE
@@ -76,21 +98,21 @@ def create_dispatcher(ctx: Context, i18n: I18n, storage: BaseStorage | None = No
         router.message.filter(private)
         router.edited_message.filter(private)
         dp.include_router(router)
-    dp.errors.register(_apologise_for(i18n))
+    dp.errors.register(apologise)
     return dp
 
 
-def _apologise_for(i18n: I18n):
-    async def apologise(event: ErrorEvent, bot: Bot, event_chat: Chat | None = None) -> bool:
-        """A bug or an outage must not leave the user with silence: log it, say sorry in both languages."""
-        log.error("update handling failed", update_id=event.update.update_id, exc_info=event.exception)
-        if event_chat is not None and event_chat.type == ChatType.PRIVATE:
-            text = "\n\n".join(i18n.gettext("Sorry, something went wrong on our side. Please try again in a "
-                                             "minute.", locale=code) for code in LANGUAGES)
-            with suppress(TelegramAPIError):
-                await bot.send_message(event_chat.id, text)
-        return True
-    return apologise
+async def apologise(event: ErrorEvent, bot: Bot, ctx: Context, i18n: I18n, event_chat: Chat | None = None) -> bool:
+    """A bug or an outage must not leave the user with silence: log it, say sorry in both languages, and
+    release the update's claim so that Telegram's redelivery can try again."""
+    log.error("update handling failed", update_id=event.update.update_id, exc_info=event.exception)
+    if event_chat is not None and event_chat.type == ChatType.PRIVATE:
+        text = "\n\n".join(i18n.gettext("Sorry, something went wrong on our side. Please try again in a "
+                                         "minute.", locale=code) for code in LANGUAGES)
+        with suppress(TelegramAPIError):
+            await bot.send_message(event_chat.id, text)
+    await release_update(ctx, bot.id, event.update.update_id)
+    return True
 
 
 def create_webhook_app(dp: Dispatcher, bot: Bot, secret: str, path: str = WEBHOOK_PATH) -> web.Application:

@@ -1,40 +1,18 @@
-"""Update-level middlewares, in this order: dedupe by update_id, who the user is, which language to speak."""
+"""Update-level middlewares; they only load and inject, never write: who the user is, which language to speak.
+Writes that every update makes (the dedupe claim, unblocking a chat) happen at intake, in ``bot.app``."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiogram import BaseMiddleware, Bot
-from aiogram.types import TelegramObject, Update, User
+from aiogram import BaseMiddleware
+from aiogram.types import TelegramObject, User
 from aiogram.utils.i18n.middleware import I18nMiddleware
 
 from bot.i18n import LANGUAGES
-from core.logs import get_logger
-from core.services import Context
-from core.services.chat import ChatProfile, chat_profile, unblock_chat
-from core.services.updates import claim_update, release_update
+from core.services.chat import ChatProfile, chat_profile
 
-log = get_logger("rastau.bot")
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
-
-
-class DedupeMiddleware(BaseMiddleware):
-    """A repeated update (webhook retry, long-poll overlap, a second instance) has one effect: the first
-    delivery claims its update_id in the database. If handling fails the claim is released, so Telegram's
-    redelivery can try again."""
-
-    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        assert isinstance(event, Update)
-        ctx: Context = data["ctx"]
-        bot: Bot = data["bot"]
-        if not await claim_update(ctx, bot.id, event.update_id):
-            log.info("duplicate update ignored", update_id=event.update_id)
-            return None
-        try:
-            return await handler(event, data)
-        except Exception:
-            await release_update(ctx, bot.id, event.update_id)
-            raise
 
 
 class ProfileMiddleware(BaseMiddleware):
@@ -45,11 +23,7 @@ class ProfileMiddleware(BaseMiddleware):
         user: User | None = data.get("event_from_user")
         if user is None or user.is_bot:
             return None
-        profile = await chat_profile(data["ctx"], user.id)
-        if any(p.chat_blocked for p in profile.patients):  # they write to us, so they unblocked the bot
-            await unblock_chat(data["ctx"], user.id)
-            profile = await chat_profile(data["ctx"], user.id)
-        data["profile"] = profile
+        data["profile"] = await chat_profile(data["ctx"], user.id)
         return await handler(event, data)
 
 
