@@ -1,29 +1,21 @@
 """Kazakh and Russian through gettext: catalogs in ``locales/{kk,ru}/LC_MESSAGES/messages.po``.
 
-The ``.mo`` files are build products (gitignored): :func:`compile_catalogs` rebuilds any that is missing or
-older than its ``.po`` every time the bot starts, so a translation fix can never be shadowed by a stale file.
-
-Maintainers (msgids are English, extracted with Babel)::
-
-    python -m bot.i18n extract   # bot/**.py -> merged into locales/{kk,ru}/…/messages.po; lists what lacks a translation
-    python -m bot.i18n compile   # .po -> .mo (the bot does this itself at start)
+Msgids are English, extracted from bot/ and merged into the catalogs with Babel's own commands and the mapping
+in ``babel.cfg`` (which lists them). The ``.mo`` files are build products (gitignored):
+:func:`compile_catalogs` rebuilds, with Babel's compile command, any that is missing or older than its ``.po``
+every time the bot starts, so a translation fix can never be shadowed by a stale file.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from aiogram.utils.i18n import I18n
+from aiogram.utils.i18n import I18n, lazy_gettext
 from aiogram.utils.i18n import gettext as _gettext
-from aiogram.utils.i18n import lazy_gettext
 from babel.dates import format_date, format_datetime, format_time
-from babel.messages.extract import extract_from_dir
-from babel.messages.catalog import Catalog
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po, write_po
+from babel.messages.frontend import CompileCatalog
 
 from core.clock import ALMATY
 from core.model import Language
@@ -33,9 +25,6 @@ LOCALES_DIR = ROOT / "locales"
 DOMAIN = "messages"
 LANGUAGES = tuple(lang.value for lang in Language)
 DEFAULT_LOCALE = Language.RU.value
-# Babel keywords: _ and gettext (one msgid), __ (lazy), ngettext (singular, plural, n).
-KEYWORDS = {"_": None, "gettext": None, "__": None, "ngettext": (1, 2)}
-METHOD_MAP = [("**.py", "python")]
 
 _ = _gettext
 __ = lazy_gettext
@@ -53,18 +42,24 @@ def compile_catalogs(path: Path = LOCALES_DIR) -> list[Path]:
         mo_path = po_path.with_suffix(".mo")
         if mo_path.exists() and mo_path.stat().st_mtime >= po_path.stat().st_mtime:
             continue
-        with po_path.open("rb") as fh:
-            catalog = read_po(fh, locale=po_path.parent.parent.name, domain=DOMAIN)
         fd, tmp = tempfile.mkstemp(dir=mo_path.parent, suffix=".mo.tmp")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as out:
-                write_mo(out, catalog)
+            _babel_compile(po_path, Path(tmp), locale=po_path.parent.parent.name)
             os.replace(tmp, mo_path)  # atomic: a running bot never reads half a file
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         built.append(mo_path)
     return built
+
+
+def _babel_compile(po_path: Path, mo_path: Path, locale: str) -> None:
+    """``pybabel compile -i PO -o MO -l LOCALE``, in this process."""
+    command = CompileCatalog()
+    command.input_file, command.output_file, command.locale, command.domain = str(po_path), str(mo_path), locale, DOMAIN
+    command.finalize_options()
+    command.run()  # a message Babel finds broken is logged, and the catalog compiled all the same
 
 
 def make_i18n(path: Path = LOCALES_DIR) -> I18n:
@@ -74,15 +69,6 @@ def make_i18n(path: Path = LOCALES_DIR) -> I18n:
     if missing:
         raise RuntimeError(f"translations missing for {', '.join(sorted(missing))} in {path}")
     return i18n
-
-
-def extract_template(root: Path = ROOT) -> Catalog:
-    """Every translatable string in bot/, as Babel sees it."""
-    template = Catalog(project="rastau", domain=DOMAIN)
-    for filename, lineno, message, comments, context in extract_from_dir(
-            root / "bot", METHOD_MAP, keywords=KEYWORDS, comment_tags=("i18n:",), strip_comment_tags=True):
-        template.add(message, None, [(f"bot/{filename}", lineno)], auto_comments=comments, context=context)
-    return template
 
 
 # --- locale-aware formatting (always shown in Asia/Almaty) ------------------------------------------------
@@ -103,28 +89,3 @@ def clock_time(moment: dt.datetime, locale: str) -> str:
 def day_name(day: dt.date, locale: str) -> str:
     return format_date(day, "d MMMM y", locale=locale)
 
-
-def _main(argv: list[str]) -> int:
-    command = argv[1] if len(argv) > 1 else ""
-    if command == "compile":
-        for mo in compile_catalogs():
-            print(f"compiled {mo.relative_to(ROOT)}")
-        return 0
-    if command == "extract":
-        template = extract_template()
-        for lang in LANGUAGES:
-            po_path = LOCALES_DIR / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
-            with po_path.open("rb") as fh:
-                catalog = read_po(fh, locale=lang)
-            catalog.update(template, no_fuzzy_matching=True)
-            with po_path.open("wb") as fh:
-                write_po(fh, catalog, width=100, ignore_obsolete=True)
-            untranslated = [m.id for m in catalog if m.id and not m.string]
-            print(f"{po_path.relative_to(ROOT)}: {len(untranslated)} untranslated")
-        return 0
-    print(__doc__)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv))
