@@ -1,6 +1,7 @@
 """Bearer API keys and scopes. Each route declares who may call it; an undeclared route answers 403 to everyone.
 
-Another clinic's records answer 404 (from the clinic-scoped queries), so a key cannot learn what exists elsewhere.
+Another clinic's records answer 404 (from the clinic-scoped queries), so a key cannot learn what exists elsewhere;
+a key bound to one doctor is scoped by the services it calls (core.services.access), given as :func:`caller`.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from core.services import keys, visits
+from core.services import keys
+from core.services.access import Caller
 from core.services.keys import ApiPrincipal, Scope
 from server.appkeys import CTX, PRINCIPAL
 from server.problems import Problem
@@ -74,8 +76,6 @@ async def auth_middleware(request: web.Request, handler):
     return await handler(request)
 
 
-async def guard_doctor_visit(request: web.Request, visit_id: int) -> None:
-    """A doctor-bound key may touch only its doctor's visits; anyone else's visit answers 404."""
-    who = principal(request)
-    if who.doctor_id is not None:
-        await visits.visit_for(request.app[CTX], who.clinic_id, visit_id, who.doctor_id)
+def caller(request: web.Request) -> Caller:
+    """The key as the services see it: named in changes and the audit log, and scoped to its doctor (if bound)."""
+    return Caller.of_key(principal(request))

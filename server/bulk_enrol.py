@@ -26,7 +26,7 @@ from core.logs import configure_logging, get_logger
 from core.model import Language
 from core.phone import normalise_phone
 from core.services import Context, registry
-from core.services.patient_changes import BULK_ENROL
+from core.services.access import BULK_ENROL
 from core.templates import MAX_REFERENCES
 from server.face.image import ImageRejected
 from server.face.pool import FacePool, FacePoolBroken

@@ -24,7 +24,8 @@ from core.errors import (
 from core.logs import get_logger
 from core.services.codes import CodeRequestsCapped
 from core.services.faces import FaceLocked, NotEnrolled
-from core.services.patient_changes import DoctorKeyForbidden, ReplacementLimited
+from core.services.access import DoctorKeyForbidden
+from core.services.patient_changes import ReplacementLimited
 from server.appkeys import REQUEST_ID
 from server.face.image import ImageRejected
 from server.face.pool import FacePoolBroken

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from core.clock import hour_start, seconds_to_next_hour
 from core.codes import CodeOutcome, CodePolicy, generate_code, looks_like_code
-from core.errors import Conflict, DomainError, IllegalTransition, InvalidValue, NotFound
+from core.errors import Conflict, DomainError, IllegalTransition, InvalidValue
 from core.model import Actor, OutboxKind, OutboxMessage, Recipient, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
+from core.services.access import CLINIC_SYSTEM, Caller, check_visit
 from core.services.visits import RegisteredLate, evidence_refusal, window_end
 
 
@@ -60,7 +61,7 @@ class CodeRequest:
     requests_left: int
 
 
-async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: int | None = None) -> CodeRequest:
+async def request_code(ctx: Context, clinic_id: int, visit_id: int, *, caller: Caller = CLINIC_SYSTEM) -> CodeRequest:
     """The doctor asks for a code to be sent to the patient's chat. Queues it; the doctor never sees it.
 
     Refused, with nothing queued, when no chat can reach the patient (the doctor must fall back to face), and
@@ -69,9 +70,7 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, doctor_id: i
     now = ctx.clock.now()
     cap = ctx.settings.code_requests_per_visit
     async with ctx.uow() as uow:
-        visit = await uow.visits.get(visit_id, clinic_id, lock=True)
-        if doctor_id is not None and visit.doctor_id != doctor_id:
-            raise NotFound(f"visit {visit_id} not found")
+        visit = check_visit(caller, await uow.visits.get(visit_id, clinic_id, lock=True))
         if visit.state is not VisitState.SCHEDULED:
             raise IllegalTransition(visit.id, visit.state.value, "send a code", "only a scheduled visit takes a code")
         refusal = evidence_refusal(ctx, visit, now, "send a code")
@@ -115,7 +114,7 @@ class CodeCheck:
 
 
 async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
-                      actor: Actor = Actor.DOCTOR) -> CodeCheck:
+                      actor: Actor = Actor.DOCTOR, *, caller: Caller = CLINIC_SYSTEM) -> CodeCheck:
     """Check the 6 digits the patient read out. Every attempt is counted atomically; after
     ``max_attempts`` the visit's code is locked; hourly caps on wrong codes per doctor and per clinic stop
     guessing spread over visits and doctors. A capped check is refused before the code is compared."""
@@ -125,7 +124,7 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
     now = ctx.clock.now()
     policy = ctx.settings.code_policy
     async with ctx.uow() as uow:
-        visit = await uow.visits.get(visit_id, clinic_id)
+        visit = check_visit(caller, await uow.visits.get(visit_id, clinic_id))
         if uow.row_locks:  # doctor first, then visit: one lock order, no deadlocks (SQLite holds the write lock)
             await uow.doctors.lock(visit.doctor_id)
             visit = await uow.visits.get(visit_id, clinic_id, lock=True)

@@ -20,6 +20,7 @@ from core.clock import hour_start, seconds_to_next_hour
 from core.errors import DomainError, IllegalTransition
 from core.model import FRESH_REFERENCE, Actor, VerificationMethod, VisitEvent, VisitMode, VisitState
 from core.services import Context
+from core.services.access import CLINIC_SYSTEM, Caller, check_visit
 from core.services.visits import evidence_refusal
 
 FACE_FAILURES_BEFORE_LOCK = 5
@@ -81,12 +82,13 @@ def _caps(ctx: Context) -> dict[str, int]:
             "clinic": s.clinic_face_failures_per_hour}
 
 
-async def reserve_face_attempt(ctx: Context, clinic_id: int, visit_id: int) -> FaceAttempt:
+async def reserve_face_attempt(ctx: Context, clinic_id: int, visit_id: int, *,
+                               caller: Caller = CLINIC_SYSTEM) -> FaceAttempt:
     """Refuse before any image work (online, closed, outside its window, registered late, not enrolled, locked,
     capped), else count the attempt now, before the frame is even read."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
-        visit = await uow.visits.get(visit_id, clinic_id)
+        visit = check_visit(caller, await uow.visits.get(visit_id, clinic_id))
         if visit.mode is VisitMode.ONLINE:
             raise IllegalTransition(visit.id, visit.state.value, "verify by face",
                                     "online consultations are verified by one-time code only")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from core.errors import DomainError, NotFound
 from core.model import OutboxKind, OutboxMessage, Patient, PatientChange, Recipient
 from core.services import Context
-from core.services.keys import ApiPrincipal
+from core.services.access import Caller
 
 FACE_ENROLLED = "face_enrolled"
 FACE_REPLACED = "face_replaced"
@@ -24,26 +24,6 @@ FACE_REVOKED = "face_revoked"
 PHONE_CHANGED = "phone_changed"
 CONSENT_RECORDED = "consent_recorded"
 KINDS = (FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED, CONSENT_RECORDED)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks for a change: written as the change's actor and into the audit log. A caller bound to a doctor
-    (a key on one doctor's desk) sees only that doctor's patients and may not enrol faces or move phones."""
-    actor: str
-    doctor_id: int | None = None
-
-    @classmethod
-    def of_key(cls, principal: ApiPrincipal) -> "Caller":
-        return cls(f"key:{principal.key_prefix}", principal.doctor_id)
-
-
-CLINIC_SYSTEM = Caller("clinic_system")  # calls made in-process without a key (the demo, benchmarks, tests)
-BULK_ENROL = Caller("cli:rastau-enrol")
-
-
-class DoctorKeyForbidden(DomainError):
-    code = "doctor_key_forbidden"
 
 
 class ReplacementLimited(DomainError):
@@ -54,25 +34,6 @@ class ReplacementLimited(DomainError):
                          f"once per {days} days (RASTAU_FACE_REPLACEMENT_MIN_DAYS). Nothing was stored; try again "
                          f"after {until:%Y-%m-%d %H:%M} UTC, and verify visits with the one-time code meanwhile")
         self.retry_after = max(1, math.ceil((until - now).total_seconds()))
-
-
-async def patient_for(uow, clinic_id: int, patient_id: int, caller: Caller) -> Patient:
-    """The clinic's patient (locked for the change); a doctor-bound caller sees only a patient who has had a visit
-    with its doctor, anyone else answers NotFound as if absent."""
-    patient = await uow.patients.get(patient_id, clinic_id)
-    if not await visible_to(uow, patient, caller):
-        raise NotFound(f"patient {patient_id} not found")
-    return patient
-
-
-async def visible_to(uow, patient: Patient, caller: Caller) -> bool:
-    return caller.doctor_id is None or await uow.visits.any_between(patient.id, caller.doctor_id)
-
-
-def refuse_doctor_key(caller: Caller, what: str) -> None:
-    if caller.doctor_id is not None:
-        raise DoctorKeyForbidden(f"a key bound to one doctor cannot {what}; the clinic's own system (a key not "
-                                 "bound to a doctor) or rastau-enrol must do it")
 
 
 async def check_replacement_allowed(uow, settings, patient_id: int, now: dt.datetime) -> None:

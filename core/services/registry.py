@@ -7,9 +7,9 @@ from core.errors import ConsentMissing, InvalidValue, NotFound, StaffPhone
 from core.model import Clinic, ClinicAdmin, Doctor, Language, Patient
 from core.names import clean_name
 from core.services import Context
-from core.services.patient_changes import (CLINIC_SYSTEM, CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED,
-                                           PHONE_CHANGED, Caller, check_replacement_allowed, patient_for,
-                                           record_change, refuse_doctor_key, visible_to)
+from core.services.access import CLINIC_SYSTEM, Caller, patient_for, refuse_doctor_key, visible_to
+from core.services.patient_changes import (CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED,
+                                           check_replacement_allowed, record_change)
 from core.templates import MAX_REFERENCES
 
 

@@ -10,6 +10,7 @@ from core.errors import IllegalTransition, NotFound
 from core.model import (Actor, OutboxKind, OutboxMessage, Recipient, Visit, VisitEvent, VisitMode, VisitState,
                         ensure_utc)
 from core.services import Context
+from core.services.access import CLINIC_SYSTEM, Caller, check_doctor, check_visit
 
 
 def window_end(visit: Visit, ctx: Context) -> dt.datetime:
@@ -48,12 +49,13 @@ def evidence_refusal(ctx: Context, visit: Visit, now: dt.datetime, step: str) ->
 
 async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patient_id: int, start: dt.datetime,
                          duration: dt.timedelta, mode: VisitMode | str, service_code: str,
-                         actor: Actor = Actor.CLINIC_SYSTEM, idempotency=None) -> Visit:
+                         actor: Actor = Actor.CLINIC_SYSTEM, idempotency=None, caller: Caller = CLINIC_SYSTEM) -> Visit:
     """Create a scheduled visit and queue its messages: the code before an in-person visit and,
     for every visit, the "were you there?" prompt after it. A visit registered after its window had closed is
     accepted and marked ``registered_late``: it can collect no evidence, so no code goes out for it, but the patient
     is still asked. ``idempotency`` (an :class:`core.services.idempotency.IdempotentWrite`) stores the response in
     the same transaction."""
+    check_doctor(caller, doctor_id)
     now = ctx.clock.now()
     visit = Visit(id=None, clinic_id=clinic_id, doctor_id=doctor_id, patient_id=patient_id,
                   start=ensure_utc(start, "visit start"), duration=duration, mode=VisitMode(mode),
@@ -85,9 +87,9 @@ async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patien
 
 
 async def cancel_visit(ctx: Context, clinic_id: int, visit_id: int, reason: str | None = None,
-                       actor: Actor = Actor.CLINIC_SYSTEM) -> Visit:
+                       actor: Actor = Actor.CLINIC_SYSTEM, *, caller: Caller = CLINIC_SYSTEM) -> Visit:
     async with ctx.uow() as uow:
-        visit = await uow.visits.get(visit_id, clinic_id, lock=True)
+        visit = check_visit(caller, await uow.visits.get(visit_id, clinic_id, lock=True))
         visit.cancel(actor, ctx.clock.now(), reason)
         await uow.visits.save(visit)
         await uow.commit()
@@ -100,24 +102,19 @@ class VisitView:
     events: list[VisitEvent]
 
 
-async def get_visit(ctx: Context, clinic_id: int, visit_id: int) -> VisitView:
+async def get_visit(ctx: Context, clinic_id: int, visit_id: int, *, caller: Caller = CLINIC_SYSTEM) -> VisitView:
     async with ctx.uow() as uow:
-        visit = await uow.visits.get(visit_id, clinic_id)
+        visit = check_visit(caller, await uow.visits.get(visit_id, clinic_id))
         return VisitView(visit, await uow.visits.events(visit_id))
-
-
-async def visit_for(ctx: Context, clinic_id: int, visit_id: int, doctor_id: int | None = None) -> Visit:
-    """The clinic's visit; with ``doctor_id``, only that doctor's (anyone else's answers NotFound, not "forbidden")."""
-    async with ctx.uow() as uow:
-        visit = await uow.visits.get(visit_id, clinic_id)
-    if doctor_id is not None and visit.doctor_id != doctor_id:
-        raise NotFound(f"visit {visit_id} not found")
-    return visit
 
 
 async def list_visits(ctx: Context, clinic_id: int, *, start_from: dt.datetime, start_to: dt.datetime,
                       doctor_id: int | None = None, state: VisitState | None = None, limit: int = 500,
-                      offset: int = 0) -> list[Visit]:
+                      offset: int = 0, caller: Caller = CLINIC_SYSTEM) -> list[Visit]:
+    """The clinic's visits starting in [start_from, start_to); another doctor's, asked for by a bound caller: none."""
+    if doctor_id is not None and not caller.sees_doctor(doctor_id):
+        return []
+    doctor_id = caller.doctor_id if caller.doctor_id is not None else doctor_id
     async with ctx.uow() as uow:
         return await uow.visits.list(clinic_id=clinic_id, start_from=start_from, start_to=start_to,
                                      doctor_id=doctor_id, state=state, limit=limit, offset=offset)

@@ -15,10 +15,9 @@ from pydantic import Field
 from core.model import Patient
 from core.services import registry
 from core.services.keys import Scope
-from core.services.patient_changes import Caller
 from core.templates import MAX_REFERENCES
 from server.appkeys import CTX, FACE_POOL, SETTINGS
-from server.auth import principal, requires
+from server.auth import caller, principal, requires
 from server.bodies import (IIN_PATTERN, NAME_PATTERN, NAME_RULE, Body, id_segment, path_id, read_bounded,
                            read_json)
 from server.face.image import ImageRejected
@@ -52,16 +51,12 @@ def patient_json(patient: Patient) -> dict:
             "consent_recorded_by": patient.consent_by}
 
 
-def _caller(request: web.Request) -> Caller:
-    return Caller.of_key(principal(request))
-
-
 @routes.post(API + "/patients")
 @requires(Scope.CLINIC_SYSTEM)
 async def upsert_patient(request: web.Request) -> web.Response:
     body = await read_json(request, PatientIn)
     result = await registry.upsert_patient(request.app[CTX], principal(request).clinic_id, body.iin,
-                                           body.full_name, body.phone, body.language, caller=_caller(request))
+                                           body.full_name, body.phone, body.language, caller=caller(request))
     return web.json_response({**patient_json(result.patient), "created": result.created},
                              status=201 if result.created else 200)
 
@@ -72,7 +67,7 @@ async def record_consent(request: web.Request) -> web.Response:
     patient_id = path_id(request, "patient_id", "patient")
     body = await read_json(request, ConsentIn)
     patient = await registry.record_consent(request.app[CTX], principal(request).clinic_id, patient_id,
-                                            body.recorded_by, caller=_caller(request))
+                                            body.recorded_by, caller=caller(request))
     return web.json_response(patient_json(patient))
 
 
@@ -82,7 +77,7 @@ async def enrol_face(request: web.Request) -> web.Response:
     """Every photo is analysed before anything is stored: one bad photo rejects the whole enrolment."""
     patient_id = path_id(request, "patient_id", "patient")
     await registry.check_enrolment_allowed(request.app[CTX], principal(request).clinic_id, patient_id,
-                                           caller=_caller(request))
+                                           caller=caller(request))
     images = await _read_images(request)
     analyses = await asyncio.gather(*(request.app[FACE_POOL].analyse(image) for image in images),
                                     return_exceptions=True)
@@ -99,7 +94,7 @@ async def enrol_face(request: web.Request) -> web.Response:
         raise Problem(422, "enrolment_images_rejected", "; ".join(bad) + ". Each reference photo must show "
                       "exactly one face, the patient's; nothing was enrolled.")
     count = await registry.enrol_face(request.app[CTX], principal(request).clinic_id, patient_id,
-                                      [a.encoding for a in analyses], caller=_caller(request))
+                                      [a.encoding for a in analyses], caller=caller(request))
     return web.json_response({"enrolled": count})
 
 
@@ -136,5 +131,5 @@ async def _read_parts(request: web.Request) -> list[bytes]:
 async def revoke_face(request: web.Request) -> web.Response:
     patient_id = path_id(request, "patient_id", "patient")
     count = await registry.revoke_face(request.app[CTX], principal(request).clinic_id, patient_id,
-                                       caller=_caller(request))
+                                       caller=caller(request))
     return web.json_response({"revoked": count})

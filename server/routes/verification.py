@@ -13,7 +13,7 @@ from core.model import Actor
 from core.services import codes, faces
 from core.services.keys import Scope
 from server.appkeys import CTX, FACE_POOL, METRICS, SETTINGS
-from server.auth import guard_doctor_visit, principal, requires
+from server.auth import caller, principal, requires
 from server.bodies import Body, id_segment, path_id, read_bounded, read_json
 from server.face.image import ImageRejected
 from server.problems import Problem
@@ -34,7 +34,6 @@ class CodeIn(Body):
 async def verify_face(request: web.Request) -> web.Response:
     ctx, who = request.app[CTX], principal(request)
     visit_id = path_id(request, "visit_id", "visit")
-    await guard_doctor_visit(request, visit_id)
     if request.content_type not in FRAME_TYPES:
         raise Problem(415, "unsupported_media_type", "send the webcam frame as the raw body with "
                       "'Content-Type: image/jpeg' or 'image/png'")
@@ -42,7 +41,7 @@ async def verify_face(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         raise ImageRejected("too_large", f"the frame is {request.content_length} bytes; the limit is {limit}")
     # online, closed, outside its window, registered late, not enrolled, locked or capped: refused with no image work
-    attempt = await faces.reserve_face_attempt(ctx, who.clinic_id, visit_id)
+    attempt = await faces.reserve_face_attempt(ctx, who.clinic_id, visit_id, caller=caller(request))
     try:
         frame = await read_bounded(request.content.read, limit, "the frame")
         analysis = await request.app[FACE_POOL].analyse(frame)
@@ -64,8 +63,8 @@ async def verify_code(request: web.Request) -> web.Response:
     ctx, who = request.app[CTX], principal(request)
     visit_id = path_id(request, "visit_id", "visit")
     body = await read_json(request, CodeIn)
-    await guard_doctor_visit(request, visit_id)
-    check = await codes.verify_code(ctx, who.clinic_id, visit_id, body.code, actor=Actor.DOCTOR)
+    check = await codes.verify_code(ctx, who.clinic_id, visit_id, body.code, actor=Actor.DOCTOR,
+                                    caller=caller(request))
     request.app[METRICS].code_outcomes.labels(check.outcome.value).inc()
     if check.outcome is CodeOutcome.LOCKED:
         if check.capped_by is not None:
@@ -87,6 +86,6 @@ async def request_code(request: web.Request) -> web.Response:
     is made at sending time and never returned here."""
     who = principal(request)
     visit_id = path_id(request, "visit_id", "visit")
-    queued = await codes.request_code(request.app[CTX], who.clinic_id, visit_id, who.doctor_id)
+    queued = await codes.request_code(request.app[CTX], who.clinic_id, visit_id, caller=caller(request))
     return web.json_response({"status": "queued", "channel": queued.channel, "requests_left": queued.requests_left},
                              status=202)

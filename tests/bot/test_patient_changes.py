@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from core.db import tables as t
 from core.services import registry
-from core.services.patient_changes import Caller
+from core.services.access import Caller
 from tests.bot.support import User, buttons, callback_answers, last_to, link, markup_of
 
 KEY = Caller("key:0a1b2c3d4e5f")

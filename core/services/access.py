@@ -1,0 +1,73 @@
+"""Who is acting, and what they may touch: the doctor-scoping rule, decided here once for every use case.
+
+A caller bound to one doctor (an API key on that doctor's desk, or the doctor's own chat) sees only that doctor's
+visits and the patients who have had a visit with that doctor; anything else answers NotFound, as if absent, so a key
+cannot learn what exists. It may not enrol or revoke faces, nor move a patient's phone (DoctorKeyForbidden).
+Which clinic a caller acts for is the ``clinic_id`` every service takes; which endpoints a key may call at all
+(its scopes) is the server's routing decision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.errors import DomainError, NotFound
+from core.model import Patient, Visit
+from core.services.keys import ApiPrincipal
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: written as the actor of patient changes and audit rows, and the doctor it is bound to (if any)."""
+    actor: str
+    doctor_id: int | None = None
+
+    @classmethod
+    def of_key(cls, principal: ApiPrincipal) -> Caller:
+        return cls(f"key:{principal.key_prefix}", principal.doctor_id)
+
+    @classmethod
+    def of_doctor_chat(cls, doctor_id: int) -> Caller:
+        """A doctor in the bot: bound to themselves."""
+        return cls(f"chat:doctor:{doctor_id}", doctor_id)
+
+    def sees_doctor(self, doctor_id: int) -> bool:
+        return self.doctor_id is None or self.doctor_id == doctor_id
+
+
+CLINIC_SYSTEM = Caller("clinic_system")  # calls made in-process without a key (the demo, benchmarks, tests)
+BULK_ENROL = Caller("cli:rastau-enrol")
+
+
+class DoctorKeyForbidden(DomainError):
+    code = "doctor_key_forbidden"
+
+
+def check_doctor(caller: Caller, doctor_id: int) -> None:
+    """A bound caller names only its own doctor (a visit for anyone else's answers as if that doctor were absent)."""
+    if not caller.sees_doctor(doctor_id):
+        raise NotFound(f"doctor {doctor_id} not found")
+
+
+def check_visit(caller: Caller, visit: Visit) -> Visit:
+    if not caller.sees_doctor(visit.doctor_id):
+        raise NotFound(f"visit {visit.id} not found")
+    return visit
+
+
+async def patient_for(uow, clinic_id: int, patient_id: int, caller: Caller) -> Patient:
+    """The clinic's patient (locked for the change); a bound caller sees only a patient who has had a visit with its
+    doctor, anyone else answers NotFound as if absent."""
+    patient = await uow.patients.get(patient_id, clinic_id)
+    if not await visible_to(uow, patient, caller):
+        raise NotFound(f"patient {patient_id} not found")
+    return patient
+
+
+async def visible_to(uow, patient: Patient, caller: Caller) -> bool:
+    return caller.doctor_id is None or await uow.visits.any_between(patient.id, caller.doctor_id)
+
+
+def refuse_doctor_key(caller: Caller, what: str) -> None:
+    if caller.doctor_id is not None:
+        raise DoctorKeyForbidden(f"a key bound to one doctor cannot {what}; the clinic's own system (a key not "
+                                 "bound to a doctor) or rastau-enrol must do it")
