@@ -24,7 +24,6 @@ from bot.middlewares import ChatLanguageMiddleware, ProfileMiddleware
 from core.config import Settings
 from core.logs import get_logger
 from core.services import Context
-from core.services.chat import unblock_chat
 from core.services.updates import claim_update, release_update
 
 log = get_logger("rastau.bot")
@@ -78,13 +77,11 @@ class OncePerUpdateDispatcher(Dispatcher):
     """
 
     async def feed_update(self, bot: Bot, update: Update, **kwargs: Any) -> Any:
-        ctx: Context = self["ctx"]
-        if not await claim_update(ctx, bot.id, update.update_id):
+        sender = UserContextMiddleware.resolve_event_context(update).user
+        human = sender is not None and not sender.is_bot
+        if not await claim_update(self["ctx"], bot.id, update.update_id, sender_chat_id=sender.id if human else None):
             log.info("duplicate update ignored", update_id=update.update_id)
             return None
-        sender = UserContextMiddleware.resolve_event_context(update).user
-        if sender is not None and not sender.is_bot:
-            await unblock_chat(ctx, sender.id)
         return await super().feed_update(bot, update, **kwargs)
 
 

@@ -201,7 +201,8 @@ class PatientRepo(_Repo):
                                 .values(chat_blocked=True))
 
     async def unblock_chat(self, chat_id: int) -> None:
-        await self.conn.execute(update(t.patients).where(t.patients.c.chat_id == chat_id)
+        """Writes only rows still marked blocked: called for every update a user sends."""
+        await self.conn.execute(update(t.patients).where(t.patients.c.chat_id == chat_id, t.patients.c.chat_blocked)
                                 .values(chat_blocked=False))
 
 

@@ -113,13 +113,6 @@ async def stop_chat(ctx: Context, chat_id: int) -> int:
     return unlinked
 
 
-async def unblock_chat(ctx: Context, chat_id: int) -> None:
-    """The user writes to the bot again, so messages can reach them again."""
-    async with ctx.uow() as uow:
-        await uow.patients.unblock_chat(chat_id)
-        await uow.commit()
-
-
 async def chat_language(ctx: Context, chat_id: int | None) -> tuple[Language | None, bool]:
     """(chosen language or None, stopped) for a chat; used to render scheduled messages."""
     if chat_id is None:

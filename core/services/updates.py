@@ -8,11 +8,14 @@ from core.model import ensure_utc
 from core.services import Context
 
 
-async def claim_update(ctx: Context, bot_id: int, update_id: int) -> bool:
-    """True the first time this update is seen; False for a repeat (webhook retry, a second instance)."""
+async def claim_update(ctx: Context, bot_id: int, update_id: int, *, sender_chat_id: int | None = None) -> bool:
+    """True the first time this update is seen; False for a repeat (webhook retry, a second instance).
+    The sender's chat wrote to us, so it has not blocked the bot: messages can reach its patients again."""
     try:
         async with ctx.uow() as uow:
             await uow.processed_updates.add(bot_id, update_id, ctx.clock.now())
+            if sender_chat_id is not None:
+                await uow.patients.unblock_chat(sender_chat_id)
             await uow.commit()
     except ConcurrentWrite:
         return False
