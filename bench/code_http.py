@@ -17,7 +17,7 @@ from sqlalchemy import text
 from bench.results import percentile
 from bench.world import db_time, free_port, fresh_context, server_env, store_known_codes, wait_healthy
 from core.services import registry
-from core.services.keys import create_api_key
+from core.services.api_keys import create_api_key
 
 DOCTORS = 50
 CONCURRENCY = 16

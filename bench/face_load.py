@@ -21,7 +21,7 @@ from bench.face import webcam_frames
 from bench.results import median, percentile
 from bench.world import free_port, fresh_context, server_env, wait_healthy
 from core.services import registry, visits
-from core.services.keys import create_api_key
+from core.services.api_keys import create_api_key
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -38,7 +38,7 @@ from bench.results import percentile
 from bench.world import ROOT, db_time, free_port, fresh_context, server_env, store_known_codes, wait_healthy
 from core.iin import make_iin
 from core.services import chat, registry
-from core.services.keys import create_api_key
+from core.services.api_keys import create_api_key
 from devkit.botapi import BotApiStandIn
 
 BOT_TOKEN = "777000:rastau-soak-token"

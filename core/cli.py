@@ -19,7 +19,7 @@ from core.db.migrate import current_revision, head_revision, upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.errors import DomainError
 from core.logs import configure_logging
-from core.services import Context, keys, registry
+from core.services import Context, api_keys, registry
 
 EXIT_OK, EXIT_AUDIT_BROKEN, EXIT_REFUSED = 0, 1, 2  # 2 is also click's status for a command line it refuses
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -179,21 +179,21 @@ def add_admin(clinic_id: int, name: str, phone: str) -> NoReturn:
 
 
 class Lifetime(click.ParamType):
-    """A key lifetime like ``90d`` or ``12h``; the domain's own rule (keys.parse_lifetime) decides."""
+    """A key lifetime like ``90d`` or ``12h``; the domain's own rule (api_keys.parse_lifetime) decides."""
     name = "lifetime"
 
     def convert(self, value, param, ctx) -> dt.timedelta:
         if isinstance(value, dt.timedelta):
             return value
         try:
-            return keys.parse_lifetime(value)
+            return api_keys.parse_lifetime(value)
         except DomainError as exc:
             self.fail(exc.detail, param, ctx)
 
 
 @main.command("add-api-key")
 @_clinic_option(required=True)
-@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice([s.value for s in keys.Scope]),
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice([s.value for s in api_keys.Scope]),
               help="what the key may do; repeat for several: clinic_system (the clinic information system: "
                    "patients, consent, enrolment, visits, codes), webcam (a doctor's webcam: face and code "
                    "checks), admin (digests, CSV, visit lists)")
@@ -209,7 +209,7 @@ def add_api_key(clinic_id: int, scopes: tuple[str, ...], doctor_id: int | None, 
     The key is printed once and cannot be recovered: Rastau keeps only a hash.
     """
     async def act(ctx: Context) -> None:
-        made = await keys.create_api_key(ctx, clinic_id, list(scopes), doctor_id, label, lifetime)
+        made = await api_keys.create_api_key(ctx, clinic_id, list(scopes), doctor_id, label, lifetime)
         granted = ", ".join(sorted(s.value for s in made.principal.scopes))
         doctor = f", doctor {doctor_id}" if doctor_id else ""
         expiry = f"expires {_local(made.expires_at)} Asia/Almaty" if made.expires_at else "never expires"
@@ -230,7 +230,7 @@ def list_api_keys(clinic_id: int | None) -> NoReturn:
     --clinic, every clinic's keys. Times are Asia/Almaty.
     """
     async def act(ctx: Context) -> None:
-        _print_keys(await keys.list_api_keys(ctx, clinic_id), ctx.clock.now())
+        _print_keys(await api_keys.list_api_keys(ctx, clinic_id), ctx.clock.now())
 
     _in_directory(act)
 
@@ -243,7 +243,7 @@ def revoke_api_key(prefix: str) -> NoReturn:
     PREFIX is the 12-character prefix shown by add-api-key and list-api-keys. The revocation is audit-logged.
     """
     async def act(ctx: Context) -> None:
-        revoked = await keys.revoke_api_key(ctx, prefix)
+        revoked = await api_keys.revoke_api_key(ctx, prefix)
         click.echo(f"API key {revoked.prefix} revoked (clinic {revoked.clinic_id}, {revoked.label or 'no label'}); "
                    "requests with it now answer 401")
 
@@ -257,7 +257,7 @@ def _local(moment: dt.datetime | None) -> str:
 _KEY_COLUMNS = "{:<13} {:>6}  {:<8} {:<27} {:<11} {:<16}  {:<16}  {:<16}  {}"
 
 
-def _print_keys(found: list[keys.ApiKeyInfo], now: dt.datetime) -> None:
+def _print_keys(found: list[api_keys.ApiKeyInfo], now: dt.datetime) -> None:
     """One line per key: prefix and facts, never the key or its hash. Times in Asia/Almaty."""
     if not found:
         click.echo("no API keys")

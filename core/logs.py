@@ -26,7 +26,7 @@ _BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")  # d
 # b'…' (also escaped inside another repr); one never closed runs to the end
 _BYTES_REPR = re.compile(r"(?<!\w)b(\\*)(['\"])(?:.*?(?<!\\)\1\2|.*)", re.DOTALL)
 _BOT_TOKEN = re.compile(r"\d{6,12}:[A-Za-z0-9_-]{30,}")
-_API_KEY = re.compile(r"\brk_([0-9a-f]{12})_[A-Za-z0-9_-]+")  # the shape core.services.keys gives keys; prefix kept
+_API_KEY = re.compile(r"\brk_([0-9a-f]{12})_[A-Za-z0-9_-]+")  # the shape core.services.api_keys gives keys; prefix kept
 _CREDENTIAL = re.compile(r"\b(Bearer|Basic)\s+\S+", re.IGNORECASE)
 _HEX_RUN = re.compile(r"[0-9a-fA-F]{40,}")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/=_-]{40,}")

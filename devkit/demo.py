@@ -33,7 +33,7 @@ from core.db.uow import UnitOfWorkFactory
 from core.iin import make_iin
 from core.logs import configure_logging
 from core.services import Context, registry
-from core.services.keys import create_api_key
+from core.services.api_keys import create_api_key
 from devkit.botapi import BotApiStandIn, Sent
 from devkit.phone import Phone, buttons, plain
 from server.app import create_app

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from core.config import Settings
 from core.services import Context
-from core.services.keys import ApiPrincipal
+from core.services.api_keys import ApiPrincipal
 from server.face.pipeline import FaceAnalysis
 from server.metrics import Metrics
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from core.services import keys
+from core.services import api_keys
 from core.services.access import Caller
-from core.services.keys import ApiPrincipal, Scope
+from core.services.api_keys import ApiPrincipal, Scope
 from server.appkeys import CTX, PRINCIPAL
 from server.problems import Problem
 
@@ -60,8 +60,8 @@ async def auth_middleware(request: web.Request, handler):
         raise Problem(401, "unauthenticated", "send the clinic's API key as 'Authorization: Bearer <key>'",
                       headers={"WWW-Authenticate": _CHALLENGE})
     try:
-        found = await keys.authenticate(request.app[CTX], presented.strip())
-    except keys.ApiKeyExpired as exc:
+        found = await api_keys.authenticate(request.app[CTX], presented.strip())
+    except api_keys.ApiKeyExpired as exc:
         raise Problem(401, exc.code, exc.detail + " (rastau add-api-key)",
                       headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'}) from None
     if found is None:

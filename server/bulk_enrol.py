@@ -21,13 +21,13 @@ from core.db.engine import create_engine
 from core.db.migrate import SchemaNotCurrent, ensure_schema_current
 from core.db.uow import UnitOfWorkFactory
 from core.errors import DomainError
+from core.face_references import MAX_REFERENCES
 from core.iin import mask_iin, parse_iin
 from core.logs import configure_logging, get_logger
 from core.model import Language
 from core.phone import normalise_phone
 from core.services import Context, registry
 from core.services.access import BULK_ENROL
-from core.templates import MAX_REFERENCES
 from server.face.image import ImageRejected
 from server.face.pool import FacePool, FacePoolBroken
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from core.codes import CodeOutcome
 from core.model import Language, PatientAnswer, VerificationMethod, VisitMode, VisitState
+from core.services.api_keys import Scope
 from core.services.faces import FaceDecision
-from core.services.keys import Scope
 from core.services.patient_changes import KINDS as CHANGE_KINDS
 from server.bodies import Body, BodySchema
 from server.routes.patients import ConsentIn, PatientIn

@@ -7,7 +7,7 @@ from core.clock import Clock
 from core.codes import CodeHasher
 from core.config import Settings
 from core.db.uow import UnitOfWorkFactory
-from core.templates import TemplateCipher
+from core.face_references import TemplateCipher
 
 
 @dataclass

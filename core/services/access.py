@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from core.errors import DomainError, NotFound
 from core.model import Patient, Visit
-from core.services.keys import ApiPrincipal
+from core.services.api_keys import ApiPrincipal
 
 
 @dataclass(frozen=True)

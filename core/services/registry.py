@@ -4,13 +4,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.errors import ConsentMissing, InvalidValue, NotFound, StaffPhone
+from core.face_references import MAX_REFERENCES
 from core.model import Clinic, ClinicAdmin, Doctor, Language, Patient
 from core.names import clean_name
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, patient_for, refuse_doctor_key, visible_to
-from core.services.patient_changes import (CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED,
-                                           check_replacement_allowed, record_change)
-from core.templates import MAX_REFERENCES
+from core.services.patient_changes import (
+    CONSENT_RECORDED,
+    FACE_ENROLLED,
+    FACE_REPLACED,
+    FACE_REVOKED,
+    PHONE_CHANGED,
+    check_replacement_allowed,
+    record_change,
+)
 
 
 async def create_clinic(ctx: Context, name: str) -> Clinic:

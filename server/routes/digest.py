@@ -7,7 +7,7 @@ import datetime as dt
 from aiohttp import web
 
 from core.services import digest
-from core.services.keys import Scope
+from core.services.api_keys import Scope
 from server.appkeys import CTX
 from server.auth import principal, requires
 from server.bodies import query_date

@@ -12,14 +12,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import Field
 
+from core.face_references import MAX_REFERENCES
 from core.model import Patient
 from core.services import registry
-from core.services.keys import Scope
-from core.templates import MAX_REFERENCES
+from core.services.api_keys import Scope
 from server.appkeys import CTX, FACE_POOL, SETTINGS
 from server.auth import caller, principal, requires
-from server.bodies import (IIN_PATTERN, NAME_PATTERN, NAME_RULE, Body, id_segment, path_id, read_bounded,
-                           read_json)
+from server.bodies import IIN_PATTERN, NAME_PATTERN, NAME_RULE, Body, id_segment, path_id, read_bounded, read_json
 from server.face.image import ImageRejected
 from server.problems import Problem, image_problem
 

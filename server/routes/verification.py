@@ -11,7 +11,7 @@ from pydantic import Field
 from core.codes import CODE_DIGITS, CodeOutcome
 from core.model import Actor
 from core.services import codes, faces
-from core.services.keys import Scope
+from core.services.api_keys import Scope
 from server.appkeys import CTX, FACE_POOL, METRICS, SETTINGS
 from server.auth import caller, principal, requires
 from server.bodies import Body, id_segment, path_id, read_bounded, read_json

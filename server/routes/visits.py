@@ -16,11 +16,10 @@ from core.errors import ConcurrentWrite
 from core.model import Visit, VisitEvent, VisitMode, VisitState
 from core.services import idempotency, visits
 from core.services.access import check_doctor
-from core.services.keys import Scope
+from core.services.api_keys import Scope
 from server.appkeys import CTX
 from server.auth import caller, principal, requires
-from server.bodies import (MAX_ID, YEARS, Body, JsonInt, id_segment, path_id, query_date, query_int,
-                          read_json)
+from server.bodies import MAX_ID, YEARS, Body, JsonInt, id_segment, path_id, query_date, query_int, read_json
 from server.problems import Problem
 
 API = "/api/v1"

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from core.config import Settings
-from core.services import Context, codes, keys, registry, visits
+from core.services import Context, api_keys, codes, registry, visits
 from server.app import create_app
 from tests.conftest import pg_schema
 from tests.security.support import Seeded, ServerProcess, new_secrets, pinned_clock_offset
@@ -186,7 +186,7 @@ async def _seed_shared(seeded: Seeded) -> dict:
             return v.id, (await codes.issue_code(ctx, v.id)).code
 
         cap = ctx.settings.doctor_code_failures_per_hour
-        return {"key": (await keys.create_api_key(ctx, clinic.id, ["webcam"], label="guesser")).key,
+        return {"key": (await api_keys.create_api_key(ctx, clinic.id, ["webcam"], label="guesser")).key,
                 "doctors": [d.id for d in doctors],
                 "locked": await visit(doctors[0]),
                 "spread": [await visit(doctors[1]) for _ in range(cap // 4 + 6)],

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from core.config import Settings
-from core.services import Context, keys, registry, visits
+from core.services import Context, api_keys, registry, visits
 from server.app import create_app
 from tests.conftest import pg_schema
 from tests.security.support import Seeded, ServerProcess, new_secrets, pinned_clock_offset
@@ -230,7 +230,7 @@ async def _seed(seeded: Seeded) -> dict:
                                                 duration=dt.timedelta(minutes=30), mode="in_person",
                                                 service_code="A01")).id
 
-        return {"keys": {c.id: (await keys.create_api_key(ctx, c.id, ["clinic_system", "webcam"], label="mis")).key
+        return {"keys": {c.id: (await api_keys.create_api_key(ctx, c.id, ["clinic_system", "webcam"], label="mis")).key
                          for c in (clinic, control)},
                 "clinic": clinic.id, "control": control.id,
                 "patients": {name: (p.id, p.clinic_id) for name, p in patients.items()},

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from core.iin import make_iin
-from core.services import keys, registry, visits
+from core.services import api_keys, registry, visits
 from server.openapi import DOCUMENT
 from tests.security.support import Seeded, ServerProcess, new_secrets
 
@@ -120,7 +120,7 @@ async def _seed(seeded: Seeded) -> str:
             await visits.register_visit(ctx, clinic_id=other.id, doctor_id=other_doctor.id,
                                         patient_id=other_patient.id, start=now, duration=dt.timedelta(minutes=30),
                                         mode="in_person", service_code="B02")
-        return (await keys.create_api_key(ctx, clinic.id, ["clinic_system", "webcam", "admin"], label="fuzz")).key
+        return (await api_keys.create_api_key(ctx, clinic.id, ["clinic_system", "webcam", "admin"], label="fuzz")).key
     finally:
         await seeded.close()
 

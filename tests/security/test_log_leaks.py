@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db.engine import create_engine
 from core.logs import configure_logging, get_logger
-from core.services import codes, keys, registry, visits
+from core.services import api_keys, codes, registry, visits
 from tests.security.support import Seeded, ServerProcess, new_secrets
 
 FACES = Path(__file__).parents[1] / "fixtures" / "faces"
@@ -127,7 +127,7 @@ async def seed(seeded: Seeded) -> dict:
                                                 service_code="A01")).id
 
         face_visit, code_visit = await visit("in_person"), await visit("online")
-        return {"key": (await keys.create_api_key(ctx, clinic.id, ["clinic_system", "webcam"])).key,
+        return {"key": (await api_keys.create_api_key(ctx, clinic.id, ["clinic_system", "webcam"])).key,
                 "face_visit": face_visit, "code_visit": code_visit,
                 "code": (await codes.issue_code(ctx, code_visit)).code}
     finally:

@@ -9,7 +9,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from core.services import keys, registry
+from core.services import api_keys, registry
 from server.face.image import ImageRejected
 from server.face.pipeline import FaceAnalysis
 from server.openapi import DOCUMENT
@@ -134,8 +134,8 @@ async def make_tenant(ctx, name: str, iins: list[str], phone_base: int) -> Tenan
                                                "kk")).patient.id for i, iin in enumerate(iins)]
     tenant = Tenant(clinic.id, d1.id, d2.id, patients)
     for scope in ("clinic_system", "webcam", "admin"):
-        tenant.keys[scope] = (await keys.create_api_key(ctx, clinic.id, [scope], label=scope)).key
-    tenant.doctor_key = (await keys.create_api_key(ctx, clinic.id, ["clinic_system", "webcam"], d1.id,
+        tenant.keys[scope] = (await api_keys.create_api_key(ctx, clinic.id, [scope], label=scope)).key
+    tenant.doctor_key = (await api_keys.create_api_key(ctx, clinic.id, ["clinic_system", "webcam"], d1.id,
                                                    "doctor one's desk")).key
     return tenant
 

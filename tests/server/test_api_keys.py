@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from core.db import tables as t
-from core.services import keys
+from core.services import api_keys
 from tests.server.support import bearer
 
 API = "/api/v1"
@@ -34,7 +34,8 @@ async def key_row(ctx, prefix: str):
 
 async def test_an_expired_key_answers_401_saying_it_expired(client, ctx, tenants):
     a, _ = tenants
-    made = await keys.create_api_key(ctx, a.clinic_id, ["clinic_system"], label="MIS", expires_in=dt.timedelta(days=90))
+    made = await api_keys.create_api_key(ctx, a.clinic_id, ["clinic_system"], label="MIS",
+                                         expires_in=dt.timedelta(days=90))
     url = f"{API}/visits?date=2026-11-25"
     assert (await client.get(url, headers=bearer(made.key))).status == 200
     ctx.clock.advance(dt.timedelta(days=90, seconds=1))
@@ -47,7 +48,7 @@ async def test_an_expired_key_answers_401_saying_it_expired(client, ctx, tenants
 
 async def test_last_use_is_recorded_at_most_once_a_minute(client, ctx, tenants):
     a, _ = tenants
-    made = await keys.create_api_key(ctx, a.clinic_id, ["clinic_system"], label="MIS")
+    made = await api_keys.create_api_key(ctx, a.clinic_id, ["clinic_system"], label="MIS")
     prefix, url = made.principal.key_prefix, f"{API}/visits?date=2026-11-25"
     assert (await key_row(ctx, prefix)).last_used_at is None
     await client.get(url, headers=bearer(made.key))

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from core.db import tables as t
 from core.errors import InvalidValue
 from core.model import VisitMode
-from core.services import keys
+from core.services import api_keys
 from server.auth import access_of
 from tests.server.conftest import add_visit
 from tests.server.support import bearer, fake_frame
@@ -153,23 +153,23 @@ async def test_missing_or_bad_key_answers_401_with_a_challenge(client, tenants, 
 async def test_revoked_key_is_refused_at_once(client, ctx, tenants):
     a, _ = tenants
     assert (await client.get(f"{API}/visits", headers=a.h())).status == 200
-    await keys.revoke_api_key(ctx, keys.split_key(a.keys["clinic_system"]))
+    await api_keys.revoke_api_key(ctx, api_keys.split_key(a.keys["clinic_system"]))
     assert (await client.get(f"{API}/visits", headers=a.h())).status == 401
 
 
 async def test_only_a_keyed_hash_of_the_key_is_stored(ctx, tenants):
     a, _ = tenants
-    made = await keys.create_api_key(ctx, a.clinic_id, ["webcam"], label="room 12")
+    made = await api_keys.create_api_key(ctx, a.clinic_id, ["webcam"], label="room 12")
     assert made.key.startswith(f"rk_{made.principal.key_prefix}_")
     async with ctx.uow() as uow:
         rows = (await uow.conn.execute(select(t.api_keys))).all()
     secret = made.key.rsplit("_", 1)[1]
     assert not any(secret in str(tuple(row)) for row in rows)
-    assert await keys.authenticate(ctx, made.key) == made.principal
-    assert await keys.authenticate(ctx, made.key[:-1] + ("A" if made.key[-1] != "A" else "B")) is None
+    assert await api_keys.authenticate(ctx, made.key) == made.principal
+    assert await api_keys.authenticate(ctx, made.key[:-1] + ("A" if made.key[-1] != "A" else "B")) is None
 
 
 async def test_admin_keys_cannot_be_bound_to_a_doctor(ctx, tenants):
     a, _ = tenants
     with pytest.raises(InvalidValue):
-        await keys.create_api_key(ctx, a.clinic_id, ["admin"], a.doctor_id)
+        await api_keys.create_api_key(ctx, a.clinic_id, ["admin"], a.doctor_id)

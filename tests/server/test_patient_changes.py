@@ -14,7 +14,7 @@ import aiohttp
 from sqlalchemy import func, select
 
 from core.db import tables as t
-from core.services import chat, keys
+from core.services import api_keys, chat
 from tests.server.conftest import add_visit
 from tests.server.support import CLINIC_A_IINS, bearer, fake_frame
 from tests.server.test_auth import call, probes, protected_routes
@@ -30,7 +30,7 @@ def photos(who: str = "asel") -> aiohttp.FormData:
 
 
 def prefix(key: str) -> str:
-    return keys.split_key(key)
+    return api_keys.split_key(key)
 
 
 async def changes(ctx, patient_id: int) -> list:

@@ -164,7 +164,7 @@ async def test_code_request_is_queued_and_never_answered(client, ctx, tenants):
 
 
 async def test_a_reference_sealed_under_another_key_is_409_not_500(client, ctx, tenants):
-    from core.templates import TemplateCipher
+    from core.face_references import TemplateCipher
 
     a, _ = tenants
     await enrol(ctx, a)
