@@ -64,8 +64,8 @@ def _seed_sql(sqlite: bool, visits: int, per_day: int) -> list[str]:
     false = "0" if sqlite else "false"
     doctors, patients = CLINICS * DOCTORS_PER_CLINIC, CLINICS * PATIENTS_PER_CLINIC
     return [
-        "INSERT INTO clinics (id, name, timezone, created_at) "
-        + series(CLINICS, f"x + 1, 'Clinic ' || x, 'Asia/Almaty', {now}"),
+        "INSERT INTO clinics (id, name, created_at) "
+        + series(CLINICS, f"x + 1, 'Clinic ' || x, {now}"),
         "INSERT INTO doctors (id, clinic_id, full_name, phone, created_at) "
         + series(doctors, f"x + 1, x / {DOCTORS_PER_CLINIC} + 1, 'Doctor ' || x, '+7701' || (1000000 + x), {now}"),
         "INSERT INTO patients (id, clinic_id, iin, full_name, phone, language, chat_id, chat_blocked, "

@@ -36,7 +36,6 @@ clinics = Table(
     "clinics", metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False),
-    Column("timezone", String(64), nullable=False, server_default="Asia/Almaty"),
     Column("created_at", UtcDateTime, nullable=False),
 )
 

@@ -203,3 +203,31 @@ async def test_the_schema_comparison_sees_a_column_the_migrations_lack(tmp_path)
         await engine.dispose()
     assert [(op, column.table.name, column.name) for op, _schema, _table, column in drift] == [
         ("add_column", "clinics", "region")]
+
+
+async def test_dropping_the_clinic_time_zone_keeps_every_row_that_refers_to_a_clinic(db_url):
+    """0005 drops clinics.timezone in place: a table rebuild on SQLite would delete (ON DELETE CASCADE) the keys,
+    changes and counters of every clinic, or fail on the doctors' and patients' RESTRICT."""
+    import sqlalchemy as sa
+
+    engine = create_engine(db_url)
+    now = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+    try:
+        await upgrade_to_head(engine, "0004")
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO clinics (id, name, created_at) VALUES (1, 'Polyclinic', :t)"),
+                               {"t": now.replace(tzinfo=None)})
+            await conn.execute(sa.text("INSERT INTO doctors (id, clinic_id, full_name, phone, created_at) "
+                                       "VALUES (1, 1, 'Doctor', '+77011234567', :t)"), {"t": now.replace(tzinfo=None)})
+            await conn.execute(sa.text("INSERT INTO api_keys (clinic_id, key_prefix, key_hash, scopes, created_at) "
+                                       "VALUES (1, '0123456789ab', :h, 'admin', :t)"),
+                               {"h": "0" * 64, "t": now.replace(tzinfo=None)})
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: [col["name"] for col in sa.inspect(c).get_columns("clinics")])
+            counts = [(await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()  # nosec B608
+                      for table in ("clinics", "doctors", "api_keys")]
+    finally:
+        await engine.dispose()
+    assert "timezone" not in columns
+    assert counts == [1, 1, 1]
