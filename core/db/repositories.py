@@ -593,8 +593,11 @@ class OutboxRepo(_Repo):
     async def get(self, message_id: int):
         return (await self.conn.execute(select(t.outbox).where(t.outbox.c.id == message_id))).first()
 
-    async def by_dedupe_key(self, dedupe_key: str):
-        return (await self.conn.execute(select(t.outbox).where(t.outbox.c.dedupe_key == dedupe_key))).first()
+    async def payload(self, dedupe_key: str) -> dict | None:
+        """The payload queued under ``dedupe_key``, or None when nothing was."""
+        stored = (await self.conn.execute(select(t.outbox.c.payload).where(
+            t.outbox.c.dedupe_key == dedupe_key))).scalar_one_or_none()
+        return json.loads(stored) if stored is not None else None
 
     async def pending(self, *, visit_id: int | None = None, kind: OutboxKind | None = None) -> list:
         stmt = select(t.outbox).where(t.outbox.c.status == OutboxStatus.PENDING.value)
@@ -635,22 +638,46 @@ class PatientChangeRepo(_Repo):
         return res.rowcount == 1
 
 
+@dataclass(frozen=True)
+class StoredApiKey:
+    """An api_keys row: the key's hash, never the key."""
+    id: int
+    clinic_id: int
+    key_prefix: str
+    key_hash: str
+    scopes: tuple[str, ...]
+    doctor_id: int | None
+    label: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+
+
+def _api_key(row) -> StoredApiKey:
+    return StoredApiKey(id=row.id, clinic_id=row.clinic_id, key_prefix=row.key_prefix, key_hash=row.key_hash,
+                        scopes=tuple(row.scopes.split(",")), doctor_id=row.doctor_id, label=row.label,
+                        created_at=row.created_at, revoked_at=row.revoked_at, expires_at=row.expires_at,
+                        last_used_at=row.last_used_at)
+
+
 class ApiKeyRepo(_Repo):
-    async def add(self, *, clinic_id: int, key_prefix: str, key_hash: str, scopes: str, doctor_id: int | None,
+    async def add(self, *, clinic_id: int, key_prefix: str, key_hash: str, scopes: list[str], doctor_id: int | None,
                   label: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> int:
         res = await self.conn.execute(insert(t.api_keys).values(
-            clinic_id=clinic_id, key_prefix=key_prefix, key_hash=key_hash, scopes=scopes, doctor_id=doctor_id,
-            label=label, created_at=now, expires_at=expires_at).returning(t.api_keys.c.id))
+            clinic_id=clinic_id, key_prefix=key_prefix, key_hash=key_hash, scopes=",".join(sorted(scopes)),
+            doctor_id=doctor_id, label=label, created_at=now, expires_at=expires_at).returning(t.api_keys.c.id))
         return res.scalar_one()
 
-    async def by_prefix(self, key_prefix: str):
-        return (await self.conn.execute(select(t.api_keys).where(t.api_keys.c.key_prefix == key_prefix))).first()
+    async def by_prefix(self, key_prefix: str) -> StoredApiKey | None:
+        row = (await self.conn.execute(select(t.api_keys).where(t.api_keys.c.key_prefix == key_prefix))).first()
+        return _api_key(row) if row is not None else None
 
-    async def list(self, clinic_id: int | None = None) -> list:
+    async def list(self, clinic_id: int | None = None) -> list[StoredApiKey]:
         stmt = select(t.api_keys).order_by(t.api_keys.c.clinic_id, t.api_keys.c.id)
         if clinic_id is not None:
             stmt = stmt.where(t.api_keys.c.clinic_id == clinic_id)
-        return list((await self.conn.execute(stmt)).all())
+        return [_api_key(r) for r in (await self.conn.execute(stmt)).all()]
 
     async def touch(self, key_id: int, now: dt.datetime, unless_since: dt.datetime) -> int:
         """Record a use, unless one was recorded at ``unless_since`` or later (then nothing is written)."""

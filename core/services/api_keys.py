@@ -14,6 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from core.db.repositories import StoredApiKey
 from core.errors import Conflict, DomainError, InvalidValue, NotFound
 from core.services import Context
 
@@ -120,7 +121,7 @@ async def create_api_key(ctx: Context, clinic_id: int, scopes, doctor_id: int | 
         if doctor_id is not None:
             await uow.doctors.get(doctor_id, clinic_id)
         key_id = await uow.api_keys.add(clinic_id=clinic_id, key_prefix=prefix, key_hash=_hash(ctx, key),
-                                        scopes=",".join(sorted(s.value for s in parsed)), doctor_id=doctor_id,
+                                        scopes=[s.value for s in parsed], doctor_id=doctor_id,
                                         label=(label or "").strip()[:200], now=now, expires_at=expires_at)
         await uow.audit.append(now, "admin", "api_key.create", f"api_key:{key_id}",
                                {"clinic": clinic_id, "prefix": prefix, "scopes": sorted(s.value for s in parsed),
@@ -160,8 +161,7 @@ async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | None:
         async with ctx.uow() as uow:
             await uow.api_keys.touch(row.id, now, stale)
             await uow.commit()
-    return ApiPrincipal(row.id, row.key_prefix, row.clinic_id, frozenset(Scope(s) for s in row.scopes.split(",")),
-                        row.doctor_id)
+    return ApiPrincipal(row.id, row.key_prefix, row.clinic_id, frozenset(Scope(s) for s in row.scopes), row.doctor_id)
 
 
 async def list_api_keys(ctx: Context, clinic_id: int | None = None) -> list[ApiKeyInfo]:
@@ -172,9 +172,9 @@ async def list_api_keys(ctx: Context, clinic_id: int | None = None) -> list[ApiK
     return [_info(r) for r in rows]
 
 
-def _info(row) -> ApiKeyInfo:
+def _info(row: StoredApiKey) -> ApiKeyInfo:
     return ApiKeyInfo(prefix=row.key_prefix, clinic_id=row.clinic_id, label=row.label,
-                      scopes=tuple(row.scopes.split(",")), doctor_id=row.doctor_id, created_at=row.created_at,
+                      scopes=row.scopes, doctor_id=row.doctor_id, created_at=row.created_at,
                       expires_at=row.expires_at, last_used_at=row.last_used_at, revoked_at=row.revoked_at)
 
 

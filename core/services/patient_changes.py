@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import math
 from dataclasses import dataclass
 
@@ -75,8 +74,7 @@ async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeR
     async with ctx.uow() as uow:
         change = await uow.patient_changes.get(change_id, lock=True)
         patient = await uow.patients.get(change.patient_id)
-        notice = await uow.outbox.by_dedupe_key(notice_key(change_id))
-        told = json.loads(notice.payload).get("chat_id") if notice is not None else None
+        told = ((await uow.outbox.payload(notice_key(change_id))) or {}).get("chat_id")
         if chat_id not in (told, patient.chat_id):
             raise NotFound(f"change {change_id} not found")
         if not await uow.patient_changes.mark_disputed(change_id, now):
