@@ -5,7 +5,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,8 +13,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core import audit
 from core.db import tables as t
 from core.errors import NotFound
-from core.model import (FRESH_REFERENCE, Clinic, ClinicAdmin, Doctor, Language, OutboxKind, OutboxMessage,
-                        OutboxStatus, Patient, PatientChange, Visit, VisitEvent, VisitMode, VisitState)
+from core.model import (
+    FRESH_REFERENCE,
+    Clinic,
+    ClinicAdmin,
+    Doctor,
+    Language,
+    OutboxKind,
+    OutboxMessage,
+    OutboxStatus,
+    Patient,
+    PatientChange,
+    Visit,
+    VisitEvent,
+    VisitMode,
+    VisitState,
+)
 
 
 class _Repo:
@@ -65,11 +79,6 @@ class DoctorRepo(_Repo):
         if row is None:
             raise NotFound(f"doctor {doctor_id} not found")
         return _doctor(row)
-
-    async def lock(self, doctor_id: int) -> None:
-        """Serialise code checks per doctor so the hourly failure cap is exact under concurrency."""
-        if self._for_update:
-            await self.conn.execute(select(t.doctors.c.id).where(t.doctors.c.id == doctor_id).with_for_update())
 
     async def by_phone(self, phone: str) -> list[Doctor]:
         rows = (await self.conn.execute(select(t.doctors).where(t.doctors.c.phone == phone))).all()
@@ -293,6 +302,12 @@ ENROLLED_AT = (select(t.patient_changes.c.at).where(t.patient_changes.c.id == t.
 FRESH = exists().where(and_(t.visit_events.c.visit_id == t.visits.c.id, t.visit_events.c.step == "verify",
                             t.visit_events.c.detail == FRESH_REFERENCE))
 _VISITS = select(t.visits, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"))
+# Module-level statements with bound parameters are built once, and SQLAlchemy compiles each once: what the code
+# check, the hottest path, runs.
+_COUNT_CODE_ATTEMPT = (update(t.visits)
+                       .where(t.visits.c.id == bindparam("visit"), t.visits.c.clinic_id == bindparam("clinic"))
+                       .values(code_attempts=t.visits.c.code_attempts + 1)
+                       .returning(*t.visits.c, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference")))
 
 
 def _visit(row) -> Visit:
@@ -387,12 +402,14 @@ class VisitRepo(_Repo):
             .limit(limit))).all()
         return [r.id for r in rows if r.start_at + dt.timedelta(seconds=r.duration_s) < moment]
 
-    async def bump_code_attempts(self, visit_id: int) -> int:
-        """Atomically count one code attempt and return the new total (exact under concurrency)."""
-        res = await self.conn.execute(update(t.visits).where(t.visits.c.id == visit_id)
-                                      .values(code_attempts=t.visits.c.code_attempts + 1)
-                                      .returning(t.visits.c.code_attempts))
-        return res.scalar_one()
+    async def count_code_attempt(self, visit_id: int, clinic_id: int) -> tuple[Visit, int]:
+        """Count one code attempt and return the visit as it now stands with the new total: one UPDATE, which
+        takes the visit's row lock first, so concurrent checks of one visit count exactly. A check refused
+        afterwards leaves without committing, and so without counting."""
+        row = (await self.conn.execute(_COUNT_CODE_ATTEMPT, {"visit": visit_id, "clinic": clinic_id})).first()
+        if row is None:
+            raise NotFound(f"visit {visit_id} not found")
+        return _visit(row), row.code_attempts
 
     async def code_attempts(self, visit_id: int) -> int:
         return (await self.conn.execute(select(t.visits.c.code_attempts).where(t.visits.c.id == visit_id))).scalar_one()
@@ -433,7 +450,35 @@ class VisitRepo(_Repo):
             face_lockouts=lockouts, face_retry_at=retry_at))
 
 
+@dataclass(frozen=True)
+class CodeCheckState:
+    """What a code check reads after counting its attempt: the visit's current code (None when none was issued)
+    and this clock hour's wrong codes of its doctor and of its clinic."""
+    code: object | None  # the visit_codes row
+    doctor_failures: int
+    clinic_failures: int
+
+
+_dcf, _ccf, _vc = t.doctor_code_failures, t.clinic_code_failures, t.visit_codes
+_CODE_CHECK_STATE = (
+    select(_vc.c.visit_id, _vc.c.generation, _vc.c.code_hash, _vc.c.issued_at, _vc.c.expires_at, _vc.c.used_at,
+           select(_dcf.c.failures).where(_dcf.c.doctor_id == bindparam("doctor"),
+                                         _dcf.c.hour_start == bindparam("hour")).scalar_subquery().label("doctor"),
+           select(_ccf.c.failures).where(_ccf.c.clinic_id == bindparam("clinic"),
+                                         _ccf.c.hour_start == bindparam("hour")).scalar_subquery().label("clinic"))
+    .select_from(t.visits.outerjoin(_vc, _vc.c.visit_id == t.visits.c.id))
+    .where(t.visits.c.id == bindparam("visit")))
+
+
 class CodeRepo(_Repo):
+    async def check_state(self, visit_id: int, doctor_id: int, clinic_id: int,
+                          hour_start: dt.datetime) -> CodeCheckState:
+        """The code and both hourly failure counts in one statement. Run after the attempt is counted (which
+        locks the visit), so a code replaced meanwhile is seen replaced."""
+        row = (await self.conn.execute(_CODE_CHECK_STATE, {"visit": visit_id, "doctor": doctor_id,
+                                                           "clinic": clinic_id, "hour": hour_start})).one()
+        return CodeCheckState(row if row.visit_id is not None else None, row.doctor or 0, row.clinic or 0)
+
     async def current(self, visit_id: int):
         return (await self.conn.execute(select(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id))).first()
 
@@ -462,13 +507,10 @@ class CodeRepo(_Repo):
         )).scalar_one_or_none()
         return value or 0
 
-    async def add_doctor_failure(self, doctor_id: int, hour_start: dt.datetime) -> None:
-        res = await self.conn.execute(update(t.doctor_code_failures).where(and_(
-            t.doctor_code_failures.c.doctor_id == doctor_id, t.doctor_code_failures.c.hour_start == hour_start))
-            .values(failures=t.doctor_code_failures.c.failures + 1))
-        if res.rowcount == 0:
-            await self.conn.execute(insert(t.doctor_code_failures).values(doctor_id=doctor_id,
-                                                                          hour_start=hour_start, failures=1))
+    async def take_doctor_failure(self, doctor_id: int, hour_start: dt.datetime, cap: int) -> bool:
+        """Count one wrong code against the doctor's hourly cap, or answer False (nothing counted) at the cap."""
+        return await _take_below_cap(self.conn, t.doctor_code_failures,
+                                     {"doctor_id": doctor_id, "hour_start": hour_start}, cap)
 
     async def clinic_failures(self, clinic_id: int, hour_start: dt.datetime) -> int:
         value = (await self.conn.execute(select(t.clinic_code_failures.c.failures).where(
@@ -707,7 +749,7 @@ class IdempotencyRepo(_Repo):
 
 class AuditRepo(_Repo):
     """Appends are held until the unit of work commits, then chained in one go: the head row's lock (which
-    orders every writer in the system) is then held for a few statements, not the whole transaction."""
+    orders every writer in the system) is then held for two statements and the commit, not the whole transaction."""
 
     def __init__(self, conn: AsyncConnection, for_update: bool):
         super().__init__(conn, for_update)
@@ -736,8 +778,12 @@ class AuditRepo(_Repo):
                              details=json.dumps(details, sort_keys=True, ensure_ascii=False), prev_hash=prev,
                              hash=digest))
             prev = digest
-        await self.conn.execute(insert(t.audit_log), rows)
-        await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(last_hash=prev))
+        set_head = update(t.audit_head).where(t.audit_head.c.id == 1).values(last_hash=prev)
+        if self.conn.dialect.name == "postgresql":  # one round trip fewer while every writer waits on the head
+            await self.conn.execute(set_head.add_cte(insert(t.audit_log).values(rows).cte("chained")))
+        else:
+            await self.conn.execute(insert(t.audit_log), rows)
+            await self.conn.execute(set_head)
 
     async def records(self) -> list[audit.AuditRecord]:
         rows = (await self.conn.execute(select(t.audit_log).order_by(t.audit_log.c.seq))).all()

@@ -124,23 +124,22 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
     now = ctx.clock.now()
     policy = ctx.settings.code_policy
     async with ctx.uow() as uow:
-        visit = check_visit(caller, await uow.visits.get(visit_id, clinic_id))
-        if uow.row_locks:  # doctor first, then visit: one lock order, no deadlocks (SQLite holds the write lock)
-            await uow.doctors.lock(visit.doctor_id)
-            visit = await uow.visits.get(visit_id, clinic_id, lock=True)
-        row = await uow.codes.current(visit_id)
+        # Counting first takes the visit's row lock; every refusal below leaves without a commit, so uncounted.
+        visit, attempts = await uow.visits.count_code_attempt(visit_id, clinic_id)
+        visit = check_visit(caller, visit)
+        hour = hour_start(now)
+        state = await uow.codes.check_state(visit_id, visit.doctor_id, clinic_id, hour)
+        row = state.code
         if visit.state is not VisitState.SCHEDULED:
             if row is not None and row.used_at is not None:
                 return CodeCheck(CodeOutcome.ALREADY_USED, 0)
             raise IllegalTransition(visit.id, visit.state.value, "verify by code")
         if visit.registered_late:  # no code was ever sent for it: refused before it could count as a guess
             raise RegisteredLate(visit, "verify by code")
-        hour = hour_start(now)
-        if await uow.codes.doctor_failures(visit.doctor_id, hour) >= policy.doctor_failures_per_hour:
-            return _capped(policy, await uow.visits.code_attempts(visit_id), "doctor", now)
-        if await uow.codes.clinic_failures(clinic_id, hour) >= policy.clinic_failures_per_hour:
-            return _capped(policy, await uow.visits.code_attempts(visit_id), "clinic", now)
-        attempts = await uow.visits.bump_code_attempts(visit_id)
+        if state.doctor_failures >= policy.doctor_failures_per_hour:
+            return _capped(policy, attempts - 1, "doctor", now)
+        if state.clinic_failures >= policy.clinic_failures_per_hour:
+            return _capped(policy, attempts - 1, "clinic", now)
         left = max(policy.max_attempts - attempts, 0)
         if attempts > policy.max_attempts:
             outcome = CodeOutcome.LOCKED
@@ -157,11 +156,13 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
             visit.verify(VerificationMethod.CODE, actor, now)
             await uow.visits.save(visit)
         elif outcome in (CodeOutcome.WRONG, CodeOutcome.NO_CODE):
+            # Each cap's slot is taken by a conditional UPDATE: concurrent guesses (on any number of server
+            # processes) never pass a cap. One taken meanwhile by another guess ends this check capped, and leaving
+            # without a commit keeps nothing of it; the answer does not say whether the code was right.
             if not await uow.codes.take_clinic_failure(clinic_id, hour, policy.clinic_failures_per_hour):
-                # another doctor's guess took the clinic's last slot meanwhile: leaving without a commit
-                # keeps nothing of this attempt, and the answer does not say whether the code was right
                 return _capped(policy, attempts - 1, "clinic", now)
-            await uow.codes.add_doctor_failure(visit.doctor_id, hour)
+            if not await uow.codes.take_doctor_failure(visit.doctor_id, hour, policy.doctor_failures_per_hour):
+                return _capped(policy, attempts - 1, "doctor", now)
         await uow.commit()
     return CodeCheck(outcome, left)
 
