@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from core.clock import to_local
 from core.errors import IllegalTransition, NotFound
-from core.model import (Actor, OutboxKind, OutboxMessage, Recipient, Visit, VisitEvent, VisitMode, VisitState,
-                        ensure_utc)
+from core.model import Actor, OutboxKind, OutboxMessage, Recipient, Visit, VisitEvent, VisitMode, VisitState, ensure_utc
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, check_doctor, check_visit
 
