@@ -78,8 +78,8 @@ class OncePerUpdateDispatcher(Dispatcher):
 
     async def feed_update(self, bot: Bot, update: Update, **kwargs: Any) -> Any:
         sender = UserContextMiddleware.resolve_event_context(update).user
-        human = sender is not None and not sender.is_bot
-        if not await claim_update(self["ctx"], bot.id, update.update_id, sender_chat_id=sender.id if human else None):
+        sender_chat_id = sender.id if sender is not None and not sender.is_bot else None
+        if not await claim_update(self["ctx"], bot.id, update.update_id, sender_chat_id=sender_chat_id):
             log.info("duplicate update ignored", update_id=update.update_id)
             return None
         return await super().feed_update(bot, update, **kwargs)

@@ -2,7 +2,7 @@
 The doctor never sees the code; the patient reads it out and the doctor enters it in the clinic system."""
 from __future__ import annotations
 
-from aiogram import Router
+from aiogram import Bot, Router
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
@@ -36,7 +36,8 @@ async def code_menu(message: Message, profile: ChatProfile, ctx: Context) -> Non
     await message.answer(text, reply_markup=InlineKeyboardMarkup(inline_keyboard=buttons))
 
 
-async def send_code(query: CallbackQuery, callback_data: CodeCb, profile: ChatProfile, ctx: Context) -> None:
+async def send_code(query: CallbackQuery, callback_data: CodeCb, profile: ChatProfile, ctx: Context,
+                    bot: Bot) -> None:
     if not profile.doctors:
         await query.answer(_("/code is only for doctors registered by a clinic. Patients receive their "
                              "codes here automatically."), show_alert=True)
@@ -71,7 +72,7 @@ async def send_code(query: CallbackQuery, callback_data: CodeCb, profile: ChatPr
                 "closes.", lead).format(minutes=lead), show_alert=True)
         return
     await query.answer(_("Sent to the patient."))
-    await query.bot.send_message(query.from_user.id, _(
+    await bot.send_message(query.from_user.id, _(
         "Sent to the patient ({name}, {time}). Ask them to read the code to you and enter it in the clinic "
         "system.").format(name=texts.q(line.patient_name), time=clock_time(line.start, texts.locale())))
 

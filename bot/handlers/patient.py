@@ -2,7 +2,7 @@
 "this wasn't me" about a change to the patient's face, phone or consent."""
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Bot, F, Router
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
@@ -50,7 +50,7 @@ def _disputable(line: VisitLine, now) -> bool:
 
 
 async def answer(query: CallbackQuery, callback_data: AnswerCb, profile: ChatProfile, ctx: Context,
-                 state: FSMContext) -> None:
+                 state: FSMContext, bot: Bot) -> None:
     """The button says which visit; the visit must belong to the patient who pressed it.
     ``yes``/``no`` come from the "were you there?" question, ``dispute`` from the /visits list."""
     if not profile.patients:
@@ -76,18 +76,18 @@ async def answer(query: CallbackQuery, callback_data: AnswerCb, profile: ChatPro
         await query.answer()
         footer = _("❌ Recorded: you were not there. The clinic's administrators have been told.")
     if callback_data.action == "dispute" or not await append_to_message(query, footer):
-        await query.bot.send_message(query.from_user.id, footer)
+        await bot.send_message(query.from_user.id, footer)
     if callback_data.action != "yes":
         await state.set_state(DisputeReason.waiting)
         await state.update_data(visit_id=callback_data.visit_id)
-        await query.bot.send_message(
+        await bot.send_message(
             query.from_user.id,
             _("If you want, write in one message what happened, for example: «I was at work that day». "
               "Your words go to the clinic's administrators. Or press «Skip»."),
             reply_markup=skip_reason_keyboard(callback_data.visit_id))
 
 
-async def change_disputed(query: CallbackQuery, callback_data: ChangeCb, ctx: Context) -> None:
+async def change_disputed(query: CallbackQuery, callback_data: ChangeCb, ctx: Context, bot: Bot) -> None:
     """Not tied to a linked profile: after a phone change the old chat, no longer linked, must still be able
     to object. The service checks that this chat is the one the notice went to (or the patient's own)."""
     try:
@@ -101,19 +101,20 @@ async def change_disputed(query: CallbackQuery, callback_data: ChangeCb, ctx: Co
     await query.answer()
     footer = _("🚫 Recorded: you did not ask for this change. The clinic's administrators have been told.")
     if not await append_to_message(query, footer):
-        await query.bot.send_message(query.from_user.id, footer)
+        await bot.send_message(query.from_user.id, footer)
 
 
 async def reason_given(message: Message, profile: ChatProfile, ctx: Context, state: FSMContext) -> None:
-    visit_id = (await state.get_data()).get("visit_id")
+    visit_id = (await state.get_data()).get("visit_id", "")
+    reason = message.text or ""  # the filter lets only text in
     await state.clear()
     try:
-        await explain_dispute(ctx, int(visit_id), profile.patient_ids, message.text)
+        await explain_dispute(ctx, int(visit_id), profile.patient_ids, reason)
     except (NotFound, IllegalTransition, TypeError, ValueError):
         await message.answer(_("I could not attach this to the visit. Your dispute itself is recorded."))
         return
     note = _("Thank you. Your explanation has been passed to the clinic's administrators.")
-    if len(message.text.strip()) > MAX_REASON:
+    if len(reason.strip()) > MAX_REASON:
         note += "\n" + _("Only the first {n} characters were kept.").format(n=MAX_REASON)
     await message.answer(note)
 
@@ -122,11 +123,11 @@ async def reason_not_text(message: Message) -> None:
     await message.answer(_("Please write the reason as text, or press «Skip»."))
 
 
-async def reason_skipped(query: CallbackQuery, state: FSMContext) -> None:
+async def reason_skipped(query: CallbackQuery, state: FSMContext, bot: Bot) -> None:
     await state.clear()
     await query.answer()
     await drop_buttons(query)
-    await query.bot.send_message(query.from_user.id, _("All right. Your answer is recorded and the clinic "
+    await bot.send_message(query.from_user.id, _("All right. Your answer is recorded and the clinic "
                                                        "has been told."))
 
 

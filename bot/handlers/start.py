@@ -1,7 +1,7 @@
 """/start, /language, /privacy and linking the chat through a shared contact."""
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Bot, F, Router
 from aiogram.filters import Command, CommandStart
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
@@ -29,7 +29,7 @@ async def choose_language(message: Message, i18n: I18n) -> None:
     await message.answer(_("Choose your language:"), reply_markup=language_keyboard(i18n.current_locale))
 
 
-async def language_chosen(query: CallbackQuery, callback_data: LangCb, ctx: Context, i18n: I18n) -> None:
+async def language_chosen(query: CallbackQuery, callback_data: LangCb, ctx: Context, i18n: I18n, bot: Bot) -> None:
     chat_id = query.from_user.id
     await set_language(ctx, chat_id, Language(callback_data.code))
     profile = await chat_profile(ctx, chat_id)
@@ -37,10 +37,10 @@ async def language_chosen(query: CallbackQuery, callback_data: LangCb, ctx: Cont
         await query.answer(LANGUAGE_NAMES[callback_data.code])
         await drop_buttons(query)
         if profile.linked:
-            await query.bot.send_message(chat_id, _("Done: I will write to you in this language."),
+            await bot.send_message(chat_id, _("Done: I will write to you in this language."),
                                          reply_markup=ReplyKeyboardRemove())
         else:
-            await query.bot.send_message(chat_id, texts.privacy_notice(), reply_markup=contact_keyboard())
+            await bot.send_message(chat_id, texts.privacy_notice(), reply_markup=contact_keyboard())
 
 
 async def privacy(message: Message, profile: ChatProfile) -> None:
@@ -52,8 +52,8 @@ async def privacy(message: Message, profile: ChatProfile) -> None:
 
 async def contact_shared(message: Message, ctx: Context, i18n: I18n) -> None:
     """Only the sender's own contact proves a phone; then it must match someone a clinic registered."""
-    contact = message.contact
-    if contact.user_id is None or contact.user_id != message.from_user.id:
+    contact, sender = message.contact, message.from_user
+    if contact is None or sender is None or contact.user_id != sender.id:
         await message.answer(_("This is not your own contact. Please press the button below: it shares the "
                                "number of this Telegram account."), reply_markup=contact_keyboard())
         return
