@@ -22,9 +22,9 @@ from core.errors import (
     TemplateDecryptError,
 )
 from core.logs import get_logger
+from core.services.access import DoctorKeyForbidden
 from core.services.codes import CodeRequestsCapped
 from core.services.faces import FaceLocked, NotEnrolled
-from core.services.access import DoctorKeyForbidden
 from core.services.patient_changes import ReplacementLimited
 from server.appkeys import REQUEST_ID
 from server.face.image import ImageRejected
@@ -138,7 +138,7 @@ async def problem_middleware(request: web.Request, handler):
         return problem_response(503, "database_unavailable", "the database is unreachable right now; "
                                 "retry shortly", headers={"Retry-After": "5"},
                                 request_id=request.get(REQUEST_ID, "-"))
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: log the cause, answer without internals
+    except Exception as exc:  # the last line of defence: log the cause, answer without internals
         request_id = request.get(REQUEST_ID, "-")
         log.exception("unhandled error", error_type=type(exc).__name__)
         return problem_response(500, "internal_error", "an unexpected error occurred; quote this request id "

@@ -278,7 +278,7 @@ class TemplateRepo(_Repo):
             .values(revoked_at=now))
         return res.rowcount
 
-    async def active_references(self, patient_id: int) -> list["Reference"]:
+    async def active_references(self, patient_id: int) -> list[Reference]:
         """The active references with the enrolment that made each (a reference stored before enrolments were
         recorded has none; its own creation time stands in for the enrolment's)."""
         ft, pc = t.face_templates, t.patient_changes
@@ -321,7 +321,7 @@ def _visit(row) -> Visit:
 
 
 class VisitRepo(_Repo):
-    def __init__(self, conn: AsyncConnection, for_update: bool, audit_repo: "AuditRepo"):
+    def __init__(self, conn: AsyncConnection, for_update: bool, audit_repo: AuditRepo):
         super().__init__(conn, for_update)
         self._audit = audit_repo
 
@@ -443,7 +443,8 @@ class VisitRepo(_Repo):
         """An attempt that produced no decision is not counted (a lock set meanwhile stands)."""
         v = t.visits
         await self.conn.execute(update(v).where(and_(v.c.id == visit_id, v.c.face_retry_at.is_(None),
-                                                     v.c.face_failures > 0)).values(face_failures=v.c.face_failures - 1))
+                                                     v.c.face_failures > 0))
+                                .values(face_failures=v.c.face_failures - 1))
 
     async def lock_face(self, visit_id: int, lockouts: int, retry_at: dt.datetime) -> None:
         await self.conn.execute(update(t.visits).where(t.visits.c.id == visit_id).values(
@@ -659,7 +660,8 @@ def _change(row) -> PatientChange:
 class PatientChangeRepo(_Repo):
     async def add(self, *, patient_id: int, clinic_id: int, kind: str, at: dt.datetime, actor: str) -> int:
         res = await self.conn.execute(insert(t.patient_changes).values(
-            patient_id=patient_id, clinic_id=clinic_id, kind=kind, at=at, actor=actor).returning(t.patient_changes.c.id))
+            patient_id=patient_id, clinic_id=clinic_id, kind=kind, at=at, actor=actor)
+            .returning(t.patient_changes.c.id))
         return res.scalar_one()
 
     async def get(self, change_id: int, *, lock: bool = False) -> PatientChange:
@@ -703,6 +705,9 @@ def _api_key(row) -> StoredApiKey:
                         last_used_at=row.last_used_at)
 
 
+_KEY_BY_PREFIX = select(t.api_keys).where(t.api_keys.c.key_prefix == bindparam("prefix"))  # on every request
+
+
 class ApiKeyRepo(_Repo):
     async def add(self, *, clinic_id: int, key_prefix: str, key_hash: str, scopes: list[str], doctor_id: int | None,
                   label: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> int:
@@ -712,7 +717,7 @@ class ApiKeyRepo(_Repo):
         return res.scalar_one()
 
     async def by_prefix(self, key_prefix: str) -> StoredApiKey | None:
-        row = (await self.conn.execute(select(t.api_keys).where(t.api_keys.c.key_prefix == key_prefix))).first()
+        row = (await self.conn.execute(_KEY_BY_PREFIX, {"prefix": key_prefix})).first()
         return _api_key(row) if row is not None else None
 
     async def list(self, clinic_id: int | None = None) -> list[StoredApiKey]:

@@ -17,9 +17,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.db.engine import READ_ONLY_OPTION
 from core.db.queries import Queries
-from core.db.repositories import (AdminRepo, ApiKeyRepo, AuditRepo, ChatUserRepo, ClinicRepo, CodeRepo, DoctorRepo,
-                                  FaceFailureRepo, IdempotencyRepo, OutboxRepo, PatientChangeRepo, PatientRepo,
-                                  ProcessedUpdateRepo, TemplateRepo, VisitRepo)
+from core.db.repositories import (
+    AdminRepo,
+    ApiKeyRepo,
+    AuditRepo,
+    ChatUserRepo,
+    ClinicRepo,
+    CodeRepo,
+    DoctorRepo,
+    FaceFailureRepo,
+    IdempotencyRepo,
+    OutboxRepo,
+    PatientChangeRepo,
+    PatientRepo,
+    ProcessedUpdateRepo,
+    TemplateRepo,
+    VisitRepo,
+)
 from core.errors import ConcurrentWrite, DatabaseUnavailable
 
 
@@ -42,20 +56,24 @@ def _translated(exc: BaseException) -> Exception | None:
 class UnitOfWork:
     conn: AsyncConnection
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writer: asyncio.Lock | None = None):
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writer: asyncio.Lock | None = None,
+                 autocommit: bool = False):
         self._engine = engine
         self.row_locks = engine.dialect.name != "sqlite"  # SQLite's BEGIN IMMEDIATE already serialises
         self._read_only = read_only
+        self._autocommit = autocommit
         self._writer = None if read_only else writer
         self._committed = False
 
-    async def __aenter__(self) -> "UnitOfWork":
+    async def __aenter__(self) -> UnitOfWork:
         if self._writer is not None:
             await self._writer.acquire()
         try:
             self.conn = await self._engine.connect()
             try:
-                if self._read_only:  # reports need a consistent snapshot, not SQLite's write lock
+                if self._autocommit:  # no BEGIN and no ROLLBACK: two round trips fewer
+                    await self.conn.execution_options(isolation_level="AUTOCOMMIT")
+                elif self._read_only:  # reports need a consistent snapshot, not SQLite's write lock
                     await self.conn.execution_options(**{READ_ONLY_OPTION: True})
                 await self.conn.begin()
             except BaseException:
@@ -132,6 +150,12 @@ class UnitOfWorkFactory:
 
     def __call__(self, *, read_only: bool = False) -> UnitOfWork:
         return UnitOfWork(self.engine, read_only=read_only, writer=self._writer)
+
+    def single_read(self) -> UnitOfWork:
+        """For one read statement, which is consistent on its own: on PostgreSQL outside any transaction (what a
+        request's API key lookup needs); on SQLite a read transaction as usual (no round trips to save there, and
+        its driver's autocommit switch would undo the engine's own transaction handling)."""
+        return UnitOfWork(self.engine, read_only=True, autocommit=self.engine.dialect.name == "postgresql")
 
     async def ping(self) -> None:
         """One round trip to the database; DatabaseUnavailable (or the driver's error) when it cannot answer."""

@@ -20,6 +20,6 @@ class Context:
     cipher: TemplateCipher
 
     @classmethod
-    def build(cls, settings: Settings, uow: UnitOfWorkFactory, clock: Clock) -> "Context":
+    def build(cls, settings: Settings, uow: UnitOfWorkFactory, clock: Clock) -> Context:
         return cls(uow=uow, clock=clock, settings=settings, hasher=CodeHasher(settings.code_key_bytes()),
                    cipher=TemplateCipher(settings.template_key_bytes()))

@@ -15,6 +15,7 @@ import datetime as dt
 import enum
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from core.clock import hour_start, seconds_to_next_hour
 from core.errors import DomainError, IllegalTransition
@@ -53,8 +54,9 @@ class FaceLocked(DomainError):
 class FaceCapped(FaceLocked):
     """An hourly cap on failed face checks: per patient (over all their visits), per doctor or per clinic."""
 
-    WHO = {"patient": "this patient's face checks have", "doctor": "this doctor's face checks have",
-           "clinic": "this clinic's face checks have"}
+    WHO: ClassVar[dict[str, str]] = {"patient": "this patient's face checks have",
+                                     "doctor": "this doctor's face checks have",
+                                     "clinic": "this clinic's face checks have"}
 
     def __init__(self, scope: str, retry_after: int):
         DomainError.__init__(self, f"{self.WHO[scope]} failed too often this hour; face checks resume in "
