@@ -73,7 +73,9 @@ class OncePerUpdateDispatcher(Dispatcher):
     Every way in (long polling, the webhook, ``feed_raw_update``) passes ``feed_update``: here, before any
     middleware or handler runs, the first delivery claims its update_id in the database. A failed update's
     claim is released by `apologise`, so Telegram's redelivery can try again. A user who sends anything has
-    not blocked the bot, so messages can reach their patient rows again.
+    not blocked the bot, so the same transaction makes their patient rows reachable again. A database that
+    fails this very claim fails the update before aiogram's error handling: the webhook answers 500 and
+    Telegram redelivers; long polling logs it.
     """
 
     async def feed_update(self, bot: Bot, update: Update, **kwargs: Any) -> Any:
@@ -100,15 +102,17 @@ def create_dispatcher(ctx: Context, i18n: I18n, storage: BaseStorage | None = No
 
 
 async def apologise(event: ErrorEvent, bot: Bot, ctx: Context, i18n: I18n, event_chat: Chat | None = None) -> bool:
-    """A bug or an outage must not leave the user with silence: log it, say sorry in both languages, and
-    release the update's claim so that Telegram's redelivery can try again."""
+    """A bug or an outage must not leave the user with silence: log it, release the update's claim so that
+    Telegram's redelivery can try again, and say sorry in both languages (even when the release fails)."""
     log.error("update handling failed", update_id=event.update.update_id, exc_info=event.exception)
-    if event_chat is not None and event_chat.type == ChatType.PRIVATE:
-        text = "\n\n".join(i18n.gettext("Sorry, something went wrong on our side. Please try again in a "
-                                         "minute.", locale=code) for code in LANGUAGES)
-        with suppress(TelegramAPIError):
-            await bot.send_message(event_chat.id, text)
-    await release_update(ctx, bot.id, event.update.update_id)
+    try:
+        await release_update(ctx, bot.id, event.update.update_id)
+    finally:
+        if event_chat is not None and event_chat.type == ChatType.PRIVATE:
+            text = "\n\n".join(i18n.gettext("Sorry, something went wrong on our side. Please try again in a "
+                                             "minute.", locale=code) for code in LANGUAGES)
+            with suppress(TelegramAPIError):
+                await bot.send_message(event_chat.id, text)
     return True
 
 

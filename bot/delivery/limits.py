@@ -123,12 +123,12 @@ class SendPacer:
     async def turn(self, chat_id: int, not_after: float = math.inf) -> AsyncIterator[None]:
         """Wait until this chat may be sent to; send inside the block. Raises TooLate rather than start a
         send after ``not_after`` (on ``clock``), or when the store cannot be asked."""
-        member = uuid.uuid4().hex
+        member, chat_window = uuid.uuid4().hex, _chat_window(chat_id)
         taken: list[tuple[str, float]] = []
         try:
             await self._wait_for_start(chat_id, not_after)
-            await self._take(_chat_window(chat_id), self._chat, member)  # the chat first: never hold a global place
-            taken.append((_chat_window(chat_id), self._chat.span))
+            await self._take(chat_window, self._chat, member)  # the chat first: never hold a global place
+            taken.append((chat_window, self._chat.span))
             await self._take(WINDOW, self._global, member)
             taken.append((WINDOW, self._global.span))
             while (paused := await self._store.extend(PAUSED, 0)) > 0:  # noqa: ASYNC110 - see _take
