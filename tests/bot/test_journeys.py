@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 
 import pytest
@@ -222,6 +223,24 @@ async def test_a_patient_who_writes_again_is_reachable_again(ctx, clinic_world, 
         await uow.patients.mark_chat_blocked(user.id)  # a 403 earlier: they had blocked the bot
         await uow.commit()
     await world.send(user, "/help")
+    async with ctx.uow() as uow:
+        assert (await uow.patients.get(clinic_world.p2.id)).chat_blocked is False
+
+
+async def test_a_button_pressed_counts_as_writing_again_but_a_repeated_update_does_not(ctx, clinic_world, world,
+                                                                                      standin):
+    """Any update from the user unblocks (not only messages), once: Telegram's redelivery of an update from before
+    the block must not unblock a chat that blocked the bot since."""
+    user = User(7708)
+    await link(world, user, clinic_world.p2.phone, "ru")
+    pressed = await world.press(user, "lang:ru")
+    async with ctx.uow() as uow:
+        await uow.patients.mark_chat_blocked(user.id)
+        await uow.commit()
+    await world.feed(json.loads(json.dumps(pressed)))
+    async with ctx.uow() as uow:
+        assert (await uow.patients.get(clinic_world.p2.id)).chat_blocked is True
+    await world.press(user, "lang:ru")
     async with ctx.uow() as uow:
         assert (await uow.patients.get(clinic_world.p2.id)).chat_blocked is False
 
