@@ -1,19 +1,29 @@
 """Shared fixtures: a migrated database on SQLite (a real file) and on the real PostgreSQL, a manual clock,
-and a services Context with test secrets."""
+and a services Context with test secrets.
+
+Alembic runs once per backend and test process, on a template; each test's database is a copy of that template
+(see ``migrate_from_template``). Every pytest-xdist worker is a process of its own, so each has its own
+templates, files (tmp_path) and schemas (random names)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
 import os
+import re
 import secrets
+import shutil
+import subprocess
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from core.clock import ManualClock
 from core.config import Mode, Settings
-from core.db.engine import create_engine
+from core.db.engine import create_engine, is_sqlite
 from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context, registry
@@ -58,27 +68,98 @@ def test_settings(database_url: str, **overrides) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+async def _pg_execute(sql: str, url: str = PG_URL) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 @contextlib.contextmanager
 def pg_schema():
     """A fresh schema in the PostgreSQL test database, dropped afterwards (skips, or fails under CI, when
     PostgreSQL is down)."""
     pg_or_skip()
-    import asyncpg
-
     schema = f"t_{uuid.uuid4().hex[:12]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE SCHEMA "{schema}"'))
+    asyncio.run(_pg_execute(f'CREATE SCHEMA "{schema}"'))
     try:
         yield f"{PG_URL}?search_path={schema}"
     finally:
-        asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE'))
+        asyncio.run(_pg_execute(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+class _Templates:
+    """Per process: one SQLite file and one PostgreSQL schema brought to head by Alembic, made on first use."""
+
+    def __init__(self) -> None:
+        self._sqlite: Path | None = None
+        self._pg_script: str | None = None
+        self._workdir = tempfile.TemporaryDirectory(prefix="rastau-templates-")
+
+    async def sqlite_file(self) -> Path:
+        if self._sqlite is None:
+            path = Path(self._workdir.name) / "template.db"
+            engine = create_engine(f"sqlite+aiosqlite:///{path}")
+            try:
+                await upgrade_to_head(engine)
+            finally:
+                await engine.dispose()  # the last connection to close checkpoints the WAL into the file
+            self._sqlite = path
+        return self._sqlite
+
+    async def pg_script(self) -> str:
+        """The migrated template schema as SQL (pg_dump: tables, sequences, indexes, seed rows), its schema
+        name replaced by a placeholder."""
+        if self._pg_script is None:
+            template = f"rastau_template_{uuid.uuid4().hex}"
+            await _pg_execute(f'CREATE SCHEMA "{template}"')
+            try:
+                engine = create_engine(f"{PG_URL}?search_path={template}")
+                try:
+                    await upgrade_to_head(engine)
+                finally:
+                    await engine.dispose()
+                dump = _pg_dump_schema(template)
+            finally:
+                await _pg_execute(f'DROP SCHEMA "{template}" CASCADE')
+            lines = [line for line in dump.splitlines()
+                     if not line.startswith("\\") and not line.startswith(f"CREATE SCHEMA {template};")]
+            self._pg_script = "\n".join(lines).replace(template, "{schema}")
+        return self._pg_script
+
+
+def _pg_dump_schema(schema: str) -> str:
+    url = make_url(PG_URL)
+    env = dict(os.environ, PGPASSWORD=url.password or "")
+    return subprocess.run(
+        ["pg_dump", "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres",
+         "-d", url.database, "-n", schema, "--no-owner", "--no-privileges", "--inserts"],
+        env=env, capture_output=True, text=True, check=True).stdout
+
+
+_TEMPLATES = _Templates()
+_SEARCH_PATH = re.compile(r"[?&]search_path=([A-Za-z0-9_]+)")
+
+
+async def migrate_from_template(url: str) -> None:
+    """Bring an empty test database to head, as ``upgrade_to_head`` would, by copying the process's template:
+    a file copy on SQLite, the template's dump replayed into the test's schema on PostgreSQL. The migration
+    tests run Alembic itself; everything else gets the same schema in milliseconds instead of half a second."""
+    if is_sqlite(url):
+        shutil.copyfile(await _TEMPLATES.sqlite_file(), make_url(url).database)
+        return
+    schema = _SEARCH_PATH.search(url)
+    if schema is None or shutil.which("pg_dump") is None:  # no schema of its own to fill, or no pg_dump here
+        engine = create_engine(url)
+        try:
+            await upgrade_to_head(engine)
+        finally:
+            await engine.dispose()
+        return
+    await _pg_execute((await _TEMPLATES.pg_script()).replace("{schema}", schema.group(1)))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -93,8 +174,8 @@ def db_url(request, tmp_path):
 
 @pytest.fixture
 async def engine(db_url):
+    await migrate_from_template(db_url)
     eng = create_engine(db_url)
-    await upgrade_to_head(eng)
     yield eng
     await eng.dispose()
 
@@ -126,3 +207,16 @@ async def clinic_world(ctx):
     p1 = (await registry.upsert_patient(ctx, clinic.id, VALID_IINS[0], "Asel N.", "87011234567", "kk")).patient
     p2 = (await registry.upsert_patient(ctx, clinic.id, VALID_IINS[1], "Ivan P.", "+7 705 765 43 21", "ru")).patient
     return type("World", (), dict(clinic=clinic, doctor=doctor, admin=admin, p1=p1, p2=p2))
+
+
+def pytest_collection_modifyitems(items):
+    """Longest first: tests with a timeout of their own (the harnesses), then the other slow ones, then the rest,
+    each group in file order. With several workers the harnesses start at once, on an idle machine, instead of
+    starting last and running alone."""
+    def allowed_seconds(item) -> float:
+        timeout = item.get_closest_marker("timeout")
+        if timeout is not None:
+            return float(timeout.args[0])
+        return 1.0 if item.get_closest_marker("slow") else 0.0
+
+    items.sort(key=allowed_seconds, reverse=True)

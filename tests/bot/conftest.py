@@ -7,11 +7,11 @@ import os
 import pytest
 
 from core.db.engine import create_engine
-from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context
 from devkit.botapi import BotApiStandIn
 from tests.bot.support import BOT_ID, BotWorld
+from tests.conftest import migrate_from_template
 
 
 @pytest.fixture
@@ -50,8 +50,8 @@ async def two_contexts(db_url, settings, clock):
     """Two contexts, each with an engine of its own as two dispatcher processes would have, on one PostgreSQL."""
     if not db_url.startswith("postgresql"):
         pytest.skip("several dispatchers are a PostgreSQL deployment; SQLite runs one")
+    await migrate_from_template(db_url)
     engines = [create_engine(db_url), create_engine(db_url)]
-    await upgrade_to_head(engines[0])
     yield [Context.build(settings, UnitOfWorkFactory(e), clock) for e in engines]
     for engine in engines:
         await engine.dispose()

@@ -70,6 +70,7 @@ async def test_skipped_message_is_not_sent_and_not_retried(ctx, bot, standin):
     assert standin.sent == [] and renderer.rendered == [mid] and (await statuses(ctx))[mid] == "skipped"
 
 
+@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
 async def test_429_waits_retry_after_then_delivers_once(ctx, bot, standin):
     mid = await queue(ctx, 1001, "slow down")
     standin.fail_next(1, "429", retry_after=1)
@@ -139,6 +140,7 @@ async def test_a_crash_after_the_text_does_not_repeat_it_after_restart(ctx, bot,
     assert (await statuses(ctx))[mid] == "sent"
 
 
+@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
 async def test_rate_caps_hold_overall_and_per_chat(ctx, bot, standin):
     for chat in range(40):
         await queue(ctx, 2000 + chat, "burst")
@@ -151,6 +153,7 @@ async def test_rate_caps_hold_overall_and_per_chat(ctx, bot, standin):
     assert standin.max_rate_per_chat(window=1.0) <= 1
 
 
+@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
 async def test_the_default_pace_never_trips_telegrams_limits(ctx):
     strict = BotApiStandIn(enforce_limits=True)  # 429 past 30 sends a second overall or 1 per chat
     await strict.start()
@@ -167,6 +170,7 @@ async def test_the_default_pace_never_trips_telegrams_limits(ctx):
     assert len(strict.sent) == 48 and strict.limit_violations == 0
 
 
+@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
 async def test_a_misbehaving_telegram_loses_nothing_and_duplicates_nothing(ctx):
     chaos = BotApiStandIn(enforce_limits=True, slow_seconds=1.0)
     chaos.random_faults(2026, p429=0.05, p500=0.1, pslow=0.1, pdrop=0.1)
@@ -188,6 +192,7 @@ async def test_a_misbehaving_telegram_loses_nothing_and_duplicates_nothing(ctx):
     assert chaos.limit_violations == 0 and chaos.max_rate() <= 30 and chaos.max_rate_per_chat() <= 1
 
 
+@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
 async def test_two_dispatchers_on_postgresql_send_each_message_once(two_contexts, standin):
     ids = [await queue(two_contexts[0], 4000 + i % 50, "x") for i in range(300)]
     bots = [make_bot(standin.base_url), make_bot(standin.base_url)]
@@ -206,6 +211,7 @@ async def test_two_dispatchers_on_postgresql_send_each_message_once(two_contexts
     assert all(len(d._renderer.rendered) > 0 for d in dispatchers), "both dispatchers took a share"
 
 
+@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
 async def test_a_claim_outlived_by_its_queue_is_handed_back_not_sent_twice(engine, settings, standin, db_url):
     """Six messages to one chat take five seconds at 1/s; a 3.5 s claim must not let a second dispatcher
     resend what the first one still holds."""
@@ -260,6 +266,7 @@ asyncio.run(main())
 '''
 
 
+@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
 async def test_killed_between_commit_and_send_delivers_once_after_restart(ctx, settings, db_url, standin, bot):
     mid = await queue(ctx, 7007, "survives")
     env = dict(os.environ, ROOT=str(ROOT), DB_URL=db_url, API=standin.base_url,

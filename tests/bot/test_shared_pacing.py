@@ -16,6 +16,8 @@ from core.db import tables as t
 from devkit.botapi import BotApiStandIn
 from tests.bot.dispatch_support import EchoRenderer, make_bot, queue, statuses
 
+pytestmark = pytest.mark.slow  # Telegram pace through Redis, in real seconds
+
 RATE = 10  # a lower cap than Telegram's 30/s keeps the runs short; the rules are the same
 CHATS = 12
 

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import sqlalchemy as sa
 
 from core.audit import find_break
@@ -37,6 +38,7 @@ def _cli(db_url, *args):
                           cwd=str(__import__("pathlib").Path(__file__).parents[2]), timeout=60)
 
 
+@pytest.mark.slow  # the rastau CLI as processes
 async def test_cli_verifies_the_chain_and_names_the_first_broken_row(ctx, clinic_world, db_url):
     ok = _cli(db_url, "audit-verify")
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stderr
@@ -47,6 +49,7 @@ async def test_cli_verifies_the_chain_and_names_the_first_broken_row(ctx, clinic
     assert bad.returncode == 1 and "BROKEN at row 4" in bad.stdout
 
 
+@pytest.mark.slow  # the rastau CLI as processes
 async def test_cli_notices_rows_deleted_from_the_end(ctx, clinic_world, db_url):
     async with ctx.uow() as uow:
         last, _ = await uow.audit.head()

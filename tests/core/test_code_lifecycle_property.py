@@ -13,12 +13,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from core.clock import ManualClock
 from core.codes import CodeOutcome
 from core.db.engine import create_engine
-from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.model import VisitState
 from core.services import Context, registry, visits
 from core.services.codes import issue_code, verify_code
-from tests.conftest import VALID_IINS
+from tests.conftest import VALID_IINS, migrate_from_template
 from tests.conftest import test_settings as make_settings
 
 T0 = dt.datetime(2026, 11, 25, 3, 0, tzinfo=dt.UTC)
@@ -48,7 +47,7 @@ class CodeLifecycle(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     async def _setup(self) -> int:
-        await upgrade_to_head(self.engine)
+        await migrate_from_template(self.settings.database_url)
         clinic = await registry.create_clinic(self.ctx, "Clinic")
         doctor = await registry.add_doctor(self.ctx, clinic.id, "Doctor", "+77011112233")
         patient = (await registry.upsert_patient(self.ctx, clinic.id, VALID_IINS[0], "Patient",

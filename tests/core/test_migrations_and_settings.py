@@ -128,6 +128,7 @@ def test_production_refuses_a_shifted_clock_which_dev_runs_on(monkeypatch):
     assert abs(shifted - (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))) < dt.timedelta(seconds=5)
 
 
+@pytest.mark.slow  # the rastau CLI as a process
 def test_migrate_cli_on_an_empty_file(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
     done = subprocess.run([sys.executable, "-m", "core.cli", "migrate"], cwd=ROOT, capture_output=True, text=True,

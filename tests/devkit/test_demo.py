@@ -8,6 +8,8 @@ import pytest
 
 from devkit.demo import NARRATION, play
 
+pytestmark = pytest.mark.slow  # the whole story with real server, bot and stand-in
+
 EXPECTED = [
     # in person: the webcam frame matched, the patient said "yes"
     ("A", "in_person", "patient_confirmed", "face", "confirmed"),

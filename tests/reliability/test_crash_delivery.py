@@ -306,6 +306,9 @@ async def claimed_by(ctx, worker: str) -> set[int]:
     return {r.id for r in rows}
 
 
+@pytest.mark.slow
+@pytest.mark.isolated  # beside other tests' load, kills land before runs get work done: a row is claimed to death
+@pytest.mark.timeout(600)  # 55 kill -9s at real speed: about a minute alone
 async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ctx, standin, tmp_path):
     started = time.monotonic()
     rng = random.Random(SEED)

@@ -27,6 +27,7 @@ import warnings
 from collections import Counter, defaultdict
 
 import aiohttp
+import pytest
 import sqlalchemy as sa
 from aiohttp import web
 
@@ -35,6 +36,8 @@ from bot.delivery.types import OutboxItem, Outgoing
 from core.db import tables as t
 from devkit.botapi import BotApiStandIn
 from tests.bot.dispatch_support import TOKEN, make_bot, queue
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # Telegram's pace in real seconds
 
 SEED = 6_2026
 CLIENT_TIMEOUT = 2.0

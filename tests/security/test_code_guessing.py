@@ -208,6 +208,7 @@ async def _count(url: str, sql: str, **params) -> int:
         await seeded.close()
 
 
+@pytest.mark.slow  # two server processes
 async def test_caps_hold_across_two_server_processes_sharing_postgresql(shared_pg, tmp_path):
     offset = pinned_clock_offset()
     seeded = Seeded(shared_pg, new_secrets(), clock_offset_seconds=offset)

@@ -243,6 +243,7 @@ async def _seed(seeded: Seeded) -> dict:
         await seeded.close()
 
 
+@pytest.mark.slow  # two server processes with face workers
 async def test_face_caps_hold_across_two_server_processes_sharing_postgresql(shared_pg, tmp_path):
     offset = pinned_clock_offset()  # the caps count per clock hour: seeding and both servers share one hour
     seeded = Seeded(shared_pg, new_secrets(), clock_offset_seconds=offset)

@@ -35,6 +35,8 @@ from core.services import api_keys, registry, visits
 from server.openapi import DOCUMENT
 from tests.security.support import Seeded, ServerProcess, new_secrets
 
+pytestmark = pytest.mark.slow  # schemathesis against a real server process
+
 EXAMPLES_PER_OPERATION = 100
 CONFIG = schemathesis.Config.from_dict({
     "seed": 20261125,

@@ -32,6 +32,8 @@ from server.face.pool import FacePool
 from tests.security.support import peak_rss, rss
 from tests.server.conftest import add_visit
 
+pytestmark = pytest.mark.slow  # real face worker processes
+
 API = "/api/v1"
 FACES = Path(__file__).parents[1] / "fixtures" / "faces"
 PROBLEM = "application/problem+json"

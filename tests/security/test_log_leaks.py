@@ -34,6 +34,8 @@ from core.logs import configure_logging, get_logger
 from core.services import api_keys, codes, registry, visits
 from tests.security.support import Seeded, ServerProcess, new_secrets
 
+pytestmark = pytest.mark.slow  # real server processes and every log level
+
 FACES = Path(__file__).parents[1] / "fixtures" / "faces"
 FRAME = (FACES / "alex_lacamoire" / "alex3.png").read_bytes()  # a real face, 118 KB
 IIN, NEW_IIN = "900101300017", "850315400015"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from core.db import tables as t
@@ -62,6 +63,7 @@ async def test_last_use_is_recorded_at_most_once_a_minute(client, ctx, tenants):
     assert (await key_row(ctx, prefix)).last_used_at == ctx.clock.now()
 
 
+@pytest.mark.slow  # the rastau CLI as processes
 async def test_operator_lists_and_revokes_keys_from_the_cli(client, ctx, tenants):
     a, b = tenants
     added = rastau(ctx.settings, "add-api-key", "--clinic", str(a.clinic_id), "--scope", "clinic_system",
@@ -101,6 +103,7 @@ async def test_operator_lists_and_revokes_keys_from_the_cli(client, ctx, tenants
     assert ("api_key.revoke", {"clinic": a.clinic_id, "prefix": prefix}) in actions
 
 
+@pytest.mark.slow  # the rastau CLI as processes
 def test_an_unreadable_expiry_is_refused_plainly(tmp_path):
     from tests.conftest import test_settings
 

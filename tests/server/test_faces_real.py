@@ -20,6 +20,8 @@ from server.app import create_app
 from server.face.pool import FacePool
 from tests.server.conftest import add_visit
 
+pytestmark = pytest.mark.slow  # real face worker processes and photos
+
 API = "/api/v1"
 FACES = Path(__file__).parents[1] / "fixtures" / "faces"
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import aiohttp
+import pytest
 
 from tests.server.test_real_server import free_port, rastau, server_env, wait_for
 
@@ -51,6 +52,7 @@ async def test_an_unparsable_request_is_a_problem_that_quotes_nothing(client, ca
     assert SECRET not in out.out + out.err  # nor in the logs
 
 
+@pytest.mark.slow  # python -m server as a process
 async def test_the_real_server_names_no_versions_and_refuses_oversized_headers_as_problems(tmp_path):
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port))

@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+pytestmark = pytest.mark.slow  # python -m server as a process
+
 ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 FACES = ROOT / "tests" / "fixtures" / "faces"
