@@ -62,16 +62,21 @@ async def bench_dispatcher(smoke: bool, workdir: str) -> None:
 
 
 async def bench_code_http(smoke: bool, workdir: str) -> None:
-    requests = 200 if smoke else 4000
+    requests, pgbench_seconds = (200, 2) if smoke else (4000, 20)
+    load_before = code_http.load_average()
+    floor = await code_http.pgbench(PG_URL, pgbench_seconds)
     results = {"SQLite": await code_http.run(
-        f"sqlite+aiosqlite:///{os.path.join(workdir, f'codes-{uuid.uuid4().hex[:6]}.db')}", requests=requests)}
+        f"sqlite+aiosqlite:///{os.path.join(workdir, f'codes-{uuid.uuid4().hex[:6]}.db')}", requests=requests,
+        processes=[1])}
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     await _pg_schema(True, schema)
     try:
-        results["PostgreSQL"] = await code_http.run(f"{PG_URL}?search_path={schema}", requests=requests)
+        results["PostgreSQL"] = await code_http.run(f"{PG_URL}?search_path={schema}", requests=requests,
+                                                    processes=[1] if smoke else [1, 2])
     finally:
         await _pg_schema(False, schema)
-    write_section("Code verification over HTTP vs. a bare handler", code_http.report(results), smoke=smoke)
+    write_section("Code verification over HTTP vs. pgbench", code_http.report(
+        results, floor, load_before, code_http.load_average()), smoke=smoke)
 
 
 async def bench_face_load(smoke: bool, workdir: str) -> None:

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
 
     server_host: str = "127.0.0.1"
     server_port: int = Field(8080, ge=1, le=65535)
+    server_processes: int = Field(1, ge=1, le=64)  # each with its own face workers and database pool
 
     telegram_api_base: str | None = None
     bot_mode: str = Field("polling", pattern="^(polling|webhook)$")

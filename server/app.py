@@ -13,7 +13,7 @@ from core.config import Settings
 from core.db.engine import create_engine
 from core.db.migrate import ensure_schema_current
 from core.db.uow import UnitOfWorkFactory
-from core.logs import get_logger
+from core.logs import configure_logging, get_logger
 from core.services import Context
 from server.appkeys import CTX, FACE_POOL, METRICS, SETTINGS, FaceAnalyser
 from server.auth import auth_middleware
@@ -22,6 +22,7 @@ from server.observe import observe_middleware
 from server.problems import problem_middleware, unparsable_request_problem
 from server.routes import digest, ops, patients, verification, visits
 
+SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, what the requests in flight are given to finish
 JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies; images are streamed under settings.face_max_bytes instead
 SERVER_NAME = "Rastau"  # instead of aiohttp's "Python/3.11 aiohttp/3.x.y": no versions for scanners
 log = get_logger("rastau.server")
@@ -118,3 +119,12 @@ def create_app(settings: Settings, *, ctx: Context | None = None,
         for route in module.routes:  # add_route, not add_get: no implicit HEAD, which the OpenAPI contract lacks
             app.router.add_route(route.method, route.path, route.handler, **route.kwargs)
     return app
+
+
+def serve(settings: Settings) -> None:
+    """One server process, until SIGINT/SIGTERM; the port is shared (SO_REUSEPORT) when several are configured.
+    A module-level function, so that ``python -m server`` can start it in further processes."""
+    configure_logging(settings.log_level, settings.log_format)
+    web.run_app(create_app(settings), host=settings.server_host, port=settings.server_port,
+                reuse_port=settings.server_processes > 1, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None,
+                print=None)

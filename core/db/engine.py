@@ -2,19 +2,24 @@
 
 SQLite (embedded default): WAL, synchronous=FULL, a busy timeout, foreign keys on, and every transaction
 opened with BEGIN IMMEDIATE so concurrent writers queue instead of failing on lock upgrade.
-PostgreSQL (asyncpg): READ COMMITTED plus explicit row locks where counters must be exact.
+PostgreSQL (asyncpg): READ COMMITTED plus explicit row locks where counters must be exact; a pooled connection idle
+for IDLE_PING_AFTER_S is pinged before use (one that was just used is not: a ping is three round trips).
 Neither echoes SQL, and errors never carry bound parameters (names, phones, stored responses).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY_OPTION = "rastau_read_only"  # a connection option: begin a deferred (read) transaction on SQLite
+IDLE_PING_AFTER_S = 2.0
+_CHECKED_IN_AT = "rastau_checked_in_at"
 
 
 def is_sqlite(url: str) -> bool:
@@ -33,8 +38,29 @@ def create_engine(url: str) -> AsyncEngine:
     if "search_path" in parsed.query:  # e.g. ...?search_path=rastau: one schema per deployment (or per test)
         connect_args["server_settings"] = {"search_path": parsed.query["search_path"]}
         parsed = parsed.difference_update_query(["search_path"])
-    return create_async_engine(parsed, hide_parameters=True, pool_size=10, max_overflow=20, pool_pre_ping=True,
-                               connect_args=connect_args)
+    engine = create_async_engine(parsed, hide_parameters=True, pool_size=10, max_overflow=20,
+                                 connect_args=connect_args)
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """SQLAlchemy's pool_pre_ping, but only for connections idle longer than IDLE_PING_AFTER_S: a database that
+    restarted while the server was quiet costs no request; one that restarts under load fails the requests then in
+    flight (503), and the pool, seeing the disconnect, replaces every connection."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):
+        if time.monotonic() - record.info.get(_CHECKED_IN_AT, 0.0) < IDLE_PING_AFTER_S:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:  # the pool reconnects and tries again
+            raise DisconnectionError(type(exc).__name__) from exc
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

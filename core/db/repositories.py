@@ -5,7 +5,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -308,6 +308,8 @@ _COUNT_CODE_ATTEMPT = (update(t.visits)
                        .where(t.visits.c.id == bindparam("visit"), t.visits.c.clinic_id == bindparam("clinic"))
                        .values(code_attempts=t.visits.c.code_attempts + 1)
                        .returning(*t.visits.c, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference")))
+_SAVE_VISIT = update(t.visits).where(t.visits.c.id == bindparam("the_visit"))  # SET: the parameters' columns
+_ADD_EVENT = insert(t.visit_events)
 
 
 def _visit(row) -> Visit:
@@ -345,16 +347,17 @@ class VisitRepo(_Repo):
 
     async def save(self, visit: Visit) -> None:
         """Persist state fields and write each pending event to the events table and the audit chain."""
-        await self.conn.execute(update(t.visits).where(t.visits.c.id == visit.id).values(
-            state=visit.state.value, verified_by=visit.verified_by.value if visit.verified_by else None,
-            verified_at=visit.verified_at, answered_at=visit.answered_at, dispute_reason=visit.dispute_reason,
+        await self.conn.execute(_SAVE_VISIT, dict(
+            the_visit=visit.id, state=visit.state.value,
+            verified_by=visit.verified_by.value if visit.verified_by else None, verified_at=visit.verified_at,
+            answered_at=visit.answered_at, dispute_reason=visit.dispute_reason,
             attended_claim_at=visit.attended_claim_at, verified_enrolment_id=visit.verified_enrolment_id))
         for event in visit.pending_events:
             await self.record_event(visit.id, event)
         visit.pending_events.clear()
 
     async def record_event(self, visit_id: int, event: VisitEvent) -> None:
-        await self.conn.execute(insert(t.visit_events).values(
+        await self.conn.execute(_ADD_EVENT, dict(
             visit_id=visit_id, at=event.at, step=event.step,
             from_state=event.from_state.value if event.from_state else None, to_state=event.to_state.value,
             actor=event.actor.value, method=event.method, detail=event.detail))
@@ -469,6 +472,7 @@ _CODE_CHECK_STATE = (
                                          _ccf.c.hour_start == bindparam("hour")).scalar_subquery().label("clinic"))
     .select_from(t.visits.outerjoin(_vc, _vc.c.visit_id == t.visits.c.id))
     .where(t.visits.c.id == bindparam("visit")))
+_MARK_CODE_USED = update(_vc).where(_vc.c.visit_id == bindparam("the_visit"))
 
 
 class CodeRepo(_Repo):
@@ -500,7 +504,7 @@ class CodeRepo(_Repo):
         return (row.generation + 1) if row else 1
 
     async def mark_used(self, visit_id: int, at: dt.datetime) -> None:
-        await self.conn.execute(update(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id).values(used_at=at))
+        await self.conn.execute(_MARK_CODE_USED, {"the_visit": visit_id, "used_at": at})
 
     async def doctor_failures(self, doctor_id: int, hour_start: dt.datetime) -> int:
         value = (await self.conn.execute(select(t.doctor_code_failures.c.failures).where(and_(
@@ -752,6 +756,16 @@ class IdempotencyRepo(_Repo):
             clinic_id=clinic_id, key=key, request_hash=request_hash, response_status=status, response_body=body,
             created_at=now))
 
+_head = t.audit_head.c
+_CLAIM_AUDIT_SEQS = (update(t.audit_head).where(_head.id == 1).values(seq=_head.seq + bindparam("rows", type_=Integer))
+                     .returning(_head.seq, _head.last_hash))
+_MOVE_AUDIT_HEAD = update(t.audit_head).where(_head.id == 1).values(last_hash=bindparam("head_hash"))
+_ADD_AUDIT_ROWS = insert(t.audit_log)
+# PostgreSQL: a row and the head's move to its hash as one statement (a data-modifying CTE; SQLite has none).
+_CHAIN_AUDIT_ROW = _MOVE_AUDIT_HEAD.add_cte(insert(t.audit_log).values(
+    {column: bindparam(f"row_{column.name}", type_=column.type) for column in t.audit_log.c}).cte("chained"))
+
+
 class AuditRepo(_Repo):
     """Appends are held until the unit of work commits, then chained in one go: the head row's lock (which
     orders every writer in the system) is then held for two statements and the commit, not the whole transaction."""
@@ -768,10 +782,7 @@ class AuditRepo(_Repo):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        res = await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
-                                      .values(seq=t.audit_head.c.seq + len(pending))
-                                      .returning(t.audit_head.c.seq, t.audit_head.c.last_hash))
-        row = res.first()
+        row = (await self.conn.execute(_CLAIM_AUDIT_SEQS, {"rows": len(pending)})).first()
         if row is None:
             raise RuntimeError("audit_head row is missing: the schema was not created by the migrations")
         seq, prev = row.seq - len(pending), row.last_hash
@@ -783,12 +794,13 @@ class AuditRepo(_Repo):
                              details=json.dumps(details, sort_keys=True, ensure_ascii=False), prev_hash=prev,
                              hash=digest))
             prev = digest
-        set_head = update(t.audit_head).where(t.audit_head.c.id == 1).values(last_hash=prev)
-        if self.conn.dialect.name == "postgresql":  # one round trip fewer while every writer waits on the head
-            await self.conn.execute(set_head.add_cte(insert(t.audit_log).values(rows).cte("chained")))
+        if self.conn.dialect.name == "postgresql":  # a round trip fewer per row while every writer waits on the head
+            for chained in rows:
+                await self.conn.execute(_CHAIN_AUDIT_ROW, {**{f"row_{k}": v for k, v in chained.items()},
+                                                           "head_hash": chained["hash"]})
         else:
-            await self.conn.execute(insert(t.audit_log), rows)
-            await self.conn.execute(set_head)
+            await self.conn.execute(_ADD_AUDIT_ROWS, rows)
+            await self.conn.execute(_MOVE_AUDIT_HEAD, {"head_hash": prev})
 
     async def records(self) -> list[audit.AuditRecord]:
         rows = (await self.conn.execute(select(t.audit_log).order_by(t.audit_log.c.seq))).all()

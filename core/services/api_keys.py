@@ -142,12 +142,13 @@ def split_key(presented: str) -> str | None:
 
 async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | None:
     """The principal for a live key, or None; ApiKeyExpired for the right key past its expiry. The hash
-    comparison is constant-time and always performed. The lookup is a read; the key's last use is written
-    only when the recorded one is older than USE_RECORDED_EVERY."""
+    comparison is constant-time and always performed. The lookup is one read statement, made on every request,
+    so a revoked key is refused at once; the key's last use is written only when the recorded one is older
+    than USE_RECORDED_EVERY."""
     prefix = split_key(presented)
     row = None
     if prefix is not None:
-        async with ctx.uow(read_only=True) as uow:
+        async with ctx.uow.single_read() as uow:
             row = await uow.api_keys.by_prefix(prefix)
     expected = row.key_hash if row is not None else "0" * 64
     candidate = _hash(ctx, presented if prefix is not None else "")

@@ -128,3 +128,37 @@ def test_production_without_secrets_refuses_to_start_naming_each(tmp_path):
     assert done.returncode != 0
     for name in ("RASTAU_CODE_HMAC_KEY", "RASTAU_TEMPLATE_KEY", "RASTAU_API_KEY_PEPPER"):
         assert name in done.stderr
+
+
+def _listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:port (one per server process with SO_REUSEPORT)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+
+
+async def test_several_server_processes_share_one_port_and_stop_together(tmp_path):
+    port = free_port()
+    env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port), RASTAU_SERVER_PROCESSES="2")
+    rastau(env, tmp_path, "migrate")
+    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_for(session, f"http://127.0.0.1:{port}/healthz", 200, 60)
+            deadline = time.monotonic() + 60
+            while _listening_sockets(port) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert _listening_sockets(port) == 2
+            for _ in range(20):  # new connections, spread by the kernel: every one is answered
+                async with aiohttp.ClientSession() as fresh, fresh.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    assert r.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, err = process.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+    assert process.returncode == 0, err[-3000:]
+    assert '"server stopped"' in err and '"processes": 2' in err
+    assert _listening_sockets(port) == 0
