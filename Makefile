@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:  `make run`  and  `make test`.
-.PHONY: run test test-fast demo bootstrap security bench
+.PHONY: run test test-fast lint demo bootstrap security bench
 export RASTAU_MODE ?= dev
 
 bootstrap:
@@ -26,6 +26,11 @@ test: bootstrap
 # real face pipeline in tests/face is left to `make test`).
 test-fast: bootstrap
 	.venv/bin/python -m pytest -n 2 -m "not slow" -k "not postgres" --ignore=tests/face $(PYTEST_ARGS)
+
+# Static checks, each failing with the tool's own message: the layering contracts (lint-imports) are in
+# pyproject.toml [tool.importlinter].
+lint: bootstrap
+	.venv/bin/lint-imports
 
 # The whole story in the terminal: real server and bot, a local Bot API stand-in, SQLite. DEMO_ARGS="--lang kk"
 demo: bootstrap
