@@ -35,6 +35,7 @@ _DIGEST_COUNTS = (
            _count(_unverified).label("unverified"),
            _count(_v.c.state == _CONFIRMED).label("patient_confirmed"),
            _count(_disputed).label("disputed"),
+           # core.model.patient_answer(...) is NONE, counted in SQL
            _count(and_(_billed, _v.c.state.not_in([_CONFIRMED, _DISPUTED]),
                        _v.c.attended_claim_at.is_(None))).label("no_answer"),
            _count(~_billed).label("cancelled"),
