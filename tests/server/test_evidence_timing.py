@@ -13,8 +13,9 @@ from sqlalchemy import insert
 
 from core.clock import ALMATY
 from core.db import tables as t
+from core.iin import make_iin
 from core.model import OutboxKind
-from core.services import codes, registry, visits
+from core.services import chat, codes, registry, visits
 from tests.conftest import VALID_IINS
 from tests.server.conftest import add_visit
 from tests.server.support import _encoding, fake_frame
@@ -138,17 +139,22 @@ async def test_a_match_records_its_enrolment_and_a_fresh_reference_without_a_cha
     a, _ = tenants
     old_ref, fresh_ref, chat_ref = a.patient_ids[0], a.patient_ids[1], (await registry.upsert_patient(
         ctx, a.clinic_id, VALID_IINS[4], "Chat patient", "+77059998877", "ru")).patient.id
+    stopped_ref = (await registry.upsert_patient(ctx, a.clinic_id, make_iin(dt.date(1970, 5, 4), False, 77), "Stopped patient", "+77059998866",
+                                                 "ru")).patient.id
     old_enrolment = await enrol(ctx, a.clinic_id, old_ref, "old")
     old_enrolled_at = clock.now()
     clock.advance(dt.timedelta(hours=25))
     fresh_enrolment = await enrol(ctx, a.clinic_id, fresh_ref, "fresh")
     await enrol(ctx, a.clinic_id, chat_ref, "chat")
+    stopped_enrolment = await enrol(ctx, a.clinic_id, stopped_ref, "stopped")
     async with ctx.uow() as uow:  # this patient's chat is linked: the enrolment notice reaches them
         await uow.patients.set_chat("+77059998877", 555001)
+        await uow.patients.set_chat("+77059998866", 555002)
         await uow.commit()
+    await chat.stop_chat(ctx, 555002)  # linked, but the patient sent /stop: the bot tells them nothing
     clock.advance(dt.timedelta(hours=2))
     verified = {}
-    for patient_id, who in ((old_ref, "old"), (fresh_ref, "fresh"), (chat_ref, "chat")):
+    for patient_id, who in ((old_ref, "old"), (fresh_ref, "fresh"), (chat_ref, "chat"), (stopped_ref, "stopped")):
         visit = await visits.register_visit(ctx, clinic_id=a.clinic_id, doctor_id=a.doctor_id, patient_id=patient_id,
                                             start=clock.now(), duration=dt.timedelta(minutes=20),
                                             mode="in_person", service_code="A01")
@@ -163,13 +169,16 @@ async def test_a_match_records_its_enrolment_and_a_fresh_reference_without_a_cha
     assert (verified["old"]["verified_enrolment_id"], verified["old"]["enrolled_at"], verified["old"]["fresh_reference"]) \
         == (old_enrolment, old_enrolled_at.isoformat(), False)
     assert verified["chat"]["fresh_reference"] is False
+    assert (verified["stopped"]["verified_enrolment_id"], verified["stopped"]["fresh_reference"]) == (
+        stopped_enrolment, True)
 
     day = clock.now().astimezone(ALMATY).date().isoformat()
     data, rows = await digest_of(client, a, day)
-    assert [r["visit_id"] for r in data["flagged"]] == [fresh["id"]]
+    assert [r["visit_id"] for r in data["flagged"]] == [fresh["id"], verified["stopped"]["id"]]
     assert data["flagged"][0]["fresh_reference"] is True
     assert data["flagged"][0]["verified_enrolment_id"] == fresh_enrolment
-    assert data["totals"]["fresh_reference"] == 1
+    assert data["totals"]["fresh_reference"] == 2
     assert {int(r["visit_id"]): r["fresh_reference"] for r in rows} == {
-        verified["old"]["id"]: "false", fresh["id"]: "true", verified["chat"]["id"]: "false"}
+        verified["old"]["id"]: "false", fresh["id"]: "true", verified["chat"]["id"]: "false",
+        verified["stopped"]["id"]: "true"}
     assert {int(r["visit_id"]): r["enrolment_id"] for r in rows}[fresh["id"]] == str(fresh_enrolment)
