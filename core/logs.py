@@ -139,8 +139,10 @@ def configure_logging(level: str = "INFO", fmt: str = "console", stream=None) ->
     renderer = (structlog.processors.JSONRenderer() if fmt == "json" else
                 structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback))
     structlog.configure(
+        # a record below the level is dropped before any work (the access log's line per request, at WARNING);
         # redacted here too, so that a record from our code reaching any other handler is already safe
-        processors=[*shared, redact, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[structlog.stdlib.filter_by_level, *shared, redact,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
