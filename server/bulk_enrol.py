@@ -54,7 +54,7 @@ class Row:
     iin: str
     full_name: str
     phone: str
-    language: Language
+    language: Language | None  # blank: a new patient gets ru, an existing one keeps theirs
     photos: list[Path]
     encodings: list[tuple[float, ...]] = field(default_factory=list)
 
@@ -93,7 +93,7 @@ def validate(line: int, values: dict[str, str], photos_dir: Path, max_bytes: int
     if not values["full_name"]:
         raise RowFailed("invalid_value", "full_name is empty")
     try:
-        language = Language((values["language"] or Language.RU.value).lower())
+        language = Language(values["language"].lower()) if values["language"] else None
     except ValueError:
         raise RowFailed("invalid_value", f"language must be kk or ru, got {values['language']!r}") from None
     names = [name.strip() for name in values["photo"].split(";") if name.strip()]

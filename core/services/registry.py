@@ -182,7 +182,7 @@ async def _enrol(uow, ctx: Context, patient: Patient, encodings: list[tuple[floa
 
 
 async def enrol_patient(ctx: Context, clinic_id: int, iin: str, full_name: str, phone: str,
-                        language: Language | str, consent_by: str, encodings: list[tuple[float, ...]], *,
+                        language: Language | str | None, consent_by: str, encodings: list[tuple[float, ...]], *,
                         caller: Caller) -> Patient:
     """One row of a bulk enrolment, all or nothing: the patient, the consent and the references in one
     transaction, so a refused enrolment leaves no phone change or consent behind."""

@@ -207,3 +207,16 @@ def test_help_names_every_option_and_the_exit_statuses():
     for words in ("--clinic INTEGER", "--csv FILE", "--photos DIRECTORY", "--report FILE", "--workers",
                   "--consent-by TEXT", "Exit status: 0 all enrolled, 1 some rows failed, 2 nothing could"):
         assert words in " ".join(done.output.split()), words
+
+
+async def test_a_blank_language_keeps_the_patients_own(ctx, clinic_world, photos, tmp_path):
+    """The patient chose Kazakh (in the chat or at the desk); a bulk row without a language must not make them
+    Russian, as leaving `language` out of the API's patient update does not."""
+    patients_csv = _write_csv(tmp_path / "blank.csv",
+                              [[VALID_IINS[0], "Asel N.", "87011234567", "", "ids/kit2.jpg"]])
+    code, out, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
+                                  "--csv", str(patients_csv), "--photos", str(photos), "--workers", "1",
+                                  "--consent-by", "Nurse Aigerim")
+    assert code == 0, out + err
+    async with ctx.uow() as uow:
+        assert (await uow.patients.get(clinic_world.p1.id)).language.value == "kk"
