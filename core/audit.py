@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 GENESIS = "0" * 64
 
@@ -16,12 +17,13 @@ class AuditRecord:
     actor: str
     action: str
     subject: str
-    details: dict
+    details: dict[str, Any]
     prev_hash: str
     hash: str
 
 
-def chain_hash(seq: int, at: str, actor: str, action: str, subject: str, details: dict, prev_hash: str) -> str:
+def chain_hash(seq: int, at: str, actor: str, action: str, subject: str, details: dict[str, Any],
+               prev_hash: str) -> str:
     body = json.dumps([seq, at, actor, action, subject, details, prev_hash],
                       sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(body.encode()).hexdigest()

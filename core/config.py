@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "webhook_secret", "dispatcher_id",
                      mode="before")
     @classmethod
-    def _blank_is_missing(cls, value):
+    def _blank_is_missing(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")

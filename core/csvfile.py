@@ -8,7 +8,7 @@ telling a phone from a formula is the guess this rule exists to avoid. Numbers a
 from __future__ import annotations
 
 import csv
-from typing import Any, Iterable
+from typing import IO, Any, Iterable
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -23,10 +23,10 @@ def safe_cell(value: Any) -> Any:
 class SafeWriter:
     """``csv.writer`` with every cell passed through :func:`safe_cell`."""
 
-    def __init__(self, out, **fmt):
+    def __init__(self, out: IO[str], **fmt: Any) -> None:
         self._writer = csv.writer(out, **fmt)
 
-    def writerow(self, row: Iterable[Any]):
+    def writerow(self, row: Iterable[Any]) -> Any:
         return self._writer.writerow([safe_cell(value) for value in row])
 
     def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
@@ -34,5 +34,5 @@ class SafeWriter:
             self.writerow(row)
 
 
-def writer(out, **fmt) -> SafeWriter:
+def writer(out: IO[str], **fmt: Any) -> SafeWriter:
     return SafeWriter(out, **fmt)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from typing import IO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from core.iin import mask_iin
 
@@ -43,11 +45,11 @@ _REQUEST_PARSE_ERRORS = "aiohttp.http_exceptions"
 _PARAMETER_LOGGERS = ("sqlalchemy", "aiosqlite", "asyncpg")
 
 
-def _withheld(match: re.Match) -> str:
+def _withheld(match: re.Match[str]) -> str:
     return f"[{len(match.group(0))} characters withheld]"
 
 
-def _high_entropy(match: re.Match) -> str:
+def _high_entropy(match: re.Match[str]) -> str:
     """A run mixing upper case, lower case and digits is base64 (a frame, a key, a token), not a word or a path."""
     run = match.group(0)
     mixed = any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)
@@ -80,7 +82,7 @@ def scrub_text(text: str, limit: int = MAX_TEXT) -> str:
     return _cap(text, limit)
 
 
-def _scrub(value, limit: int = MAX_TEXT):
+def _scrub(value: object, limit: int = MAX_TEXT) -> object:
     if isinstance(value, str):
         return scrub_text(value, limit)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -94,7 +96,7 @@ def _scrub(value, limit: int = MAX_TEXT):
     return scrub_text(repr(value), limit)  # the renderer would print this repr unscrubbed
 
 
-def redact(_logger, _method, event_dict: dict) -> dict:
+def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     for key in list(event_dict):
         if key in ("timestamp", "exc_info"):  # ours; a traceback is redacted once rendered, as "exception"
             continue
@@ -105,17 +107,17 @@ def redact(_logger, _method, event_dict: dict) -> dict:
     return event_dict
 
 
-def _exception(exc_info) -> BaseException | None:
+def _exception(exc_info: object) -> BaseException | None:
     if exc_info is True:
         return sys.exc_info()[1]
     if isinstance(exc_info, BaseException):
         return exc_info
-    if isinstance(exc_info, tuple) and len(exc_info) == 3:
+    if isinstance(exc_info, tuple) and len(exc_info) == 3 and isinstance(exc_info[1], BaseException):
         return exc_info[1]
     return None
 
 
-def withhold_request_bytes(_logger, _method, event_dict: dict) -> dict:
+def withhold_request_bytes(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """A request that failed to parse is logged by its error's class only, never its message or traceback, and
     at most as a warning: a malformed request is the client's doing."""
     exc, seen = _exception(event_dict.get("exc_info")), set()
@@ -132,9 +134,9 @@ def withhold_request_bytes(_logger, _method, event_dict: dict) -> dict:
     return event_dict
 
 
-def configure_logging(level: str = "INFO", fmt: str = "console", stream=None) -> None:
+def configure_logging(level: str = "INFO", fmt: str = "console", stream: IO[str] | None = None) -> None:
     """Route stdlib and structlog records through the same redacting formatter, to stderr by default."""
-    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+    shared: list[Processor] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
               structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.stdlib.add_logger_name]
     renderer = (structlog.processors.JSONRenderer() if fmt == "json" else
                 structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback))
@@ -161,5 +163,5 @@ def configure_logging(level: str = "INFO", fmt: str = "console", stream=None) ->
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
-def get_logger(name: str):
-    return structlog.get_logger(name)
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.stdlib.get_logger(name)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY_OPTION = "rastau_read_only"  # a connection option: begin a deferred (read) transaction on SQLite
@@ -50,11 +53,11 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
     flight (503), and the pool, seeing the disconnect, replaces every connection."""
 
     @event.listens_for(engine.sync_engine, "checkin")
-    def _on_checkin(_dbapi_connection, record):
+    def _on_checkin(_dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         record.info[_CHECKED_IN_AT] = time.monotonic()
 
     @event.listens_for(engine.sync_engine, "checkout")
-    def _on_checkout(dbapi_connection, record, _proxy):
+    def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
         if time.monotonic() - record.info.get(_CHECKED_IN_AT, 0.0) < IDLE_PING_AFTER_S:
             return
         try:
@@ -65,7 +68,7 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
 
 def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection, _record):
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -75,5 +78,5 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn):
+    def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")

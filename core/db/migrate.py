@@ -7,6 +7,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -23,11 +24,13 @@ def alembic_config() -> Config:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the migrations shipped with Rastau have one head"
+    return head
 
 
 async def upgrade_to_head(engine: AsyncEngine, revision: str = "head") -> None:
-    def _run(sync_conn):
+    def _run(sync_conn: Connection) -> None:
         cfg = alembic_config()
         cfg.attributes["connection"] = sync_conn
         command.upgrade(cfg, revision)

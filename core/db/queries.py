@@ -6,20 +6,23 @@ read model."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, TypeAlias
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Row, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import tables as t
 from core.db.repositories import ENROLLED_AT, FRESH
 from core.model import VerificationMethod, VisitMode, VisitState
 
+AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"  # a result row of any width, read by column label
+
 _v, _d, _p, _c, _pc = t.visits, t.doctors, t.patients, t.clinics, t.patient_changes
 _CANCELLED, _SCHEDULED = VisitState.CANCELLED.value, VisitState.SCHEDULED.value
 _CONFIRMED, _DISPUTED = VisitState.PATIENT_CONFIRMED.value, VisitState.PATIENT_DISPUTED.value
 
 
-def _count(condition) -> ColumnElement:
+def _count(condition: ColumnElement[bool]) -> ColumnElement[Any]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
@@ -71,29 +74,29 @@ class Queries:
     # --- the daily digest: one clinic, visits starting in [start, end) ----------------------------------------
 
     @staticmethod
-    def _day(clinic_id: int, start: dt.datetime, end: dt.datetime):
+    def _day(clinic_id: int, start: dt.datetime, end: dt.datetime) -> ColumnElement[bool]:
         return and_(_v.c.clinic_id == clinic_id, _v.c.start_at >= start, _v.c.start_at < end)
 
-    async def digest_counts(self, clinic_id: int, start: dt.datetime, end: dt.datetime) -> list:
+    async def digest_counts(self, clinic_id: int, start: dt.datetime, end: dt.datetime) -> list[AnyRow]:
         """One row per doctor with a visit that day, carrying every count the digest's totals add up."""
         return list((await self.conn.execute(_DIGEST_COUNTS.where(self._day(clinic_id, start, end)))).all())
 
     async def digest_visits(self, clinic_id: int, start: dt.datetime, end: dt.datetime, *,
-                            flagged_only: bool = False) -> list:
+                            flagged_only: bool = False) -> list[AnyRow]:
         """The day's visits; ``flagged_only``: unverified, disputed, or verified against a fresh reference."""
         stmt = _DIGEST_VISITS.where(self._day(clinic_id, start, end))
         if flagged_only:
             stmt = stmt.where(or_(_unverified, _disputed, FRESH))
         return list((await self.conn.execute(stmt)).all())
 
-    async def disputed_changes(self, clinic_id: int, start: dt.datetime, end: dt.datetime) -> list:
+    async def disputed_changes(self, clinic_id: int, start: dt.datetime, end: dt.datetime) -> list[AnyRow]:
         """Changes to the clinic's patients that the patients disputed in [start, end)."""
         return list((await self.conn.execute(_DISPUTED_CHANGES.where(
             _pc.c.clinic_id == clinic_id, _pc.c.disputed_at >= start, _pc.c.disputed_at < end))).all())
 
     # --- chats ------------------------------------------------------------------------------------------------
 
-    async def chat_user(self, chat_id: int):
+    async def chat_user(self, chat_id: int) -> AnyRow | None:
         """The chat's own settings (language, stopped), or None for a chat that never chose or stopped."""
         return (await self.conn.execute(select(t.chat_users.c.language, t.chat_users.c.stopped)
                                         .where(t.chat_users.c.chat_id == chat_id))).first()
@@ -104,17 +107,19 @@ class Queries:
         rows = (await self.conn.execute(select(_c.c.id, _c.c.name).where(_c.c.id.in_(clinic_ids)))).all()
         return {r.id: r.name for r in rows}
 
-    async def patient_visit_lines(self, patient_ids: list[int], since: dt.datetime, until: dt.datetime) -> list:
+    async def patient_visit_lines(self, patient_ids: list[int], since: dt.datetime,
+                                  until: dt.datetime) -> list[AnyRow]:
         """The patients' visits starting in [since, until), newest first."""
         return list((await self.conn.execute(_VISIT_LINES.where(and_(
             _v.c.patient_id.in_(patient_ids), _v.c.start_at >= since, _v.c.start_at < until))
             .order_by(_v.c.start_at.desc(), _v.c.id.desc()))).all())
 
-    async def online_scheduled_lines(self, doctor_ids: list[int], start: dt.datetime, end: dt.datetime) -> list:
+    async def online_scheduled_lines(self, doctor_ids: list[int], start: dt.datetime,
+                                     end: dt.datetime) -> list[AnyRow]:
         """The doctors' online consultations starting in [start, end) that still wait for verification."""
         return list((await self.conn.execute(_VISIT_LINES.where(and_(
             _v.c.doctor_id.in_(doctor_ids), _v.c.mode == VisitMode.ONLINE.value, _v.c.state == _SCHEDULED,
             _v.c.start_at >= start, _v.c.start_at < end)).order_by(_v.c.start_at, _v.c.id))).all())
 
-    async def visit_line(self, visit_id: int):
+    async def visit_line(self, visit_id: int) -> AnyRow | None:
         return (await self.conn.execute(_VISIT_LINES.where(_v.c.id == visit_id))).first()

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData(naming_convention={
@@ -27,12 +28,12 @@ metadata = MetaData(naming_convention={
     "pk": "pk_%(table_name)s"})
 
 
-class UtcDateTime(TypeDecorator):
+class UtcDateTime(TypeDecorator[dt.datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, on both engines (SQLite has no time zones)."""
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -40,7 +41,7 @@ class UtcDateTime(TypeDecorator):
         value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
