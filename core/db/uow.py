@@ -56,12 +56,13 @@ def _translated(exc: BaseException) -> Exception | None:
 class UnitOfWork:
     conn: AsyncConnection
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writer: asyncio.Lock | None = None,
-                 autocommit: bool = False):
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writer: asyncio.Lock | None = None):
         self._engine = engine
         self.row_locks = engine.dialect.name != "sqlite"  # SQLite's BEGIN IMMEDIATE already serialises
         self._read_only = read_only
-        self._autocommit = autocommit
+        # PostgreSQL reads in READ COMMITTED, where each statement sees its own snapshot inside a transaction or
+        # outside one: a reader outside saves the BEGIN and ROLLBACK round trips and gives up nothing
+        self._autocommit = read_only and engine.dialect.name == "postgresql"
         self._writer = None if read_only else writer
         self._committed = False
 
@@ -71,9 +72,9 @@ class UnitOfWork:
         try:
             self.conn = await self._engine.connect()
             try:
-                if self._autocommit:  # no BEGIN and no ROLLBACK: two round trips fewer
+                if self._autocommit:
                     await self.conn.execution_options(isolation_level="AUTOCOMMIT")
-                elif self._read_only:  # reports need a consistent snapshot, not SQLite's write lock
+                elif self._read_only:  # SQLite: reports read one snapshot, without the write lock
                     await self.conn.execution_options(**{READ_ONLY_OPTION: True})
                 await self.conn.begin()
             except BaseException:
@@ -150,12 +151,6 @@ class UnitOfWorkFactory:
 
     def __call__(self, *, read_only: bool = False) -> UnitOfWork:
         return UnitOfWork(self.engine, read_only=read_only, writer=self._writer)
-
-    def single_read(self) -> UnitOfWork:
-        """For one read statement, which is consistent on its own: on PostgreSQL outside any transaction (what a
-        request's API key lookup needs); on SQLite a read transaction as usual (no round trips to save there, and
-        its driver's autocommit switch would undo the engine's own transaction handling)."""
-        return UnitOfWork(self.engine, read_only=True, autocommit=self.engine.dialect.name == "postgresql")
 
     async def ping(self) -> None:
         """One round trip to the database; DatabaseUnavailable (or the driver's error) when it cannot answer."""
