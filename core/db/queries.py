@@ -6,16 +6,14 @@ read model."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, TypeAlias
+from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import tables as t
-from core.db.repositories import ENROLLED_AT, FRESH
+from core.db.repositories import ENROLLED_AT, FRESH, AnyRow
 from core.model import VerificationMethod, VisitMode, VisitState
-
-AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"  # a result row of any width, read by column label
 
 _v, _d, _p, _c, _pc = t.visits, t.doctors, t.patients, t.clinics, t.patient_changes
 _CANCELLED, _SCHEDULED = VisitState.CANCELLED.value, VisitState.SCHEDULED.value
@@ -29,7 +27,13 @@ def _count(condition: ColumnElement[bool]) -> ColumnElement[Any]:
 _billed = _v.c.state != _CANCELLED
 _unverified = and_(_billed, _v.c.verified_by.is_(None), _v.c.state != _SCHEDULED)
 _disputed = _v.c.state == _DISPUTED
-# Per doctor, everything the digest's totals need: the counting happens in the database, in one pass over the day.
+# The digest's statements are built once with bound parameters (clinic, start, end): a statement this size costs
+# SQLAlchemy as much to build and key for its cache as the database spends answering it.
+_DAY = and_(_v.c.clinic_id == bindparam("clinic"), _v.c.start_at >= bindparam("start"), _v.c.start_at < bindparam("end"))
+_DISPUTED_IN_DAY = and_(_pc.c.clinic_id == bindparam("clinic"), _pc.c.disputed_at >= bindparam("start"),
+                        _pc.c.disputed_at < bindparam("end"))
+# Per doctor, everything the digest's totals need: the counting happens in the database, in one pass over the day;
+# each row also carries the clinic's name and how many changes its patients disputed that day.
 _DIGEST_COUNTS = (
     select(_v.c.doctor_id, _d.c.full_name,
            _count(_billed).label("visits"),
@@ -44,20 +48,24 @@ _DIGEST_COUNTS = (
            _count(~_billed).label("cancelled"),
            _count(and_(_billed, or_(_p.c.chat_id.is_(None), _p.c.chat_blocked))).label("unreachable"),
            _count(and_(_billed, _v.c.registered_late)).label("registered_late"),
-           _count(and_(_billed, FRESH)).label("fresh_reference"))
-    .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
-    .group_by(_v.c.doctor_id, _d.c.full_name))
+           _count(and_(_billed, FRESH)).label("fresh_reference"),
+           _c.c.name.label("clinic_name"),
+           select(func.count()).select_from(_pc).where(_DISPUTED_IN_DAY).scalar_subquery().label("disputed_changes"))
+    .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id).join(_c, _c.c.id == _v.c.clinic_id)
+    .where(_DAY).group_by(_v.c.doctor_id, _d.c.full_name, _c.c.name))
 _DIGEST_VISITS = (
     select(_v.c.id, _v.c.start_at, _v.c.doctor_id, _v.c.mode, _v.c.service_code, _v.c.state,
            _v.c.verified_by, _v.c.attended_claim_at, _v.c.dispute_reason,
            _d.c.full_name.label("doctor_name"), _p.c.full_name.label("patient_name"), _p.c.iin,
            _p.c.chat_id, _p.c.chat_blocked, _v.c.created_at, _v.c.registered_late, _v.c.verified_at,
            _v.c.verified_enrolment_id, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"))
-    .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
+    .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id).where(_DAY)
     .order_by(_v.c.start_at, _v.c.id))
+_DIGEST_FLAGGED = _DIGEST_VISITS.where(or_(_unverified, _disputed, FRESH))
 _DISPUTED_CHANGES = (select(_pc.c.id, _pc.c.kind, _pc.c.patient_id, _pc.c.actor, _pc.c.at, _pc.c.disputed_at,
                             _p.c.full_name, _p.c.iin)
-                     .join(_p, _p.c.id == _pc.c.patient_id).order_by(_pc.c.disputed_at, _pc.c.id))
+                     .join(_p, _p.c.id == _pc.c.patient_id).where(_DISPUTED_IN_DAY)
+                     .order_by(_pc.c.disputed_at, _pc.c.id))
 # A visit as a chat lists it: with the names of its clinic, doctor and patient, and whether the patient is reachable.
 _VISIT_LINES = (select(_v.c.id, _v.c.clinic_id, _v.c.doctor_id, _v.c.start_at, _v.c.mode, _v.c.state,
                        _v.c.verified_by, _v.c.answered_at, _v.c.attended_claim_at, _c.c.name.label("clinic_name"),
@@ -73,26 +81,21 @@ class Queries:
 
     # --- the daily digest: one clinic, visits starting in [start, end) ----------------------------------------
 
-    @staticmethod
-    def _day(clinic_id: int, start: dt.datetime, end: dt.datetime) -> ColumnElement[bool]:
-        return and_(_v.c.clinic_id == clinic_id, _v.c.start_at >= start, _v.c.start_at < end)
-
     async def digest_counts(self, clinic_id: int, start: dt.datetime, end: dt.datetime) -> list[AnyRow]:
-        """One row per doctor with a visit that day, carrying every count the digest's totals add up."""
-        return list((await self.conn.execute(_DIGEST_COUNTS.where(self._day(clinic_id, start, end)))).all())
+        """One row per doctor with a visit that day, carrying every count the digest's totals add up, and on each
+        the clinic's name and how many changes its patients disputed that day (no row: no visit that day)."""
+        return list((await self.conn.execute(_DIGEST_COUNTS, {"clinic": clinic_id, "start": start, "end": end})).all())
 
     async def digest_visits(self, clinic_id: int, start: dt.datetime, end: dt.datetime, *,
                             flagged_only: bool = False) -> list[AnyRow]:
         """The day's visits; ``flagged_only``: unverified, disputed, or verified against a fresh reference."""
-        stmt = _DIGEST_VISITS.where(self._day(clinic_id, start, end))
-        if flagged_only:
-            stmt = stmt.where(or_(_unverified, _disputed, FRESH))
-        return list((await self.conn.execute(stmt)).all())
+        stmt = _DIGEST_FLAGGED if flagged_only else _DIGEST_VISITS
+        return list((await self.conn.execute(stmt, {"clinic": clinic_id, "start": start, "end": end})).all())
 
     async def disputed_changes(self, clinic_id: int, start: dt.datetime, end: dt.datetime) -> list[AnyRow]:
         """Changes to the clinic's patients that the patients disputed in [start, end)."""
-        return list((await self.conn.execute(_DISPUTED_CHANGES.where(
-            _pc.c.clinic_id == clinic_id, _pc.c.disputed_at >= start, _pc.c.disputed_at < end))).all())
+        return list((await self.conn.execute(_DISPUTED_CHANGES, {"clinic": clinic_id, "start": start,
+                                                                 "end": end})).all())
 
     # --- chats ------------------------------------------------------------------------------------------------
 

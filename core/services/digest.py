@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from core import csvfile
 from core.clock import ALMATY, local_day_bounds, to_local
+from core.db.repositories import AnyRow
 from core.iin import mask_iin
 from core.model import OutboxKind, OutboxMessage, Recipient, VisitState, patient_answer
 from core.services import Context
@@ -111,13 +112,13 @@ TOTAL_KEYS = ("visits", "face_verified", "code_verified", "unverified", "patient
               "no_answer", "cancelled", "unreachable", "registered_late", "fresh_reference")
 
 
-def _dispute(r) -> EnrolmentDispute:
+def _dispute(r: AnyRow) -> EnrolmentDispute:
     return EnrolmentDispute(change_id=r.id, kind=r.kind, patient_id=r.patient_id, patient_name=r.full_name,
                             iin_masked=mask_iin(r.iin), actor=r.actor, changed_at_local=to_local(r.at),
                             disputed_at_local=to_local(r.disputed_at))
 
 
-def _row(r) -> DigestRow:
+def _row(r: AnyRow) -> DigestRow:
     return DigestRow(visit_id=r.id, start_local=to_local(r.start_at), doctor_id=r.doctor_id,
                      doctor_name=r.doctor_name, patient_name=r.patient_name, iin_masked=mask_iin(r.iin),
                      mode=r.mode, service_code=r.service_code, state=r.state, verified_by=r.verified_by,
@@ -134,21 +135,25 @@ def _local(moment: dt.datetime | None) -> dt.datetime | None:
 
 
 async def build_digest(ctx: Context, clinic_id: int, day: dt.date, *, with_rows: bool = True) -> Digest:
-    """One clinic, one Asia/Almaty calendar day, in one read snapshot: counts by SQL aggregate, the flagged
-    visits (unverified, disputed, or verified against a fresh reference), the changes patients disputed that day,
-    and every row only when asked (the CSV needs them, a summary does not)."""
+    """One clinic, one Asia/Almaty calendar day, in one read (a snapshot on SQLite; on PostgreSQL, READ COMMITTED, a
+    snapshot per statement): counts by SQL aggregate, the flagged visits (unverified, disputed, or verified against a
+    fresh reference), the changes patients disputed that day, and every row only when asked (the CSV needs them, a
+    summary does not). A query that the counts show would find nothing is not made."""
     start, end = local_day_bounds(day, ALMATY)
     async with ctx.uow(read_only=True) as uow:
-        clinic = await uow.clinics.get(clinic_id)
         counts = await uow.queries.digest_counts(clinic_id, start, end)
-        flagged_rows = await uow.queries.digest_visits(clinic_id, start, end, flagged_only=True)
-        all_rows = await uow.queries.digest_visits(clinic_id, start, end) if with_rows else []
-        disputes = await uow.queries.disputed_changes(clinic_id, start, end)
+        clinic_name = counts[0].clinic_name if counts else (await uow.clinics.get(clinic_id)).name
+        # the counts see every flagged visit: a fresh-reference match is never cancelled (only scheduled visits are)
+        flagged_rows = (await uow.queries.digest_visits(clinic_id, start, end, flagged_only=True)
+                        if any(c.unverified or c.disputed or c.fresh_reference for c in counts) else [])
+        all_rows = await uow.queries.digest_visits(clinic_id, start, end) if with_rows and counts else []
+        disputes = (await uow.queries.disputed_changes(clinic_id, start, end)
+                    if not counts or counts[0].disputed_changes else [])
     totals = {key: sum(getattr(c, key) for c in counts) for key in TOTAL_KEYS}
     per_doctor = [DoctorCounts(c.doctor_id, c.full_name, total=c.visits,
                                verified=c.face_verified + c.code_verified, unverified=c.unverified,
                                disputed=c.disputed) for c in counts if c.visits]
-    return Digest(clinic_id=clinic_id, clinic_name=clinic.name, day=day, totals=totals,
+    return Digest(clinic_id=clinic_id, clinic_name=clinic_name, day=day, totals=totals,
                   per_doctor=sorted(per_doctor, key=lambda c: c.doctor_name),
                   flagged=[_row(r) for r in flagged_rows], rows=[_row(r) for r in all_rows],
                   enrolment_disputes=[_dispute(r) for r in disputes])
@@ -165,7 +170,9 @@ async def queue_daily_digests(ctx: Context, day: dt.date) -> int:
     queued = 0
     async with ctx.uow() as uow:
         for clinic in await uow.clinics.list():
+            assert clinic.id is not None  # read from storage, as every admin below
             for admin in await uow.admins.list_by_clinic(clinic.id):
+                assert admin.id is not None
                 added = await uow.outbox.add(OutboxMessage(
                     kind=OutboxKind.DAILY_DIGEST, recipient_kind=Recipient.ADMIN, recipient_id=admin.id, due_at=now,
                     payload={"clinic_id": clinic.id, "day": day.isoformat()},
