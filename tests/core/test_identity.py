@@ -49,6 +49,19 @@ def test_malformed_iin_says_what_is_wrong(raw, why):
         parse_iin(raw)
 
 
+@pytest.mark.parametrize("century", ["0", "7", "9"])
+def test_a_century_digit_outside_1_to_6_is_refused_even_with_a_good_check_digit(century):
+    first = next(f"900101{century}{serial:04d}" for serial in range(10_000)
+                 if check_digit(f"900101{century}{serial:04d}") is not None)
+    with pytest.raises(InvalidIin, match=r"digit 7 \(century and sex\) must be 1-6"):
+        parse_iin(first + str(check_digit(first)))
+
+
+def test_an_iin_that_is_not_text_is_refused_plainly():
+    with pytest.raises(InvalidIin, match="string of 12 digits"):
+        parse_iin(900101300017)
+
+
 def test_impossible_birth_date_is_refused():
     base = "901301300"  # month 13
     for tail in range(100):
