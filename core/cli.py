@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn
 
 import click
+from click.decorators import FC
 
 from core.clock import SystemClock, to_local
 from core.config import Settings
@@ -25,7 +26,7 @@ EXIT_OK, EXIT_AUDIT_BROKEN, EXIT_REFUSED = 0, 1, 2  # 2 is also click's status f
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-def _run(work: Callable[[Settings], Awaitable[int]]) -> NoReturn:
+def _run(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> NoReturn:
     """Run one command: settings from the environment, logs through the usual redaction, and a request the
     domain refuses (unknown clinic, duplicate phone, revoked key…) reported as ``error: …`` with status 2."""
     settings = Settings()
@@ -137,12 +138,12 @@ def add_clinic(name: str) -> NoReturn:
     _in_directory(act)
 
 
-def _clinic_option(**extra):
+def _clinic_option(**extra: Any) -> Callable[[FC], FC]:
     return click.option("--clinic", "clinic_id", type=int, metavar="ID",
                         help="the clinic's id (printed by add-clinic)", **extra)
 
 
-def _staff_options(command):
+def _staff_options(command: FC) -> FC:
     """--clinic, --name and --phone: the same for doctors and admins."""
     command = click.option("--phone", required=True,
                            help="Kazakhstan mobile number in any common spelling, e.g. '8 701 111 22 33'; "
@@ -178,11 +179,11 @@ def add_admin(clinic_id: int, name: str, phone: str) -> NoReturn:
     _in_directory(act)
 
 
-class Lifetime(click.ParamType):
+class Lifetime(click.ParamType[dt.timedelta]):
     """A key lifetime like ``90d`` or ``12h``; the domain's own rule (api_keys.parse_lifetime) decides."""
     name = "lifetime"
 
-    def convert(self, value, param, ctx) -> dt.timedelta:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.timedelta:
         if isinstance(value, dt.timedelta):
             return value
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.errors import IllegalTransition, InvalidValue
 from core.iin import parse_iin
@@ -305,7 +306,7 @@ class OutboxMessage:
     recipient_kind: Recipient
     recipient_id: int
     due_at: dt.datetime
-    payload: dict
+    payload: dict[str, Any]
     visit_id: int | None = None
     dedupe_key: str | None = None
 

@@ -1,12 +1,33 @@
 """Repositories: translate between table rows and domain objects. One per aggregate, all on one connection."""
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
 
-from sqlalchemy import Integer, and_, bindparam, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Row,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,13 +51,16 @@ from core.model import (
     VisitState,
 )
 
+AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"  # a result row of any width, read by column label
+_Select = TypeVar("_Select", bound="Select[*tuple[Any, ...]]")
+
 
 class _Repo:
     def __init__(self, conn: AsyncConnection, for_update: bool):
         self.conn = conn
         self._for_update = for_update  # PostgreSQL row locks; SQLite already holds the write lock
 
-    def _locked(self, stmt):
+    def _locked(self, stmt: _Select) -> _Select:
         return stmt.with_for_update() if self._for_update else stmt
 
 
@@ -58,7 +82,7 @@ class ClinicRepo(_Repo):
         return [Clinic(id=r.id, name=r.name) for r in rows]
 
 
-def _doctor(row) -> Doctor:
+def _doctor(row: AnyRow) -> Doctor:
     return Doctor(id=row.id, clinic_id=row.clinic_id, full_name=row.full_name, phone=row.phone,
                   external_ref=row.external_ref, chat_id=row.chat_id)
 
@@ -102,7 +126,7 @@ class DoctorRepo(_Repo):
         return res.rowcount
 
 
-def _admin(row) -> ClinicAdmin:
+def _admin(row: AnyRow) -> ClinicAdmin:
     return ClinicAdmin(id=row.id, clinic_id=row.clinic_id, full_name=row.full_name, phone=row.phone,
                        chat_id=row.chat_id)
 
@@ -145,7 +169,7 @@ class AdminRepo(_Repo):
         return res.rowcount
 
 
-def _patient(row) -> Patient:
+def _patient(row: AnyRow) -> Patient:
     return Patient(id=row.id, clinic_id=row.clinic_id, iin=row.iin, full_name=row.full_name, phone=row.phone,
                    language=Language(row.language), chat_id=row.chat_id, chat_blocked=row.chat_blocked,
                    consent_at=row.consent_at, consent_by=row.consent_by)
@@ -191,7 +215,7 @@ class PatientRepo(_Repo):
             consent_by=patient.consent_by, updated_at=now))
 
     async def set_chat(self, phone: str, chat_id: int | None, language: Language | None = None) -> int:
-        values: dict = {"chat_id": chat_id, "chat_blocked": False}
+        values: dict[str, object] = {"chat_id": chat_id, "chat_blocked": False}
         if language is not None:
             values["language"] = language.value
         res = await self.conn.execute(update(t.patients).where(t.patients.c.phone == phone).values(**values))
@@ -221,7 +245,7 @@ class ChatUserRepo(_Repo):
     async def upsert(self, chat_id: int, now: dt.datetime, *, language: Language | None = None,
                      stopped: bool | None = None) -> None:
         """Set the given fields; a chat seen for the first time starts in Russian unless a language is given."""
-        values: dict = {}
+        values: dict[str, object] = {}
         if language is not None:
             values["language"] = Language(language).value
         if stopped is not None:
@@ -312,7 +336,7 @@ _SAVE_VISIT = update(t.visits).where(t.visits.c.id == bindparam("the_visit"))  #
 _ADD_EVENT = insert(t.visit_events)
 
 
-def _visit(row) -> Visit:
+def _visit(row: AnyRow) -> Visit:
     return Visit(id=row.id, clinic_id=row.clinic_id, doctor_id=row.doctor_id, patient_id=row.patient_id,
                  start=row.start_at, duration=dt.timedelta(seconds=row.duration_s), mode=VisitMode(row.mode),
                  service_code=row.service_code, state=VisitState(row.state), verified_by=row.verified_by,
@@ -347,6 +371,7 @@ class VisitRepo(_Repo):
 
     async def save(self, visit: Visit) -> None:
         """Persist state fields and write each pending event to the events table and the audit chain."""
+        assert visit.id is not None, "a visit is saved after it was added"
         await self.conn.execute(_SAVE_VISIT, dict(
             the_visit=visit.id, state=visit.state.value,
             verified_by=visit.verified_by.value if visit.verified_by else None, verified_at=visit.verified_at,
@@ -397,7 +422,7 @@ class VisitRepo(_Repo):
         return (await self.conn.execute(select(t.visits.c.id).where(and_(
             t.visits.c.patient_id == patient_id, t.visits.c.doctor_id == doctor_id)).limit(1))).first() is not None
 
-    async def scheduled_ending_before(self, moment: dt.datetime, limit: int = 500) -> list[int]:
+    async def scheduled_ending_before(self, moment: dt.datetime, limit: int = 500) -> builtins.list[int]:
         """Ids of scheduled visits whose end lies before ``moment`` (their window has closed)."""
         end_expr = t.visits.c.start_at  # duration is bounded (≤12 h); filter precisely in Python
         rows = (await self.conn.execute(select(t.visits.c.id, t.visits.c.start_at, t.visits.c.duration_s).where(and_(
@@ -415,7 +440,9 @@ class VisitRepo(_Repo):
         return _visit(row), row.code_attempts
 
     async def code_attempts(self, visit_id: int) -> int:
-        return (await self.conn.execute(select(t.visits.c.code_attempts).where(t.visits.c.id == visit_id))).scalar_one()
+        attempts: int = (await self.conn.execute(select(t.visits.c.code_attempts)
+                                                 .where(t.visits.c.id == visit_id))).scalar_one()
+        return attempts
 
     async def take_code_request(self, visit_id: int, cap: int) -> int | None:
         """Count one code request and return the new total, or None (nothing counted) at the cap: a conditional
@@ -424,7 +451,8 @@ class VisitRepo(_Repo):
                                                                    t.visits.c.code_requests < cap))
                                       .values(code_requests=t.visits.c.code_requests + 1)
                                       .returning(t.visits.c.code_requests))
-        return res.scalar_one_or_none()
+        total: int | None = res.scalar_one_or_none()
+        return total
 
     async def face_counters(self, visit_id: int) -> tuple[int, int, dt.datetime | None]:
         row = (await self.conn.execute(select(t.visits.c.face_failures, t.visits.c.face_lockouts,
@@ -458,7 +486,7 @@ class VisitRepo(_Repo):
 class CodeCheckState:
     """What a code check reads after counting its attempt: the visit's current code (None when none was issued)
     and this clock hour's wrong codes of its doctor and of its clinic."""
-    code: object | None  # the visit_codes row
+    code: AnyRow | None  # the visit_codes row
     doctor_failures: int
     clinic_failures: int
 
@@ -484,7 +512,7 @@ class CodeRepo(_Repo):
                                                            "clinic": clinic_id, "hour": hour_start})).one()
         return CodeCheckState(row if row.visit_id is not None else None, row.doctor or 0, row.clinic or 0)
 
-    async def current(self, visit_id: int):
+    async def current(self, visit_id: int) -> AnyRow | None:
         return (await self.conn.execute(select(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id))).first()
 
     async def put(self, visit_id: int, code_hash: str, issued_at: dt.datetime, expires_at: dt.datetime) -> int:
@@ -529,7 +557,7 @@ class CodeRepo(_Repo):
                                      {"clinic_id": clinic_id, "hour_start": hour_start}, cap)
 
     @staticmethod
-    def _clinic_hour(clinic_id: int, hour_start: dt.datetime):
+    def _clinic_hour(clinic_id: int, hour_start: dt.datetime) -> ColumnElement[bool]:
         return and_(t.clinic_code_failures.c.clinic_id == clinic_id, t.clinic_code_failures.c.hour_start == hour_start)
 
 
@@ -547,7 +575,7 @@ class FaceFailureRepo(_Repo):
             table.c.failures > 0)).values(failures=table.c.failures - 1))
 
 
-async def _take_below_cap(conn: AsyncConnection, table, key: dict, cap: int) -> bool:
+async def _take_below_cap(conn: AsyncConnection, table: Table, key: dict[str, object], cap: int) -> bool:
     """Count one failure in ``table``'s row for ``key``, or answer False (nothing counted) at ``cap``.
 
     A conditional UPDATE (and an INSERT that yields to a concurrent one) instead of a read-then-write, so tries
@@ -561,7 +589,7 @@ async def _take_below_cap(conn: AsyncConnection, table, key: dict, cap: int) -> 
     return bool((await conn.execute(bump)).rowcount)  # another transaction created the row meanwhile
 
 
-def _insert_or_ignore(conn: AsyncConnection):
+def _insert_or_ignore(conn: AsyncConnection) -> Callable[[Table], PostgresqlInsert | SqliteInsert]:
     """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (both SQLite and PostgreSQL have it)."""
     return postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
@@ -579,9 +607,10 @@ class OutboxRepo(_Repo):
             recipient_id=message.recipient_id, visit_id=message.visit_id,
             payload=json.dumps(message.payload, ensure_ascii=False, sort_keys=True),
             dedupe_key=message.dedupe_key).returning(t.outbox.c.id))
-        return res.scalar_one()
+        message_id: int = res.scalar_one()
+        return message_id
 
-    async def claim_due(self, now: dt.datetime, worker_id: str, lease: dt.timedelta, limit: int) -> list:
+    async def claim_due(self, now: dt.datetime, worker_id: str, lease: dt.timedelta, limit: int) -> list[AnyRow]:
         """Take up to ``limit`` due rows for this worker: pending ones whose time has come, and rows whose
         previous claim expired (a dispatcher died mid-send). PostgreSQL skips rows another dispatcher holds."""
         o = t.outbox
@@ -606,7 +635,7 @@ class OutboxRepo(_Repo):
         return res.rowcount
 
     @staticmethod
-    def _claimed(message_id: int, worker_id: str | None):
+    def _claimed(message_id: int, worker_id: str | None) -> ColumnElement[bool]:
         """This row, and only while `worker_id` still holds its claim (a lapsed claim may have moved on)."""
         where = t.outbox.c.id == message_id
         return and_(where, t.outbox.c.claimed_by == worker_id) if worker_id is not None else where
@@ -618,7 +647,7 @@ class OutboxRepo(_Repo):
                      chat_message_id: int | None = None, worker_id: str | None = None) -> bool:
         """Terminal outcome: sent | skipped | blocked | failed. False when the claim was no longer ours."""
         status = OutboxStatus(status)
-        values = dict(status=status.value, claimed_by=None, claim_expires_at=None, last_error=error)
+        values: dict[str, object] = dict(status=status.value, claimed_by=None, claim_expires_at=None, last_error=error)
         if status is OutboxStatus.SENT:
             values.update(sent_at=now, chat_message_id=chat_message_id)
         res = await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(**values))
@@ -637,16 +666,16 @@ class OutboxRepo(_Repo):
         res = await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(**values))
         return res.rowcount == 1
 
-    async def get(self, message_id: int):
+    async def get(self, message_id: int) -> AnyRow | None:
         return (await self.conn.execute(select(t.outbox).where(t.outbox.c.id == message_id))).first()
 
-    async def payload(self, dedupe_key: str) -> dict | None:
+    async def payload(self, dedupe_key: str) -> dict[str, Any] | None:
         """The payload queued under ``dedupe_key``, or None when nothing was."""
         stored = (await self.conn.execute(select(t.outbox.c.payload).where(
             t.outbox.c.dedupe_key == dedupe_key))).scalar_one_or_none()
         return json.loads(stored) if stored is not None else None
 
-    async def pending(self, *, visit_id: int | None = None, kind: OutboxKind | None = None) -> list:
+    async def pending(self, *, visit_id: int | None = None, kind: OutboxKind | None = None) -> list[AnyRow]:
         stmt = select(t.outbox).where(t.outbox.c.status == OutboxStatus.PENDING.value)
         if visit_id is not None:
             stmt = stmt.where(t.outbox.c.visit_id == visit_id)
@@ -656,7 +685,7 @@ class OutboxRepo(_Repo):
 
 
 
-def _change(row) -> PatientChange:
+def _change(row: AnyRow) -> PatientChange:
     return PatientChange(id=row.id, patient_id=row.patient_id, clinic_id=row.clinic_id, kind=row.kind, at=row.at,
                          actor=row.actor, disputed_at=row.disputed_at)
 
@@ -666,7 +695,8 @@ class PatientChangeRepo(_Repo):
         res = await self.conn.execute(insert(t.patient_changes).values(
             patient_id=patient_id, clinic_id=clinic_id, kind=kind, at=at, actor=actor)
             .returning(t.patient_changes.c.id))
-        return res.scalar_one()
+        change_id: int = res.scalar_one()
+        return change_id
 
     async def get(self, change_id: int, *, lock: bool = False) -> PatientChange:
         stmt = select(t.patient_changes).where(t.patient_changes.c.id == change_id)
@@ -676,8 +706,9 @@ class PatientChangeRepo(_Repo):
         return _change(row)
 
     async def last_at(self, patient_id: int, kind: str) -> dt.datetime | None:
-        return (await self.conn.execute(select(func.max(t.patient_changes.c.at)).where(and_(
+        last: dt.datetime | None = (await self.conn.execute(select(func.max(t.patient_changes.c.at)).where(and_(
             t.patient_changes.c.patient_id == patient_id, t.patient_changes.c.kind == kind)))).scalar_one()
+        return last
 
     async def mark_disputed(self, change_id: int, at: dt.datetime) -> bool:
         """Set once: False when the change was already disputed."""
@@ -702,7 +733,7 @@ class StoredApiKey:
     last_used_at: dt.datetime | None
 
 
-def _api_key(row) -> StoredApiKey:
+def _api_key(row: AnyRow) -> StoredApiKey:
     return StoredApiKey(id=row.id, clinic_id=row.clinic_id, key_prefix=row.key_prefix, key_hash=row.key_hash,
                         scopes=tuple(row.scopes.split(",")), doctor_id=row.doctor_id, label=row.label,
                         created_at=row.created_at, revoked_at=row.revoked_at, expires_at=row.expires_at,
@@ -718,7 +749,8 @@ class ApiKeyRepo(_Repo):
         res = await self.conn.execute(insert(t.api_keys).values(
             clinic_id=clinic_id, key_prefix=key_prefix, key_hash=key_hash, scopes=",".join(sorted(scopes)),
             doctor_id=doctor_id, label=label, created_at=now, expires_at=expires_at).returning(t.api_keys.c.id))
-        return res.scalar_one()
+        key_id: int = res.scalar_one()
+        return key_id
 
     async def by_prefix(self, key_prefix: str) -> StoredApiKey | None:
         row = (await self.conn.execute(_KEY_BY_PREFIX, {"prefix": key_prefix})).first()
@@ -745,7 +777,7 @@ class ApiKeyRepo(_Repo):
 
 
 class IdempotencyRepo(_Repo):
-    async def get(self, clinic_id: int, key: str):
+    async def get(self, clinic_id: int, key: str) -> AnyRow | None:
         return (await self.conn.execute(select(t.idempotency_keys).where(and_(
             t.idempotency_keys.c.clinic_id == clinic_id, t.idempotency_keys.c.key == key)))).first()
 
@@ -772,9 +804,9 @@ class AuditRepo(_Repo):
 
     def __init__(self, conn: AsyncConnection, for_update: bool):
         super().__init__(conn, for_update)
-        self._pending: list[tuple[str, str, str, str, dict]] = []
+        self._pending: list[tuple[str, str, str, str, dict[str, Any]]] = []
 
-    async def append(self, at: dt.datetime, actor: str, action: str, subject: str, details: dict) -> None:
+    async def append(self, at: dt.datetime, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
         self._pending.append((at.astimezone(dt.UTC).isoformat(), actor, action, subject, details))
 
     async def flush(self) -> None:

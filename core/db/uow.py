@@ -10,6 +10,7 @@ server and the bot need not know SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
+from types import TracebackType
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -112,7 +113,8 @@ class UnitOfWork:
     async def rollback(self) -> None:
         await self.conn.rollback()
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         try:
             await self._end()
         except Exception as cleanup_error:  # a dead connection fails its rollback too

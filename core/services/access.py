@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.db.uow import UnitOfWork
 from core.errors import DomainError, NotFound
 from core.model import Patient, Visit
 from core.services.api_keys import ApiPrincipal
@@ -54,7 +55,7 @@ def check_visit(caller: Caller, visit: Visit) -> Visit:
     return visit
 
 
-async def patient_for(uow, clinic_id: int, patient_id: int, caller: Caller) -> Patient:
+async def patient_for(uow: UnitOfWork, clinic_id: int, patient_id: int, caller: Caller) -> Patient:
     """The clinic's patient (locked for the change); a bound caller sees only a patient who has had a visit with its
     doctor, anyone else answers NotFound as if absent."""
     patient = await uow.patients.get(patient_id, clinic_id)
@@ -63,7 +64,8 @@ async def patient_for(uow, clinic_id: int, patient_id: int, caller: Caller) -> P
     return patient
 
 
-async def visible_to(uow, patient: Patient, caller: Caller) -> bool:
+async def visible_to(uow: UnitOfWork, patient: Patient, caller: Caller) -> bool:
+    assert patient.id is not None, "a patient read from storage"
     return caller.doctor_id is None or await uow.visits.any_between(patient.id, caller.doctor_id)
 
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.db.repositories import StoredApiKey
@@ -93,7 +94,7 @@ def _hash(ctx: Context, key: str) -> str:
     return hmac.new(ctx.settings.pepper_bytes(), key.encode(), hashlib.sha256).hexdigest()
 
 
-def _parse_scopes(scopes) -> frozenset[Scope]:
+def _parse_scopes(scopes: Iterable[str]) -> frozenset[Scope]:
     try:
         parsed = frozenset(Scope(s) for s in scopes)
     except ValueError:
@@ -103,7 +104,7 @@ def _parse_scopes(scopes) -> frozenset[Scope]:
     return parsed
 
 
-async def create_api_key(ctx: Context, clinic_id: int, scopes, doctor_id: int | None = None,
+async def create_api_key(ctx: Context, clinic_id: int, scopes: Iterable[str], doctor_id: int | None = None,
                          label: str = "", expires_in: dt.timedelta | None = None) -> NewApiKey:
     """Make a key for a clinic (optionally bound to one of its doctors, optionally expiring) and return it in
     plain text once."""

@@ -31,7 +31,7 @@ class ChatProfile:
 
     @property
     def patient_ids(self) -> list[int]:
-        return [p.id for p in self.patients]
+        return [p.id for p in self.patients if p.id is not None]  # read from storage: every id is set
 
     @property
     def preferred_language(self) -> Language | None:
@@ -47,7 +47,8 @@ async def chat_profile(ctx: Context, chat_id: int) -> ChatProfile:
         patients = await uow.patients.by_chat(chat_id)
         doctors = await uow.doctors.by_chat(chat_id)
         admins = await uow.admins.by_chat(chat_id)
-        names = await uow.queries.clinic_names({r.clinic_id for r in (*patients, *doctors, *admins)})
+        linked: list[Patient | Doctor | ClinicAdmin] = [*patients, *doctors, *admins]
+        names = await uow.queries.clinic_names({r.clinic_id for r in linked})
     return ChatProfile(chat_id=chat_id, language=Language(row.language) if row else None,
                        stopped=bool(row.stopped) if row else False, patients=tuple(patients),
                        doctors=tuple(doctors), admins=tuple(admins), clinic_names=names)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from core.clock import hour_start, seconds_to_next_hour
 from core.codes import CodeOutcome, CodePolicy, generate_code, looks_like_code
+from core.db.uow import UnitOfWork
 from core.errors import Conflict, DomainError, IllegalTransition, InvalidValue
 from core.model import Actor, OutboxKind, OutboxMessage, Recipient, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
@@ -90,13 +91,14 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, *, caller: C
         message_id = await uow.outbox.add(OutboxMessage(
             kind=OutboxKind.VISIT_CODE, recipient_kind=Recipient.PATIENT, recipient_id=visit.patient_id,
             visit_id=visit.id, due_at=now, payload={"reason": "requested"}), now)
+        assert message_id is not None, "queued without a dedupe key, so never ignored"
         await uow.visits.record_event(visit_id, VisitEvent(visit_id, now, "code_requested", visit.state, visit.state,
                                                            Actor.DOCTOR, "code", f"request {taken} of {cap}"))
         await uow.commit()
     return CodeRequest(message_id, channel, cap - taken)
 
 
-async def _channel(uow, patient_id: int) -> str | None:
+async def _channel(uow: UnitOfWork, patient_id: int) -> str | None:
     """The patient's linked chat, unless they blocked the bot or stopped it (the same test the sender applies)."""
     patient = await uow.patients.get(patient_id)
     if patient.chat_id is None or patient.chat_blocked:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from core.clock import hour_start, seconds_to_next_hour
+from core.db.uow import UnitOfWork
 from core.errors import DomainError, IllegalTransition
 from core.model import FRESH_REFERENCE, Actor, VerificationMethod, VisitEvent, VisitMode, VisitState
 from core.services import Context
@@ -66,7 +67,7 @@ class FaceCapped(FaceLocked):
 
 def _lock_for(lockouts: int) -> dt.timedelta:
     """30 s after the first 5 failures, doubling on every further lockout, capped at one hour."""
-    return min(FACE_BASE_LOCK * (2 ** max(lockouts - 1, 0)), dt.timedelta(hours=1))
+    return min(FACE_BASE_LOCK * (1 << max(lockouts - 1, 0)), dt.timedelta(hours=1))
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ async def release_face_attempt(ctx: Context, attempt: FaceAttempt) -> None:
         await uow.commit()
 
 
-async def _give_back_hourly(uow, attempt: FaceAttempt) -> None:
+async def _give_back_hourly(uow: UnitOfWork, attempt: FaceAttempt) -> None:
     for scope in SCOPES:
         await uow.face_failures.give_back(scope, attempt.subjects[scope], attempt.hour)
 
@@ -145,6 +146,7 @@ async def record_face_attempt(ctx: Context, attempt: FaceAttempt, analysis_outco
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         visit = await uow.visits.get(attempt.visit_id, attempt.clinic_id, lock=True)
+        assert visit.id is not None, "a visit read from storage"
         matched = None
         if analysis_outcome == "ok" and encoding is not None:
             refs = await uow.templates.active_references(visit.patient_id)
@@ -158,6 +160,7 @@ async def record_face_attempt(ctx: Context, attempt: FaceAttempt, analysis_outco
         retry_after = None
         if decision is FaceDecision.MATCH:
             await _give_back_hourly(uow, attempt)
+            assert matched is not None, "a match names the reference it matched"
             if visit.state is VisitState.SCHEDULED:
                 patient = await uow.patients.get(visit.patient_id)
                 fresh = now - matched.enrolled_at < FRESH_REFERENCE_AGE and (

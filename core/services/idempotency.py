@@ -5,12 +5,14 @@ a concurrent twin with the same key loses on the table's primary key and then re
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.db.uow import UnitOfWork
 from core.errors import Conflict, InvalidValue
 from core.services import Context
 
@@ -60,7 +62,7 @@ class IdempotentWrite:
     render: Callable[[Any], tuple[int, str]]
     response: StoredResponse | None = None
 
-    async def store(self, uow, result: Any, now) -> None:
+    async def store(self, uow: UnitOfWork, result: Any, now: dt.datetime) -> None:
         status, body = self.render(result)
         await uow.idempotency.add(clinic_id=self.clinic_id, key=self.key, request_hash=self.request_hash,
                                   status=status, body=body, now=now)

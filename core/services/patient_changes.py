@@ -12,6 +12,8 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
+from core.config import Settings
+from core.db.uow import UnitOfWork
 from core.errors import DomainError, NotFound
 from core.model import OutboxKind, OutboxMessage, Patient, PatientChange, Recipient
 from core.services import Context
@@ -35,7 +37,7 @@ class ReplacementLimited(DomainError):
         self.retry_after = max(1, math.ceil((until - now).total_seconds()))
 
 
-async def check_replacement_allowed(uow, settings, patient_id: int, now: dt.datetime) -> None:
+async def check_replacement_allowed(uow: UnitOfWork, settings: Settings, patient_id: int, now: dt.datetime) -> None:
     """One replacement of an enrolled face per RASTAU_FACE_REPLACEMENT_MIN_DAYS (0: no limit)."""
     days = settings.face_replacement_min_days
     last = await uow.patient_changes.last_at(patient_id, FACE_REPLACED) if days else None
@@ -43,10 +45,11 @@ async def check_replacement_allowed(uow, settings, patient_id: int, now: dt.date
         raise ReplacementLimited(days, last + dt.timedelta(days=days), now)
 
 
-async def record_change(uow, patient: Patient, kind: str, caller: Caller, now: dt.datetime,
+async def record_change(uow: UnitOfWork, patient: Patient, kind: str, caller: Caller, now: dt.datetime,
                         chat_id: int | None) -> int:
     """Write the change and queue its notice for ``chat_id`` (the chat the patient had before this change;
     None: nobody to tell). The caller writes the audit row naming the returned change id."""
+    assert patient.id is not None, "a patient read from storage"
     change_id = await uow.patient_changes.add(patient_id=patient.id, clinic_id=patient.clinic_id, kind=kind, at=now,
                                               actor=caller.actor)
     if chat_id is not None:
@@ -82,6 +85,7 @@ async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeR
         await uow.audit.append(now, "patient", "patient_change.dispute", f"patient:{patient.id}",
                                {"change": change_id, "kind": change.kind, "by": change.actor})
         for admin in await uow.admins.list_by_clinic(change.clinic_id):
+            assert admin.id is not None, "an admin read from storage"
             await uow.outbox.add(OutboxMessage(
                 kind=OutboxKind.CHANGE_DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
                 due_at=now, payload={"change_id": change_id}, dedupe_key=f"change-dispute:{change_id}:{admin.id}"),

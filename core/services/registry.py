@@ -1,8 +1,10 @@
 """Who is who: clinics, their doctors and admins, patients with consent and enrolled face references."""
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
+from core.db.uow import UnitOfWork
 from core.errors import ConsentMissing, InvalidValue, NotFound, StaffPhone
 from core.face_references import MAX_REFERENCES
 from core.model import Clinic, ClinicAdmin, Doctor, Language, Patient
@@ -35,12 +37,12 @@ PATIENT_PHONE_FOR_STAFF = ("this phone number belongs to a patient of this clini
                            "they would receive that patient's codes and questions")
 
 
-async def _staff_phone(uow, clinic_id: int, phone: str) -> bool:
-    staff = [*await uow.doctors.by_phone(phone), *await uow.admins.by_phone(phone)]
+async def _staff_phone(uow: UnitOfWork, clinic_id: int, phone: str) -> bool:
+    staff: list[Doctor | ClinicAdmin] = [*await uow.doctors.by_phone(phone), *await uow.admins.by_phone(phone)]
     return any(person.clinic_id == clinic_id for person in staff)
 
 
-async def _patient_phone(uow, clinic_id: int, phone: str) -> bool:
+async def _patient_phone(uow: UnitOfWork, clinic_id: int, phone: str) -> bool:
     return any(patient.clinic_id == clinic_id for patient in await uow.patients.by_phone(phone))
 
 
@@ -90,8 +92,8 @@ async def upsert_patient(ctx: Context, clinic_id: int, iin: str, full_name: str,
     return result
 
 
-async def _upsert(uow, clinic_id: int, iin: str, full_name: str, phone: str, language: Language | str | None,
-                  caller: Caller, now) -> UpsertResult:
+async def _upsert(uow: UnitOfWork, clinic_id: int, iin: str, full_name: str, phone: str,
+                  language: Language | str | None, caller: Caller, now: dt.datetime) -> UpsertResult:
     candidate = Patient(id=None, clinic_id=clinic_id, iin=iin, full_name=clean_name(full_name), phone=phone,
                         language=Language(language or Language.RU))
     if await _staff_phone(uow, clinic_id, candidate.phone):
@@ -104,7 +106,7 @@ async def _upsert(uow, clinic_id: int, iin: str, full_name: str, phone: str, lan
     if not await visible_to(uow, existing, caller):
         raise NotFound("a patient with this IIN exists but has no visit with this key's doctor; a doctor-bound key "
                        "may update only its doctor's patients")
-    details: dict = {"clinic": clinic_id}
+    details: dict[str, object] = {"clinic": clinic_id}
     old_chat = existing.chat_id
     moved = existing.phone != candidate.phone
     if moved:
@@ -129,7 +131,7 @@ async def record_consent(ctx: Context, clinic_id: int, patient_id: int, recorded
     return patient
 
 
-async def _consent(uow, patient: Patient, recorded_by: str, caller: Caller, now) -> None:
+async def _consent(uow: UnitOfWork, patient: Patient, recorded_by: str, caller: Caller, now: dt.datetime) -> None:
     patient.record_consent(recorded_by, now)
     await uow.patients.save(patient, now)
     change = await record_change(uow, patient, CONSENT_RECORDED, caller, now, patient.chat_id)
@@ -146,11 +148,13 @@ async def check_enrolment_allowed(ctx: Context, clinic_id: int, patient_id: int,
         await _enrolment_kind(uow, ctx, patient, caller, ctx.clock.now())
 
 
-async def _enrolment_kind(uow, ctx: Context, patient: Patient, caller: Caller, now) -> str:
+async def _enrolment_kind(uow: UnitOfWork, ctx: Context, patient: Patient, caller: Caller,
+                          now: dt.datetime) -> str:
     """face_enrolled or face_replaced, or the reason this enrolment is refused."""
     refuse_doctor_key(caller, "enrol a patient's face")
     if patient.consent_at is None:
         raise ConsentMissing(f"patient {patient.id} has no recorded consent; record consent before enrolling")
+    assert patient.id is not None, "a patient read from storage"
     if not await uow.templates.ever_enrolled(patient.id):
         return FACE_ENROLLED
     await check_replacement_allowed(uow, ctx.settings, patient.id, now)
@@ -168,12 +172,13 @@ async def enrol_face(ctx: Context, clinic_id: int, patient_id: int, encodings: l
     return count
 
 
-async def _enrol(uow, ctx: Context, patient: Patient, encodings: list[tuple[float, ...]], caller: Caller,
-                 now) -> int:
+async def _enrol(uow: UnitOfWork, ctx: Context, patient: Patient, encodings: list[tuple[float, ...]], caller: Caller,
+                 now: dt.datetime) -> int:
     if not 1 <= len(encodings) <= MAX_REFERENCES:
         raise InvalidValue(f"enrol between 1 and {MAX_REFERENCES} reference faces, got {len(encodings)}")
     kind = await _enrolment_kind(uow, ctx, patient, caller, now)
     change = await record_change(uow, patient, kind, caller, now, patient.chat_id)
+    assert patient.id is not None, "a patient read from storage"
     sealed = [ctx.cipher.seal(patient.id, enc) for enc in encodings]
     count = await uow.templates.replace(patient.id, sealed, now, enrolment_id=change)
     await uow.audit.append(now, caller.actor, "patient.enrol", f"patient:{patient.id}",
@@ -202,7 +207,7 @@ async def revoke_face(ctx: Context, clinic_id: int, patient_id: int, *, caller: 
         patient = await patient_for(uow, clinic_id, patient_id, caller)
         refuse_doctor_key(caller, "revoke a patient's face")
         count = await uow.templates.revoke_all(patient_id, now)
-        details: dict = {"revoked": count}
+        details: dict[str, object] = {"revoked": count}
         if count:
             details["change"] = await record_change(uow, patient, FACE_REVOKED, caller, now, patient.chat_id)
         await uow.audit.append(now, caller.actor, "patient.revoke_enrolment", f"patient:{patient_id}", details)

@@ -5,6 +5,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from core.clock import ALMATY, local_day_bounds, to_local
+from core.db.repositories import AnyRow
 from core.model import VisitMode, VisitState
 from core.services import Context
 
@@ -28,7 +29,7 @@ class VisitLine:
     patient_reachable: bool
 
 
-def _line(r) -> VisitLine:
+def _line(r: AnyRow) -> VisitLine:
     return VisitLine(visit_id=r.id, clinic_id=r.clinic_id, doctor_id=r.doctor_id, clinic_name=r.clinic_name,
                      doctor_name=r.doctor_name, patient_name=r.patient_name, start=r.start_at, mode=VisitMode(r.mode),
                      state=VisitState(r.state), verified_by=r.verified_by, answered_at=r.answered_at,

@@ -6,10 +6,12 @@ import datetime as dt
 from dataclasses import dataclass
 
 from core.clock import to_local
+from core.db.uow import UnitOfWork
 from core.errors import IllegalTransition, NotFound
 from core.model import Actor, OutboxKind, OutboxMessage, Recipient, Visit, VisitEvent, VisitMode, VisitState, ensure_utc
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, check_doctor, check_visit
+from core.services.idempotency import IdempotentWrite
 
 
 def window_end(visit: Visit, ctx: Context) -> dt.datetime:
@@ -48,7 +50,8 @@ def evidence_refusal(ctx: Context, visit: Visit, now: dt.datetime, step: str) ->
 
 async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patient_id: int, start: dt.datetime,
                          duration: dt.timedelta, mode: VisitMode | str, service_code: str,
-                         actor: Actor = Actor.CLINIC_SYSTEM, idempotency=None, caller: Caller = CLINIC_SYSTEM) -> Visit:
+                         actor: Actor = Actor.CLINIC_SYSTEM, idempotency: IdempotentWrite | None = None,
+                         caller: Caller = CLINIC_SYSTEM) -> Visit:
     """Create a scheduled visit and queue its messages: the code before an in-person visit and,
     for every visit, the "were you there?" prompt after it. A visit registered after its window had closed is
     accepted and marked ``registered_late``: it can collect no evidence, so no code goes out for it, but the patient
@@ -141,7 +144,7 @@ class AnswerResult:
     changed: bool
 
 
-async def patient_visit(uow, visit_id: int, patient_ids: list[int]) -> Visit:
+async def patient_visit(uow: UnitOfWork, visit_id: int, patient_ids: list[int]) -> Visit:
     """Load a visit for a patient, answering NotFound for anyone else's visit."""
     visit = await uow.visits.get(visit_id, lock=True)
     if visit.patient_id not in patient_ids:
@@ -173,6 +176,7 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
         await uow.visits.save(visit)
         if event is not None:
             for admin in await uow.admins.list_by_clinic(visit.clinic_id):
+                assert admin.id is not None, "an admin read from storage"
                 await uow.outbox.add(OutboxMessage(
                     kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
                     visit_id=visit.id, due_at=now, payload={}, dedupe_key=f"dispute:{visit.id}:{admin.id}"), now)
@@ -190,6 +194,7 @@ async def explain_dispute(ctx: Context, visit_id: int, patient_ids: list[int], r
         await uow.visits.save(visit)
         if visit.dispute_reason:
             for admin in await uow.admins.list_by_clinic(visit.clinic_id):
+                assert admin.id is not None, "an admin read from storage"
                 await uow.outbox.add(OutboxMessage(
                     kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
                     visit_id=visit.id, due_at=now, payload={"update": "reason"},
