@@ -32,6 +32,7 @@ async def run(settings: Settings) -> None:
     await ensure_schema_current(engine)
     ctx = Context.build(settings, UnitOfWorkFactory(engine), SystemClock())
     i18n = make_i18n()
+    assert settings.bot_token is not None, "main() refuses to start without one"
     bot = create_bot(settings.bot_token.get_secret_value(), settings.telegram_api_base)
     storage = create_storage(settings)
     dp = create_dispatcher(ctx, i18n, storage)
@@ -71,6 +72,7 @@ def shared_pacer(settings: Settings) -> SharedSendPacer | None:
 
 
 async def _serve_webhook(settings: Settings, dp, bot, stop: asyncio.Event) -> None:
+    assert settings.webhook_secret is not None, "require_secrets(bot=True) demands or invents it in webhook mode"
     secret = settings.webhook_secret.get_secret_value()
     runner = web.AppRunner(create_webhook_app(dp, bot, secret))
     await runner.setup()

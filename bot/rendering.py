@@ -7,6 +7,7 @@ time, so the plain code exists only on its way to the patient.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 from aiogram.utils.i18n import I18n
 
@@ -29,10 +30,12 @@ log = get_logger("rastau.renderer")
 class OutboxRenderer:
     def __init__(self, ctx: Context, i18n: I18n):
         self._ctx, self._i18n = ctx, i18n
-        self._kinds = {OutboxKind.VISIT_CODE: self._visit_code, OutboxKind.ATTENDANCE_PROMPT: self._prompt,
-                       OutboxKind.DISPUTE_NOTICE: self._dispute_notice, OutboxKind.DAILY_DIGEST: self._digest,
-                       OutboxKind.CHANGE_NOTICE: self._change_notice,
-                       OutboxKind.CHANGE_DISPUTE_NOTICE: self._change_dispute_notice}
+        # keyed by the stored kind (OutboxKind is a str): a kind this version does not know finds nothing
+        self._kinds: dict[str, Callable[[OutboxItem], Awaitable[list[Outgoing] | None]]] = {
+            OutboxKind.VISIT_CODE: self._visit_code, OutboxKind.ATTENDANCE_PROMPT: self._prompt,
+            OutboxKind.DISPUTE_NOTICE: self._dispute_notice, OutboxKind.DAILY_DIGEST: self._digest,
+            OutboxKind.CHANGE_NOTICE: self._change_notice,
+            OutboxKind.CHANGE_DISPUTE_NOTICE: self._change_dispute_notice}
 
     async def render(self, message: OutboxItem) -> list[Outgoing] | None:
         build = self._kinds.get(message.kind)

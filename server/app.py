@@ -96,7 +96,7 @@ def _answer_protocol_errors_as_problems() -> None:
     It offers no hook for this (aio-libs/aiohttp#3287), so its protocol's error method is replaced, once per
     process: a problem document that quotes nothing, a log line with the error type only. It only ever runs for
     requests no handler saw."""
-    web_protocol.RequestHandler.handle_error = _handle_protocol_error
+    web_protocol.RequestHandler.handle_error = _handle_protocol_error  # type: ignore[method-assign]  # on purpose
 
 
 def create_app(settings: Settings, *, ctx: Context | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, TypeVar, overload
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
@@ -117,6 +117,15 @@ def path_id(request: web.Request, name: str, what: str) -> int:
     if not 1 <= value <= MAX_ID:
         raise NotFound(f"{what} {value} not found")
     return value
+
+
+@overload
+def query_int(request: web.Request, name: str, *, default: int, low: int = 0, high: int = MAX_ID) -> int: ...
+
+
+@overload
+def query_int(request: web.Request, name: str, *, default: None = None, low: int = 0,
+              high: int = MAX_ID) -> int | None: ...
 
 
 def query_int(request: web.Request, name: str, *, default: int | None = None, low: int = 0,

@@ -200,7 +200,7 @@ async def run(settings: Settings, clinic_id: int, csv_path: Path, photos_dir: Pa
         await pool.start()
         try:
             with click.progressbar(length=len(rows), label=f"enrolling into {clinic.name}",
-                                   file=click.get_text_stream("stderr")) as bar:
+                                   file=sys.stderr) as bar:
                 enrolled, failures = await enrol_rows(ctx, pool, clinic_id, rows, photos_dir, consent_by,
                                                       lambda: bar.update(1))
         finally:

@@ -7,6 +7,8 @@ routes the app serves, with the scopes each handler demands, and that real respo
 """
 from __future__ import annotations
 
+from typing import Any
+
 from core.codes import CodeOutcome
 from core.model import Language, PatientAnswer, VerificationMethod, VisitMode, VisitState
 from core.services.api_keys import Scope
@@ -75,7 +77,7 @@ def _op(op_id: str, summary: str, scopes: tuple[str, ...] | None, ok: dict[int, 
     responses = {str(status): response for status, response in ok.items()}
     for status in problems:
         responses[str(status)] = {"$ref": f"#/components/responses/Problem{status}"}
-    op = {"operationId": op_id, "summary": summary, "responses": responses}
+    op: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": responses}
     if description:
         op["description"] = description
     if scopes is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -120,7 +121,8 @@ async def problem_middleware(request: web.Request, handler):
         return problem_response(409, exc.code, exc.detail + "; re-enrol the patient's reference photos")
     except DomainError as exc:
         status, field = _domain_status(exc)
-        return problem_response(status, exc.code, exc.detail, **({"field": field} if field else {}))
+        named: dict[str, Any] = {"field": field} if field else {}
+        return problem_response(status, exc.code, exc.detail, **named)
     except ImageRejected as exc:
         problem = image_problem(exc)
         return problem_response(problem.status, problem.code, problem.detail)
@@ -131,7 +133,7 @@ async def problem_middleware(request: web.Request, handler):
             raise
         code = _AIOHTTP_CODES.get(exc.status, f"http_{exc.status}")
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
-        return problem_response(exc.status, code, exc.text if exc.status != 404 else
+        return problem_response(exc.status, code, (exc.text or exc.reason) if exc.status != 404 else
                                 f"no such endpoint: {request.method} {request.path}", headers=headers)
     except DatabaseUnavailable as exc:
         log.error("database unavailable", error_type=type(exc.__cause__ or exc).__name__)

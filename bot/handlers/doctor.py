@@ -22,7 +22,7 @@ async def code_menu(message: Message, profile: ChatProfile, ctx: Context) -> Non
         await message.answer(_("/code is only for doctors registered by a clinic. Patients receive their "
                                "codes here automatically."))
         return
-    lines = await doctor_online_today(ctx, [d.id for d in profile.doctors])
+    lines = await doctor_online_today(ctx, [d.id for d in profile.doctors if d.id is not None])  # all: stored
     if not lines:
         await message.answer(_("You have no online consultations today that are waiting for a code."))
         return
@@ -48,6 +48,7 @@ async def send_code(query: CallbackQuery, callback_data: CodeCb, profile: ChatPr
         await query.answer(_("This consultation is not in your list."), show_alert=True)
         return
     try:
+        assert doctor.id is not None, "a doctor read from storage"
         await request_code(ctx, doctor.clinic_id, line.visit_id, caller=Caller.of_doctor_chat(doctor.id))
     except NotFound:
         await query.answer(_("This consultation is not in your list."), show_alert=True)

@@ -11,6 +11,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
+from multiprocessing.synchronize import Barrier
 
 from core.logs import get_logger
 from server.face.image import MAX_BYTES, MAX_PIXELS
@@ -19,7 +20,7 @@ from server.face.pipeline import FaceAnalysis, analyse_frame
 WARM_UP_TIMEOUT_S = 300  # loading the models on a busy two-core machine can take a while
 
 log = get_logger(__name__)
-_all_warm = None  # the start-up barrier, set in each worker by the initializer
+_all_warm: Barrier | None = None  # the start-up barrier, set in each worker by the initializer
 
 
 class FacePoolBroken(RuntimeError):
@@ -37,6 +38,7 @@ def _init_worker(barrier) -> None:
 
 def _wait_for_all_workers() -> None:
     """One per worker at start: nobody returns until every worker has finished its initializer."""
+    assert _all_warm is not None, "the initializer ran first in this worker"
     _all_warm.wait(timeout=WARM_UP_TIMEOUT_S)
 
 

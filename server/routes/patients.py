@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from aiohttp import web
+from aiohttp import MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import Field
 
@@ -81,7 +81,7 @@ async def enrol_face(request: web.Request) -> web.Response:
     analyses = await asyncio.gather(*(request.app[FACE_POOL].analyse(image) for image in images),
                                     return_exceptions=True)
     del images
-    bad = []
+    bad, encodings = [], []
     for number, analysis in enumerate(analyses, start=1):
         if isinstance(analysis, ImageRejected):
             raise image_problem(analysis, f"image {number} of {len(analyses)}")
@@ -89,11 +89,14 @@ async def enrol_face(request: web.Request) -> web.Response:
             raise analysis
         if analysis.outcome != "ok":
             bad.append(f"image {number} shows {'no face' if analysis.outcome == 'no_face' else 'several faces'}")
+        else:
+            assert analysis.encoding is not None, "an ok analysis carries its encoding"
+            encodings.append(analysis.encoding)
     if bad:
         raise Problem(422, "enrolment_images_rejected", "; ".join(bad) + ". Each reference photo must show "
                       "exactly one face, the patient's; nothing was enrolled.")
     count = await registry.enrol_face(request.app[CTX], principal(request).clinic_id, patient_id,
-                                      [a.encoding for a in analyses], caller=caller(request))
+                                      encodings, caller=caller(request))
     return web.json_response({"enrolled": count})
 
 
@@ -111,8 +114,11 @@ async def _read_images(request: web.Request) -> list[bytes]:
 async def _read_parts(request: web.Request) -> list[bytes]:
     limit = request.app[SETTINGS].face_max_bytes
     reader = await request.multipart()
-    images = []
+    images: list[bytes] = []
     while (part := await reader.next()) is not None:
+        if isinstance(part, MultipartReader):  # a part that is itself multipart: no name, no bytes of its own
+            raise Problem(422, "invalid_body", "a nested multipart body is not a photo; send each photo as a part "
+                          "named 'image'", field="image")
         if part.name != "image":
             raise Problem(422, "invalid_body", f"unexpected form field '{part.name}'; send each photo as a part "
                           "named 'image'", field=str(part.name))

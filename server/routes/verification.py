@@ -69,8 +69,8 @@ async def verify_code(request: web.Request) -> web.Response:
     if check.outcome is CodeOutcome.LOCKED:
         if check.capped_by is not None:
             wait = check.retry_after
-            who = "this doctor has" if check.capped_by == "doctor" else "this clinic's doctors have"
-            raise Problem(429, f"{check.capped_by}_code_cap", f"{who} entered too many wrong codes this hour; "
+            whose = "this doctor has" if check.capped_by == "doctor" else "this clinic's doctors have"
+            raise Problem(429, f"{check.capped_by}_code_cap", f"{whose} entered too many wrong codes this hour; "
                           f"code checks resume in {wait} s; verify the patient by face (in person) meanwhile",
                           headers={"Retry-After": str(wait)}, result="locked", attempts_left=check.attempts_left)
         raise Problem(429, "code_locked", "too many wrong codes for this visit: its code is locked; verify the "

@@ -108,11 +108,12 @@ async def create_visit(request: web.Request) -> web.Response:
     except ConcurrentWrite:
         if write is None:
             raise
-        earlier = await idempotency.replay(ctx, who.clinic_id, key, write.request_hash)  # a concurrent twin won
+        earlier = await idempotency.replay(ctx, who.clinic_id, write.key, write.request_hash)  # a concurrent twin won
         if earlier is None:
             raise
         return _stored(earlier, replayed=True)
     if write is not None:
+        assert write.response is not None, "register_visit stored it in its transaction"
         return _stored(write.response, visit.id)
     status, text = _created(visit)
     return web.Response(status=status, text=text, content_type="application/json",

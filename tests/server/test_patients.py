@@ -168,6 +168,19 @@ async def test_a_malformed_multipart_body_is_422(client, ctx, tenants):
     assert response.status == 422 and (await response.json())["code"] == "invalid_multipart"
 
 
+async def test_a_nested_multipart_part_is_422_not_500(client, ctx, tenants, faces):
+    """aiohttp reads a part that is itself multipart as a nested reader, which has no name and no bytes to read."""
+    a, _ = tenants
+    await registry.record_consent(ctx, a.clinic_id, a.patient_ids[0], "Nurse")
+    raw = (b"--outer\r\nContent-Disposition: form-data; name=\"image\"\r\n"
+           b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n"
+           b"--inner\r\nContent-Type: image/jpeg\r\n\r\nx\r\n--inner--\r\n\r\n--outer--\r\n")
+    response = await client.put(f"{API}/patients/{a.patient_ids[0]}/face", data=raw, headers={
+        **a.h(), "Content-Type": "multipart/form-data; boundary=outer"})
+    assert response.status == 422 and (await response.json())["code"] == "invalid_body"
+    assert faces.frames_seen == 0
+
+
 async def _patient_by_iin(ctx, clinic_id: int, iin: str):
     async with ctx.uow(read_only=True) as uow:
         return await uow.patients.by_iin(clinic_id, iin)
