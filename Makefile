@@ -28,9 +28,10 @@ test-fast: bootstrap
 	.venv/bin/python -m pytest -n 2 -m "not slow" -k "not postgres" --ignore=tests/face $(PYTEST_ARGS)
 
 # Static checks, each failing with the tool's own message: the layering contracts (lint-imports) are in
-# pyproject.toml [tool.importlinter].
+# pyproject.toml [tool.importlinter], mypy's settings (strict for core) in [tool.mypy].
 lint: bootstrap
 	.venv/bin/lint-imports
+	.venv/bin/mypy
 
 # The whole story in the terminal: real server and bot, a local Bot API stand-in, SQLite. DEMO_ARGS="--lang kk"
 demo: bootstrap
