@@ -29,7 +29,8 @@ _unverified = and_(_billed, _v.c.verified_by.is_(None), _v.c.state != _SCHEDULED
 _disputed = _v.c.state == _DISPUTED
 # The digest's statements are built once with bound parameters (clinic, start, end): a statement this size costs
 # SQLAlchemy as much to build and key for its cache as the database spends answering it.
-_DAY = and_(_v.c.clinic_id == bindparam("clinic"), _v.c.start_at >= bindparam("start"), _v.c.start_at < bindparam("end"))
+_DAY = and_(_v.c.clinic_id == bindparam("clinic"), _v.c.start_at >= bindparam("start"),
+            _v.c.start_at < bindparam("end"))
 _DISPUTED_IN_DAY = and_(_pc.c.clinic_id == bindparam("clinic"), _pc.c.disputed_at >= bindparam("start"),
                         _pc.c.disputed_at < bindparam("end"))
 # Per doctor, everything the digest's totals need: the counting happens in the database, in one pass over the day;

@@ -145,8 +145,9 @@ async def test_several_server_processes_share_one_port_and_stop_together(tmp_pat
     try:
         async with aiohttp.ClientSession() as session:
             await wait_for(session, f"http://127.0.0.1:{port}/healthz", 200, 60)
-            deadline = time.monotonic() + 60
-            while _listening_sockets(port) < 2 and time.monotonic() < deadline:
+            for _ in range(300):  # the second process starts its own interpreter: up to a minute on busy cores
+                if _listening_sockets(port) == 2:
+                    break
                 await asyncio.sleep(0.2)
             assert _listening_sockets(port) == 2
             for _ in range(20):  # new connections, spread by the kernel: every one is answered
@@ -155,10 +156,10 @@ async def test_several_server_processes_share_one_port_and_stop_together(tmp_pat
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            out, err = process.communicate(timeout=90)
+            _, err = process.communicate(timeout=90)
         except subprocess.TimeoutExpired:
             process.kill()
-            out, err = process.communicate()
+            _, err = process.communicate()
     assert process.returncode == 0, err[-3000:]
     assert '"server stopped"' in err and '"processes": 2' in err
     assert _listening_sockets(port) == 0
