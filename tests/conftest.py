@@ -46,7 +46,7 @@ def _pg_reachable() -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-_PG_PROBLEM: str | None | bool = False
+_PG_PROBLEM: str | bool | None = False
 
 
 def pg_or_skip() -> None:
@@ -216,7 +216,7 @@ def pytest_collection_modifyitems(items):
     def allowed_seconds(item) -> float:
         timeout = item.get_closest_marker("timeout")
         if timeout is not None:
-            return float(timeout.args[0])
+            return float(timeout.args[0] if timeout.args else timeout.kwargs.get("timeout", 0))
         return 1.0 if item.get_closest_marker("slow") else 0.0
 
     items.sort(key=allowed_seconds, reverse=True)
