@@ -28,7 +28,7 @@ test-fast: bootstrap
 	.venv/bin/python -m pytest -n 2 -m "not slow" -k "not postgres" --ignore=tests/face $(PYTEST_ARGS)
 
 # Static checks, each failing with the tool's own message: the layering contracts (lint-imports) are in
-# pyproject.toml [tool.importlinter], mypy's settings (strict for core) in [tool.mypy].
+# pyproject.toml [tool.importlinter], mypy's settings (strict) in [tool.mypy].
 lint: bootstrap
 	.venv/bin/lint-imports
 	.venv/bin/mypy

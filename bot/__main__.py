@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from aiogram import Bot, Dispatcher
 from aiohttp import web
 
 from bot.app import (WEBHOOK_PATH, create_bot, create_dispatcher, create_storage, create_webhook_app,
@@ -71,7 +72,7 @@ def shared_pacer(settings: Settings) -> SharedSendPacer | None:
     return SharedSendPacer.from_url(settings.redis_url, settings.send_rate_global, settings.send_rate_per_chat)
 
 
-async def _serve_webhook(settings: Settings, dp, bot, stop: asyncio.Event) -> None:
+async def _serve_webhook(settings: Settings, dp: Dispatcher, bot: Bot, stop: asyncio.Event) -> None:
     assert settings.webhook_secret is not None, "require_secrets(bot=True) demands or invents it in webhook mode"
     secret = settings.webhook_secret.get_secret_value()
     runner = web.AppRunner(create_webhook_app(dp, bot, secret))

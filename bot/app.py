@@ -61,7 +61,8 @@ async def publish_commands(bot: Bot, i18n: I18n) -> None:
 def create_storage(settings: Settings) -> BaseStorage:
     """FSM state in memory for one instance; in Redis when configured, so several instances share it."""
     if settings.redis_url:
-        from aiogram.fsm.storage.redis import DefaultKeyBuilder, RedisStorage
+        from aiogram.fsm.storage.base import DefaultKeyBuilder
+        from aiogram.fsm.storage.redis import RedisStorage
         return RedisStorage.from_url(settings.redis_url, key_builder=DefaultKeyBuilder(with_bot_id=True),
                                      state_ttl=7 * 24 * 3600, data_ttl=7 * 24 * 3600)
     return MemoryStorage()

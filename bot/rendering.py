@@ -18,11 +18,22 @@ from bot.keyboards import answer_keyboard, change_keyboard
 from core.errors import NotFound
 from core.iin import mask_iin
 from core.logs import get_logger
-from core.model import Language, OutboxKind, VisitMode, VisitState
+from core.model import (
+    Clinic,
+    ClinicAdmin,
+    Doctor,
+    Language,
+    OutboxKind,
+    Patient,
+    PatientChange,
+    Visit,
+    VisitMode,
+    VisitState,
+)
 from core.services import Context
 from core.services.chat import chat_language
 from core.services.codes import issue_code
-from core.services.digest import build_digest
+from core.services.digest import Digest, build_digest
 
 log = get_logger("rastau.renderer")
 
@@ -49,8 +60,8 @@ class OutboxRenderer:
 
     # --- recipients ---------------------------------------------------------------------------------------
 
-    async def _patient(self, patient_id: int):
-        """(patient, locale) or None when the patient can't or doesn't want to be written to."""
+    async def _patient(self, patient_id: int) -> tuple[Patient, int, str] | None:
+        """(patient, chat, locale) or None when the patient can't or doesn't want to be written to."""
         async with self._ctx.uow(read_only=True) as uow:
             patient = await uow.patients.get(patient_id)
         if patient.chat_id is None or patient.chat_blocked:
@@ -58,9 +69,10 @@ class OutboxRenderer:
         _chosen, stopped = await chat_language(self._ctx, patient.chat_id)
         if stopped:
             return None
-        return patient, patient.language.value
+        return patient, patient.chat_id, patient.language.value
 
-    async def _admin(self, admin_id: int):
+    async def _admin(self, admin_id: int) -> tuple[ClinicAdmin, int, str] | None:
+        """(admin, chat, locale) or None when the admin has no chat or stopped it."""
         async with self._ctx.uow(read_only=True) as uow:
             admin = await uow.admins.get(admin_id)
         if admin.chat_id is None:
@@ -68,9 +80,9 @@ class OutboxRenderer:
         chosen, stopped = await chat_language(self._ctx, admin.chat_id)
         if stopped:
             return None
-        return admin, (chosen or Language(DEFAULT_LOCALE)).value
+        return admin, admin.chat_id, (chosen or Language(DEFAULT_LOCALE)).value
 
-    async def _visit_facts(self, visit_id: int):
+    async def _visit_facts(self, visit_id: int) -> tuple[Visit, Clinic, Doctor, Patient]:
         async with self._ctx.uow(read_only=True) as uow:
             visit = await uow.visits.get(visit_id)
             clinic = await uow.clinics.get(visit.clinic_id)
@@ -84,49 +96,49 @@ class OutboxRenderer:
         recipient = await self._patient(message.recipient_id)
         if recipient is None or message.visit_id is None:
             return None
-        patient, locale = recipient
+        _patient, chat_id, locale = recipient
         visit, clinic, doctor, _owner = await self._visit_facts(message.visit_id)
         if visit.state is not VisitState.SCHEDULED:
             return None
-        issued = await issue_code(self._ctx, visit.id)
+        issued = await issue_code(self._ctx, message.visit_id)
         if issued is None:
             return None
         with self._i18n.context(), self._i18n.use_locale(locale):
             text = texts.code_message(issued.code, clinic=clinic.name, doctor=doctor.full_name, start=visit.start,
                                       expires=issued.expires_at, online=visit.mode is VisitMode.ONLINE)
-        return [Outgoing(chat_id=patient.chat_id, text=text)]
+        return [Outgoing(chat_id=chat_id, text=text)]
 
     async def _prompt(self, message: OutboxItem) -> list[Outgoing] | None:
         recipient = await self._patient(message.recipient_id)
         if recipient is None or message.visit_id is None:
             return None
-        patient, locale = recipient
+        _patient, chat_id, locale = recipient
         visit, clinic, doctor, _owner = await self._visit_facts(message.visit_id)
         if visit.state in (VisitState.CANCELLED, VisitState.PATIENT_CONFIRMED, VisitState.PATIENT_DISPUTED):
             return None  # nothing to ask: cancelled, or already answered (e.g. from /visits)
         with self._i18n.context(), self._i18n.use_locale(locale):
             text = texts.attendance_question(clinic=clinic.name, doctor=doctor.full_name, start=visit.start,
                                              online=visit.mode is VisitMode.ONLINE)
-            markup = answer_keyboard(visit.id)
-        return [Outgoing(chat_id=patient.chat_id, text=text, reply_markup=markup)]
+            markup = answer_keyboard(message.visit_id)
+        return [Outgoing(chat_id=chat_id, text=text, reply_markup=markup)]
 
     async def _dispute_notice(self, message: OutboxItem) -> list[Outgoing] | None:
         recipient = await self._admin(message.recipient_id)
         if recipient is None or message.visit_id is None:
             return None
-        admin, locale = recipient
+        admin, chat_id, locale = recipient
         visit, clinic, doctor, patient = await self._visit_facts(message.visit_id)
         if visit.clinic_id != admin.clinic_id:
             return None
         with self._i18n.context(), self._i18n.use_locale(locale):
             text = texts.dispute_notice(
-                visit_id=visit.id, clinic=clinic.name, doctor=doctor.full_name, patient=patient.full_name,
+                visit_id=message.visit_id, clinic=clinic.name, doctor=doctor.full_name, patient=patient.full_name,
                 iin_masked=mask_iin(patient.iin), start=visit.start, mode=visit.mode.value,
                 verified_by=visit.verified_by.value if visit.verified_by else None, reason=visit.dispute_reason,
                 reason_update=message.payload.get("update") == "reason")
-        return [Outgoing(chat_id=admin.chat_id, text=text)]
+        return [Outgoing(chat_id=chat_id, text=text)]
 
-    async def _change_facts(self, change_id: int):
+    async def _change_facts(self, change_id: int) -> tuple[PatientChange, Patient, Clinic]:
         async with self._ctx.uow(read_only=True) as uow:
             change = await uow.patient_changes.get(change_id)
             patient = await uow.patients.get(change.patient_id)
@@ -155,7 +167,7 @@ class OutboxRenderer:
         recipient = await self._admin(message.recipient_id)
         if recipient is None:
             return None
-        admin, locale = recipient
+        admin, chat_id, locale = recipient
         change, patient, clinic = await self._change_facts(int(message.payload["change_id"]))
         if change.clinic_id != admin.clinic_id or change.disputed_at is None:
             return None
@@ -163,22 +175,22 @@ class OutboxRenderer:
             text = texts.change_dispute_notice(
                 change_id=change.id, kind=change.kind, clinic=clinic.name, patient=patient.full_name,
                 iin_masked=mask_iin(patient.iin), at=change.at, actor=change.actor, disputed_at=change.disputed_at)
-        return [Outgoing(chat_id=admin.chat_id, text=text)]
+        return [Outgoing(chat_id=chat_id, text=text)]
 
     async def _digest(self, message: OutboxItem) -> list[Outgoing] | None:
         recipient = await self._admin(message.recipient_id)
         if recipient is None:
             return None
-        admin, locale = recipient
+        admin, chat_id, locale = recipient
         clinic_id = int(message.payload["clinic_id"])
         if clinic_id != admin.clinic_id:
             return None
         digest = await build_digest(self._ctx, clinic_id, dt.date.fromisoformat(message.payload["day"]))
         with self._i18n.context(), self._i18n.use_locale(locale):
-            return digest_parts(digest, admin.chat_id)
+            return digest_parts(digest, chat_id)
 
 
-def digest_parts(digest, chat_id: int) -> list[Outgoing]:
+def digest_parts(digest: Digest, chat_id: int) -> list[Outgoing]:
     """The digest text and, unless everything is confirmed, its CSV; in the current locale."""
     text, with_csv = texts.digest_messages(digest)
     parts = [Outgoing(chat_id=chat_id, text=text)]

@@ -20,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.delivery.dispatcher import OutboxDispatcher
 from core.clock import ALMATY, to_local
+from core.config import Settings
 from core.logs import get_logger
 from core.services import Context
 from core.services.digest import queue_daily_digests
@@ -29,7 +30,7 @@ from core.services.visits import close_expired_windows
 log = get_logger("rastau.scheduler")
 
 
-def digest_clock(settings) -> dt.time:
+def digest_clock(settings: Settings) -> dt.time:
     hour, minute = settings.digest_time.split(":")
     return dt.time(int(hour), int(minute))
 

@@ -2,10 +2,11 @@
 scheduled messages). Every dynamic value is HTML-escaped: names come from clinic systems and users."""
 from __future__ import annotations
 
+import datetime as dt
 import io
 
 from aiogram.utils.i18n import get_i18n
-from aiogram.utils.markdown import html_decoration as hd
+from aiogram.utils.text_decorations import html_decoration as hd
 
 from bot.i18n import __, _, day_name, ngettext, short_when, when
 from core import csvfile
@@ -167,7 +168,7 @@ def visit_button_label(n: int, line: VisitLine) -> str:
 
 # --- scheduled messages ----------------------------------------------------------------------------------------
 
-def code_message(code: str, *, clinic: str, doctor: str, start, expires, online: bool) -> str:
+def code_message(code: str, *, clinic: str, doctor: str, start: dt.datetime, expires: dt.datetime, online: bool) -> str:
     loc = locale()
     if online:
         text = _("Your online consultation: {doctor}, {clinic}, {when}.\n\n"
@@ -182,7 +183,7 @@ def code_message(code: str, *, clinic: str, doctor: str, start, expires, online:
         time=q(short_when(expires, loc)))
 
 
-def attendance_question(*, clinic: str, doctor: str, start, online: bool) -> str:
+def attendance_question(*, clinic: str, doctor: str, start: dt.datetime, online: bool) -> str:
     loc = locale()
     if online:
         return _("Did you have an online consultation with {doctor} ({clinic}) on {when}?").format(
@@ -191,8 +192,8 @@ def attendance_question(*, clinic: str, doctor: str, start, online: bool) -> str
                                                                when=q(when(start, loc)))
 
 
-def dispute_notice(*, visit_id: int, clinic: str, doctor: str, patient: str, iin_masked: str, start, mode: str,
-                   verified_by: str | None, reason: str | None, reason_update: bool) -> str:
+def dispute_notice(*, visit_id: int, clinic: str, doctor: str, patient: str, iin_masked: str, start: dt.datetime,
+                   mode: str, verified_by: str | None, reason: str | None, reason_update: bool) -> str:
     loc = locale()
     if reason_update:
         head = _("📝 The patient explained the dispute of visit #{visit_id}.").format(visit_id=visit_id)
@@ -212,7 +213,7 @@ def dispute_notice(*, visit_id: int, clinic: str, doctor: str, patient: str, iin
 
 # --- changes to what identifies a patient ---------------------------------------------------------------------
 
-def change_notice(*, kind: str, clinic: str, at, phone_tail: str) -> str:
+def change_notice(*, kind: str, clinic: str, at: dt.datetime, phone_tail: str) -> str:
     """To the patient (the old chat for a new phone): what changed, where and when, and the way to object."""
     what = str(CHANGE_FOR_PATIENT[kind]).format(last=q(phone_tail))
     return (f"🔔 <b>{q(clinic)}</b>, {q(when(at, locale()))}\n\n{what}\n\n"
@@ -220,8 +221,8 @@ def change_notice(*, kind: str, clinic: str, at, phone_tail: str) -> str:
                 "once."))
 
 
-def change_dispute_notice(*, change_id: int, kind: str, clinic: str, patient: str, iin_masked: str, at, actor: str,
-                          disputed_at) -> str:
+def change_dispute_notice(*, change_id: int, kind: str, clinic: str, patient: str, iin_masked: str, at: dt.datetime,
+                          actor: str, disputed_at: dt.datetime) -> str:
     loc = locale()
     head = _("⚠️ A patient says they did NOT ask for change #{change_id}.").format(change_id=change_id)
     details = [
@@ -359,7 +360,7 @@ def digest_csv(digest: Digest) -> bytes:
     return out.getvalue().encode("utf-8-sig")
 
 
-def _minute(moment) -> str:
+def _minute(moment: dt.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M") if moment else ""
 
 

@@ -6,6 +6,7 @@ request, closed after the last); tests inject a ready Context or a fake face ana
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from aiohttp import hdrs, web, web_protocol
 
@@ -28,7 +29,7 @@ SERVER_NAME = "Rastau"  # instead of aiohttp's "Python/3.11 aiohttp/3.x.y": no v
 log = get_logger("rastau.server")
 
 
-async def _database(app: web.Application):
+async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     engine = create_engine(settings.database_url)
     try:
@@ -39,7 +40,7 @@ async def _database(app: web.Application):
         await engine.dispose()
 
 
-async def _face_pool(app: web.Application):
+async def _face_pool(app: web.Application) -> AsyncIterator[None]:
     from server.face.pool import FacePool  # the worker processes start only in a real server
 
     settings = app[SETTINGS]
@@ -54,7 +55,7 @@ async def _face_pool(app: web.Application):
         await pool.close()
 
 
-def _report_warm_up(task: asyncio.Task) -> None:
+def _report_warm_up(task: asyncio.Task[None]) -> None:
     if task.cancelled():
         return
     if task.exception() is not None:
@@ -74,8 +75,8 @@ async def _on_response_prepare(_request: web.Request, response: web.StreamRespon
     _private_headers(response)
 
 
-def _handle_protocol_error(self, request, status: int = 500, exc: BaseException | None = None,
-                           message: str | None = None) -> web.StreamResponse:
+def _handle_protocol_error(self: web_protocol.RequestHandler, request: web.BaseRequest, status: int = 500,
+                           exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
     """Replaces aiohttp's RequestHandler.handle_error; see _answer_protocol_errors_as_problems."""
     if request.writer.output_size > 0:  # as aiohttp: a response is already on the wire, only closing is left
         raise ConnectionError("Response is sent already, cannot send another response with the error message")

@@ -5,10 +5,13 @@ a key bound to one doctor is scoped by the services it calls (core.services.acce
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from core.services import api_keys
 from core.services.access import Caller
@@ -17,6 +20,7 @@ from server.appkeys import CTX, PRINCIPAL
 from server.problems import Problem
 
 ACCESS_ATTR = "__rastau_access__"
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])  # a route handler, returned as it came
 _CHALLENGE = 'Bearer realm="rastau"'
 
 
@@ -25,20 +29,20 @@ class Access:
     scopes: frozenset[Scope] | None  # None: public (no key needed)
 
 
-def requires(*scopes: Scope):
+def requires(*scopes: Scope) -> Callable[[_Handler], _Handler]:
     """Mark a handler as callable by a key holding any one of ``scopes``."""
-    def mark(handler):
+    def mark(handler: _Handler) -> _Handler:
         setattr(handler, ACCESS_ATTR, Access(frozenset(scopes)))
         return handler
     return mark
 
 
-def public(handler):
+def public(handler: _Handler) -> _Handler:
     setattr(handler, ACCESS_ATTR, Access(None))
     return handler
 
 
-def access_of(handler) -> Access | None:
+def access_of(handler: object) -> Access | None:
     return getattr(handler, ACCESS_ATTR, None)
 
 
@@ -47,7 +51,7 @@ def principal(request: web.Request) -> ApiPrincipal:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler):
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.match_info.http_exception is not None:  # no route: let aiohttp answer 404/405
         return await handler(request)
     access = access_of(request.match_info.handler)

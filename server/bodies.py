@@ -41,7 +41,7 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="after")
-    def _storable_text(self):
+    def _storable_text(self) -> Body:
         """NUL is valid JSON but PostgreSQL cannot store it in text: refuse it here as a 422."""
         for name, value in self:
             if isinstance(value, str) and "\x00" in value:
@@ -59,11 +59,11 @@ class BodySchema(GenerateJsonSchema):
     def str_schema(self, schema: core_schema.StringSchema) -> JsonSchemaValue:
         return {"pattern": STORABLE_TEXT_PATTERN, **super().str_schema(schema)}
 
-    def field_title_should_be_set(self, schema) -> bool:
+    def field_title_should_be_set(self, schema: object) -> bool:
         return False
 
 
-def _integral(value):
+def _integral(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
@@ -77,7 +77,7 @@ class _DuplicateKey(ValueError):
         self.key = key
 
 
-def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict:
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     seen = {}
     for key, value in pairs:
         if key in seen:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from core.phone import normalise_phone
 from core.services import Context, registry
 from core.services.access import BULK_ENROL
 from server.face.image import ImageRejected
+from server.face.pipeline import FaceAnalysis
 from server.face.pool import FacePool, FacePoolBroken
 
 COLUMNS = ("iin", "full_name", "phone", "language", "photo")
@@ -135,11 +137,12 @@ async def analyse_photos(row: Row, photos_dir: Path, pool: FacePool) -> Row:
         if analysis.outcome == "multiple_faces":
             raise RowFailed("multiple_faces", f"{name}: several faces found; use a photo of the patient alone",
                             name)
+        assert analysis.encoding is not None, "an ok analysis carries its encoding"
         row.encodings.append(analysis.encoding)
     return row
 
 
-async def _analyse_once_more_if_worker_died(pool: FacePool, data: bytes):
+async def _analyse_once_more_if_worker_died(pool: FacePool, data: bytes) -> FaceAnalysis:
     try:
         return await pool.analyse(data)
     except FacePoolBroken:
@@ -147,7 +150,8 @@ async def _analyse_once_more_if_worker_died(pool: FacePool, data: bytes):
 
 
 async def enrol_rows(ctx: Context, pool: FacePool, clinic_id: int, rows: list[tuple[int, dict[str, str]]],
-                     photos_dir: Path, consent_by: str, on_row_done) -> tuple[int, list[Failure]]:
+                     photos_dir: Path, consent_by: str,
+                     on_row_done: Callable[[], object]) -> tuple[int, list[Failure]]:
     """Validate every row, analyse photos with all workers busy, then write the good rows in file order."""
     failures: list[Failure] = []
     seen_iins: dict[str, int] = {}

@@ -12,6 +12,7 @@ import uuid
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from core.logs import get_logger
 from server.appkeys import METRICS, REQUEST_ID
@@ -27,7 +28,7 @@ def route_template(request: web.Request) -> str:
 
 
 @web.middleware
-async def observe_middleware(request: web.Request, handler):
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     offered = request.headers.get("X-Request-ID", "")
     request_id = offered if _SAFE_REQUEST_ID.match(offered) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id

@@ -7,6 +7,8 @@ routes the app serves, with the scopes each handler demands, and that real respo
 """
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from typing import Any
 
 from core.codes import CodeOutcome
@@ -25,29 +27,30 @@ _NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 _YEAR_2000_2100 = r"^(20[0-9]{2}|2100)-"
 _DAY = {"type": "string", "format": "date", "pattern": _YEAR_2000_2100 + r"[0-9]{2}-[0-9]{2}$"}
+Json = dict[str, Any]  # a piece of the OpenAPI document
 _REF_TEMPLATE = "#/components/schemas/{model}"
 
 
-def _ref(name: str) -> dict:
+def _ref(name: str) -> Json:
     return {"$ref": _REF_TEMPLATE.format(model=name)}
 
 
-def _json(schema: dict) -> dict:
+def _json(schema: Json) -> Json:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _enum(members, *, nullable: bool = False) -> dict:
+def _enum(members: Iterable[enum.Enum], *, nullable: bool = False) -> Json:
     """The values of a domain enum, so the document follows the code."""
     return {"enum": [member.value for member in members] + [None] * nullable}
 
 
-def _json_body(model: type[Body], *, required: bool = True) -> dict:
+def _json_body(model: type[Body], *, required: bool = True) -> Json:
     return {"required": required, **_json(_ref(model.__name__))}
 
 
-def _body_schemas(*models: type[Body]) -> dict:
+def _body_schemas(*models: type[Body]) -> Json:
     """components/schemas entries for the request bodies, each model's nested definitions beside it."""
-    schemas: dict = {}
+    schemas: Json = {}
     for model in models:
         schema = model.model_json_schema(ref_template=_REF_TEMPLATE, schema_generator=BodySchema)
         schemas.update(schema.pop("$defs", {}))
@@ -72,12 +75,12 @@ _PROBLEM_STATUSES = {
 }
 
 
-def _op(op_id: str, summary: str, scopes: tuple[str, ...] | None, ok: dict[int, dict], problems: tuple[int, ...],
-        *, body: dict | None = None, parameters: list | None = None, description: str = "") -> dict:
+def _op(op_id: str, summary: str, scopes: tuple[str, ...] | None, ok: dict[int, Json], problems: tuple[int, ...],
+        *, body: Json | None = None, parameters: list[Json] | None = None, description: str = "") -> Json:
     responses = {str(status): response for status, response in ok.items()}
     for status in problems:
         responses[str(status)] = {"$ref": f"#/components/responses/Problem{status}"}
-    op: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": responses}
+    op: Json = {"operationId": op_id, "summary": summary, "responses": responses}
     if description:
         op["description"] = description
     if scopes is None:
@@ -91,14 +94,14 @@ def _op(op_id: str, summary: str, scopes: tuple[str, ...] | None, ok: dict[int, 
     return op
 
 
-def _ok(schema: dict, description: str = "OK", links: dict | None = None) -> dict:
+def _ok(schema: Json, description: str = "OK", links: Json | None = None) -> Json:
     response = {"description": description, **_json(schema)}
     if links:
         response["links"] = links
     return response
 
 
-def _links(parameter: str, *operation_ids: str) -> dict:
+def _links(parameter: str, *operation_ids: str) -> Json:
     """Where the new record's id can be used next (lets stateful API testers follow the flow)."""
     return {op: {"operationId": op, "parameters": {parameter: "$response.body#/id"}} for op in operation_ids}
 

@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from core.errors import (
@@ -48,14 +49,15 @@ _AIOHTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "body_
 class Problem(Exception):
     """Raise from a handler to answer with a problem document."""
 
-    def __init__(self, status: int, code: str, detail: str, *, headers: dict | None = None, **extra):
+    def __init__(self, status: int, code: str, detail: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any):
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
         self.headers, self.extra = headers or {}, extra
 
 
-def problem_response(status: int, code: str, detail: str, *, headers: dict | None = None,
-                     **extra) -> web.Response:
+def problem_response(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None,
+                     **extra: Any) -> web.Response:
     body = {"type": f"urn:rastau:problem:{code.replace('_', '-')}", "title": HTTPStatus(status).phrase,
             "status": status, "detail": detail, "code": code, **extra}
     return web.Response(status=status, text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_JSON,
@@ -108,7 +110,7 @@ def image_problem(exc: ImageRejected, which: str | None = None) -> Problem:
 
 
 @web.middleware
-async def problem_middleware(request: web.Request, handler):
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Problem as exc:

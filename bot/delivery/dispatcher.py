@@ -26,6 +26,7 @@ from aiogram.types import BufferedInputFile
 
 from bot.delivery.limits import Pacer, SendPacer, TooLate
 from bot.delivery.types import OutboxItem, Outgoing, Renderer
+from core.db.repositories import AnyRow
 from core.logs import get_logger
 from core.model import OutboxStatus, Recipient
 from core.services import Context
@@ -115,7 +116,7 @@ class OutboxDispatcher:
                 except asyncio.TimeoutError:
                     pass
 
-    async def _deliver(self, row, send_by: float) -> None:
+    async def _deliver(self, row: AnyRow, send_by: float) -> None:
         item = OutboxItem(id=row.id, kind=row.kind, recipient_kind=Recipient(row.recipient_kind),
                           recipient_id=row.recipient_id, visit_id=row.visit_id,
                           payload=json.loads(row.payload or "{}"), attempts=row.attempts, failures=row.failures)
@@ -215,7 +216,8 @@ class OutboxDispatcher:
         log.warning("recipient blocked the bot; not retrying", outbox_id=item.id, kind=item.kind,
                     recipient_kind=item.recipient_kind)
 
-    async def _finish(self, message_id: int, status: OutboxStatus, error: str | None, chat_message_id: int | None = None):
+    async def _finish(self, message_id: int, status: OutboxStatus, error: str | None,
+                      chat_message_id: int | None = None) -> None:
         async with self._ctx.uow() as uow:
             ours = await uow.outbox.finish(message_id, status, self._ctx.clock.now(), error=error,
                                            chat_message_id=chat_message_id, worker_id=self.worker_id)

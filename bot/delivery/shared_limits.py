@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -122,7 +123,7 @@ class SharedSendPacer(SendPacer):
         super().__init__(global_rate, chat_rate, store=self._redis_store, hold=hold)
 
     @classmethod
-    def from_url(cls, url: str, global_rate: float, chat_rate: float, **kwargs) -> SharedSendPacer:
+    def from_url(cls, url: str, global_rate: float, chat_rate: float, **kwargs: Any) -> SharedSendPacer:
         return cls(Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5), global_rate, chat_rate, **kwargs)
 
     async def close(self) -> None:

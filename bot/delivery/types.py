@@ -14,7 +14,7 @@ class OutboxItem:
     recipient_kind: Recipient
     recipient_id: int
     visit_id: int | None
-    payload: dict = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0  # times claimed, crashed claims included
     failures: int = 0  # sends that failed so far: what the retry budget counts
 

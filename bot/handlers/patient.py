@@ -2,6 +2,8 @@
 "this wasn't me" about a change to the patient's face, phone or consent."""
 from __future__ import annotations
 
+import datetime as dt
+
 from aiogram import Bot, F, Router
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
@@ -40,7 +42,7 @@ def _refusal(exc: IllegalTransition) -> str:
     return _("This answer can't be recorded for this visit.")
 
 
-def _disputable(line: VisitLine, now) -> bool:
+def _disputable(line: VisitLine, now: dt.datetime) -> bool:
     """Started, not cancelled, not disputed already, and not a confirmation that became final."""
     if line.start > now or line.state in (VisitState.CANCELLED, VisitState.PATIENT_DISPUTED):
         return False

@@ -59,7 +59,9 @@ def _detect(rgb: np.ndarray, max_side: int, upsample: int) -> list[tuple[int, in
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     if scale == 1.0:
-        return face_recognition.face_locations(rgb, number_of_times_to_upsample=upsample)
+        located: list[tuple[int, int, int, int]] = face_recognition.face_locations(
+            rgb, number_of_times_to_upsample=upsample)
+        return located
     small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                        interpolation=cv2.INTER_AREA)
     found = face_recognition.face_locations(small, number_of_times_to_upsample=upsample)

@@ -27,7 +27,7 @@ class FacePoolBroken(RuntimeError):
     """A face worker died while this frame was in the pool; the pool has restarted itself, send it again."""
 
 
-def _init_worker(barrier) -> None:
+def _init_worker(barrier: Barrier) -> None:
     """Load the models and run them once, so the first real frame is as fast as the rest."""
     global _all_warm
     from server.face.pipeline import warm_up
@@ -51,7 +51,7 @@ class FacePool:
         self._context = multiprocessing.get_context("spawn")
         self._executor: ProcessPoolExecutor | None = None
         self._warm = False
-        self._warming: asyncio.Task | None = None
+        self._warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Spawn the workers and return once every one of them has loaded the models."""

@@ -16,7 +16,7 @@ API = "/api/v1"
 routes = web.RouteTableDef()
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     if isinstance(value, dict):
@@ -26,7 +26,7 @@ def _plain(value):
     return value
 
 
-def digest_json(found: digest.Digest) -> dict:
+def digest_json(found: digest.Digest) -> dict[str, object]:
     return {"clinic_id": found.clinic_id, "clinic_name": found.clinic_name, "date": found.day.isoformat(),
             "all_confirmed": found.all_confirmed, "totals": found.totals,
             "per_doctor": [_plain(dataclasses.asdict(d)) for d in found.per_doctor],

@@ -42,7 +42,7 @@ class ConsentIn(Body):
     recorded_by: str = Field(min_length=1, max_length=200, description="who took the consent (staff name or id)")
 
 
-def patient_json(patient: Patient) -> dict:
+def patient_json(patient: Patient) -> dict[str, object]:
     """No IIN in answers: the clinic system sent it and knows it; responses get logged by proxies."""
     return {"id": patient.id, "full_name": patient.full_name, "phone": patient.phone,
             "language": patient.language.value, "chat_linked": patient.chat_id is not None,

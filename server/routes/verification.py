@@ -51,7 +51,7 @@ async def verify_face(request: web.Request) -> web.Response:
         await faces.release_face_attempt(ctx, attempt)  # no decision was made: the attempt is not counted
         raise
     request.app[METRICS].face_decisions.labels(result.decision.value).inc()
-    body: dict = {"decision": result.decision.value}
+    body: dict[str, object] = {"decision": result.decision.value}
     if result.retry_after is not None:
         body["face_locked_for_seconds"] = result.retry_after
     return web.json_response(body)

@@ -52,7 +52,7 @@ def _iso(moment: dt.datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def visit_json(visit: Visit) -> dict:
+def visit_json(visit: Visit) -> dict[str, object]:
     return {"id": visit.id, "doctor_id": visit.doctor_id, "patient_id": visit.patient_id,
             "start": _iso(visit.start), "start_local": visit.start.astimezone(ALMATY).isoformat(),
             "duration_minutes": int(visit.duration.total_seconds() // 60), "mode": visit.mode.value,
@@ -67,7 +67,7 @@ def visit_json(visit: Visit) -> dict:
                                "dispute_reason": visit.dispute_reason}}
 
 
-def event_json(event: VisitEvent) -> dict:
+def event_json(event: VisitEvent) -> dict[str, object]:
     return {"at": _iso(event.at), "step": event.step,
             "from_state": event.from_state.value if event.from_state else None, "to_state": event.to_state.value,
             "actor": getattr(event.actor, "value", event.actor), "method": event.method, "detail": event.detail}
@@ -77,7 +77,8 @@ def _created(visit: Visit) -> tuple[int, str]:
     return 201, json.dumps(visit_json(visit), ensure_ascii=False)
 
 
-def _stored(response: idempotency.StoredResponse, visit_id: int | None = None, replayed: bool = False):
+def _stored(response: idempotency.StoredResponse, visit_id: int | None = None,
+            replayed: bool = False) -> web.Response:
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     if visit_id is None:
         visit_id = json.loads(response.body)["id"]
