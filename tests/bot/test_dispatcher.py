@@ -19,8 +19,8 @@ from core.clock import SystemClock
 from core.db import tables as t
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context
-from tests.bot.dispatch_support import TOKEN, EchoRenderer, make_bot, queue, statuses
 from devkit.botapi import BotApiStandIn
+from tests.bot.dispatch_support import TOKEN, EchoRenderer, make_bot, queue, statuses
 
 ROOT = Path(__file__).parents[2]
 
@@ -130,7 +130,7 @@ async def test_a_crash_after_the_text_does_not_repeat_it_after_restart(ctx, bot,
     mid = await queue(ctx, 1001, "digest", file="digest.csv")
     standin.fail_next(1, "slow", method="sendDocument")
     crashing = asyncio.create_task(OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1").drain())
-    while not any(r.method == "sendDocument" for r in standin.requests):
+    while not any(r.method == "sendDocument" for r in standin.requests):  # noqa: ASYNC110 - the stand-in's log has no event
         await asyncio.sleep(0.01)
     crashing.cancel()  # the process dies while the document is on its way
     with pytest.raises(asyncio.CancelledError):

@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import sqlalchemy as sa  # noqa: E402
 from aiogram import Bot  # noqa: E402
 from aiogram.client.session.aiohttp import AiohttpSession  # noqa: E402
 from aiogram.client.telegram import TelegramAPIServer  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
 
 from bot.delivery.dispatcher import OutboxDispatcher  # noqa: E402
 from bot.i18n import make_i18n  # noqa: E402

@@ -182,7 +182,7 @@ class ForkServer:
         try:
             await asyncio.wait_for(self._ready[pid].wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def is_ready(self, pid: int) -> bool:
@@ -361,7 +361,7 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
                     standin.echo = on_accept
                     try:
                         await asyncio.wait_for(fired.wait(), 0.8)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         run.kind = "accept-timeout"  # fewer than k messages were due: killed when idle
                     finally:
                         standin.echo = None
@@ -510,7 +510,7 @@ async def assert_visits_consistent(ctx, verified: set[int]) -> None:
             assert used.get(v.id) is not None, v
         moves = [e for e in chain[v.id] if e.from_state != e.to_state]
         assert moves and moves[0].step == "register" and moves[0].from_state is None, v
-        for prev, nxt in zip(moves, moves[1:]):
+        for prev, nxt in itertools.pairwise(moves):
             assert nxt.from_state == prev.to_state, (v.id, prev, nxt)
         assert moves[-1].to_state == v.state, v
 
@@ -518,7 +518,8 @@ async def assert_visits_consistent(ctx, verified: set[int]) -> None:
 async def test_claims_left_by_crashed_dispatchers_do_not_spend_the_retry_budget(ctx, standin):
     """Only failed sends count against the retry budget: a dozen crashed claims, then one Telegram 500,
     and the message still goes out once."""
-    from bot.delivery.dispatcher import MAX_FAILURES as MAX_ATTEMPTS, OutboxDispatcher
+    from bot.delivery.dispatcher import MAX_FAILURES as MAX_ATTEMPTS
+    from bot.delivery.dispatcher import OutboxDispatcher
     from tests.bot.dispatch_support import EchoRenderer, make_bot, queue
 
     message_id = await queue(ctx, 4242, "after many crashes")

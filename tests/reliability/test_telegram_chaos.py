@@ -186,7 +186,7 @@ class LossyProxy:
                     raise asyncio.CancelledError  # aiohttp ends the request without an answer, as the stand-in does
                 try:
                     await asyncio.wait_for(self._closing.wait(), self.slow_seconds)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         return web.Response(status=status, body=payload, content_type="application/json")
 

@@ -263,7 +263,7 @@ async def test_face_caps_hold_across_two_server_processes_sharing_postgresql(sha
                 async with session.post(f"{base}{API}/visits/{visit_id}/face", data=frame, headers=headers) as r:
                     return r.status, await r.json(), base
 
-            for name, (patient_id, clinic_id) in world["patients"].items():  # real photos, enrolled over HTTP
+            for patient_id, clinic_id in world["patients"].values():  # real photos, enrolled over HTTP
                 form = aiohttp.FormData()
                 form.add_field("image", (FACES / "obama/obama1.jpg").read_bytes(), filename="1.jpg",
                                content_type="image/jpeg")
