@@ -17,6 +17,7 @@ def main() -> None:
     app = web.Application()
     app.router.add_post(r"/api/v1/visits/{visit_id:\d+}/code", verify)
     app.router.add_get("/healthz", lambda _: web.json_response({"status": "ok"}))
+    app.router.add_get("/readyz", lambda _: web.json_response({"status": "ready"}))
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 
 

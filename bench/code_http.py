@@ -105,6 +105,22 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(int(child)) for child in children)
 
 
+async def _wait_warm(base: str, process: subprocess.Popen) -> None:
+    """Until /readyz answers 200 on ten fresh connections in a row: every server process has its face worker warm,
+    so no model loading competes with the load for the cores (or counts in the server's CPU)."""
+    ready_in_a_row = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(3000):
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            async with session.get(base + "/readyz") as response:
+                ready_in_a_row = ready_in_a_row + 1 if response.status == 200 else 0
+            if ready_in_a_row == 10:
+                return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the server's face workers did not become ready")
+
+
 async def _serve_and_load(argv: list[str], env: dict[str, str], port: int, api_key: str,
                           codes: list[tuple[int, str]]) -> dict:
     """Start the server, wait for it, load it; with the CPU the server and the load generator spent per request."""
@@ -112,6 +128,7 @@ async def _serve_and_load(argv: list[str], env: dict[str, str], port: int, api_k
     try:
         async with aiohttp.ClientSession() as session:
             await wait_healthy(session, f"http://127.0.0.1:{port}", process)
+        await _wait_warm(f"http://127.0.0.1:{port}", process)
         server_before, client_before = cpu_seconds(process.pid), sum(os.times()[:2])
         result = await load(f"http://127.0.0.1:{port}", api_key, codes)
         result["server_cpu_ms"] = (cpu_seconds(process.pid) - server_before) * 1000 / result["requests"]
