@@ -334,6 +334,15 @@ _COUNT_CODE_ATTEMPT = (update(t.visits)
                        .returning(*t.visits.c, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference")))
 _SAVE_VISIT = update(t.visits).where(t.visits.c.id == bindparam("the_visit"))  # SET: the parameters' columns
 _ADD_EVENT = insert(t.visit_events)
+_STATE_COLUMNS = ("state", "verified_by", "verified_at", "answered_at", "dispute_reason", "attended_claim_at",
+                  "verified_enrolment_id")
+_EVENT_COLUMNS = ("visit_id", "at", "step", "from_state", "to_state", "actor", "method", "detail")
+# PostgreSQL: the state and the event that changed it as one statement (a data-modifying CTE; SQLite has none).
+_SAVE_VISIT_WITH_EVENT = (
+    update(t.visits).where(t.visits.c.id == bindparam("the_visit"))
+    .values({name: bindparam(f"visit_{name}", type_=t.visits.c[name].type) for name in _STATE_COLUMNS})
+    .add_cte(insert(t.visit_events).values({name: bindparam(f"event_{name}", type_=t.visit_events.c[name].type)
+                                            for name in _EVENT_COLUMNS}).cte("event")))
 
 
 def _visit(row: AnyRow) -> Visit:
@@ -344,6 +353,12 @@ def _visit(row: AnyRow) -> Visit:
                  attended_claim_at=row.attended_claim_at, registered_at=row.created_at,
                  registered_late=row.registered_late, verified_enrolment_id=row.verified_enrolment_id,
                  enrolled_at=row.enrolled_at, fresh_reference=bool(row.fresh_reference))
+
+
+def _event_row(visit_id: int, event: VisitEvent) -> dict[str, object]:
+    return dict(visit_id=visit_id, at=event.at, step=event.step,
+                from_state=event.from_state.value if event.from_state else None, to_state=event.to_state.value,
+                actor=event.actor.value, method=event.method, detail=event.detail)
 
 
 class VisitRepo(_Repo):
@@ -372,20 +387,27 @@ class VisitRepo(_Repo):
     async def save(self, visit: Visit) -> None:
         """Persist state fields and write each pending event to the events table and the audit chain."""
         assert visit.id is not None, "a visit is saved after it was added"
-        await self.conn.execute(_SAVE_VISIT, dict(
-            the_visit=visit.id, state=visit.state.value,
-            verified_by=visit.verified_by.value if visit.verified_by else None, verified_at=visit.verified_at,
-            answered_at=visit.answered_at, dispute_reason=visit.dispute_reason,
-            attended_claim_at=visit.attended_claim_at, verified_enrolment_id=visit.verified_enrolment_id))
-        for event in visit.pending_events:
-            await self.record_event(visit.id, event)
-        visit.pending_events.clear()
+        state = dict(state=visit.state.value, verified_by=visit.verified_by.value if visit.verified_by else None,
+                     verified_at=visit.verified_at, answered_at=visit.answered_at,
+                     dispute_reason=visit.dispute_reason, attended_claim_at=visit.attended_claim_at,
+                     verified_enrolment_id=visit.verified_enrolment_id)
+        events = visit.pending_events
+        if len(events) == 1 and self.conn.dialect.name == "postgresql":  # one round trip, not two
+            await self.conn.execute(_SAVE_VISIT_WITH_EVENT, {
+                "the_visit": visit.id, **{f"visit_{k}": v for k, v in state.items()},
+                **{f"event_{k}": v for k, v in _event_row(visit.id, events[0]).items()}})
+            await self._audit_event(visit.id, events[0])
+        else:
+            await self.conn.execute(_SAVE_VISIT, {"the_visit": visit.id, **state})
+            for event in events:
+                await self.record_event(visit.id, event)
+        events.clear()
 
     async def record_event(self, visit_id: int, event: VisitEvent) -> None:
-        await self.conn.execute(_ADD_EVENT, dict(
-            visit_id=visit_id, at=event.at, step=event.step,
-            from_state=event.from_state.value if event.from_state else None, to_state=event.to_state.value,
-            actor=event.actor.value, method=event.method, detail=event.detail))
+        await self.conn.execute(_ADD_EVENT, _event_row(visit_id, event))
+        await self._audit_event(visit_id, event)
+
+    async def _audit_event(self, visit_id: int, event: VisitEvent) -> None:
         await self._audit.append(event.at, event.actor.value, f"visit.{event.step}", f"visit:{visit_id}",
                                  {"from": event.from_state.value if event.from_state else None,
                                   "to": event.to_state.value, "method": event.method})
