@@ -33,17 +33,17 @@ PGBENCH_THREADS = 2
 TARGET_VS_PGBENCH = 0.3
 TARGET_SQLITE = 300.0
 WHY_MISSED_PG = (
-    "- why PostgreSQL misses: the cost is the server's CPU, not the database's. A verified check is ten round trips "
+    "- why PostgreSQL misses: the cost is the server's CPU, not the database's. A verified check is nine round trips "
     "(the key lookup; BEGIN, the attempt counted with the visit returned, the code and both caps read, the code "
-    "used, the state saved, its event, the audit head claimed, the audit row chained with the head moved; COMMIT) "
-    "to pgbench's seven, and each statement costs the server about 0.15–0.2 ms of Python in SQLAlchemy and asyncpg "
-    "where pgbench's C client spends microseconds; with aiohttp, the middlewares and the service that is the "
+    "used, the state saved with its event, the audit head claimed, the audit row chained with the head moved; "
+    "COMMIT) to pgbench's seven, and each statement costs the server about 0.15–0.2 ms of Python in SQLAlchemy and "
+    "asyncpg where pgbench's C client spends microseconds; with aiohttp, the middlewares and the service that is the "
     "'server CPU per check' column. On 2 cores shared by the server, PostgreSQL, the load generator (itself "
     "Python) and, during this run, other work (the load average), the rate is what the cores' time divided by the "
     "CPU all three spend per check allows; a second server process adds little when no core is idle. What is "
-    "left: the state save, its event and the code's use as one statement (a data-modifying CTE on PostgreSQL); "
-    "and the one audit-chain head, which every verification of every clinic still waits on for one statement and "
-    "the commit — one chain per clinic would let clinics verify in parallel (not this benchmark's one clinic).")
+    "left: the code's use could join the state's statement too; and the one audit-chain head, which every "
+    "verification of every clinic still waits on for one statement and the commit — one chain per clinic would let "
+    "clinics verify in parallel (not this benchmark's one clinic).")
 WHY_MISSED_SQLITE = (
     "- why SQLite misses: it admits one writer at a time, so the rate is one over the time a check holds the write "
     "lock, and that is mostly the server's CPU: each statement crosses to aiosqlite's thread and back (cursor, "
