@@ -27,9 +27,10 @@ test: bootstrap
 test-fast: bootstrap
 	.venv/bin/python -m pytest -n 2 -m "not slow" -k "not postgres" --ignore=tests/face $(PYTEST_ARGS)
 
-# Static checks, each failing with the tool's own message: the layering contracts (lint-imports) are in
-# pyproject.toml [tool.importlinter], mypy's settings (strict) in [tool.mypy].
+# Static checks, each failing with the tool's own message: ruff's rules are in pyproject.toml [tool.ruff], the
+# layering contracts (lint-imports) in [tool.importlinter], mypy's (strict) in [tool.mypy].
 lint: bootstrap
+	.venv/bin/ruff check core server bot devkit bench tests scripts
 	.venv/bin/lint-imports
 	.venv/bin/mypy
 

@@ -38,8 +38,9 @@ async def _queue(ctx: Context, count: int, chats: int) -> None:
     async with ctx.uow() as uow:
         for n in range(count):
             chat = 10_000 + n % chats
-            await uow.outbox.add(OutboxMessage(kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=chat,
-                                               due_at=now, payload={"chat_id": chat, "text": f"message {n}"}), now)
+            await uow.outbox.add(OutboxMessage(kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT,
+                                               recipient_id=chat, due_at=now,
+                                               payload={"chat_id": chat, "text": f"message {n}"}), now)
         await uow.commit()
 
 

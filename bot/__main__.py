@@ -10,8 +10,7 @@ import signal
 from aiogram import Bot, Dispatcher
 from aiohttp import web
 
-from bot.app import (WEBHOOK_PATH, create_bot, create_dispatcher, create_storage, create_webhook_app,
-                     publish_commands)
+from bot.app import WEBHOOK_PATH, create_bot, create_dispatcher, create_storage, create_webhook_app, publish_commands
 from bot.delivery.dispatcher import OutboxDispatcher
 from bot.delivery.shared_limits import SharedSendPacer
 from bot.i18n import make_i18n

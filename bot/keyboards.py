@@ -3,7 +3,7 @@ pressing user's own rows before anything changes."""
 from __future__ import annotations
 
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import (InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton, ReplyKeyboardMarkup)
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton, ReplyKeyboardMarkup
 
 from bot.i18n import _
 
@@ -48,8 +48,10 @@ def contact_keyboard() -> ReplyKeyboardMarkup:
 
 def answer_keyboard(visit_id: int) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=[[
-        InlineKeyboardButton(text=_("✅ Yes, I was there"), callback_data=AnswerCb(action="yes", visit_id=visit_id).pack()),
-        InlineKeyboardButton(text=_("❌ I wasn't there"), callback_data=AnswerCb(action="no", visit_id=visit_id).pack()),
+        InlineKeyboardButton(text=_("✅ Yes, I was there"),
+                             callback_data=AnswerCb(action="yes", visit_id=visit_id).pack()),
+        InlineKeyboardButton(text=_("❌ I wasn't there"),
+                             callback_data=AnswerCb(action="no", visit_id=visit_id).pack()),
     ]])
 
 

@@ -8,14 +8,13 @@ import io
 from aiogram.utils.i18n import get_i18n
 from aiogram.utils.text_decorations import html_decoration as hd
 
-from bot.i18n import __, _, day_name, ngettext, short_when, when
+from bot.i18n import _, __, day_name, ngettext, short_when, when
 from core import csvfile
 from core.model import VisitMode, VisitState
 from core.services.chat import ChatProfile
-from core.services.visit_lists import PATIENT_HISTORY_DAYS, VisitLine
 from core.services.digest import Digest, DigestRow
-from core.services.patient_changes import (CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED,
-                                           PHONE_CHANGED)
+from core.services.patient_changes import CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED
+from core.services.visit_lists import PATIENT_HISTORY_DAYS, VisitLine
 
 MAX_TEXT = 4000  # Telegram's limit is 4096 characters; keep room for the "and N more" line
 MAX_FLAGGED_LINES = 40

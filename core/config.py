@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     def pepper_bytes(self) -> bytes:
         return _secret_bytes(self.api_key_pepper, "RASTAU_API_KEY_PEPPER", min_len=16)
 
-    def require_secrets(self, *, bot: bool = False) -> "Settings":
+    def require_secrets(self, *, bot: bool = False) -> Settings:
         """Check secrets at start. Production: name every missing one and stop. Dev: invent them, loudly."""
         needed = {"RASTAU_CODE_HMAC_KEY": "code_hmac_key", "RASTAU_TEMPLATE_KEY": "template_key",
                   "RASTAU_API_KEY_PEPPER": "api_key_pepper"}
@@ -143,13 +143,14 @@ class Settings(BaseSettings):
                     + "\n(or set RASTAU_MODE=dev on a developer machine to use throwaway secrets)")
             return self
         invented = {}
-        for env, attr in needed.items():
+        for attr in needed.values():
             if getattr(self, attr) is None and attr != "bot_token":
                 invented[attr] = SecretStr(secrets.token_urlsafe(32))
         if invented:
-            print("!" * 78 + "\n!! RASTAU DEV MODE: throwaway secrets generated for "
-                  + ", ".join(sorted(invented)) + ".\n!! Codes and face references made now will not verify "
-                  "after a restart. Never use dev mode with real patients.\n" + "!" * 78, file=sys.stderr)
+            banner = ("!" * 78 + "\n!! RASTAU DEV MODE: throwaway secrets generated for "
+                      + ", ".join(sorted(invented)) + ".\n!! Codes and face references made now will not verify "
+                      "after a restart. Never use dev mode with real patients.\n" + "!" * 78)
+            print(banner, file=sys.stderr)  # noqa: T201 - on the terminal whatever the log format
         return self.model_copy(update=invented)
 
 

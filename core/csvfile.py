@@ -8,7 +8,8 @@ telling a phone from a formula is the guess this rule exists to avoid. Numbers a
 from __future__ import annotations
 
 import csv
-from typing import IO, Any, Iterable
+from collections.abc import Iterable
+from typing import IO, Any
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 

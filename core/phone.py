@@ -32,9 +32,8 @@ def normalise_phone(raw: str) -> str:
     if len(body) == 10:
         body = "7" + body
     if len(body) != 11 or not body.startswith("7"):
-        raise InvalidPhone(
-            f"a Kazakhstan number has 10 digits after +7 (e.g. +7 701 123 45 67); got {len(body) - 1 if body.startswith('7') else len(body)}"
-        )
+        after_7 = len(body) - 1 if body.startswith("7") else len(body)
+        raise InvalidPhone(f"a Kazakhstan number has 10 digits after +7 (e.g. +7 701 123 45 67); got {after_7}")
     if body[1] not in "67":
         raise InvalidPhone("not a Kazakhstan number: after +7 it must start with 7 (mobile) or 6 (landline)")
     return "+" + body

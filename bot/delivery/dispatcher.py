@@ -20,8 +20,13 @@ import socket
 import time
 
 from aiogram import Bot
-from aiogram.exceptions import (TelegramAPIError, TelegramBadRequest, TelegramForbiddenError,
-                                TelegramNotFound, TelegramRetryAfter)
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+)
 from aiogram.types import BufferedInputFile
 
 from bot.delivery.limits import Pacer, SendPacer, TooLate
@@ -107,13 +112,13 @@ class OutboxDispatcher:
         while not stop.is_set():
             try:
                 handled = await self.run_once()
-            except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
+            except Exception:  # the loop must survive a database hiccup (logged with its traceback)
                 log.exception("dispatcher round failed; retrying")
                 handled = 0
             if not handled:
                 try:
                     await asyncio.wait_for(stop.wait(), idle)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def _deliver(self, row: AnyRow, send_by: float) -> None:
@@ -128,12 +133,13 @@ class OutboxDispatcher:
         async with self._slots:
             try:
                 parts = await self._renderer.render(item)
-            except Exception as exc:  # noqa: BLE001 - a rendering bug must not lose the message
+            except Exception as exc:  # a rendering bug must not lose the message (logged, rescheduled)
                 log.exception("rendering failed", outbox_id=item.id, kind=item.kind)
                 await self._reschedule(item, f"render: {type(exc).__name__}")
                 return
             if not parts:
-                await self._finish(item.id, OutboxStatus.SKIPPED, "nothing to send (no linked chat or no longer relevant)")
+                await self._finish(item.id, OutboxStatus.SKIPPED,
+                                   "nothing to send (no linked chat or no longer relevant)")
                 return
             lock = self._chat_locks.setdefault(parts[0].chat_id, asyncio.Lock())
             async with lock:
@@ -161,7 +167,7 @@ class OutboxDispatcher:
                 await self._finish(item.id, OutboxStatus.FAILED, f"bad request: {exc.message}"[:300])
                 log.error("telegram refused message", outbox_id=item.id, kind=item.kind, error=exc.message)
                 return
-            except (_Retry, TelegramAPIError, asyncio.TimeoutError) as exc:  # 5xx, network, timeouts
+            except (TimeoutError, _Retry, TelegramAPIError) as exc:  # 5xx, network, timeouts
                 await self._reschedule(item, f"{type(exc).__name__}: {exc}"[:300])
                 return
         await self._finish(item.id, OutboxStatus.SENT, None, last_message_id)

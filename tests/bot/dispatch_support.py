@@ -35,8 +35,8 @@ async def queue(ctx, chat_id: int, text: str = "hello", *, due: dt.datetime | No
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         message_id = await uow.outbox.add(OutboxMessage(
-            kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=chat_id, due_at=due or now,
-            payload={"chat_id": chat_id, "text": text, **extra}), now)
+            kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=chat_id,
+            due_at=due or now, payload={"chat_id": chat_id, "text": text, **extra}), now)
         await uow.commit()
     return message_id
 

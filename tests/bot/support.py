@@ -53,7 +53,7 @@ class BotWorld:
     # --- what users do ----------------------------------------------------------------------------------
 
     def _message(self, user: User, **content) -> dict:
-        return {"message_id": next(_message_ids), "date": int(dt.datetime.now().timestamp()),
+        return {"message_id": next(_message_ids), "date": int(dt.datetime.now(dt.UTC).timestamp()),
                 "chat": {"id": user.id, "type": "private", "first_name": user.first_name},
                 "from": user.as_dict(), **content}
 

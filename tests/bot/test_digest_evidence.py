@@ -30,9 +30,9 @@ def row(visit_id: int, hour: int, **evidence) -> DigestRow:
 
 def busy() -> Digest:
     late = row(1, 9, registered_at=dt.datetime(2026, 11, 25, 15, 0, tzinfo=ALMATY), registered_late=True)
-    fresh = row(2, 10, state="verified", verified_by="face", verified_at=dt.datetime(2026, 11, 25, 10, 2, tzinfo=ALMATY),
-                verified_enrolment_id=7, enrolled_at=dt.datetime(2026, 11, 25, 8, 30, tzinfo=ALMATY),
-                fresh_reference=True)
+    fresh = row(2, 10, state="verified", verified_by="face",
+                verified_at=dt.datetime(2026, 11, 25, 10, 2, tzinfo=ALMATY), verified_enrolment_id=7,
+                enrolled_at=dt.datetime(2026, 11, 25, 8, 30, tzinfo=ALMATY), fresh_reference=True)
     totals = dict.fromkeys(("visits", "face_verified", "code_verified", "unverified", "patient_confirmed", "disputed",
                             "no_answer", "cancelled", "unreachable", "registered_late", "fresh_reference"), 0)
     totals.update(visits=2, face_verified=1, unverified=1, no_answer=2, unreachable=2, registered_late=1,

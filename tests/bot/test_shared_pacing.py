@@ -63,7 +63,7 @@ def _shared(redis_url: str, namespace: str) -> SharedSendPacer:
 async def test_two_dispatchers_sharing_redis_keep_one_set_of_limits(two_contexts, strict_standin, redis_url,
                                                                     namespace):
     ids = [await queue(two_contexts[0], 5000 + i % CHATS, "paced") for i in range(4 * RATE)]
-    pacers = [_shared(redis_url, namespace), _shared(redis_url, namespace)]  # two connections, as two processes would have
+    pacers = [_shared(redis_url, namespace), _shared(redis_url, namespace)]  # two connections, as two processes have
     try:
         dispatchers = await _run_two(two_contexts, strict_standin, pacers)
     finally:

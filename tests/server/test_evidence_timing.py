@@ -139,8 +139,8 @@ async def test_a_match_records_its_enrolment_and_a_fresh_reference_without_a_cha
     a, _ = tenants
     old_ref, fresh_ref, chat_ref = a.patient_ids[0], a.patient_ids[1], (await registry.upsert_patient(
         ctx, a.clinic_id, VALID_IINS[4], "Chat patient", "+77059998877", "ru")).patient.id
-    stopped_ref = (await registry.upsert_patient(ctx, a.clinic_id, make_iin(dt.date(1970, 5, 4), False, 77), "Stopped patient", "+77059998866",
-                                                 "ru")).patient.id
+    stopped_ref = (await registry.upsert_patient(ctx, a.clinic_id, make_iin(dt.date(1970, 5, 4), False, 77),
+                                                 "Stopped patient", "+77059998866", "ru")).patient.id
     old_enrolment = await enrol(ctx, a.clinic_id, old_ref, "old")
     old_enrolled_at = clock.now()
     clock.advance(dt.timedelta(hours=25))
@@ -166,7 +166,8 @@ async def test_a_match_records_its_enrolment_and_a_fresh_reference_without_a_cha
     assert fresh["verified_enrolment_id"] == fresh_enrolment
     assert fresh["enrolled_at"] == (clock.now() - dt.timedelta(hours=2)).isoformat()
     assert fresh["fresh_reference"] is True and fresh["verified_at"] == clock.now().isoformat()
-    assert (verified["old"]["verified_enrolment_id"], verified["old"]["enrolled_at"], verified["old"]["fresh_reference"]) \
+    old = verified["old"]
+    assert (old["verified_enrolment_id"], old["enrolled_at"], old["fresh_reference"]) \
         == (old_enrolment, old_enrolled_at.isoformat(), False)
     assert verified["chat"]["fresh_reference"] is False
     assert (verified["stopped"]["verified_enrolment_id"], verified["stopped"]["fresh_reference"]) == (
