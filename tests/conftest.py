@@ -209,6 +209,17 @@ async def clinic_world(ctx):
     return type("World", (), dict(clinic=clinic, doctor=doctor, admin=admin, p1=p1, p2=p2))
 
 
+async def patient_change_rows(ctx, patient_id: int) -> list:
+    """The `patient_changes` rows of one patient, oldest first (what the tests of "the patient hears of every
+    change" inspect: kind, actor, disputed_at)."""
+    from sqlalchemy import select
+
+    from core.db import tables as t
+    async with ctx.uow(read_only=True) as uow:
+        return list((await uow.conn.execute(select(t.patient_changes).where(
+            t.patient_changes.c.patient_id == patient_id).order_by(t.patient_changes.c.id))).all())
+
+
 def pytest_collection_modifyitems(items):
     """Longest first: tests with a timeout of their own (the harnesses), then the other slow ones, then the rest,
     each group in file order. With several workers the harnesses start at once, on an idle machine, instead of

@@ -11,6 +11,7 @@ from core.db import tables as t
 from core.services import registry
 from core.services.access import Caller
 from tests.bot.support import User, buttons, callback_answers, last_to, link, markup_of
+from tests.conftest import patient_change_rows
 
 KEY = Caller("key:0a1b2c3d4e5f")
 FACE_A, FACE_B = tuple([1.0] + [0.0] * 127), tuple([0.0, 1.0] + [0.0] * 126)
@@ -30,12 +31,6 @@ WORDS = {
            "not_yours": "не о вас", "digest": "Изменения, о которых пациенты не просили",
            "replaced_short": "заменено фото лица", "when": "25 ноября 2026"},
 }
-
-
-async def change_rows(ctx, patient_id: int) -> list:
-    async with ctx.uow(read_only=True) as uow:
-        return list((await uow.conn.execute(select(t.patient_changes).where(
-            t.patient_changes.c.patient_id == patient_id).order_by(t.patient_changes.c.id))).all())
 
 
 async def admin_notices(ctx) -> int:
@@ -58,7 +53,7 @@ async def test_a_replaced_face_reaches_the_patient_who_disputes_it_and_the_admin
     await registry.enrol_face(ctx, w.clinic.id, w.p1.id, [FACE_B], caller=KEY)
     await world.deliver()
 
-    made = await change_rows(ctx, w.p1.id)
+    made = await patient_change_rows(ctx, w.p1.id)
     by_change = {data: m for m in standin.messages_to(user.id) for _text, data in buttons(markup_of(m))
                  if data.startswith("chg:")}
     assert sorted(by_change) == sorted(f"chg:{c.id}" for c in made), "one notice per change"
@@ -72,7 +67,7 @@ async def test_a_replaced_face_reaches_the_patient_who_disputes_it_and_the_admin
 
     await world.press(user, f"chg:{made[2].id}", message_id=replaced.message_id, text=replaced.text)
     assert words["recorded"] in last_to(standin, user.id).text
-    disputed = (await change_rows(ctx, w.p1.id))[2]
+    disputed = (await patient_change_rows(ctx, w.p1.id))[2]
     assert disputed.disputed_at == ctx.clock.now()
     await world.deliver()
     notice = last_to(standin, admin.id).text
@@ -81,7 +76,8 @@ async def test_a_replaced_face_reaches_the_patient_who_disputes_it_and_the_admin
 
     await world.press(user, f"chg:{made[2].id}")
     assert words["again"] in callback_answers(standin)[-1]
-    assert (await change_rows(ctx, w.p1.id))[2].disputed_at == disputed.disputed_at, "a second press changes nothing"
+    assert (await patient_change_rows(ctx, w.p1.id))[2].disputed_at == disputed.disputed_at, \
+        "a second press changes nothing"
     assert await admin_notices(ctx) == 1
 
     await world.send(admin, "/digest 25.11.2026")
@@ -95,13 +91,13 @@ async def test_a_forged_button_for_another_patients_change_changes_nothing(ctx, 
     await link(world, victim, w.p1.phone, "ru")
     await link(world, other, w.p2.phone, "ru")
     await registry.record_consent(ctx, w.clinic.id, w.p1.id, "Nurse", caller=KEY)
-    change = (await change_rows(ctx, w.p1.id))[0]
+    change = (await patient_change_rows(ctx, w.p1.id))[0]
 
     for data in (f"chg:{change.id}", "chg:999999", "chg:-1", "chg:x"):
         await world.press(other, data)
     answers = callback_answers(standin)[-4:]
     assert all("не о вас" in (answer or "") for answer in answers[:3]), answers  # "chg:x" is no button of ours
-    assert (await change_rows(ctx, w.p1.id))[0].disputed_at is None
+    assert (await patient_change_rows(ctx, w.p1.id))[0].disputed_at is None
     assert await admin_notices(ctx) == 0
 
 
@@ -117,11 +113,11 @@ async def test_a_phone_change_is_told_to_the_old_chat_which_may_still_dispute_it
     await world.deliver()
     notice = last_to(standin, user.id)
     assert WORDS["kk"]["phone"] in notice.text and "1234" in notice.text and "999" not in notice.text
-    change = (await change_rows(ctx, w.p1.id))[0]
+    change = (await patient_change_rows(ctx, w.p1.id))[0]
     assert change.kind == "phone_changed"
 
     await world.press(user, f"chg:{change.id}", message_id=notice.message_id, text=notice.text)
     assert WORDS["kk"]["recorded"] in last_to(standin, user.id).text
-    assert (await change_rows(ctx, w.p1.id))[0].disputed_at is not None
+    assert (await patient_change_rows(ctx, w.p1.id))[0].disputed_at is not None
     await world.deliver()
     assert WORDS["kk"]["admin"] in last_to(standin, admin.id).text

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from core.db import tables as t
 from core.services import api_keys, chat
+from tests.conftest import patient_change_rows
 from tests.server.conftest import add_visit
 from tests.server.support import CLINIC_A_IINS, bearer, fake_frame
 from tests.server.test_auth import call, probes, protected_routes
@@ -31,12 +32,6 @@ def photos(who: str = "asel") -> aiohttp.FormData:
 
 def prefix(key: str) -> str:
     return api_keys.split_key(key)
-
-
-async def changes(ctx, patient_id: int) -> list:
-    async with ctx.uow(read_only=True) as uow:
-        return list((await uow.conn.execute(select(t.patient_changes).where(
-            t.patient_changes.c.patient_id == patient_id).order_by(t.patient_changes.c.id))).all())
 
 
 async def notices(ctx) -> list:
@@ -78,7 +73,7 @@ async def test_a_doctor_bound_key_finds_no_patient_outside_its_doctor(app, clien
     async with ctx.uow(read_only=True) as uow:
         untouched = await uow.patients.get(a.patient_ids[0])
     assert (untouched.phone, untouched.consent_at) == ("+77051110000", None)
-    assert await changes(ctx, a.patient_ids[0]) == []
+    assert await patient_change_rows(ctx, a.patient_ids[0]) == []
 
 
 async def test_a_doctor_bound_key_cannot_enrol_revoke_or_move_a_phone_even_for_its_own_patient(client, ctx,
@@ -106,8 +101,8 @@ async def test_a_doctor_bound_key_cannot_enrol_revoke_or_move_a_phone_even_for_i
     async with ctx.uow(read_only=True) as uow:
         assert (await uow.patients.get(own)).phone == "+77051110000"
         assert await uow.templates.active(own) == []
-    assert [c.kind for c in await changes(ctx, own)] == ["consent_recorded"]
-    assert (await changes(ctx, own))[0].actor == f"key:{prefix(a.doctor_key)}"
+    assert [c.kind for c in await patient_change_rows(ctx, own)] == ["consent_recorded"]
+    assert (await patient_change_rows(ctx, own))[0].actor == f"key:{prefix(a.doctor_key)}"
 
 
 async def test_every_change_notifies_the_patients_chat_and_names_the_key(client, ctx, tenants):
@@ -125,7 +120,7 @@ async def test_every_change_notifies_the_patients_chat_and_names_the_key(client,
         "iin": CLINIC_A_IINS[0], "full_name": "Polyclinic A patient 0", "phone": "+77079990000", "language": "kk"})
     assert moved.status == 200 and (await moved.json())["chat_linked"] is False
 
-    made = await changes(ctx, patient)
+    made = await patient_change_rows(ctx, patient)
     assert [c.kind for c in made] == ["consent_recorded", "face_enrolled", "face_replaced", "face_revoked",
                                       "phone_changed"]
     assert {c.actor for c in made} == {f"key:{key}"} and {c.clinic_id for c in made} == {a.clinic_id}
@@ -182,7 +177,7 @@ async def test_the_digest_lists_the_days_enrolment_disputes(client, ctx, tenants
     await chat.link_chat_by_phone(ctx, CHAT, "+77051110000", "kk")
     await client.post(f"{API}/patients/{patient}/consent", json={"recorded_by": "Nurse"}, headers=a.h())
     await client.put(f"{API}/patients/{patient}/face", data=photos(), headers=a.h())
-    enrolled = (await changes(ctx, patient))[1]
+    enrolled = (await patient_change_rows(ctx, patient))[1]
     ctx.clock.advance(dt.timedelta(hours=2))
     assert (await dispute_change(ctx, enrolled.id, CHAT)).changed
 
