@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import aiohttp
 import pytest
 
-from tests.server.test_real_server import free_port, rastau, server_env, wait_for
+from tests.server.test_real_server import free_port, rastau, running_server, server_env, wait_for
 
 SECRET = "900101300017"  # an IIN a hostile or broken client puts in a header
 
@@ -57,9 +53,7 @@ async def test_the_real_server_names_no_versions_and_refuses_oversized_headers_a
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port))
     rastau(env, tmp_path, "migrate")
-    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
+    async with running_server(env, tmp_path) as ended:
         async with aiohttp.ClientSession() as session:
             await wait_for(session, f"http://127.0.0.1:{port}/healthz", 200, 120)
             async with session.get(f"http://127.0.0.1:{port}/api/v1/visits/1") as response:
@@ -70,13 +64,5 @@ async def test_the_real_server_names_no_versions_and_refuses_oversized_headers_a
             async with session.head(f"http://127.0.0.1:{port}/healthz") as response:
                 assert response.status == 405 and response.headers["Allow"] == "GET"
         assert_problem_without_echo(*await raw_exchange("127.0.0.1", port, oversized_header()))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        try:
-            out, err = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, err = process.communicate()
-    assert process.returncode == 0, err[-3000:]
-    assert SECRET not in out + err, f"echoed into the logs after {time.monotonic() - started:.1f}s"
+    assert ended.returncode == 0, ended.err[-3000:]
+    assert SECRET not in ended.out + ended.err, "echoed into the logs"

@@ -3,6 +3,8 @@ workers and real photos, the online flow, SIGTERM → exit 0; and production mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -59,6 +61,33 @@ async def wait_for(session: aiohttp.ClientSession, url: str, status: int, timeou
     pytest.fail(f"{url} did not answer {status} within {timeout} s")
 
 
+@dataclasses.dataclass
+class ServerExit:
+    """How a `python -m server` process ended, filled in once it has stopped."""
+    returncode: int | None = None
+    out: str = ""
+    err: str = ""
+
+
+@contextlib.asynccontextmanager
+async def running_server(env: dict, cwd: Path, stop_timeout: float = 60):
+    """`python -m server` as a process for the block; SIGTERM afterwards (kill if it does not stop in time), and
+    its exit status and output in the yielded :class:`ServerExit`."""
+    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    ended = ServerExit()
+    try:
+        yield ended
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            ended.out, ended.err = process.communicate(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            ended.out, ended.err = process.communicate()
+        ended.returncode = process.returncode
+
+
 async def test_real_server_in_person_and_online_flows_then_sigterm(tmp_path):
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port))
@@ -69,54 +98,44 @@ async def test_real_server_in_person_and_online_flows_then_sigterm(tmp_path):
                      "--label", "reception")
     key = next(word for word in printed.split() if word.startswith("rk_"))
     assert "shown only this once" in printed
-    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
     base, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
-    try:
-        async with aiohttp.ClientSession() as session:
-            await wait_for(session, f"{base}/healthz", 200, 60)
-            await wait_for(session, f"{base}/readyz", 200, READY_TIMEOUT_S)
-            async with session.post(f"{base}/api/v1/patients", headers=h, json={
-                    "iin": "900101300017", "full_name": "Barack O.", "phone": "+77011234567"}) as r:
-                patient = (await r.json())["id"]
-            async with session.post(f"{base}/api/v1/patients/{patient}/consent", headers=h,
-                                    json={"recorded_by": "Nurse Dana"}) as r:
-                assert r.status == 200
-            form = aiohttp.FormData()
-            form.add_field("image", (FACES / "obama/obama1.jpg").read_bytes(), filename="1.jpg",
-                           content_type="image/jpeg")
-            async with session.put(f"{base}/api/v1/patients/{patient}/face", headers=h, data=form) as r:
-                assert await r.json() == {"enrolled": 1}
-            start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
-            visit = {"doctor_id": 1, "patient_id": patient, "start": start, "duration_minutes": 20,
-                     "service_code": "A01"}
-            async with session.post(f"{base}/api/v1/visits", headers=h, json={**visit, "mode": "in_person"}) as r:
-                in_person = (await r.json())["id"]
-            async with session.post(f"{base}/api/v1/visits/{in_person}/face", data=(FACES / "obama/obama2.jpg")
-                                    .read_bytes(), headers={**h, "Content-Type": "image/jpeg"}) as r:
-                assert await r.json() == {"decision": "match"}
-            async with session.get(f"{base}/api/v1/visits/{in_person}", headers=h) as r:
-                assert (await r.json())["state"] == "verified"
+    async with running_server(env, tmp_path) as ended, aiohttp.ClientSession() as session:
+        await wait_for(session, f"{base}/healthz", 200, 60)
+        await wait_for(session, f"{base}/readyz", 200, READY_TIMEOUT_S)
+        async with session.post(f"{base}/api/v1/patients", headers=h, json={
+                "iin": "900101300017", "full_name": "Barack O.", "phone": "+77011234567"}) as r:
+            patient = (await r.json())["id"]
+        async with session.post(f"{base}/api/v1/patients/{patient}/consent", headers=h,
+                                json={"recorded_by": "Nurse Dana"}) as r:
+            assert r.status == 200
+        form = aiohttp.FormData()
+        form.add_field("image", (FACES / "obama/obama1.jpg").read_bytes(), filename="1.jpg",
+                       content_type="image/jpeg")
+        async with session.put(f"{base}/api/v1/patients/{patient}/face", headers=h, data=form) as r:
+            assert await r.json() == {"enrolled": 1}
+        start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
+        visit = {"doctor_id": 1, "patient_id": patient, "start": start, "duration_minutes": 20,
+                 "service_code": "A01"}
+        async with session.post(f"{base}/api/v1/visits", headers=h, json={**visit, "mode": "in_person"}) as r:
+            in_person = (await r.json())["id"]
+        async with session.post(f"{base}/api/v1/visits/{in_person}/face", data=(FACES / "obama/obama2.jpg")
+                                .read_bytes(), headers={**h, "Content-Type": "image/jpeg"}) as r:
+            assert await r.json() == {"decision": "match"}
+        async with session.get(f"{base}/api/v1/visits/{in_person}", headers=h) as r:
+            assert (await r.json())["state"] == "verified"
 
-            async with session.post(f"{base}/api/v1/visits", headers=h, json={**visit, "mode": "online"}) as r:
-                online = (await r.json())["id"]
-            async with session.post(f"{base}/api/v1/visits/{online}/face", data=(FACES / "obama/obama2.jpg")
-                                    .read_bytes(), headers={**h, "Content-Type": "image/jpeg"}) as r:
-                assert r.status == 409
-            async with session.post(f"{base}/api/v1/visits/{online}/code-requests", headers=h) as r:
-                assert r.status == 409 and (await r.json())["code"] == "patient_unreachable"  # no chat linked
-            async with session.post(f"{base}/api/v1/visits/{online}/code", headers=h, json={"code": "000000"}) as r:
-                assert (await r.json())["result"] == "no_code"  # none was queued, none exists
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            out, err = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, err = process.communicate()
-    assert process.returncode == 0, err[-3000:]
-    assert '"server stopped"' in err
-    assert key not in err + out and "900101300017" not in err + out
+        async with session.post(f"{base}/api/v1/visits", headers=h, json={**visit, "mode": "online"}) as r:
+            online = (await r.json())["id"]
+        async with session.post(f"{base}/api/v1/visits/{online}/face", data=(FACES / "obama/obama2.jpg")
+                                .read_bytes(), headers={**h, "Content-Type": "image/jpeg"}) as r:
+            assert r.status == 409
+        async with session.post(f"{base}/api/v1/visits/{online}/code-requests", headers=h) as r:
+            assert r.status == 409 and (await r.json())["code"] == "patient_unreachable"  # no chat linked
+        async with session.post(f"{base}/api/v1/visits/{online}/code", headers=h, json={"code": "000000"}) as r:
+            assert (await r.json())["result"] == "no_code"  # none was queued, none exists
+    assert ended.returncode == 0, ended.err[-3000:]
+    assert '"server stopped"' in ended.err
+    assert key not in ended.err + ended.out and "900101300017" not in ended.err + ended.out
 
 
 def test_production_without_secrets_refuses_to_start_naming_each(tmp_path):
@@ -140,26 +159,16 @@ async def test_several_server_processes_share_one_port_and_stop_together(tmp_pat
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port), RASTAU_SERVER_PROCESSES="2")
     rastau(env, tmp_path, "migrate")
-    process = subprocess.Popen([sys.executable, "-m", "server"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        async with aiohttp.ClientSession() as session:
-            await wait_for(session, f"http://127.0.0.1:{port}/healthz", 200, 60)
-            for _ in range(300):  # the second process starts its own interpreter: up to a minute on busy cores
-                if _listening_sockets(port) == 2:
-                    break
-                await asyncio.sleep(0.2)
-            assert _listening_sockets(port) == 2
-            for _ in range(20):  # new connections, spread by the kernel: every one is answered
-                async with aiohttp.ClientSession() as fresh, fresh.get(f"http://127.0.0.1:{port}/healthz") as r:
-                    assert r.status == 200
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            _, err = process.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, err = process.communicate()
-    assert process.returncode == 0, err[-3000:]
-    assert '"server stopped"' in err and '"processes": 2' in err
+    async with running_server(env, tmp_path, stop_timeout=90) as ended, aiohttp.ClientSession() as session:
+        await wait_for(session, f"http://127.0.0.1:{port}/healthz", 200, 60)
+        for _ in range(300):  # the second process starts its own interpreter: up to a minute on busy cores
+            if _listening_sockets(port) == 2:
+                break
+            await asyncio.sleep(0.2)
+        assert _listening_sockets(port) == 2
+        for _ in range(20):  # new connections, spread by the kernel: every one is answered
+            async with aiohttp.ClientSession() as fresh, fresh.get(f"http://127.0.0.1:{port}/healthz") as r:
+                assert r.status == 200
+    assert ended.returncode == 0, ended.err[-3000:]
+    assert '"server stopped"' in ended.err and '"processes": 2' in ended.err
     assert _listening_sockets(port) == 0
