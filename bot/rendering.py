@@ -31,7 +31,7 @@ from core.model import (
     VisitState,
 )
 from core.services import Context
-from core.services.chat import chat_language
+from core.services.chat import chat_language, reachable_chat
 from core.services.codes import issue_code
 from core.services.digest import Digest, build_digest
 
@@ -64,12 +64,8 @@ class OutboxRenderer:
         """(patient, chat, locale) or None when the patient can't or doesn't want to be written to."""
         async with self._ctx.uow(read_only=True) as uow:
             patient = await uow.patients.get(patient_id)
-        if patient.chat_id is None or patient.chat_blocked:
-            return None
-        _chosen, stopped = await chat_language(self._ctx, patient.chat_id)
-        if stopped:
-            return None
-        return patient, patient.chat_id, patient.language.value
+            chat_id = await reachable_chat(uow, patient)
+        return None if chat_id is None else (patient, chat_id, patient.language.value)
 
     async def _admin(self, admin_id: int) -> tuple[ClinicAdmin, int, str] | None:
         """(admin, chat, locale) or None when the admin has no chat or stopped it."""

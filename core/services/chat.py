@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.db.uow import UnitOfWork
 from core.errors import InvalidPhone
 from core.model import ClinicAdmin, Doctor, Language, Patient
 from core.phone import normalise_phone
@@ -121,3 +122,12 @@ async def chat_language(ctx: Context, chat_id: int | None) -> tuple[Language | N
     async with ctx.uow() as uow:
         row = await uow.queries.chat_user(chat_id)
     return (Language(row.language), bool(row.stopped)) if row else (None, False)
+
+
+async def reachable_chat(uow: UnitOfWork, patient: Patient) -> int | None:
+    """The chat that carries messages to the patient (linked, not blocked, not stopped), or None. One rule for the
+    sender, for an honest answer to a code request, and for flagging a face nobody could tell the patient about."""
+    if patient.chat_id is None or patient.chat_blocked:
+        return None
+    chat = await uow.queries.chat_user(patient.chat_id)
+    return None if chat is not None and chat.stopped else patient.chat_id

@@ -11,6 +11,7 @@ from core.errors import Conflict, DomainError, IllegalTransition, InvalidValue
 from core.model import Actor, OutboxKind, OutboxMessage, Recipient, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, check_visit
+from core.services.chat import reachable_chat
 from core.services.visits import RegisteredLate, evidence_refusal, window_end
 
 
@@ -99,12 +100,9 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, *, caller: C
 
 
 async def _channel(uow: UnitOfWork, patient_id: int) -> str | None:
-    """The patient's linked chat, unless they blocked the bot or stopped it (the same test the sender applies)."""
-    patient = await uow.patients.get(patient_id)
-    if patient.chat_id is None or patient.chat_blocked:
-        return None
-    chat = await uow.queries.chat_user(patient.chat_id)
-    return None if chat is not None and chat.stopped else CHANNEL_TELEGRAM
+    """The channel that will carry the code: the patient's chat when the sender can reach it, else none."""
+    reachable = await reachable_chat(uow, await uow.patients.get(patient_id))
+    return CHANNEL_TELEGRAM if reachable is not None else None
 
 
 @dataclass(frozen=True)

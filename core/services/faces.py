@@ -23,6 +23,7 @@ from core.errors import DomainError, IllegalTransition
 from core.model import FRESH_REFERENCE, Actor, VerificationMethod, VisitEvent, VisitMode, VisitState
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, check_visit
+from core.services.chat import reachable_chat
 from core.services.visits import evidence_refusal
 
 FACE_FAILURES_BEFORE_LOCK = 5
@@ -163,8 +164,7 @@ async def record_face_attempt(ctx: Context, attempt: FaceAttempt, analysis_outco
             assert matched is not None, "a match names the reference it matched"
             if visit.state is VisitState.SCHEDULED:
                 patient = await uow.patients.get(visit.patient_id)
-                fresh = now - matched.enrolled_at < FRESH_REFERENCE_AGE and (
-                    patient.chat_id is None or patient.chat_blocked)
+                fresh = now - matched.enrolled_at < FRESH_REFERENCE_AGE and await reachable_chat(uow, patient) is None
                 visit.verify(VerificationMethod.FACE, Actor.CLINIC_SYSTEM, now, FRESH_REFERENCE if fresh else None)
                 visit.verified_enrolment_id = matched.enrolment_id
                 await uow.visits.save(visit)
