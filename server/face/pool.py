@@ -12,11 +12,15 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from multiprocessing.synchronize import Barrier
+from typing import TypeVar
 
+from core.liveness import PoseReading
 from core.logs import get_logger
 from server.face.image import MAX_BYTES, MAX_PIXELS
+from server.face.liveness import read_pose
 from server.face.pipeline import FaceAnalysis, analyse_frame
 
+T = TypeVar("T")
 WARM_UP_TIMEOUT_S = 300  # loading the models on a busy two-core machine can take a while
 
 log = get_logger(__name__)
@@ -64,12 +68,18 @@ class FacePool:
 
     async def analyse(self, data: bytes) -> FaceAnalysis:
         """Analyse one frame in a worker. Raises ImageRejected for bad images, FacePoolBroken if a worker died."""
+        return await self._run(partial(analyse_frame, data, **self._limits))
+
+    async def read_pose(self, data: bytes, *, encode: bool) -> PoseReading:
+        """One capture-session frame's pose (and encoding when asked), in a worker; raises as analyse() does."""
+        return await self._run(partial(read_pose, data, encode=encode, **self._limits))
+
+    async def _run(self, work: partial[T]) -> T:
         executor = self._executor
         if executor is None:
             raise RuntimeError("FacePool is not started (await pool.start() first) or already closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                executor, partial(analyse_frame, data, **self._limits))
+            return await asyncio.get_running_loop().run_in_executor(executor, work)
         except BrokenProcessPool:
             self._replace(executor)
             raise FacePoolBroken("a face worker stopped unexpectedly while analysing this frame; "
