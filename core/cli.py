@@ -17,10 +17,11 @@ from core.clock import SystemClock, to_local
 from core.config import Settings
 from core.db.engine import create_engine
 from core.db.migrate import current_revision, head_revision, upgrade_to_head
+from core.db.repositories import StoredAuditor
 from core.db.uow import UnitOfWorkFactory
 from core.errors import DomainError
 from core.logs import configure_logging
-from core.services import Context, api_keys, registry
+from core.services import Context, api_keys, auditors, registry
 
 EXIT_OK, EXIT_AUDIT_BROKEN, EXIT_REFUSED = 0, 1, 2  # 2 is also click's status for a command line it refuses
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -193,9 +194,12 @@ class Lifetime(click.ParamType[dt.timedelta]):
 
 
 @main.command("add-api-key")
-@_clinic_option(required=True)
-@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice([s.value for s in api_keys.Scope]),
-              help="what the key may do; repeat for several: clinic_system (the clinic information system: "
+@_clinic_option(default=None)
+@click.option("--auditor", "auditor_id", type=int, default=None, metavar="ID",
+              help="instead of --clinic: a key for this auditor (printed by add-auditor), which reads the evidence "
+                   "of the auditor's clinics and writes nothing (the audit scope; no --scope)")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice([s.value for s in api_keys.CLINIC_SCOPES]),
+              help="a clinic key's powers; repeat for several: clinic_system (the clinic information system: "
                    "patients, consent, enrolment, visits, codes), webcam (a doctor's webcam: face and code "
                    "checks), admin (digests, CSV, visit lists)")
 @click.option("--doctor", "doctor_id", type=int, default=None, metavar="ID",
@@ -203,20 +207,33 @@ class Lifetime(click.ParamType[dt.timedelta]):
 @click.option("--label", default="", help="where the key is used, e.g. 'MIS reception' or 'room 12 webcam'")
 @click.option("--expires-in", "lifetime", type=Lifetime(), default=None, metavar="90d|12h",
               help="the key answers 401 after this many days (d) or hours (h) [default: never]")
-def add_api_key(clinic_id: int, scopes: tuple[str, ...], doctor_id: int | None, label: str,
-                lifetime: dt.timedelta | None) -> NoReturn:
-    """Make a clinic API key for the verification server.
+def add_api_key(clinic_id: int | None, auditor_id: int | None, scopes: tuple[str, ...], doctor_id: int | None,
+                label: str, lifetime: dt.timedelta | None) -> NoReturn:
+    """Make an API key for the verification server: a clinic's (--clinic and --scope) or an auditor's (--auditor).
 
     The key is printed once and cannot be recovered: Rastau keeps only a hash.
     """
+    if (clinic_id is None) == (auditor_id is None):
+        raise click.UsageError("give either --clinic (a clinic's key) or --auditor (an auditor's key)")
+    if auditor_id is not None and (scopes or doctor_id is not None):
+        raise click.UsageError("an auditor's key has the audit scope only: drop --scope and --doctor")
+    if clinic_id is not None and not scopes:
+        raise click.UsageError("a clinic's key needs at least one --scope")
+
     async def act(ctx: Context) -> None:
-        made = await api_keys.create_api_key(ctx, clinic_id, list(scopes), doctor_id, label, lifetime)
-        granted = ", ".join(sorted(s.value for s in made.principal.scopes))
-        doctor = f", doctor {doctor_id}" if doctor_id else ""
+        if auditor_id is not None:
+            made = await api_keys.create_auditor_key(ctx, auditor_id, label, lifetime)
+            owner, granted, where = f"auditor {auditor_id}", "audit, read only", "the auditor's tool"
+        else:
+            assert clinic_id is not None  # one of the two, checked above
+            made = await api_keys.create_api_key(ctx, clinic_id, list(scopes), doctor_id, label, lifetime)
+            owner, where = f"clinic {clinic_id}", "the clinic system's configuration"
+            granted = ", ".join(sorted(s.value for s in made.principal.scopes))
+            granted += f", doctor {doctor_id}" if doctor_id else ""
         expiry = f"expires {_local(made.expires_at)} Asia/Almaty" if made.expires_at else "never expires"
-        click.echo(f"API key {made.principal.key_prefix} for clinic {clinic_id} ({granted}{doctor}; {expiry}):\n\n"
+        click.echo(f"API key {made.principal.key_prefix} for {owner} ({granted}; {expiry}):\n\n"
                    f"    {made.key}\n\n"
-                   "Store it in the clinic system's configuration now: it is shown only this once and cannot be "
+                   f"Store it in {where} now: it is shown only this once and cannot be "
                    "recovered (Rastau keeps only a hash).")
 
     _in_directory(act)
@@ -266,10 +283,82 @@ def _print_keys(found: list[api_keys.ApiKeyInfo], now: dt.datetime) -> None:
     click.echo(_KEY_COLUMNS.format("prefix", "clinic", "status", "scopes", "doctor", "created", "expires",
                                    "last used", "label") + "   (times: Asia/Almaty)")
     for key in found:
-        click.echo(_KEY_COLUMNS.format(key.prefix, key.clinic_id, key.status(now), ",".join(sorted(key.scopes)),
+        owner = key.clinic_id if key.clinic_id is not None else f"auditor {key.auditor_id}"
+        click.echo(_KEY_COLUMNS.format(key.prefix, owner, key.status(now), ",".join(sorted(key.scopes)),
                                        f"doctor {key.doctor_id}" if key.doctor_id else "any",
                                        _local(key.created_at), _local(key.expires_at) if key.expires_at else "never",
                                        _local(key.last_used_at) if key.last_used_at else "never", key.label))
+
+
+# --- the payer's auditors (issue 12) --------------------------------------------------------------------------------
+
+class ClinicList(click.ParamType[list[int]]):
+    """Clinic ids separated by commas, e.g. ``1,2,5``."""
+    name = "clinic ids"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        parts = [part.strip() for part in str(value).split(",")]
+        if not all(part.isascii() and part.isdigit() and 0 < int(part) < 2**31 for part in parts):
+            self.fail(f"{value!r} is not a list of clinic ids like 1,2,5", param, ctx)
+        return [int(part) for part in parts]
+
+
+@main.command("add-auditor")
+@click.option("--name", required=True, help="full name, as the audit log and the chat will show it")
+@click.option("--phone", required=True, help="Kazakhstan mobile number in any common spelling; the bot will "
+                                             "recognise the auditor by it")
+@click.option("--clinics", "clinic_ids", type=ClinicList(), default=None, metavar="1,2",
+              help="the clinics the auditor reads")
+@click.option("--all", "all_clinics", is_flag=True, help="instead of --clinics: every clinic, those added later too")
+@click.option("--language", type=click.Choice(["kk", "ru"]), default="ru", show_default=True,
+              help="the auditor's language in the chat")
+def add_auditor(name: str, phone: str, clinic_ids: list[int] | None, all_clinics: bool, language: str) -> NoReturn:
+    """Register an auditor of the payer: reads the evidence of the clinics given, never writes.
+
+    Then make the auditor a key with add-api-key --auditor ID. Audit-logged.
+    """
+    if (clinic_ids is None) == (not all_clinics):
+        raise click.UsageError("give either --clinics 1,2 or --all")
+
+    async def act(ctx: Context) -> None:
+        auditor = await auditors.add_auditor(ctx, name, phone, clinic_ids=clinic_ids or (),
+                                             all_clinics=all_clinics, language=language)
+        click.echo(f"auditor {auditor.id}: {auditor.full_name} {auditor.phone}, reads {_scope(auditor)}")
+
+    _in_directory(act)
+
+
+@main.command("list-auditors")
+def list_auditors() -> NoReturn:
+    """List auditors: id, status, phone, language, the clinics each reads, name."""
+    async def act(ctx: Context) -> None:
+        found = await auditors.list_auditors(ctx)
+        if not found:
+            click.echo("no auditors")
+        for auditor in found:
+            status = f"removed {_local(auditor.removed_at)}" if auditor.removed_at else "active"
+            click.echo(f"{auditor.id:>5}  {status:<24} {auditor.phone}  {auditor.language.value}  "
+                       f"{_scope(auditor):<24} {auditor.full_name}")
+
+    _in_directory(act)
+
+
+@main.command("remove-auditor")
+@click.argument("auditor_id", type=int, metavar="ID")
+def remove_auditor(auditor_id: int) -> NoReturn:
+    """Remove an auditor: every key of theirs answers 401 at once. Audit-logged; the row stays for the log."""
+    async def act(ctx: Context) -> None:
+        auditor, revoked = await auditors.remove_auditor(ctx, auditor_id)
+        keys = ", ".join(revoked) if revoked else "none"
+        click.echo(f"auditor {auditor.id} ({auditor.full_name}) removed; keys revoked: {keys}")
+
+    _in_directory(act)
+
+
+def _scope(auditor: StoredAuditor) -> str:
+    return "all clinics" if auditor.all_clinics else "clinics " + ",".join(map(str, auditor.clinic_ids))
 
 
 if __name__ == "__main__":

@@ -741,9 +741,9 @@ class PatientChangeRepo(_Repo):
 
 @dataclass(frozen=True)
 class StoredApiKey:
-    """An api_keys row: the key's hash, never the key."""
+    """An api_keys row: the key's hash, never the key. A clinic's key (clinic_id) or an auditor's (auditor_id)."""
     id: int
-    clinic_id: int
+    clinic_id: int | None
     key_prefix: str
     key_hash: str
     scopes: tuple[str, ...]
@@ -753,24 +753,27 @@ class StoredApiKey:
     revoked_at: dt.datetime | None
     expires_at: dt.datetime | None
     last_used_at: dt.datetime | None
+    auditor_id: int | None = None
 
 
 def _api_key(row: AnyRow) -> StoredApiKey:
     return StoredApiKey(id=row.id, clinic_id=row.clinic_id, key_prefix=row.key_prefix, key_hash=row.key_hash,
                         scopes=tuple(row.scopes.split(",")), doctor_id=row.doctor_id, label=row.label,
                         created_at=row.created_at, revoked_at=row.revoked_at, expires_at=row.expires_at,
-                        last_used_at=row.last_used_at)
+                        last_used_at=row.last_used_at, auditor_id=row.auditor_id)
 
 
 _KEY_BY_PREFIX = select(t.api_keys).where(t.api_keys.c.key_prefix == bindparam("prefix"))  # on every request
 
 
 class ApiKeyRepo(_Repo):
-    async def add(self, *, clinic_id: int, key_prefix: str, key_hash: str, scopes: list[str], doctor_id: int | None,
-                  label: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> int:
+    async def add(self, *, clinic_id: int | None, key_prefix: str, key_hash: str, scopes: list[str],
+                  doctor_id: int | None, label: str, now: dt.datetime, expires_at: dt.datetime | None = None,
+                  auditor_id: int | None = None) -> int:
         res = await self.conn.execute(insert(t.api_keys).values(
             clinic_id=clinic_id, key_prefix=key_prefix, key_hash=key_hash, scopes=",".join(sorted(scopes)),
-            doctor_id=doctor_id, label=label, created_at=now, expires_at=expires_at).returning(t.api_keys.c.id))
+            doctor_id=doctor_id, label=label, created_at=now, expires_at=expires_at, auditor_id=auditor_id)
+            .returning(t.api_keys.c.id))
         key_id: int = res.scalar_one()
         return key_id
 
@@ -796,6 +799,72 @@ class ApiKeyRepo(_Repo):
         res = await self.conn.execute(update(t.api_keys).where(and_(
             t.api_keys.c.key_prefix == key_prefix, t.api_keys.c.revoked_at.is_(None))).values(revoked_at=now))
         return res.rowcount
+
+    async def revoke_auditors(self, auditor_id: int, now: dt.datetime) -> builtins.list[str]:
+        """Revoke every live key of the auditor; the prefixes revoked."""
+        res = await self.conn.execute(update(t.api_keys).where(and_(
+            t.api_keys.c.auditor_id == auditor_id, t.api_keys.c.revoked_at.is_(None))).values(revoked_at=now)
+            .returning(t.api_keys.c.key_prefix))
+        return sorted(res.scalars().all())
+
+
+@dataclass(frozen=True)
+class StoredAuditor:
+    """An auditors row with its scope: ``clinic_ids`` (empty when ``all_clinics``)."""
+    id: int
+    full_name: str
+    phone: str
+    language: Language
+    chat_id: int | None
+    all_clinics: bool
+    clinic_ids: tuple[int, ...]
+    created_at: dt.datetime
+    removed_at: dt.datetime | None
+
+
+class AuditorRepo(_Repo):
+    """The payer's auditors and the clinics each reads."""
+
+    async def add(self, *, full_name: str, phone: str, language: Language, all_clinics: bool,
+                  clinic_ids: builtins.list[int], now: dt.datetime) -> int:
+        res = await self.conn.execute(insert(t.auditors).values(
+            full_name=full_name, phone=phone, language=language.value, all_clinics=all_clinics, created_at=now)
+            .returning(t.auditors.c.id))
+        auditor_id: int = res.scalar_one()
+        if clinic_ids:
+            await self.conn.execute(insert(t.auditor_clinics), [{"auditor_id": auditor_id, "clinic_id": clinic}
+                                                               for clinic in clinic_ids])
+        return auditor_id
+
+    async def get(self, auditor_id: int) -> StoredAuditor:
+        found = await self._read(t.auditors.c.id == auditor_id)
+        if not found:
+            raise NotFound(f"auditor {auditor_id} not found")
+        return found[0]
+
+    async def by_phone(self, phone: str) -> builtins.list[StoredAuditor]:
+        return await self._read(t.auditors.c.phone == phone)
+
+    async def list(self) -> builtins.list[StoredAuditor]:
+        return await self._read(None)
+
+    async def remove(self, auditor_id: int, now: dt.datetime) -> bool:
+        """Set once: False when the auditor was already removed."""
+        res = await self.conn.execute(update(t.auditors).where(and_(
+            t.auditors.c.id == auditor_id, t.auditors.c.removed_at.is_(None))).values(removed_at=now))
+        return res.rowcount == 1
+
+    async def _read(self, condition: ColumnElement[bool] | None) -> builtins.list[StoredAuditor]:
+        stmt = select(t.auditors).order_by(t.auditors.c.id)
+        rows = (await self.conn.execute(stmt if condition is None else stmt.where(condition))).all()
+        scopes: dict[int, builtins.list[int]] = {row.id: [] for row in rows}
+        if scopes:
+            for link in (await self.conn.execute(select(t.auditor_clinics).where(
+                    t.auditor_clinics.c.auditor_id.in_(scopes)).order_by(t.auditor_clinics.c.clinic_id))).all():
+                scopes[link.auditor_id].append(link.clinic_id)
+        return [StoredAuditor(id=r.id, full_name=r.full_name, phone=r.phone, language=Language(r.language),
+                              chat_id=r.chat_id, all_clinics=r.all_clinics, clinic_ids=tuple(scopes[r.id]),
+                              created_at=r.created_at, removed_at=r.removed_at) for r in rows]
 
 
 class IdempotencyRepo(_Repo):

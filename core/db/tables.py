@@ -6,6 +6,7 @@ import datetime as dt
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -239,7 +240,7 @@ audit_head = Table(
 api_keys = Table(
     "api_keys", metadata,
     Column("id", Integer, primary_key=True),
-    Column("clinic_id", ForeignKey("clinics.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="CASCADE"), index=True),  # NULL: an auditor's key
     Column("key_prefix", String(16), nullable=False, unique=True),
     Column("key_hash", String(64), nullable=False),
     Column("scopes", String(100), nullable=False),
@@ -249,6 +250,29 @@ api_keys = Table(
     Column("revoked_at", UtcDateTime),
     Column("expires_at", UtcDateTime),
     Column("last_used_at", UtcDateTime),
+    Column("auditor_id", ForeignKey("auditors.id", ondelete="RESTRICT"), index=True),
+    CheckConstraint("(clinic_id IS NULL) <> (auditor_id IS NULL)", name="one_owner"),  # a clinic's or an auditor's
+)
+
+# The payer's auditors (issue 12): the operator's people, of no clinic, who read the evidence of the clinics in their
+# scope (auditor_clinics, or every clinic when all_clinics) and never write. A removed auditor's row stays
+# (removed_at), so the audit log's "auditor:<id>" keeps naming someone.
+auditors = Table(
+    "auditors", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("full_name", String(200), nullable=False),
+    Column("phone", String(16), nullable=False, index=True),
+    Column("language", String(2), nullable=False, server_default="ru"),
+    Column("chat_id", BigInteger, index=True),
+    Column("all_clinics", Boolean, nullable=False, server_default=false()),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("removed_at", UtcDateTime),
+)
+
+auditor_clinics = Table(
+    "auditor_clinics", metadata,
+    Column("auditor_id", ForeignKey("auditors.id", ondelete="CASCADE"), primary_key=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="RESTRICT"), primary_key=True),
 )
 
 idempotency_keys = Table(

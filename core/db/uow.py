@@ -21,6 +21,7 @@ from core.db.queries import Queries
 from core.db.repositories import (
     AdminRepo,
     ApiKeyRepo,
+    AuditorRepo,
     AuditRepo,
     ChatUserRepo,
     ClinicRepo,
@@ -99,6 +100,7 @@ class UnitOfWork:
         self.face_failures = FaceFailureRepo(self.conn, locks)
         self.outbox = OutboxRepo(self.conn, locks)
         self.api_keys = ApiKeyRepo(self.conn, locks)
+        self.auditors = AuditorRepo(self.conn, locks)
         self.idempotency = IdempotencyRepo(self.conn, locks)
         self.chat_users = ChatUserRepo(self.conn, locks)
         self.processed_updates = ProcessedUpdateRepo(self.conn, locks)

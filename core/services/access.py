@@ -5,6 +5,10 @@ visits and the patients who have had a visit with that doctor; anything else ans
 cannot learn what exists. It may not enrol or revoke faces, nor move a patient's phone (DoctorKeyForbidden).
 Which clinic a caller acts for is the ``clinic_id`` every service takes; which endpoints a key may call at all
 (its scopes) is the server's routing decision.
+
+An auditor's key acts for no clinic: it reads the clinics in its auditor's scope, and a clinic outside it answers
+NotFound as another clinic's records do (:func:`audited_clinics`). It writes nothing: its one scope, ``audit``,
+opens only read routes (server.auth refuses every other route with 403 ``auditor_read_only``).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from core.db.uow import UnitOfWork
 from core.errors import DomainError, NotFound
 from core.model import Patient, Visit
-from core.services.api_keys import ApiPrincipal
+from core.services.api_keys import ApiPrincipal, AuditorPrincipal
 
 
 @dataclass(frozen=True)
@@ -21,10 +25,18 @@ class Caller:
     """Who asks: written as the actor of patient changes and audit rows, and the doctor it is bound to (if any)."""
     actor: str
     doctor_id: int | None = None
+    auditor_id: int | None = None
+    auditor_clinics: frozenset[int] | None = None  # an auditor's clinics; None for an auditor: every clinic
 
     @classmethod
     def of_key(cls, principal: ApiPrincipal) -> Caller:
         return cls(f"key:{principal.key_prefix}", principal.doctor_id)
+
+    @classmethod
+    def of_auditor_key(cls, principal: AuditorPrincipal) -> Caller:
+        """An auditor's key: named in the audit rows of its reads as the auditor and the key."""
+        return cls(f"auditor:{principal.auditor_id}:key:{principal.key_prefix}", auditor_id=principal.auditor_id,
+                   auditor_clinics=principal.clinic_ids)
 
     @classmethod
     def of_doctor_chat(cls, doctor_id: int) -> Caller:
@@ -41,6 +53,22 @@ BULK_ENROL = Caller("cli:rastau-enrol")
 
 class DoctorKeyForbidden(DomainError):
     code = "doctor_key_forbidden"
+
+
+class NotAnAuditor(DomainError):
+    code = "not_an_auditor"
+
+
+def audited_clinics(caller: Caller, clinic_id: int | None) -> frozenset[int] | None:
+    """The clinics an auditor's read covers: the one named (NotFound outside the auditor's scope, as if absent), or
+    every clinic in scope (None: every clinic). Only an auditor reads across clinics (NotAnAuditor otherwise)."""
+    if caller.auditor_id is None:
+        raise NotAnAuditor("only an auditor's key reads the evidence of clinics")
+    if clinic_id is None:
+        return caller.auditor_clinics
+    if caller.auditor_clinics is not None and clinic_id not in caller.auditor_clinics:
+        raise NotFound(f"clinic {clinic_id} not found")
+    return frozenset({clinic_id})
 
 
 def check_doctor(caller: Caller, doctor_id: int) -> None:

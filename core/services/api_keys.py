@@ -1,7 +1,10 @@
-"""Per-clinic API keys for the verification server.
+"""API keys for the verification server: a clinic's (its system, webcams, admins) or an auditor's.
 
 A key is shown once, when it is made; the database keeps its public prefix (to find the row) and an
 HMAC-SHA256 of the whole key under a pepper from the environment, so a database dump cannot be replayed.
+An auditor's key holds the ``audit`` scope only: it reads the evidence of the auditor's clinics and writes nothing
+(server.auth refuses it every other route); the auditor's clinics are read with the key on every request, so
+removing an auditor or changing the clinics holds at once.
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ class Scope(str, enum.Enum):
     CLINIC_SYSTEM = "clinic_system"  # the clinic information system: patients, consent, enrolment, visits, codes
     WEBCAM = "webcam"                # the doctor's webcam client: face and code verification
     ADMIN = "admin"                  # clinic admins: digests, CSV, visit lists
+    AUDIT = "audit"                  # an auditor's key, and only that: the evidence export of the auditor's clinics
+
+
+CLINIC_SCOPES = (Scope.CLINIC_SYSTEM, Scope.WEBCAM, Scope.ADMIN)
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,19 @@ class ApiPrincipal:
 
 
 @dataclass(frozen=True)
+class AuditorPrincipal:
+    """An auditor's key: the auditor, and the clinics it reads (None: every clinic, those added later too)."""
+    key_id: int
+    key_prefix: str
+    auditor_id: int
+    clinic_ids: frozenset[int] | None
+    scopes: frozenset[Scope] = frozenset({Scope.AUDIT})
+
+
+@dataclass(frozen=True)
 class NewApiKey:
     key: str  # the only time the plain key exists outside the caller's configuration
-    principal: ApiPrincipal
+    principal: ApiPrincipal | AuditorPrincipal
     expires_at: dt.datetime | None = None
 
 
@@ -53,7 +70,7 @@ class NewApiKey:
 class ApiKeyInfo:
     """What an operator may see of a key: never its hash, never the key."""
     prefix: str
-    clinic_id: int
+    clinic_id: int | None  # None: an auditor's key
     label: str
     scopes: tuple[str, ...]
     doctor_id: int | None
@@ -61,6 +78,7 @@ class ApiKeyInfo:
     expires_at: dt.datetime | None
     last_used_at: dt.datetime | None
     revoked_at: dt.datetime | None
+    auditor_id: int | None = None
 
     def status(self, now: dt.datetime) -> str:
         if self.revoked_at is not None:
@@ -109,14 +127,12 @@ async def create_api_key(ctx: Context, clinic_id: int, scopes: Iterable[str], do
     """Make a key for a clinic (optionally bound to one of its doctors, optionally expiring) and return it in
     plain text once."""
     parsed = _parse_scopes(scopes)
+    if Scope.AUDIT in parsed:
+        raise InvalidValue("the audit scope belongs to auditors' keys (rastau add-api-key --auditor N), never to a "
+                           "clinic's: a clinic does not audit itself")
     if doctor_id is not None and Scope.ADMIN in parsed:
         raise InvalidValue("an admin key sees the whole clinic; it cannot be bound to one doctor")
-    if expires_in is not None and expires_in <= dt.timedelta(0):
-        raise InvalidValue("a key's lifetime must be positive")
-    prefix = secrets.token_hex(_PREFIX_BYTES)
-    key = f"{KEY_MARK}_{prefix}_{secrets.token_urlsafe(32)}"
-    now = ctx.clock.now()
-    expires_at = now + expires_in if expires_in is not None else None
+    prefix, key, now, expires_at = _new_key(ctx, expires_in)
     async with ctx.uow() as uow:
         await uow.clinics.get(clinic_id)
         if doctor_id is not None:
@@ -126,9 +142,40 @@ async def create_api_key(ctx: Context, clinic_id: int, scopes: Iterable[str], do
                                         label=(label or "").strip()[:200], now=now, expires_at=expires_at)
         await uow.audit.append(now, "admin", "api_key.create", f"api_key:{key_id}",
                                {"clinic": clinic_id, "prefix": prefix, "scopes": sorted(s.value for s in parsed),
-                                "doctor": doctor_id, "expires_at": expires_at.isoformat() if expires_at else None})
+                                "doctor": doctor_id, "expires_at": expires_at.isoformat() if expires_at else None},
+                               clinic_id=clinic_id)
         await uow.commit()
     return NewApiKey(key, ApiPrincipal(key_id, prefix, clinic_id, parsed, doctor_id), expires_at)
+
+
+async def create_auditor_key(ctx: Context, auditor_id: int, label: str = "",
+                             expires_in: dt.timedelta | None = None) -> NewApiKey:
+    """Make a key for an auditor (the audit scope only) and return it in plain text once; audit-logged in the
+    operator's chain."""
+    prefix, key, now, expires_at = _new_key(ctx, expires_in)
+    async with ctx.uow() as uow:
+        auditor = await uow.auditors.get(auditor_id)
+        if auditor.removed_at is not None:
+            raise Conflict(f"auditor {auditor_id} was removed; add the auditor again for a new key")
+        key_id = await uow.api_keys.add(clinic_id=None, auditor_id=auditor_id, key_prefix=prefix,
+                                        key_hash=_hash(ctx, key), scopes=[Scope.AUDIT.value], doctor_id=None,
+                                        label=(label or "").strip()[:200], now=now, expires_at=expires_at)
+        await uow.audit.append(now, "admin", "api_key.create", f"api_key:{key_id}",
+                               {"auditor": auditor_id, "prefix": prefix, "scopes": [Scope.AUDIT.value],
+                                "expires_at": expires_at.isoformat() if expires_at else None}, clinic_id=None)
+        await uow.commit()
+    clinics = None if auditor.all_clinics else frozenset(auditor.clinic_ids)
+    return NewApiKey(key, AuditorPrincipal(key_id, prefix, auditor_id, clinics), expires_at)
+
+
+def _new_key(ctx: Context, expires_in: dt.timedelta | None) -> tuple[str, str, dt.datetime, dt.datetime | None]:
+    """A fresh key: its prefix, the key itself, now, and when it expires."""
+    if expires_in is not None and expires_in <= dt.timedelta(0):
+        raise InvalidValue("a key's lifetime must be positive")
+    prefix = secrets.token_hex(_PREFIX_BYTES)
+    now = ctx.clock.now()
+    return (prefix, f"{KEY_MARK}_{prefix}_{secrets.token_urlsafe(32)}", now,
+            now + expires_in if expires_in is not None else None)
 
 
 def split_key(presented: str) -> str | None:
@@ -141,11 +188,12 @@ def split_key(presented: str) -> str | None:
     return prefix
 
 
-async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | None:
+async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | AuditorPrincipal | None:
     """The principal for a live key, or None; ApiKeyExpired for the right key past its expiry. The hash
     comparison is constant-time and always performed. The lookup is one read statement, made on every request,
-    so a revoked key is refused at once; the key's last use is written only when the recorded one is older
-    than USE_RECORDED_EVERY."""
+    so a revoked key is refused at once (an auditor's key: a second, for the auditor and its clinics, so a removed
+    auditor or a narrowed scope holds at once too); the key's last use is written only when the recorded one is
+    older than USE_RECORDED_EVERY."""
     prefix = split_key(presented)
     row = None
     if prefix is not None:
@@ -163,6 +211,14 @@ async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | None:
         async with ctx.uow() as uow:
             await uow.api_keys.touch(row.id, now, stale)
             await uow.commit()
+    if row.auditor_id is not None:
+        async with ctx.uow(read_only=True) as uow:
+            auditor = await uow.auditors.get(row.auditor_id)
+        if auditor.removed_at is not None:
+            return None
+        clinics = None if auditor.all_clinics else frozenset(auditor.clinic_ids)
+        return AuditorPrincipal(row.id, row.key_prefix, auditor.id, clinics)
+    assert row.clinic_id is not None, "a key is a clinic's or an auditor's (CHECK one_owner)"
     return ApiPrincipal(row.id, row.key_prefix, row.clinic_id, frozenset(Scope(s) for s in row.scopes), row.doctor_id)
 
 
@@ -177,7 +233,8 @@ async def list_api_keys(ctx: Context, clinic_id: int | None = None) -> list[ApiK
 def _info(row: StoredApiKey) -> ApiKeyInfo:
     return ApiKeyInfo(prefix=row.key_prefix, clinic_id=row.clinic_id, label=row.label,
                       scopes=row.scopes, doctor_id=row.doctor_id, created_at=row.created_at,
-                      expires_at=row.expires_at, last_used_at=row.last_used_at, revoked_at=row.revoked_at)
+                      expires_at=row.expires_at, last_used_at=row.last_used_at, revoked_at=row.revoked_at,
+                      auditor_id=row.auditor_id)
 
 
 async def revoke_api_key(ctx: Context, key_prefix: str) -> ApiKeyInfo:
@@ -192,6 +249,7 @@ async def revoke_api_key(ctx: Context, key_prefix: str) -> ApiKeyInfo:
         if row.revoked_at is not None or not await uow.api_keys.revoke(prefix, now):
             raise Conflict(f"API key {prefix} was already revoked")
         await uow.audit.append(now, "admin", "api_key.revoke", f"api_key:{row.id}",
-                               {"clinic": row.clinic_id, "prefix": prefix})
+                               {"clinic": row.clinic_id, "prefix": prefix} if row.auditor_id is None
+                               else {"auditor": row.auditor_id, "prefix": prefix}, clinic_id=row.clinic_id)
         await uow.commit()
     return dataclasses.replace(_info(row), revoked_at=now)
