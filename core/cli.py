@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 from click.decorators import FC
 
+from core import csvfile
 from core.clock import SystemClock, to_local
 from core.config import Settings
 from core.db.engine import create_engine
@@ -21,7 +24,8 @@ from core.db.repositories import StoredAuditor
 from core.db.uow import UnitOfWorkFactory
 from core.errors import DomainError
 from core.logs import configure_logging
-from core.services import Context, api_keys, auditors, registry
+from core.services import Context, api_keys, auditors, flag_lists, registry
+from core.services.flags import find_flags, flags_csv
 
 EXIT_OK, EXIT_AUDIT_BROKEN, EXIT_REFUSED = 0, 1, 2  # 2 is also click's status for a command line it refuses
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -43,15 +47,20 @@ def _run(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> NoReturn:
 def _in_directory(act: Callable[[Context], Awaitable[None]]) -> NoReturn:
     """Run ``act`` on the clinics directory (clinics, staff, API keys), which needs the secrets."""
     async def work(settings: Settings) -> int:
-        settings = settings.require_secrets()
-        engine = create_engine(settings.database_url)
-        try:
-            await act(Context.build(settings, UnitOfWorkFactory(engine), SystemClock()))
-        finally:
-            await engine.dispose()
+        await _directory_work(settings, act)
         return EXIT_OK
 
     _run(work)
+
+
+async def _directory_work(settings: Settings, act: Callable[[Context], Awaitable[None]]) -> None:
+    """What _in_directory runs, for a command whose exit status depends on the outcome."""
+    settings = settings.require_secrets()
+    engine = create_engine(settings.database_url)
+    try:
+        await act(Context.build(settings, UnitOfWorkFactory(engine), SystemClock()))
+    finally:
+        await engine.dispose()
 
 
 class _InWorkflowOrder(click.Group):
@@ -359,6 +368,141 @@ def remove_auditor(auditor_id: int) -> NoReturn:
 
 def _scope(auditor: StoredAuditor) -> str:
     return "all clinics" if auditor.all_clinics else "clinics " + ",".join(map(str, auditor.clinic_ids))
+
+
+# --- red flags (issue 12): the operator's lists the rules read, and the flags themselves ---------------------------
+
+def _text_of(path: Path) -> str:
+    """A CSV file's text: UTF-8, with or without the byte-order mark spreadsheets write."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{path.name} is not UTF-8 text (byte {exc.start}); save it as CSV UTF-8") from None
+
+
+def _report_rejected(rejected: list[flag_lists.Rejected]) -> int:
+    for row in rejected:
+        click.echo(f"line {row.line}: {row.reason}", err=True)
+    return EXIT_REFUSED if rejected else EXIT_OK
+
+
+_CSV_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@main.command("import-deaths")
+@click.argument("file", type=_CSV_FILE)
+@click.option("--source", default=None, help="where the list comes from, kept with each row [default: the file's name]")
+def import_deaths(file: Path, source: str | None) -> NoReturn:
+    """Import a date-of-death list for the red flags: CSV rows IIN,date.
+
+    Dates as YYYY-MM-DD or DD.MM.YYYY; a header row is allowed. Each row is checked (the IIN and its check digit, a
+    date neither in the future nor before the birth date the IIN gives); the good rows are stored in one go.
+    Importing a file again changes nothing; an IIN listed again with another date takes the new one. Rejected rows
+    are printed with their line number and reason, never the IIN; exit status 2 when there were any (the good rows
+    are stored all the same). Audit-logged.
+    """
+    text = _text_of(file)
+
+    async def work(settings: Settings) -> int:
+        outcome: list[int] = []
+
+        async def act(ctx: Context) -> None:
+            done = await flag_lists.import_deaths(ctx, text, source or file.name)
+            click.echo(f"deaths: {done.added} added, {done.updated} updated, {done.unchanged} already listed, "
+                       f"{len(done.rejected)} rejected")
+            outcome.append(_report_rejected(done.rejected))
+
+        await _directory_work(settings, act)
+        return outcome[0]
+
+    _run(work)
+
+
+@main.group("service-rules", cls=_InWorkflowOrder)
+def service_rules() -> None:
+    """Which sex and age band each service may be billed for (the red flag "service_misfit").
+
+    A rule is service_code,sex,min_age,max_age,source: sex male, female or empty for either; ages inclusive, whole
+    years on the visit's day as the patient's IIN gives them, empty for no bound; source says where the band comes
+    from. Seeded with the cancer screenings of order ҚР ДСМ-174/2020 under placeholder codes (SCREEN-*): import your
+    payer's codes.
+    """
+
+
+@service_rules.command("list")
+def list_service_rules() -> NoReturn:
+    """Print every rule as a CSV row, the form import takes."""
+    async def act(ctx: Context) -> None:
+        out = io.StringIO()
+        writer = csvfile.writer(out, lineterminator="\n")
+        writer.writerow(["service_code", "sex", "min_age", "max_age", "source"])
+        writer.writerows([r.service_code, r.sex, r.min_age, r.max_age, r.source]
+                         for r in await flag_lists.service_rules(ctx))
+        click.echo(out.getvalue(), nl=False)
+
+    _in_directory(act)
+
+
+@service_rules.command("import")
+@click.argument("file", type=_CSV_FILE)
+def import_service_rules(file: Path) -> NoReturn:
+    """Add or change the rules in a CSV file (service_code,sex,min_age,max_age,source; a header row is allowed).
+
+    Services not in the file keep their rules. Rejected rows are printed with their line number and reason; exit
+    status 2 when there were any (the good rows are stored all the same). Each change is audit-logged.
+    """
+    text = _text_of(file)
+
+    async def work(settings: Settings) -> int:
+        outcome: list[int] = []
+
+        async def act(ctx: Context) -> None:
+            done = await flag_lists.import_service_rules(ctx, text)
+            click.echo(f"service rules: {done.added} added, {done.changed} changed, {len(done.rejected)} rejected")
+            outcome.append(_report_rejected(done.rejected))
+
+        await _directory_work(settings, act)
+        return outcome[0]
+
+    _run(work)
+
+
+@service_rules.command("remove")
+@click.argument("service_code")
+def remove_service_rule(service_code: str) -> NoReturn:
+    """Remove a service's rule: it may then be billed for anyone. Audit-logged."""
+    async def act(ctx: Context) -> None:
+        await flag_lists.remove_service_rule(ctx, service_code)
+        click.echo(f"rule for {service_code} removed")
+
+    _in_directory(act)
+
+
+@main.command("flags")
+@click.option("--from", "first_day", type=click.DateTime(["%Y-%m-%d"]), required=True, metavar="YYYY-MM-DD",
+              help="the first day (Asia/Almaty) whose visits are looked at")
+@click.option("--to", "last_day", type=click.DateTime(["%Y-%m-%d"]), default=None, metavar="YYYY-MM-DD",
+              help="the last day, included [default: the first]")
+@_clinic_option(default=None)
+@click.option("--doctor", "doctor_id", type=int, default=None, metavar="ID", help="one doctor's flags only")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write every flag with all its visit ids to this CSV file")
+def flags(first_day: dt.datetime, last_day: dt.datetime | None, clinic_id: int | None, doctor_id: int | None,
+          csv_path: Path | None) -> NoReturn:
+    """Print the red flags the visits of a period raise: one line per flag, what was measured against which
+    threshold (RASTAU_FLAG_* settings), and the visits that raised it."""
+    async def act(ctx: Context) -> None:
+        found = await find_flags(ctx, first_day.date(), (last_day or first_day).date(), clinic_id=clinic_id,
+                                 doctor_id=doctor_id)
+        for flag in found:
+            shown = " ".join(map(str, flag.visit_ids[:10])) + (" …" if len(flag.visit_ids) > 10 else "")
+            click.echo(f"clinic {flag.clinic_id}  {flag.kind.value}: {flag.explain()}; "
+                       f"visits ({len(flag.visit_ids)}): {shown or 'none'}")
+        click.echo(f"{len(found)} flags")
+        if csv_path is not None:
+            await asyncio.to_thread(csv_path.write_text, flags_csv(found), encoding="utf-8")
+
+    _in_directory(act)
 
 
 if __name__ == "__main__":

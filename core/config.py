@@ -78,6 +78,21 @@ class Settings(BaseSettings):
     send_rate_per_chat: float = Field(1.0, gt=0)
     dispatcher_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 
+    # red flags (core/services/flags.py): thresholds from the public record where it has one, else stated as ours
+    flag_daily_visit_norm: int = Field(24, ge=1, le=1000)  # the norm the Finance Ministry's audit measured against
+    flag_daily_visit_factor: float = Field(2.0, ge=1.0, le=100.0)  # a doctor-day over norm × factor is flagged
+    flag_min_visit_gap_minutes: int = Field(5, ge=1, le=120)
+    flag_close_visits_per_day: int = Field(3, ge=1, le=1000)
+    flag_min_visits: int = Field(20, ge=1, le=100_000)  # a share is judged over at least this many visits
+    flag_code_share_factor: float = Field(2.0, ge=1.0, le=100.0)
+    flag_code_share_max: float = Field(0.2, gt=0.0, le=1.0)
+    flag_unverified_share: float = Field(0.05, gt=0.0, le=1.0)
+    flag_disputed_share: float = Field(0.02, gt=0.0, le=1.0)
+    flag_no_answer_share: float = Field(0.5, gt=0.0, le=1.0)
+    flag_face_replacements: int = Field(5, ge=1, le=100_000)
+    flag_patients_per_phone: int = Field(5, ge=1, le=1000)
+    flag_code_cap_hours: int = Field(3, ge=1, le=10_000)
+
     @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "webhook_secret", "dispatcher_id",
                      mode="before")
     @classmethod

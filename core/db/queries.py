@@ -6,10 +6,29 @@ read model."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Float,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    distinct,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
 
 from core.db import tables as t
 from core.db.repositories import ENROLLED_AT, FRESH, AnyRow
@@ -127,3 +146,267 @@ class Queries:
 
     async def visit_line(self, visit_id: int) -> AnyRow | None:
         return (await self.conn.execute(_VISIT_LINES.where(_v.c.id == visit_id))).first()
+
+
+# --- red flags (issue 12): one statement per rule, on SQLite and PostgreSQL ---------------------------------------
+# Each answers the groups (doctor-day, doctor, clinic) over their rule's threshold, with the measured value and the
+# ids of the visits that raised it as one comma-separated text (group_concat / string_agg), so a rule is one round
+# trip however many flags it finds. core.services.flags turns the rows into flags and says what each means.
+# Thresholds are bound parameters; the period is [start, end) in UTC over visits' start_at.
+
+_LOCAL_OFFSET = 5  # hours: Asia/Almaty (core.clock.ALMATY) is UTC+5 all year since 2024-03-01; days are counted so
+
+
+class _LocalDay(FunctionElement[dt.date]):
+    """The Asia/Almaty calendar day of a UTC moment (a date on both engines)."""
+    type = Date()
+    inherit_cache = True
+    name = "local_day"
+
+
+@compiles(_LocalDay, "sqlite")
+def _local_day_sqlite(element: _LocalDay, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"date({compiler.process(element.clauses, **kw)}, '+{_LOCAL_OFFSET} hours')"
+
+
+@compiles(_LocalDay, "postgresql")
+def _local_day_postgresql(element: _LocalDay, compiler: SQLCompiler, **kw: Any) -> str:
+    moment = compiler.process(element.clauses, **kw)
+    return f"CAST(({moment} AT TIME ZONE 'UTC') + INTERVAL '{_LOCAL_OFFSET} hours' AS DATE)"
+
+
+class _LocalYmd(FunctionElement[int]):
+    """The Asia/Almaty day of a UTC moment as the number YYYYMMDD: whole years between two such numbers are their
+    difference divided by 10,000, on both engines."""
+    type = Integer()
+    inherit_cache = True
+    name = "local_ymd"
+
+
+@compiles(_LocalYmd, "sqlite")
+def _local_ymd_sqlite(element: _LocalYmd, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(strftime('%Y%m%d', {compiler.process(element.clauses, **kw)}, '+{_LOCAL_OFFSET} hours') AS INTEGER)"
+
+
+@compiles(_LocalYmd, "postgresql")
+def _local_ymd_postgresql(element: _LocalYmd, compiler: SQLCompiler, **kw: Any) -> str:
+    moment = compiler.process(element.clauses, **kw)
+    return f"CAST(to_char(({moment} AT TIME ZONE 'UTC') + INTERVAL '{_LOCAL_OFFSET} hours', 'YYYYMMDD') AS INTEGER)"
+
+
+class _SecondsBetween(FunctionElement[float]):
+    """later - earlier, in seconds."""
+    type = Float()
+    inherit_cache = True
+    name = "seconds_between"
+
+
+@compiles(_SecondsBetween, "sqlite")
+def _seconds_sqlite(element: _SecondsBetween, compiler: SQLCompiler, **kw: Any) -> str:
+    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
+    return f"round((julianday({later}) - julianday({earlier})) * 86400.0, 3)"  # to the millisecond: julianday's
+    # floating point makes ten minutes 599.99999 seconds
+
+
+@compiles(_SecondsBetween, "postgresql")
+def _seconds_postgresql(element: _SecondsBetween, compiler: SQLCompiler, **kw: Any) -> str:
+    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({later} - {earlier}))"
+
+
+class _IdList(FunctionElement[str]):
+    """The group's ids (NULLs left out) as one comma-separated text, in no particular order."""
+    type = String()
+    inherit_cache = True
+    name = "id_list"
+
+
+@compiles(_IdList, "sqlite")
+def _id_list_sqlite(element: _IdList, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"group_concat({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_IdList, "postgresql")
+def _id_list_postgresql(element: _IdList, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"string_agg(CAST({compiler.process(element.clauses, **kw)} AS TEXT), ',')"
+
+
+_FLAG_PERIOD = and_(_v.c.start_at >= bindparam("start"), _v.c.start_at < bindparam("end"))
+_FLAG_BILLED = and_(_billed, _FLAG_PERIOD)
+_visit_day = _LocalDay(_v.c.start_at)
+_IIN_CENTURY_DIGIT = cast(func.substr(_p.c.iin, 7, 1), Integer)  # core.iin: 1-6; odd male, even female
+_IIN_BIRTH_YMD = (cast(func.substr(_p.c.iin, 1, 6), Integer)
+                  + (1800 + 100 * ((_IIN_CENTURY_DIGIT - 1) // 2)) * 10000)
+_AGE_AT_VISIT = (_LocalYmd(_v.c.start_at) - _IIN_BIRTH_YMD) // 10000  # whole years on the visit's local day
+_IS_MALE = _IIN_CENTURY_DIGIT % 2 == 1
+_sr, _dx = t.service_rules, t.deaths
+_S = TypeVar("_S", bound="Select[Any]")
+
+
+def _scoped(stmt: _S, clinic: ColumnElement[Any], doctor: ColumnElement[Any] | None,
+            clinic_id: int | None, doctor_id: int | None) -> _S:
+    if clinic_id is not None:
+        stmt = stmt.where(clinic == clinic_id)
+    if doctor_id is not None and doctor is not None:
+        stmt = stmt.where(doctor == doctor_id)
+    return stmt
+
+
+class FlagQueries:
+    """The red-flag rules' reads. Each takes the period [start, end) (UTC), an optional clinic and doctor, and the
+    rule's thresholds, and answers one row per group over them."""
+
+    def __init__(self, conn: AsyncConnection):
+        self.conn = conn
+
+    async def _rows(self, stmt: Any, params: dict[str, Any]) -> list[AnyRow]:
+        return list((await self.conn.execute(stmt, params)).all())
+
+    async def day_volume(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None, doctor_id: int | None,
+                         *, above: int) -> list[AnyRow]:
+        """Doctor-days with more than ``above`` billed visits."""
+        stmt = (select(_v.c.clinic_id, _v.c.doctor_id, _visit_day.label("day"), func.count().label("value"),
+                       _IdList(_v.c.id).label("visit_ids"))
+                .where(_FLAG_BILLED).group_by(_v.c.clinic_id, _v.c.doctor_id, _visit_day)
+                .having(func.count() > bindparam("above")))
+        return await self._rows(_scoped(stmt, _v.c.clinic_id, _v.c.doctor_id, clinic_id, doctor_id),
+                                {"start": start, "end": end, "above": above})
+
+    async def close_visits(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                           doctor_id: int | None, *, gap_seconds: int, at_least: int) -> list[AnyRow]:
+        """Doctor-days with at least ``at_least`` billed visits starting less than ``gap_seconds`` after the
+        doctor's previous billed visit; the ids are those later visits."""
+        previous = func.lag(_v.c.start_at).over(partition_by=_v.c.doctor_id, order_by=(_v.c.start_at, _v.c.id))
+        timed = _scoped(select(_v.c.id, _v.c.clinic_id, _v.c.doctor_id, _v.c.start_at, previous.label("previous"))
+                        .where(_FLAG_BILLED), _v.c.clinic_id, _v.c.doctor_id, clinic_id, doctor_id).subquery()
+        day = _LocalDay(timed.c.start_at)
+        stmt = (select(timed.c.clinic_id, timed.c.doctor_id, day.label("day"), func.count().label("value"),
+                       _IdList(timed.c.id).label("visit_ids"))
+                .where(timed.c.previous.is_not(None),
+                       _SecondsBetween(timed.c.start_at, timed.c.previous) < bindparam("gap"))
+                .group_by(timed.c.clinic_id, timed.c.doctor_id, day)
+                .having(func.count() >= bindparam("at_least")))
+        return await self._rows(stmt, {"start": start, "end": end, "gap": gap_seconds, "at_least": at_least})
+
+    async def two_clinics(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                          doctor_id: int | None) -> list[AnyRow]:
+        """Doctor-days on which the doctor's billed visits overlap billed visits of a doctor with the same phone in
+        another clinic; ``visit_ids`` are the doctor's own, ``other_ids`` the other clinic's."""
+        other_doctor, other = t.doctors.alias("other_doctor"), t.visits.alias("other_visit")
+        stmt = (select(_v.c.clinic_id, _v.c.doctor_id, _visit_day.label("day"),
+                       func.count(distinct(_v.c.id)).label("value"), _IdList(_v.c.id).label("visit_ids"),
+                       func.min(other.c.clinic_id).label("other_clinic_id"),
+                       func.count(distinct(other.c.clinic_id)).label("other_clinics"))
+                .select_from(_v.join(_d, _d.c.id == _v.c.doctor_id)
+                             .join(other_doctor, and_(other_doctor.c.phone == _d.c.phone,
+                                                      other_doctor.c.clinic_id != _d.c.clinic_id))
+                             .join(other, and_(other.c.doctor_id == other_doctor.c.id, other.c.state != _CANCELLED,
+                                               other.c.start_at >= bindparam("wide_start"),
+                                               other.c.start_at < bindparam("end"))))
+                .where(_FLAG_BILLED, _SecondsBetween(other.c.start_at, _v.c.start_at) < _v.c.duration_s,
+                       _SecondsBetween(_v.c.start_at, other.c.start_at) < other.c.duration_s)
+                .group_by(_v.c.clinic_id, _v.c.doctor_id, _visit_day))
+        return await self._rows(_scoped(stmt, _v.c.clinic_id, _v.c.doctor_id, clinic_id, doctor_id),
+                                {"start": start, "end": end, "wide_start": start - dt.timedelta(hours=12)})
+
+    async def code_shares(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None) -> list[AnyRow]:
+        """Per doctor, the billed in-person visits with evidence and how many of them rest on a code (all the
+        clinic's doctors: the service compares each with the clinic's median)."""
+        by_code = _v.c.verified_by == VerificationMethod.CODE.value
+        stmt = (select(_v.c.clinic_id, _v.c.doctor_id, func.count().label("verified"), _count(by_code).label("code"),
+                       _IdList(case((by_code, _v.c.id))).label("visit_ids"))
+                .where(_FLAG_BILLED, _v.c.mode == VisitMode.IN_PERSON.value, _v.c.verified_by.is_not(None))
+                .group_by(_v.c.clinic_id, _v.c.doctor_id))
+        return await self._rows(_scoped(stmt, _v.c.clinic_id, None, clinic_id, None), {"start": start, "end": end})
+
+    async def answer_shares(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                            doctor_id: int | None) -> list[AnyRow]:
+        """Per doctor, billed visits and those unverified, disputed, never answered and registered late, each
+        with its ids."""
+        no_answer = and_(_v.c.state.not_in([_CONFIRMED, _DISPUTED, _SCHEDULED]), _v.c.attended_claim_at.is_(None))
+        late = _v.c.registered_late.is_(True)
+        shares = {"unverified": _unverified, "disputed": _disputed, "no_answer": no_answer, "late": late}
+        stmt = (select(_v.c.clinic_id, _v.c.doctor_id, func.count().label("billed"),
+                       *(_count(rule).label(name) for name, rule in shares.items()),
+                       *(_IdList(case((rule, _v.c.id))).label(f"{name}_ids") for name, rule in shares.items()))
+                .where(_FLAG_BILLED).group_by(_v.c.clinic_id, _v.c.doctor_id))
+        return await self._rows(_scoped(stmt, _v.c.clinic_id, _v.c.doctor_id, clinic_id, doctor_id),
+                                {"start": start, "end": end})
+
+    async def face_replacements(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                                *, at_least: int) -> list[AnyRow]:
+        """Clinics that replaced at least ``at_least`` enrolled faces in the period, with the visits verified
+        against those new faces."""
+        stmt = (select(_pc.c.clinic_id, func.count(distinct(_pc.c.id)).label("value"),
+                       _IdList(_v.c.id).label("visit_ids"))
+                .select_from(_pc.outerjoin(_v, _v.c.verified_enrolment_id == _pc.c.id))
+                .where(_pc.c.kind == "face_replaced", _pc.c.at >= bindparam("start"), _pc.c.at < bindparam("end"))
+                .group_by(_pc.c.clinic_id).having(func.count(distinct(_pc.c.id)) >= bindparam("at_least")))
+        return await self._rows(_scoped(stmt, _pc.c.clinic_id, None, clinic_id, None),
+                                {"start": start, "end": end, "at_least": at_least})
+
+    async def enrolment_disputes(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None) -> list[AnyRow]:
+        """Clinics whose patients said "this wasn't me" to a change in the period, with the visits verified
+        against a disputed enrolment."""
+        stmt = (select(_pc.c.clinic_id, func.count(distinct(_pc.c.id)).label("value"),
+                       _IdList(_v.c.id).label("visit_ids"))
+                .select_from(_pc.outerjoin(_v, _v.c.verified_enrolment_id == _pc.c.id))
+                .where(_pc.c.disputed_at >= bindparam("start"), _pc.c.disputed_at < bindparam("end"))
+                .group_by(_pc.c.clinic_id))
+        return await self._rows(_scoped(stmt, _pc.c.clinic_id, None, clinic_id, None), {"start": start, "end": end})
+
+    async def shared_phones(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                            *, above: int) -> list[AnyRow]:
+        """A clinic's phone numbers shared by more than ``above`` of its patients, with those patients' billed
+        visits in the period (a number with none raised no bill in the period, so no flag)."""
+        stmt = (select(_p.c.clinic_id, _p.c.phone, func.count(distinct(_p.c.id)).label("value"),
+                       _IdList(_v.c.id).label("visit_ids"))
+                .select_from(_p.outerjoin(_v, and_(_v.c.patient_id == _p.c.id, _FLAG_BILLED)))
+                .group_by(_p.c.clinic_id, _p.c.phone)
+                .having(and_(func.count(distinct(_p.c.id)) > bindparam("above"), func.count(_v.c.id) > 0)))
+        return await self._rows(_scoped(stmt, _p.c.clinic_id, None, clinic_id, None),
+                                {"start": start, "end": end, "above": above})
+
+    async def code_cap_hours(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                             *, cap: int, at_least: int) -> list[AnyRow]:
+        """Clinics whose wrong codes reached ``cap`` in at least ``at_least`` clock hours of the period, with the
+        visits verified by code in those hours (a guess that hit would be among them)."""
+        hours = t.clinic_code_failures
+        stmt = (select(hours.c.clinic_id, func.count(distinct(hours.c.hour_start)).label("value"),
+                       _IdList(_v.c.id).label("visit_ids"))
+                .select_from(hours.outerjoin(_v, and_(
+                    _v.c.clinic_id == hours.c.clinic_id, _v.c.verified_by == VerificationMethod.CODE.value,
+                    _v.c.start_at >= bindparam("wide_start"), _v.c.start_at < bindparam("wide_end"),
+                    _v.c.verified_at >= hours.c.hour_start,
+                    _SecondsBetween(_v.c.verified_at, hours.c.hour_start) < 3600)))
+                .where(hours.c.failures >= bindparam("cap"), hours.c.hour_start >= bindparam("start"),
+                       hours.c.hour_start < bindparam("end"))
+                .group_by(hours.c.clinic_id).having(func.count(distinct(hours.c.hour_start)) >= bindparam("at_least")))
+        return await self._rows(_scoped(stmt, hours.c.clinic_id, None, clinic_id, None),
+                                {"start": start, "end": end, "cap": cap, "at_least": at_least,
+                                 "wide_start": start - dt.timedelta(days=1), "wide_end": end + dt.timedelta(days=1)})
+
+    async def service_mismatches(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                                 doctor_id: int | None) -> list[AnyRow]:
+        """Per doctor and service, billed visits whose patient's sex or age (from the IIN, on the visit's local
+        day) is outside the service's rule."""
+        age = _AGE_AT_VISIT
+        misfit = or_(and_(_sr.c.sex == "male", ~_IS_MALE), and_(_sr.c.sex == "female", _IS_MALE),
+                     and_(_sr.c.min_age.is_not(None), age < _sr.c.min_age),
+                     and_(_sr.c.max_age.is_not(None), age > _sr.c.max_age))
+        stmt = (select(_v.c.clinic_id, _v.c.doctor_id, _v.c.service_code, func.count().label("value"),
+                       _IdList(_v.c.id).label("visit_ids"))
+                .select_from(_v.join(_p, _p.c.id == _v.c.patient_id).join(_sr, _sr.c.service_code == _v.c.service_code))
+                .where(_FLAG_BILLED, misfit).group_by(_v.c.clinic_id, _v.c.doctor_id, _v.c.service_code))
+        return await self._rows(_scoped(stmt, _v.c.clinic_id, _v.c.doctor_id, clinic_id, doctor_id),
+                                {"start": start, "end": end})
+
+    async def after_death(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                          doctor_id: int | None) -> list[AnyRow]:
+        """Per doctor, billed visits on a local day after the patient's listed date of death."""
+        stmt = (select(_v.c.clinic_id, _v.c.doctor_id, func.count().label("value"), _IdList(_v.c.id).label("visit_ids"),
+                       func.min(_dx.c.died_on).label("earliest_death"))
+                .select_from(_v.join(_p, _p.c.id == _v.c.patient_id).join(_dx, _dx.c.iin == _p.c.iin))
+                .where(_FLAG_BILLED, _visit_day > _dx.c.died_on).group_by(_v.c.clinic_id, _v.c.doctor_id))
+        return await self._rows(_scoped(stmt, _v.c.clinic_id, _v.c.doctor_id, clinic_id, doctor_id),
+                                {"start": start, "end": end})

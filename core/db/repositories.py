@@ -933,3 +933,61 @@ class AuditRepo(_Repo):
     async def head(self) -> tuple[int, str]:
         row = (await self.conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1))).first()
         return (row.seq, row.last_hash) if row else (0, audit.GENESIS)
+
+
+# --- red flags (issue 12): the operator's lists the rules read ------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeathsWritten:
+    added: int
+    updated: int  # the IIN was listed with another date; the new one replaced it
+    unchanged: int
+
+
+class DeathListRepo(_Repo):
+    _CHUNK = 500  # IINs per IN list: well under SQLite's and asyncpg's parameter limits
+
+    async def upsert(self, deaths: dict[str, dt.date], source: str, now: dt.datetime) -> DeathsWritten:
+        """Store each IIN's date of death; an IIN already listed with the same date is left as it was (a file
+        imported twice changes nothing), with another date it takes the new one."""
+        added = updated = unchanged = 0
+        iins = builtins.list(deaths)
+        for at in range(0, len(iins), self._CHUNK):
+            chunk = iins[at:at + self._CHUNK]
+            known = {r.iin: r.died_on for r in (await self.conn.execute(
+                select(t.deaths.c.iin, t.deaths.c.died_on).where(t.deaths.c.iin.in_(chunk)))).all()}
+            fresh = [dict(iin=i, died_on=deaths[i], source=source, imported_at=now) for i in chunk if i not in known]
+            changed = [dict(the_iin=i, died_on=deaths[i], source=source, imported_at=now)
+                       for i in chunk if i in known and known[i] != deaths[i]]
+            if fresh:
+                await self.conn.execute(insert(t.deaths), fresh)
+            if changed:
+                await self.conn.execute(update(t.deaths).where(t.deaths.c.iin == bindparam("the_iin")), changed)
+            added, updated, unchanged = added + len(fresh), updated + len(changed), \
+                unchanged + len(chunk) - len(fresh) - len(changed)
+        return DeathsWritten(added=added, updated=updated, unchanged=unchanged)
+
+    async def count(self) -> int:
+        found: int = (await self.conn.execute(select(func.count()).select_from(t.deaths))).scalar_one()
+        return found
+
+
+class ServiceRuleRepo(_Repo):
+    async def put(self, *, service_code: str, sex: str | None, min_age: int | None, max_age: int | None,
+                  source: str, now: dt.datetime) -> bool:
+        """Set a service's rule; True when it was new."""
+        values = dict(sex=sex, min_age=min_age, max_age=max_age, source=source, updated_at=now)
+        res = await self.conn.execute(update(t.service_rules).where(t.service_rules.c.service_code == service_code)
+                                      .values(**values))
+        if res.rowcount == 1:
+            return False
+        await self.conn.execute(insert(t.service_rules).values(service_code=service_code, **values))
+        return True
+
+    async def remove(self, service_code: str) -> bool:
+        res = await self.conn.execute(delete(t.service_rules).where(t.service_rules.c.service_code == service_code))
+        return res.rowcount == 1
+
+    async def list(self) -> builtins.list[AnyRow]:
+        return builtins.list((await self.conn.execute(select(t.service_rules)
+                                                      .order_by(t.service_rules.c.service_code))).all())

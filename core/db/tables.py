@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -299,4 +300,29 @@ processed_updates = Table(
     Column("update_id", BigInteger, primary_key=True, autoincrement=False),
     Column("bot_id", BigInteger, primary_key=True, autoincrement=False),
     Column("at", UtcDateTime, nullable=False),
+)
+
+
+# --- red flags (issue 12): the operator's lists the rules read ------------------------------------------------------
+# Deaths from the civil registry, imported by the operator (rastau import-deaths): the IIN kept as patients' IINs are
+# (12 digits, so the rules join on it), the date of death, the file it came from and when. Not per clinic: a death is
+# a fact about the person, whichever clinic bills for them afterwards.
+deaths = Table(
+    "deaths", metadata,
+    Column("iin", String(12), primary_key=True),
+    Column("died_on", Date, nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("imported_at", UtcDateTime, nullable=False),
+)
+
+# Which patients a service may be billed for, by sex and age as the IIN gives them (rastau service-rules): a man's
+# cervical screening is a red flag. Seeded by migration 0008; the operator edits it.
+service_rules = Table(
+    "service_rules", metadata,
+    Column("service_code", String(64), primary_key=True),
+    Column("sex", String(6)),  # "male" | "female" | NULL: either
+    Column("min_age", Integer),  # inclusive, in whole years on the visit's day; NULL: no lower bound
+    Column("max_age", Integer),  # inclusive; NULL: no upper bound
+    Column("source", String(300), nullable=False),  # where the band comes from
+    Column("updated_at", UtcDateTime, nullable=False),
 )

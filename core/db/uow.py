@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.db.engine import READ_ONLY_OPTION
-from core.db.queries import Queries
+from core.db.queries import FlagQueries, Queries
 from core.db.repositories import (
     AdminRepo,
     ApiKeyRepo,
@@ -26,6 +26,7 @@ from core.db.repositories import (
     ChatUserRepo,
     ClinicRepo,
     CodeRepo,
+    DeathListRepo,
     DoctorRepo,
     FaceFailureRepo,
     IdempotencyRepo,
@@ -33,6 +34,7 @@ from core.db.repositories import (
     PatientChangeRepo,
     PatientRepo,
     ProcessedUpdateRepo,
+    ServiceRuleRepo,
     TemplateRepo,
     VisitRepo,
 )
@@ -105,6 +107,9 @@ class UnitOfWork:
         self.chat_users = ChatUserRepo(self.conn, locks)
         self.processed_updates = ProcessedUpdateRepo(self.conn, locks)
         self.queries = Queries(self.conn)
+        self.deaths = DeathListRepo(self.conn, locks)  # red flags: the operator's lists and the rules' reads
+        self.service_rules = ServiceRuleRepo(self.conn, locks)
+        self.flag_queries = FlagQueries(self.conn)
         return self
 
     async def commit(self) -> None:
