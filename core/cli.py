@@ -16,6 +16,7 @@ import click
 from click.decorators import FC
 
 from core import csvfile
+from core.audit import GLOBAL_CHAIN, ChainBreak, clinic_chain, find_break
 from core.clock import SystemClock, to_local
 from core.config import Settings
 from core.db.engine import create_engine
@@ -101,37 +102,39 @@ def migrate() -> NoReturn:
 
 
 @main.command("audit-verify")
-def audit_verify() -> NoReturn:
-    """Check the audit log's hash chain.
+@click.option("--clinic", "clinic_id", type=int, help="Check only this clinic's chain.")
+def audit_verify(clinic_id: int | None) -> NoReturn:
+    """Check the audit log's hash chains: every clinic's, the operator's and the closed global one.
 
-    Names the first broken row; exit status 1 when a row was changed, or rows were deleted from the middle
-    or the end.
+    Names each broken chain and its first broken row; exit status 1 when a row was changed, rows were deleted
+    from the middle or the end, or a clinic's whole chain is gone.
     """
-    _run(_verify_audit)
+    _run(lambda settings: _verify_audit(settings, clinic_id))
 
 
-async def _verify_audit(settings: Settings) -> int:
-    from core.audit import find_break
+async def _verify_audit(settings: Settings, clinic_id: int | None) -> int:
     engine = create_engine(settings.database_url)
     try:
-        async with UnitOfWorkFactory(engine)() as uow:
-            records = await uow.audit.records()
-            head_seq, head_hash = await uow.audit.head()
+        async with UnitOfWorkFactory(engine)(read_only=True) as uow:
+            clinics = [await uow.clinics.get(clinic_id)] if clinic_id is not None else await uow.clinics.list()
+            chains = [clinic_chain(clinic_id)] if clinic_id is not None else await uow.audit.chains()
+            heads = {head.chain: head for head in await uow.audit.heads()}
+            opened_before_chains = {r.subject for r in await uow.audit.records(GLOBAL_CHAIN)
+                                    if r.action == "clinic.create"}
+            rows = {chain: await uow.audit.records(chain) for chain in chains}
     finally:
         await engine.dispose()
-    broken = find_break(records)
-    if broken is None and records and (records[-1].seq != head_seq or records[-1].hash != head_hash):
-        click.echo(f"audit chain BROKEN at row {records[-1].seq + 1}: rows after {records[-1].seq} were deleted "
-                   f"(head says {head_seq})")
-        return EXIT_AUDIT_BROKEN
-    if broken is None and not records and head_seq:
-        click.echo(f"audit chain BROKEN at row 1: all {head_seq} rows were deleted")
-        return EXIT_AUDIT_BROKEN
-    if broken:
-        click.echo(f"audit chain BROKEN at row {broken.seq}: {broken.reason}")
-        return EXIT_AUDIT_BROKEN
-    click.echo(f"audit chain intact: {len(records)} rows")
-    return EXIT_OK
+    breaks = {chain: find_break(chain, records, heads.get(chain)) for chain, records in rows.items()}
+    for clinic in clinics:  # a clinic's creation opens its chain (or lies in the global chain, before 0006)
+        chain = clinic_chain(clinic.id or 0)
+        if not rows.get(chain) and chain not in heads and f"clinic:{clinic.id}" not in opened_before_chains:
+            breaks[chain] = ChainBreak(chain, 1, f"clinic {clinic.id} exists but its whole chain is missing")
+    for chain, broken in sorted(breaks.items()):
+        if broken is None:
+            click.echo(f"audit chain {chain} intact: {len(rows[chain])} rows")
+        else:
+            click.echo(f"audit chain {chain} BROKEN at row {broken.seq}: {broken.reason}")
+    return EXIT_AUDIT_BROKEN if any(breaks.values()) else EXIT_OK
 
 
 @main.command("add-clinic")

@@ -12,20 +12,26 @@ toward their left, which a camera facing them sees on the image's right: LEFT is
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Thresholds on yaw (nose offset in eye distances), measured on real photos by scripts/measure_liveness.py:
-STRAIGHT_MAX = 0.10  # |yaw| at most this: looking straight
-TURN_MIN = 0.20      # |yaw| at least this: turned (a frontal print tilted ±40° stays far below it)
-# The same person throughout: every encoded frame within this distance of the first frontal one.
-SAME_PERSON_MAX = 0.55
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Measured on real photos by scripts/measure_liveness.py (docs/liveness.md has the figures)."""
+    straight_max: float = 0.10     # |yaw| at most this: looking straight (every frontal photo: ≤ 0.09)
+    turn_min: float = 0.28         # |yaw| at least this: turned (a print tilted ±40°: up to 0.24)
+    same_person_max: float = 0.60  # every encoded frame this close to the first frontal one
+
+
+MEASURED = Thresholds()
 # Two encodings this close come from the same picture: a camera never sees one frame twice.
 SAME_PICTURE_MAX = 1e-6
 
-TURNS = 3            # turns per challenge, each left or right at random: 2**3 = 8 distinct challenges
+TURNS = 3            # turns per challenge, left or right, both present: 6 distinct challenges
 STEP_SECONDS = 4.0   # time limit for each step, from the moment the previous one was done
 
 
@@ -46,12 +52,22 @@ class Challenge:
 
 
 def random_challenge(rng: random.Random, *, turns: int = TURNS, step_seconds: float = STEP_SECONDS) -> Challenge:
-    """STRAIGHT, then each turn followed by STRAIGHT: frames recorded for one challenge fit another with
-    probability 2**-turns, since the tracker refuses a turn the challenge did not ask for at that step."""
-    poses = [Pose.STRAIGHT]
-    for _ in range(turns):
-        poses += [rng.choice((Pose.LEFT, Pose.RIGHT)), Pose.STRAIGHT]
-    return Challenge(tuple(poses), step_seconds)
+    """Uniformly one of :func:`challenges`: the server passes ``secrets.SystemRandom()``."""
+    return Challenge(rng.choice(challenges(turns)), step_seconds)
+
+
+def challenges(turns: int = TURNS) -> list[tuple[Pose, ...]]:
+    """Every challenge: STRAIGHT, then each turn followed by STRAIGHT, both directions present.
+
+    Both directions, because one flat photo of a head turned a little one way, tilted, can pass for straight
+    and for that turn, never for the other. The tracker refuses a turn not asked for at that step, so frames
+    recorded for one challenge fit another one only if the two are equal: 1 in 2**turns - 2 (6 for 3 turns).
+    """
+    found = []
+    for directions in itertools.product((Pose.LEFT, Pose.RIGHT), repeat=turns):
+        if len(set(directions)) == 2:
+            found.append((Pose.STRAIGHT, *itertools.chain.from_iterable((turn, Pose.STRAIGHT) for turn in directions)))
+    return found
 
 
 @dataclass(frozen=True)
@@ -80,18 +96,18 @@ class Progress:
     frontal_encoding: tuple[float, ...] | None = None  # when "live": the encoding to match to the reference
 
 
-def pose_of(yaw: float) -> Pose | None:
+def pose_of(yaw: float, thresholds: Thresholds = MEASURED) -> Pose | None:
     """The pose a yaw shows, or None between straight and turned (on the way, or not far enough)."""
-    if abs(yaw) <= STRAIGHT_MAX:
+    if abs(yaw) <= thresholds.straight_max:
         return Pose.STRAIGHT
-    if abs(yaw) >= TURN_MIN:
+    if abs(yaw) >= thresholds.turn_min:
         return Pose.LEFT if yaw > 0 else Pose.RIGHT
     return None
 
 
-def _toward(yaw: float, pose: Pose) -> bool:
+def _toward(yaw: float, pose: Pose, thresholds: Thresholds) -> bool:
     """At least half-way from straight to the asked pose: the patient was on the way there."""
-    halfway = (STRAIGHT_MAX + TURN_MIN) / 2
+    halfway = (thresholds.straight_max + thresholds.turn_min) / 2
     if pose is Pose.STRAIGHT:
         return abs(yaw) <= halfway
     return (yaw if pose is Pose.LEFT else -yaw) >= halfway
@@ -106,8 +122,9 @@ class LivenessTracker:
     face are tolerated (a turned head can lose the detector) but the clock runs; two faces end the session.
     """
 
-    def __init__(self, challenge: Challenge, started_at: float) -> None:
+    def __init__(self, challenge: Challenge, started_at: float, thresholds: Thresholds = MEASURED) -> None:
         self.challenge = challenge
+        self.thresholds = thresholds
         self._step = 0
         self._step_started_at = started_at
         self._on_the_way = False
@@ -126,7 +143,8 @@ class LivenessTracker:
             return self._decided
         if reading.outcome == "ok" and reading.yaw is not None:
             self._faces_seen = True
-            self._on_the_way = self._on_the_way or _toward(reading.yaw, self.challenge.poses[self._step])
+            awaited = self.challenge.poses[self._step]
+            self._on_the_way = self._on_the_way or _toward(reading.yaw, awaited, self.thresholds)
         if at > self._deadline:
             return self.expire(at)
         if reading.outcome == "multiple_faces":
@@ -139,7 +157,7 @@ class LivenessTracker:
             if refused is not None:
                 return self._not_live(refused)
         awaited = self.challenge.poses[self._step]
-        shown = pose_of(reading.yaw)
+        shown = pose_of(reading.yaw, self.thresholds)
         if shown is awaited:
             if reading.encoding is None:
                 self._encode_next = True
@@ -170,7 +188,7 @@ class LivenessTracker:
         encoding = tuple(encoding)
         if any(math.dist(encoding, seen) <= SAME_PICTURE_MAX for seen in self._encodings):
             return NotLive.REPEATED_FRAME
-        if self._frontal is not None and math.dist(encoding, self._frontal) > SAME_PERSON_MAX:
+        if self._frontal is not None and math.dist(encoding, self._frontal) > self.thresholds.same_person_max:
             return NotLive.FACE_CHANGED
         self._encodings.append(encoding)
         return None

@@ -396,21 +396,24 @@ class VisitRepo(_Repo):
             await self.conn.execute(_SAVE_VISIT_WITH_EVENT, {
                 "the_visit": visit.id, **{f"visit_{k}": v for k, v in state.items()},
                 **{f"event_{k}": v for k, v in _event_row(visit.id, events[0]).items()}})
-            await self._audit_event(visit.id, events[0])
+            await self._audit_event(visit, events[0])
         else:
             await self.conn.execute(_SAVE_VISIT, {"the_visit": visit.id, **state})
             for event in events:
-                await self.record_event(visit.id, event)
+                await self.record_event(visit, event)
         events.clear()
 
-    async def record_event(self, visit_id: int, event: VisitEvent) -> None:
-        await self.conn.execute(_ADD_EVENT, _event_row(visit_id, event))
-        await self._audit_event(visit_id, event)
+    async def record_event(self, visit: Visit, event: VisitEvent) -> None:
+        """An event that changed no state field (a code issued, a face attempt); its audit row goes to the visit's
+        clinic's chain."""
+        assert visit.id is not None, "a visit's events are recorded after it was added"
+        await self.conn.execute(_ADD_EVENT, _event_row(visit.id, event))
+        await self._audit_event(visit, event)
 
-    async def _audit_event(self, visit_id: int, event: VisitEvent) -> None:
-        await self._audit.append(event.at, event.actor.value, f"visit.{event.step}", f"visit:{visit_id}",
+    async def _audit_event(self, visit: Visit, event: VisitEvent) -> None:
+        await self._audit.append(event.at, event.actor.value, f"visit.{event.step}", f"visit:{visit.id}",
                                  {"from": event.from_state.value if event.from_state else None,
-                                  "to": event.to_state.value, "method": event.method})
+                                  "to": event.to_state.value, "method": event.method}, clinic_id=visit.clinic_id)
 
     async def events(self, visit_id: int) -> list[VisitEvent]:
         rows = (await self.conn.execute(select(t.visit_events).where(t.visit_events.c.visit_id == visit_id)
@@ -880,59 +883,86 @@ class IdempotencyRepo(_Repo):
             created_at=now))
 
 _head = t.audit_head.c
-_CLAIM_AUDIT_SEQS = (update(t.audit_head).where(_head.id == 1).values(seq=_head.seq + bindparam("rows", type_=Integer))
-                     .returning(_head.seq, _head.last_hash))
-_MOVE_AUDIT_HEAD = update(t.audit_head).where(_head.id == 1).values(last_hash=bindparam("head_hash"))
+# Claim ``rows`` sequence numbers of one chain and read the hash they follow; a chain's first write creates its head
+# (at its genesis) in the same statement. The head row's lock, taken here, orders the chain's writers until commit.
+_CLAIM_AUDIT_SEQS = {
+    dialect: (insert_of(t.audit_head).values(chain=bindparam("chain"), seq=bindparam("rows", type_=Integer),
+                                             last_hash=bindparam("genesis"))
+              .on_conflict_do_update(index_elements=[_head.chain],
+                                     set_={"seq": _head.seq + bindparam("rows", type_=Integer)})
+              .returning(_head.seq, _head.last_hash))
+    for dialect, insert_of in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))}
+_MOVE_AUDIT_HEAD = update(t.audit_head).where(_head.chain == bindparam("the_chain")).values(
+    last_hash=bindparam("head_hash"))
 _ADD_AUDIT_ROWS = insert(t.audit_log)
 # PostgreSQL: a row and the head's move to its hash as one statement (a data-modifying CTE; SQLite has none).
 _CHAIN_AUDIT_ROW = _MOVE_AUDIT_HEAD.add_cte(insert(t.audit_log).values(
     {column: bindparam(f"row_{column.name}", type_=column.type) for column in t.audit_log.c}).cte("chained"))
+_Pending: TypeAlias = tuple[str, str, str, str, dict[str, Any]]
 
 
 class AuditRepo(_Repo):
-    """Appends are held until the unit of work commits, then chained in one go: the head row's lock (which
-    orders every writer in the system) is then held for two statements and the commit, not the whole transaction."""
+    """Appends are held until the unit of work commits, then chained in one go, chain by chain: a chain's head row
+    lock (which orders that clinic's writers) is then held for two statements and the commit, not the whole
+    transaction, and writers of different clinics never wait on each other."""
 
     def __init__(self, conn: AsyncConnection, for_update: bool):
         super().__init__(conn, for_update)
-        self._pending: list[tuple[str, str, str, str, dict[str, Any]]] = []
+        self._pending: dict[str, list[_Pending]] = {}
 
-    async def append(self, at: dt.datetime, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
-        self._pending.append((at.astimezone(dt.UTC).isoformat(), actor, action, subject, details))
+    async def append(self, at: dt.datetime, actor: str, action: str, subject: str, details: dict[str, Any], *,
+                     clinic_id: int | None) -> None:
+        """Record one row in the chain of ``clinic_id`` (None: the record is about no single clinic, the operator's
+        chain)."""
+        self._pending.setdefault(audit.chain_of(clinic_id), []).append(
+            (at.astimezone(dt.UTC).isoformat(), actor, action, subject, details))
 
     async def flush(self) -> None:
-        """Chain the pending rows after the current head. Called by the unit of work just before commit."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        row = (await self.conn.execute(_CLAIM_AUDIT_SEQS, {"rows": len(pending)})).first()
-        if row is None:
-            raise RuntimeError("audit_head row is missing: the schema was not created by the migrations")
+        """Chain the pending rows after their chains' heads. Called by the unit of work just before commit; chains
+        in name order, so two transactions writing the same two chains cannot deadlock."""
+        pending, self._pending = self._pending, {}
+        for chain in sorted(pending):
+            await self._chain(chain, pending[chain])
+
+    async def _chain(self, chain: str, pending: list[_Pending]) -> None:
+        claim = _CLAIM_AUDIT_SEQS[self.conn.dialect.name]
+        row = (await self.conn.execute(claim, {"chain": chain, "rows": len(pending),
+                                               "genesis": audit.genesis(chain)})).one()
         seq, prev = row.seq - len(pending), row.last_hash
         rows = []
         for stamp, actor, action, subject, details in pending:
             seq += 1
             digest = audit.chain_hash(seq, stamp, actor, action, subject, details, prev)
-            rows.append(dict(seq=seq, at=stamp, actor=actor, action=action, subject=subject,
+            rows.append(dict(chain=chain, seq=seq, at=stamp, actor=actor, action=action, subject=subject,
                              details=json.dumps(details, sort_keys=True, ensure_ascii=False), prev_hash=prev,
                              hash=digest))
             prev = digest
-        if self.conn.dialect.name == "postgresql":  # a round trip fewer per row while every writer waits on the head
-            for chained in rows:
-                await self.conn.execute(_CHAIN_AUDIT_ROW, {**{f"row_{k}": v for k, v in chained.items()},
-                                                           "head_hash": chained["hash"]})
+        if self.conn.dialect.name == "postgresql" and len(rows) == 1:  # a round trip fewer while the chain waits
+            await self.conn.execute(_CHAIN_AUDIT_ROW, {**{f"row_{k}": v for k, v in rows[0].items()},
+                                                       "the_chain": chain, "head_hash": prev})
         else:
             await self.conn.execute(_ADD_AUDIT_ROWS, rows)
-            await self.conn.execute(_MOVE_AUDIT_HEAD, {"head_hash": prev})
+            await self.conn.execute(_MOVE_AUDIT_HEAD, {"the_chain": chain, "head_hash": prev})
 
-    async def records(self) -> list[audit.AuditRecord]:
-        rows = (await self.conn.execute(select(t.audit_log).order_by(t.audit_log.c.seq))).all()
-        return [audit.AuditRecord(seq=r.seq, at=r.at, actor=r.actor, action=r.action, subject=r.subject,
-                                  details=json.loads(r.details), prev_hash=r.prev_hash, hash=r.hash) for r in rows]
+    async def records(self, chain: str | None = None) -> list[audit.AuditRecord]:
+        """The rows of ``chain`` in order, or of every chain (chain by chain) when None."""
+        stmt = select(t.audit_log).order_by(t.audit_log.c.chain, t.audit_log.c.seq)
+        if chain is not None:
+            stmt = stmt.where(t.audit_log.c.chain == chain)
+        rows = (await self.conn.execute(stmt)).all()
+        return [audit.AuditRecord(chain=r.chain, seq=r.seq, at=r.at, actor=r.actor, action=r.action,
+                                  subject=r.subject, details=json.loads(r.details), prev_hash=r.prev_hash,
+                                  hash=r.hash) for r in rows]
 
-    async def head(self) -> tuple[int, str]:
-        row = (await self.conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1))).first()
-        return (row.seq, row.last_hash) if row else (0, audit.GENESIS)
+    async def heads(self) -> list[audit.ChainHead]:
+        """Every chain's head, by chain name: what a checkpoint of the audit log records."""
+        rows = (await self.conn.execute(select(t.audit_head).order_by(t.audit_head.c.chain))).all()
+        return [audit.ChainHead(r.chain, r.seq, r.last_hash) for r in rows]
+
+    async def chains(self) -> list[str]:
+        """Every chain that has a head or a row (a head deleted while its rows stay is a chain to verify too)."""
+        stmt = select(t.audit_head.c.chain).union(select(t.audit_log.c.chain).distinct())
+        return sorted(r[0] for r in (await self.conn.execute(stmt)).all())
 
 
 # --- red flags (issue 12): the operator's lists the rules read ------------------------------------------------------

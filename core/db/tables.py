@@ -219,8 +219,9 @@ outbox = Table(
     Index("ix_outbox_status_due", "status", "due_at"),
 )
 
-audit_log = Table(
+audit_log = Table(  # one hash chain per clinic, plus the operator's and the closed global one (core/audit.py)
     "audit_log", metadata,
+    Column("chain", String(40), primary_key=True),
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("at", String(40), nullable=False),
     Column("actor", String(64), nullable=False),
@@ -231,9 +232,9 @@ audit_log = Table(
     Column("hash", String(64), nullable=False),
 )
 
-audit_head = Table(
+audit_head = Table(  # each chain's last row: the row a writer of that chain locks to append
     "audit_head", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("chain", String(40), primary_key=True),
     Column("seq", Integer, nullable=False),
     Column("last_hash", String(64), nullable=False),
 )

@@ -98,7 +98,8 @@ async def link_chat_by_phone(ctx: Context, chat_id: int, proven_phone: str, lang
             await uow.chat_users.upsert(chat_id, now, language=language, stopped=False)
             await uow.audit.append(now, "chat_user", "chat.link", f"chat:{chat_id}",
                                    {"patients": patients, "doctors": doctors, "admins": admins,
-                                    "privacy_notice": "shown before the contact was shared"})
+                                    "privacy_notice": "shown before the contact was shared"},
+                                   clinic_id=None)  # a chat may reach several clinics: the operator's chain
         await uow.commit()
     return result
 
@@ -110,7 +111,8 @@ async def stop_chat(ctx: Context, chat_id: int) -> int:
         unlinked = (await uow.patients.unlink_chat(chat_id) + await uow.doctors.unlink_chat(chat_id)
                     + await uow.admins.unlink_chat(chat_id))
         await uow.chat_users.upsert(chat_id, now, stopped=True)
-        await uow.audit.append(now, "chat_user", "chat.stop", f"chat:{chat_id}", {"unlinked": unlinked})
+        await uow.audit.append(now, "chat_user", "chat.stop", f"chat:{chat_id}", {"unlinked": unlinked},
+                               clinic_id=None)
         await uow.commit()
     return unlinked
 

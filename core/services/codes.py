@@ -38,7 +38,7 @@ async def issue_code(ctx: Context, visit_id: int) -> IssuedCode | None:
         generation = await uow.codes.next_generation(visit_id)
         expires = policy.expiry(now, end)
         await uow.codes.put(visit_id, ctx.hasher.digest(visit_id, generation, code), now, expires)
-        await uow.visits.record_event(visit_id, VisitEvent(visit_id, now, "code_issued", visit.state, visit.state,
+        await uow.visits.record_event(visit, VisitEvent(visit_id, now, "code_issued", visit.state, visit.state,
                                                            Actor.SCHEDULER, "code", f"generation {generation}"))
         await uow.commit()
     return IssuedCode(code, expires)
@@ -93,7 +93,7 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, *, caller: C
             kind=OutboxKind.VISIT_CODE, recipient_kind=Recipient.PATIENT, recipient_id=visit.patient_id,
             visit_id=visit.id, due_at=now, payload={"reason": "requested"}), now)
         assert message_id is not None, "queued without a dedupe key, so never ignored"
-        await uow.visits.record_event(visit_id, VisitEvent(visit_id, now, "code_requested", visit.state, visit.state,
+        await uow.visits.record_event(visit, VisitEvent(visit_id, now, "code_requested", visit.state, visit.state,
                                                            Actor.DOCTOR, "code", f"request {taken} of {cap}"))
         await uow.commit()
     return CodeRequest(message_id, channel, cap - taken)

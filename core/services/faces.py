@@ -179,7 +179,7 @@ async def record_face_attempt(ctx: Context, attempt: FaceAttempt, analysis_outco
                 lock = _lock_for(lockouts)
                 await uow.visits.lock_face(visit.id, lockouts, now + lock)
                 retry_after = int(lock.total_seconds())
-            await uow.visits.record_event(visit.id, VisitEvent(visit.id, now, "face_attempt", visit.state,
+            await uow.visits.record_event(visit, VisitEvent(visit.id, now, "face_attempt", visit.state,
                                                                visit.state, Actor.CLINIC_SYSTEM, "face",
                                                                decision.value))
         await uow.commit()

@@ -83,7 +83,8 @@ async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeR
         if not await uow.patient_changes.mark_disputed(change_id, now):
             return DisputeResult(change, changed=False)
         await uow.audit.append(now, "patient", "patient_change.dispute", f"patient:{patient.id}",
-                               {"change": change_id, "kind": change.kind, "by": change.actor})
+                               {"change": change_id, "kind": change.kind, "by": change.actor},
+                               clinic_id=change.clinic_id)
         for admin in await uow.admins.list_by_clinic(change.clinic_id):
             assert admin.id is not None, "an admin read from storage"
             await uow.outbox.add(OutboxMessage(

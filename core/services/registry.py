@@ -26,7 +26,8 @@ async def create_clinic(ctx: Context, name: str) -> Clinic:
     name = clean_name(name, "clinic name")
     async with ctx.uow() as uow:
         clinic = await uow.clinics.add(Clinic(id=None, name=name), ctx.clock.now())
-        await uow.audit.append(ctx.clock.now(), "admin", "clinic.create", f"clinic:{clinic.id}", {})
+        await uow.audit.append(ctx.clock.now(), "admin", "clinic.create", f"clinic:{clinic.id}", {},
+                               clinic_id=clinic.id)
         await uow.commit()
     return clinic
 
@@ -56,7 +57,7 @@ async def add_doctor(ctx: Context, clinic_id: int, full_name: str, phone: str,
             raise StaffPhone(PATIENT_PHONE_FOR_STAFF)
         doctor = await uow.doctors.add(candidate, ctx.clock.now())
         await uow.audit.append(ctx.clock.now(), "admin", "doctor.create", f"doctor:{doctor.id}",
-                               {"clinic": clinic_id})
+                               {"clinic": clinic_id}, clinic_id=clinic_id)
         await uow.commit()
     return doctor
 
@@ -69,7 +70,7 @@ async def add_admin(ctx: Context, clinic_id: int, full_name: str, phone: str) ->
             raise StaffPhone(PATIENT_PHONE_FOR_STAFF)
         admin = await uow.admins.add(candidate, ctx.clock.now())
         await uow.audit.append(ctx.clock.now(), "admin", "clinic_admin.create", f"clinic_admin:{admin.id}",
-                               {"clinic": clinic_id})
+                               {"clinic": clinic_id}, clinic_id=clinic_id)
         await uow.commit()
     return admin
 
@@ -101,7 +102,8 @@ async def _upsert(uow: UnitOfWork, clinic_id: int, iin: str, full_name: str, pho
     existing = await uow.patients.by_iin(clinic_id, candidate.iin)
     if existing is None:
         patient = await uow.patients.add(candidate, now)
-        await uow.audit.append(now, caller.actor, "patient.create", f"patient:{patient.id}", {"clinic": clinic_id})
+        await uow.audit.append(now, caller.actor, "patient.create", f"patient:{patient.id}", {"clinic": clinic_id},
+                               clinic_id=clinic_id)
         return UpsertResult(patient, True)
     if not await visible_to(uow, existing, caller):
         raise NotFound("a patient with this IIN exists but has no visit with this key's doctor; a doctor-bound key "
@@ -118,7 +120,8 @@ async def _upsert(uow: UnitOfWork, clinic_id: int, iin: str, full_name: str, pho
     await uow.patients.save(existing, now)
     if moved:
         details["change"] = await record_change(uow, existing, PHONE_CHANGED, caller, now, old_chat)
-    await uow.audit.append(now, caller.actor, "patient.update", f"patient:{existing.id}", details)
+    await uow.audit.append(now, caller.actor, "patient.update", f"patient:{existing.id}", details,
+                           clinic_id=clinic_id)
     return UpsertResult(existing, False)
 
 
@@ -136,7 +139,7 @@ async def _consent(uow: UnitOfWork, patient: Patient, recorded_by: str, caller: 
     await uow.patients.save(patient, now)
     change = await record_change(uow, patient, CONSENT_RECORDED, caller, now, patient.chat_id)
     await uow.audit.append(now, caller.actor, "patient.consent", f"patient:{patient.id}",
-                           {"recorded_by": patient.consent_by, "change": change})
+                           {"recorded_by": patient.consent_by, "change": change}, clinic_id=patient.clinic_id)
 
 
 async def check_enrolment_allowed(ctx: Context, clinic_id: int, patient_id: int, *,
@@ -182,7 +185,7 @@ async def _enrol(uow: UnitOfWork, ctx: Context, patient: Patient, encodings: lis
     sealed = [ctx.cipher.seal(patient.id, enc) for enc in encodings]
     count = await uow.templates.replace(patient.id, sealed, now, enrolment_id=change)
     await uow.audit.append(now, caller.actor, "patient.enrol", f"patient:{patient.id}",
-                           {"references": count, "change": change})
+                           {"references": count, "change": change}, clinic_id=patient.clinic_id)
     return count
 
 
@@ -210,7 +213,8 @@ async def revoke_face(ctx: Context, clinic_id: int, patient_id: int, *, caller: 
         details: dict[str, object] = {"revoked": count}
         if count:
             details["change"] = await record_change(uow, patient, FACE_REVOKED, caller, now, patient.chat_id)
-        await uow.audit.append(now, caller.actor, "patient.revoke_enrolment", f"patient:{patient_id}", details)
+        await uow.audit.append(now, caller.actor, "patient.revoke_enrolment", f"patient:{patient_id}", details,
+                               clinic_id=patient.clinic_id)
         await uow.commit()
     return count
 

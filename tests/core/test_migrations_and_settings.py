@@ -84,7 +84,7 @@ async def test_a_transaction_that_fails_to_begin_does_not_block_the_next_writer(
 
     async def write() -> None:
         async with uow() as work:
-            await work.audit.append(dt.datetime.now(dt.UTC), "admin", "test.write", "test:1", {})
+            await work.audit.append(dt.datetime.now(dt.UTC), "admin", "test.write", "test:1", {}, clinic_id=None)
             await work.commit()
 
     await asyncio.wait_for(write(), timeout=10)

@@ -57,7 +57,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from core.audit import find_break
+from core.audit import clinic_chain, find_break
 from core.codes import CodeOutcome
 from core.db import tables as t
 from core.iin import check_digit
@@ -461,8 +461,10 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
     # --- no visit in an impossible state
     await assert_visits_consistent(ctx, verified=set(sample))
     async with ctx.uow(read_only=True) as uow:
-        records, (head_seq, _) = await uow.audit.records(), await uow.audit.head()
-    assert find_break(records) is None and len(records) == head_seq
+        heads = {head.chain: head for head in await uow.audit.heads()}
+        chains = {chain: await uow.audit.records(chain) for chain in await uow.audit.chains()}
+    assert [find_break(chain, records, heads.get(chain)) for chain, records in chains.items()] == [None] * len(chains)
+    assert {clinic_chain(clinic_id) for clinic_id in clinic_of.values()} <= set(heads)  # each clinic its chain
     if db_url.startswith("sqlite"):
         path = db_url.split(":///", 1)[1]
         with sqlite3.connect(path) as conn:
