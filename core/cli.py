@@ -373,6 +373,36 @@ def _scope(auditor: StoredAuditor) -> str:
     return "all clinics" if auditor.all_clinics else "clinics " + ",".join(map(str, auditor.clinic_ids))
 
 
+EXPORT_VALID, EXPORT_TAMPERED, EXPORT_UNREADABLE = 0, 1, 2
+
+
+@main.command("verify-export")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--public-key", "public_key", required=True, metavar="KEY|FILE",
+              help="the signing key's public half as GET /api/v1/audit/signing-key gives it (base64), or a file "
+                   "holding it (or a PEM public key); get it from the operator, not only from the server")
+def verify_export(file: str, public_key: str) -> NoReturn:
+    """Check a signed evidence export (JSON lines or CSV) with the public key alone: no database, no settings.
+
+    Exit status: 0 the file is complete and unmodified, 1 it is not (says where: its line or byte count, its
+    content, or its signature), 2 the file or the key cannot be read.
+    """
+    import pathlib
+
+    from core import signed_file, signing
+
+    try:
+        given = pathlib.Path(public_key)
+        key = signing.load_public_key(given.read_text() if given.is_file() else public_key)
+        data = pathlib.Path(file).read_bytes()
+    except (OSError, UnicodeDecodeError, signing.BadKey) as exc:
+        click.echo(f"error: cannot read {exc}", err=True)
+        raise SystemExit(EXPORT_UNREADABLE) from None
+    verdict = signed_file.verify(data, key)
+    click.echo(f"{file}: {verdict.message}" if verdict.valid else f"{file}: TAMPERED: {verdict.message}")
+    raise SystemExit(EXPORT_VALID if verdict.valid else EXPORT_TAMPERED)
+
+
 # --- red flags (issue 12): the operator's lists the rules read, and the flags themselves ---------------------------
 
 def _text_of(path: Path) -> str:

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     template_key: SecretStr | None = None
     bot_token: SecretStr | None = None
     api_key_pepper: SecretStr | None = None
+    signing_key: SecretStr | None = None  # Ed25519 seed for signed exports: base64 of 32 bytes (core.signing)
 
     log_level: str = "INFO"
     log_format: str = Field("console", pattern="^(json|console)$")
@@ -93,7 +94,8 @@ class Settings(BaseSettings):
     flag_patients_per_phone: int = Field(5, ge=1, le=1000)
     flag_code_cap_hours: int = Field(3, ge=1, le=10_000)
 
-    @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "webhook_secret", "dispatcher_id",
+    @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "signing_key", "webhook_secret",
+                     "dispatcher_id",
                      mode="before")
     @classmethod
     def _blank_is_missing(cls, value: object) -> object:
@@ -132,10 +134,13 @@ class Settings(BaseSettings):
     def pepper_bytes(self) -> bytes:
         return _secret_bytes(self.api_key_pepper, "RASTAU_API_KEY_PEPPER", min_len=16)
 
-    def require_secrets(self, *, bot: bool = False) -> Settings:
-        """Check secrets at start. Production: name every missing one and stop. Dev: invent them, loudly."""
+    def require_secrets(self, *, bot: bool = False, signing: bool = False) -> Settings:
+        """Check secrets at start. Production: name every missing one and stop. Dev: invent them, loudly.
+        ``signing``: the process signs evidence exports (the server), so RASTAU_SIGNING_KEY is needed too."""
         needed = {"RASTAU_CODE_HMAC_KEY": "code_hmac_key", "RASTAU_TEMPLATE_KEY": "template_key",
                   "RASTAU_API_KEY_PEPPER": "api_key_pepper"}
+        if signing:
+            needed["RASTAU_SIGNING_KEY"] = "signing_key"
         if bot:
             needed["RASTAU_BOT_TOKEN"] = "bot_token"
             if self.bot_mode == "webhook":
@@ -146,9 +151,13 @@ class Settings(BaseSettings):
             if env in missing or attr == "bot_token" or attr == "webhook_secret":
                 continue
             try:
-                _secret_bytes(getattr(self, attr), env, min_len=32 if attr != "api_key_pepper" else 16)
+                raw = _secret_bytes(getattr(self, attr), env, min_len=32 if attr != "api_key_pepper" else 16)
             except ValueError as exc:
                 bad.append(str(exc))
+                continue
+            if attr == "signing_key" and len(raw) != 32:
+                bad.append(f"{env} must be base64 of exactly 32 bytes (an Ed25519 seed): python -c 'import base64, "
+                           "secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())'")
         if self.mode is Mode.PRODUCTION:
             if missing or bad:
                 lines = [f"  - {env} is not set" for env in missing] + [f"  - {b}" for b in bad]

@@ -17,11 +17,12 @@ from core.db.uow import UnitOfWorkFactory
 from core.logs import configure_logging, get_logger
 from core.services import Context
 from server.appkeys import CTX, FACE_POOL, METRICS, SETTINGS, FaceAnalyser
-from server.auth import auth_middleware
+from server.auth import auth_middleware, check_read_only
 from server.metrics import Metrics
 from server.observe import observe_middleware
 from server.problems import problem_middleware, unparsable_request_problem
 from server.routes import digest, ops, patients, verification, visits
+from server.routes.audit import install as install_audit
 
 SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, what the requests in flight are given to finish
 JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies; images are streamed under settings.face_max_bytes instead
@@ -118,7 +119,9 @@ def create_app(settings: Settings, *, ctx: Context | None = None,
         app[FACE_POOL] = face_pool
     for module in (ops, patients, visits, verification, digest):
         for route in module.routes:  # add_route, not add_get: no implicit HEAD, which the OpenAPI contract lacks
+            check_read_only(route.method, route.path, route.handler)
             app.router.add_route(route.method, route.path, route.handler, **route.kwargs)
+    install_audit(app)  # the auditors' routes and the key that signs their exports
     return app
 
 

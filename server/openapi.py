@@ -61,7 +61,8 @@ def _body_schemas(*models: type[Body]) -> Json:
 _PROBLEM_STATUSES = {
     401: "Missing, unknown, revoked (`invalid_api_key`) or expired (`api_key_expired`) API key "
          "(see WWW-Authenticate)",
-    403: "The key lacks the scope this operation needs",
+    403: "The key lacks the scope this operation needs (an auditor's key: `auditor_read_only`, on every operation "
+         "but the auditors' exports)",
     404: "No such record in the key's clinic (another clinic's records are reported as missing too)",
     409: "The record's state does not allow this (e.g. an online visit and a face frame; consent missing)",
     400: "The request is not valid HTTP (e.g. a header or the request line over 8190 bytes): `bad_request`, "
@@ -120,6 +121,24 @@ _DATE_QUERY = {"name": "date", "in": "query", "required": False, "description": 
                "schema": _DAY}
 _CS, _WEBCAM, _ADMIN = Scope.CLINIC_SYSTEM.value, Scope.WEBCAM.value, Scope.ADMIN.value
 _AUTH = (401, 403)
+# the auditors' exports: a period of Asia/Almaty days, one clinic or all in the key's scope, a signed file
+_AUDIT = Scope.AUDIT.value
+_AUDIT_DAY = {"in": "query", "required": True, "schema": _DAY}
+_AUDIT_PERIOD = [{"name": "from", "description": "first Asia/Almaty day", **_AUDIT_DAY},
+                 {"name": "to", "description": "last Asia/Almaty day (included)", **_AUDIT_DAY},
+                 {"name": "clinic", "in": "query", "required": False, "schema": _ID,
+                  "description": "one clinic of the auditor's; default: every clinic the auditor reads (a clinic "
+                                 "outside them answers 404, as a missing one)"},
+                 {"name": "format", "in": "query", "required": False, "schema": {"enum": ["jsonl", "csv"]},
+                  "description": "default: csv when Accept names text/csv (and not application/jsonl), else jsonl"}]
+_SIGNED_FILE = {
+    "description": "A signed file, streamed. Its last line is the signature record over every byte before it "
+                   "(format, query, cursors, who asked, when, bytes, lines, SHA-256, key id, Ed25519 signature): "
+                   "JSON lines end with {\"rastau_signature\": {...}}; CSV (UTF-8 with BOM) ends with the row "
+                   "#rastau-signature,<base64url of the record's JSON>. `rastau verify-export FILE --public-key KEY` "
+                   "checks it with the public key alone. The read is in the audit log (the clinic's chain: which "
+                   "auditor, which export, which patients) before the first byte is sent.",
+    "content": {"application/jsonl": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}}
 
 _SCHEMAS = {
     **_body_schemas(PatientIn, ConsentIn, VisitIn, CancelIn, CodeIn),
@@ -240,6 +259,14 @@ _SCHEMAS = {
                        "fresh_reference": {"type": "boolean"},
                        "iin_masked": {"type": "string", "pattern": r"^\*{8}\d{4}$"},
                        "state": {"type": "string"}, "answer": {"type": "string"}}},
+    "SigningKey": {
+        "type": "object", "required": ["algorithm", "public_key", "key_id", "ephemeral"],
+        "properties": {"algorithm": {"const": "Ed25519"},
+                       "public_key": {"type": "string", "description": "base64 of the 32 raw bytes"},
+                       "key_id": {"type": "string", "pattern": "^[0-9a-f]{16}$",
+                                  "description": "the first 16 hex digits of the SHA-256 of the raw key; every "
+                                                 "signature record names it"},
+                       "ephemeral": {"type": "boolean", "description": "true only in dev mode: a throwaway key"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "Readiness": {
         "type": "object", "required": ["status", "database", "face_workers"],
@@ -349,6 +376,36 @@ _PATHS = {
         "getDigestCsv", "The day's visits as CSV (UTF-8 with BOM)", (_ADMIN,),
         {200: {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}},
         (*_AUTH, 422, 503), parameters=[_DATE_QUERY])},
+    f"{API}/audit/signing-key": {"get": _op(
+        "getSigningKey", "The public key that signs every evidence export (no secret)", None,
+        {200: _ok(_ref("SigningKey"))}, (),
+        description="Pin its key_id with the operator out of band: whoever controls this server could serve "
+                    "another key.")},
+    f"{API}/audit/visits": {"get": _op(
+        "exportVisits", "Auditors: per visit the evidence and the patient's answer, as a signed file", (_AUDIT,),
+        {200: _SIGNED_FILE}, (*_AUTH, 404, 422, 503),
+        parameters=[*_AUDIT_PERIOD,
+                    {"name": "cursor", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0},
+                     "description": "the next_cursor of the previous page's signature record (or the Link "
+                                    "rel=next header); pages are in visit id order, so visits registered while "
+                                    "paging land on a later page"},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000}}],
+        description="One line (row) per visit starting in the period: visit_id, clinic_id, clinic, doctor_id, "
+                    "doctor, patient_id, patient (the IIN masked to its last four digits), mode, service_code, "
+                    "start, registered_at, state, evidence (face_live, face, code, none), verified_at (Asia/Almaty "
+                    "times with their offset), answer (confirmed, disputed, claimed_attended, no_answer, "
+                    "no_channel: nobody could ask, the patient has no chat that reaches them), flags (the visit's "
+                    "own: registered_late, fresh_reference; the red-flag rules are exportFlags). Auditors' keys "
+                    "only.")},
+    f"{API}/audit/flags": {"get": _op(
+        "exportFlags", "Auditors: the red flags raised in the period, as a signed file", (_AUDIT,),
+        {200: _SIGNED_FILE}, (*_AUTH, 404, 422, 503),
+        parameters=[*_AUDIT_PERIOD, {"name": "doctor", "in": "query", "required": False, "schema": _ID,
+                                     "description": "one doctor's flags (the clinic-wide ones are left out)"}],
+        description="One line (row) per flag: clinic_id, doctor_id, day, kind, description, value, threshold, "
+                    "explanation and the ids of the visits that raised it. Auditors' keys only.")},
 }
 
 DOCUMENT = {

@@ -95,6 +95,27 @@ _VISIT_LINES = (select(_v.c.id, _v.c.clinic_id, _v.c.doctor_id, _v.c.start_at, _
                 .join(_c, _c.c.id == _v.c.clinic_id))
 
 
+# --- the auditors' evidence export (issue 12) -----------------------------------------------------------------------
+# Whether a patient's chat reaches them, as core.services.chat.reachable_chat decides it (linked, not blocked, not
+# stopped), in SQL: the export says "no channel" for a patient nobody could ask "were you there?".
+_STOPPED_CHAT = select(t.chat_users.c.chat_id).where(and_(t.chat_users.c.chat_id == _p.c.chat_id,
+                                                          t.chat_users.c.stopped)).exists()
+REACHABLE = and_(_p.c.chat_id.is_not(None), ~_p.c.chat_blocked, ~_STOPPED_CHAT)
+# A page of visits starting in [start, end), after the cursor (a visit id) in id order: a visit registered while an
+# auditor pages through gets a higher id, so it lands on a later page instead of being skipped.
+_EVIDENCE = (select(_v.c.id, _v.c.clinic_id, _c.c.name.label("clinic_name"), _v.c.doctor_id,
+                    _d.c.full_name.label("doctor_name"), _v.c.patient_id, _p.c.iin, _v.c.mode, _v.c.service_code,
+                    _v.c.start_at, _v.c.created_at, _v.c.registered_late, _v.c.state, _v.c.verified_by,
+                    _v.c.verified_at, _v.c.attended_claim_at, FRESH.label("fresh_reference"),
+                    REACHABLE.label("reachable"))
+             .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
+             .join(_c, _c.c.id == _v.c.clinic_id)
+             .where(_v.c.start_at >= bindparam("start"), _v.c.start_at < bindparam("end"),
+                    _v.c.id > bindparam("after"))
+             .order_by(_v.c.id).limit(bindparam("limit")))
+_EVIDENCE_OF_CLINICS = _EVIDENCE.where(_v.c.clinic_id.in_(bindparam("clinics", expanding=True)))
+
+
 class Queries:
     def __init__(self, conn: AsyncConnection):
         self.conn = conn
@@ -146,6 +167,18 @@ class Queries:
 
     async def visit_line(self, visit_id: int) -> AnyRow | None:
         return (await self.conn.execute(_VISIT_LINES.where(_v.c.id == visit_id))).first()
+
+    # --- the auditors' evidence export --------------------------------------------------------------------------
+
+    async def evidence_page(self, clinic_ids: frozenset[int] | None, start: dt.datetime, end: dt.datetime, *,
+                            after: int, limit: int) -> list[AnyRow]:
+        """Up to ``limit`` visits of the clinics (None: every clinic) starting in [start, end) with an id above
+        ``after``, in id order, each with its clinic, doctor, patient's IIN, evidence and whether the patient's chat
+        reaches them."""
+        params: dict[str, object] = {"start": start, "end": end, "after": after, "limit": limit}
+        if clinic_ids is None:
+            return list((await self.conn.execute(_EVIDENCE, params)).all())
+        return list((await self.conn.execute(_EVIDENCE_OF_CLINICS, {**params, "clinics": sorted(clinic_ids)})).all())
 
 
 # --- red flags (issue 12): one statement per rule, on SQLite and PostgreSQL ---------------------------------------

@@ -98,7 +98,8 @@ class Conformance:
             response = await handler(request)
             resource = request.match_info.route.resource
             template = resource.canonical if resource is not None else request.path
-            body = response.body if isinstance(response.body, bytes) else b""
+            body = getattr(response, "body", None)  # a streamed response (web.StreamResponse) has none
+            body = body if isinstance(body, bytes) else b""
             self.check(request.method, template, response.status, response.content_type, body)
             return response
         return record
@@ -138,6 +139,15 @@ async def make_tenant(ctx, name: str, iins: list[str], phone_base: int) -> Tenan
     tenant.doctor_key = (await api_keys.create_api_key(ctx, clinic.id, ["clinic_system", "webcam"], d1.id,
                                                    "doctor one's desk")).key
     return tenant
+
+
+async def auditor_key(ctx, clinic_ids: list[int] | None, phone: str = "+77019990000") -> str:
+    """A key of a new auditor reading ``clinic_ids`` (None: every clinic)."""
+    from core.services import auditors
+
+    auditor = await auditors.add_auditor(ctx, "Fund Auditor", phone, clinic_ids=clinic_ids or (),
+                                         all_clinics=clinic_ids is None)
+    return (await api_keys.create_auditor_key(ctx, auditor.id, "fund")).key
 
 
 CLINIC_A_IINS, CLINIC_B_IINS = VALID_IINS[:2], VALID_IINS[2:4]

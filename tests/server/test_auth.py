@@ -14,7 +14,7 @@ from core.model import VisitMode
 from core.services import api_keys
 from server.auth import access_of
 from tests.server.conftest import add_visit
-from tests.server.support import bearer, fake_frame
+from tests.server.support import auditor_key, bearer, fake_frame
 
 API = "/api/v1"
 
@@ -50,6 +50,10 @@ def probes(tenant, visit) -> dict[tuple[str, str], Probe]:
                                                           headers={"Content-Type": "image/jpeg"}),
         ("POST", f"{API}/visits/{{visit_id}}/code"): Probe(f"{API}/visits/{visit_id}/code", json={"code": "123456"}),
         ("POST", f"{API}/visits/{{visit_id}}/code-requests"): Probe(f"{API}/visits/{visit_id}/code-requests"),
+        ("GET", f"{API}/audit/visits"): Probe(f"{API}/audit/visits?from=2026-11-25&to=2026-11-25"
+                                              f"&clinic={tenant.clinic_id}"),
+        ("GET", f"{API}/audit/flags"): Probe(f"{API}/audit/flags?from=2026-11-25&to=2026-11-25"
+                                             f"&clinic={tenant.clinic_id}"),
         ("GET", f"{API}/digest"): Probe(f"{API}/digest?date=2026-11-25", foreign=False),
         ("GET", f"{API}/digest.csv"): Probe(f"{API}/digest.csv?date=2026-11-25", foreign=False),
     }
@@ -83,6 +87,7 @@ async def test_every_protected_route_has_a_probe(app, ctx, tenants):
 async def test_other_clinics_records_answer_404_on_every_route(app, client, ctx, tenants):
     a, b = tenants
     visit_b = await add_visit(ctx, b)
+    a.keys["audit"] = await auditor_key(ctx, [a.clinic_id])  # an auditor of clinic A: B is not in its scope
     for method, path, scopes in protected_routes(app):
         probe = probes(b, visit_b)[(method, path)]
         key = a.keys[sorted(s.value for s in scopes)[0]]
