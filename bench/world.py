@@ -42,6 +42,7 @@ def server_env(database_url: str, keys: dict[str, str], **extra: str) -> dict[st
     env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
     env.update(RASTAU_MODE="production", RASTAU_DATABASE_URL=database_url, RASTAU_CODE_HMAC_KEY=keys["code"],
                RASTAU_TEMPLATE_KEY=keys["template"], RASTAU_API_KEY_PEPPER=keys["pepper"],
+               RASTAU_SIGNING_KEY="c2lnbmluZy1rZXktb2YtdGhlLWJlbmNobWFyay0xMjM=",  # 32 bytes: the benchmark's
                RASTAU_LOG_LEVEL="WARNING", RASTAU_LOG_FORMAT="json", PYTHONPATH=str(ROOT), **extra)
     return env
 

@@ -17,7 +17,7 @@ log = get_logger("rastau.server")
 
 
 def main() -> int:
-    settings = Settings().require_secrets()  # production without secrets exits here, naming each one
+    settings = Settings().require_secrets(signing=True)  # production without secrets exits here, naming each one
     configure_logging(settings.log_level, settings.log_format)
     log.info("server starting", host=settings.server_host, port=settings.server_port, mode=settings.mode.value,
              processes=settings.server_processes)
