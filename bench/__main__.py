@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 
-from bench import code_http, digest, dispatcher, face, face_load, soak
+from bench import code_http, digest, dispatcher, face, face_load, flags, soak
 from bench.results import write_section
 
 PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -39,6 +39,25 @@ async def bench_digest(smoke: bool, workdir: str) -> None:
     finally:
         await _pg_schema(False, schema)
     write_section("Digest: one clinic-day out of a large table", digest.report(results), smoke=smoke)
+
+
+async def bench_flags(smoke: bool, workdir: str) -> None:
+    visits, rounds = (20_000, 4) if smoke else (1_000_000, 12)
+    sqlite_path = os.path.join(workdir, f"flags-{uuid.uuid4().hex[:6]}.db")
+    results = {"SQLite": await flags.run(f"sqlite+aiosqlite:///{sqlite_path}", visits=visits, rounds=rounds)}
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    await _pg_schema(True, schema)
+    try:
+        results["PostgreSQL"] = await flags.run(f"{PG_URL}?search_path={schema}", visits=visits, rounds=rounds)
+    finally:
+        await _pg_schema(False, schema)
+    write_section("Red flags: one clinic-month and all clinics, against hand-written SQL", flags.report(results),
+                  smoke=smoke)
+
+
+async def bench_face_latency(smoke: bool, workdir: str) -> None:
+    result = face.run(rounds=1, limit=4) if smoke else face.run(rounds=5)
+    write_section("Face verify latency: pipeline vs. naive vs. floor", face.report(result), smoke=smoke)
 
 
 async def bench_face_latency(smoke: bool, workdir: str) -> None:
@@ -105,7 +124,7 @@ async def bench_soak(smoke: bool, workdir: str) -> None:
 
 
 BENCHES = {"face": bench_face_latency, "face_load": bench_face_load, "codes": bench_code_http,
-           "dispatcher": bench_dispatcher, "digest": bench_digest, "soak": bench_soak}
+           "dispatcher": bench_dispatcher, "digest": bench_digest, "flags": bench_flags, "soak": bench_soak}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """The benchmarks in smoke mode (tiny sizes): they must keep running, and their own checks must hold —
-identical face decisions, every code verified, no message lost or duplicated, digest equal to its baseline."""
+identical face decisions, every code verified, no message lost or duplicated, digest equal to its baseline, each
+red-flag rule answering what its hand-written query answers."""
 from __future__ import annotations
 
 import os
@@ -16,9 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # a minute or less alone; each benchmark process starts servers of its own
-@pytest.mark.parametrize("name", ["face", "face_load", "codes", "dispatcher", "digest", "soak"])
+@pytest.mark.parametrize("name", ["face", "face_load", "codes", "dispatcher", "digest", "flags", "soak"])
 def test_benchmark_runs_in_smoke_mode(name, tmp_path):
-    if name in ("codes", "digest"):
+    if name in ("codes", "digest", "flags"):
         pg_or_skip()
     results_before = (ROOT / "bench" / "RESULTS.md").read_bytes()
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--workdir", str(tmp_path), name], cwd=ROOT,
