@@ -30,7 +30,7 @@ async def fresh_context(database_url: str) -> tuple[dict[str, str], AsyncEngine,
     keys = {"code": secrets.token_urlsafe(32), "template": secrets.token_urlsafe(32),
             "pepper": secrets.token_urlsafe(32)}
     settings = Settings(_env_file=None, mode="dev", database_url=database_url, code_hmac_key=keys["code"],
-                        template_key=keys["template"], api_key_pepper=keys["pepper"])
+                        template_key=keys["template"], api_key_pepper=keys["pepper"], single_frame_face=True)
     engine = create_engine(database_url)
     await upgrade_to_head(engine)
     return keys, engine, Context.build(settings, UnitOfWorkFactory(engine), SystemClock())
@@ -43,7 +43,8 @@ def server_env(database_url: str, keys: dict[str, str], **extra: str) -> dict[st
     env.update(RASTAU_MODE="production", RASTAU_DATABASE_URL=database_url, RASTAU_CODE_HMAC_KEY=keys["code"],
                RASTAU_TEMPLATE_KEY=keys["template"], RASTAU_API_KEY_PEPPER=keys["pepper"],
                RASTAU_SIGNING_KEY="c2lnbmluZy1rZXktb2YtdGhlLWJlbmNobWFyay0xMjM=",  # 32 bytes: the benchmark's
-               RASTAU_LOG_LEVEL="WARNING", RASTAU_LOG_FORMAT="json", PYTHONPATH=str(ROOT), **extra)
+               RASTAU_LOG_LEVEL="WARNING", RASTAU_LOG_FORMAT="json", RASTAU_SINGLE_FRAME_FACE="1",
+               PYTHONPATH=str(ROOT), **extra)
     return env
 
 

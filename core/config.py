@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     doctor_face_failures_per_hour: int = Field(30, ge=1, le=10_000)
     clinic_face_failures_per_hour: int = Field(300, ge=1, le=100_000)
     face_replacement_min_days: int = Field(30, ge=0, le=3650)
+    # POST /visits/{id}/face (one frame from the clinic's system: a photo of the patient passes it) is refused
+    # unless the operator enables it; capture sessions (a live head-turn challenge) are the face evidence
+    single_frame_face: bool = False
+    # tests and dev only: every capture session gets this challenge (e.g. "straight,left,straight") instead of a
+    # random one, so a recorded clip can follow it; production refuses it
+    capture_challenge: str | None = Field(None, pattern=r"^(straight|left|right)(,(straight|left|right)){2,15}$")
+    # the address the clinic's browsers reach Rastau at (https://rastau.example.kz), for capture session URLs;
+    # unset: the address the request came to
+    public_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+$")
 
     server_host: str = "127.0.0.1"
     server_port: int = Field(8080, ge=1, le=65535)
@@ -96,7 +105,7 @@ class Settings(BaseSettings):
 
     @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "signing_key", "webhook_secret",
                      "dispatcher_id",
-                     mode="before")
+                     "capture_challenge", "public_url", mode="before")
     @classmethod
     def _blank_is_missing(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -105,6 +114,9 @@ class Settings(BaseSettings):
     def _production_runs_on_the_system_clock(self) -> Settings:
         if self.mode is Mode.PRODUCTION and self.clock_offset_seconds:
             raise ValueError("RASTAU_CLOCK_OFFSET_SECONDS is for tests and dev: production runs on the system clock")
+        if self.mode is Mode.PRODUCTION and self.capture_challenge:
+            raise ValueError("RASTAU_CAPTURE_CHALLENGE is for tests and dev: production draws every challenge at "
+                             "random")
         return self
 
     def clock(self) -> Clock:

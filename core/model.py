@@ -35,8 +35,19 @@ class VisitState(str, enum.Enum):
 
 
 class VerificationMethod(str, enum.Enum):
-    FACE = "face"
+    FACE = "face"            # one frame posted by the clinic's system: a photo of the patient passes it (weaker)
     CODE = "code"
+    FACE_LIVE = "face_live"  # a capture session on Rastau's own page: a head-turn challenge, then the face match
+
+    @property
+    def is_face(self) -> bool:
+        return self is not VerificationMethod.CODE
+
+
+# How strong each kind of evidence is, as every reader of evidence (visit, digest, CSV, chat) labels it: a single
+# frame proves only that someone had a picture of the patient's face; a live capture that a 3-D head turned on cue.
+EVIDENCE_STRENGTH = {VerificationMethod.FACE: "single_frame", VerificationMethod.FACE_LIVE: "live",
+                     VerificationMethod.CODE: "code"}
 
 
 class Actor(str, enum.Enum):
@@ -207,7 +218,7 @@ class Visit:
         """Record that the patient was proven present. Online visits accept codes only."""
         method = VerificationMethod(method)
         step = f"verify by {method.value}"
-        if method is VerificationMethod.FACE and self.mode is VisitMode.ONLINE:
+        if method.is_face and self.mode is VisitMode.ONLINE:
             raise IllegalTransition(self.id, self.state.value, step,
                                     "online consultations are verified by one-time code only")
         if self.state is not VisitState.SCHEDULED:

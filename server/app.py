@@ -21,7 +21,7 @@ from server.auth import auth_middleware, check_read_only
 from server.metrics import Metrics
 from server.observe import observe_middleware
 from server.problems import problem_middleware, unparsable_request_problem
-from server.routes import digest, ops, patients, verification, visits
+from server.routes import capture, digest, ops, patients, verification, visits
 from server.routes.audit import install as install_audit
 
 SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, what the requests in flight are given to finish
@@ -117,7 +117,7 @@ def create_app(settings: Settings, *, ctx: Context | None = None,
         app.cleanup_ctx.append(_face_pool)
     else:
         app[FACE_POOL] = face_pool
-    for module in (ops, patients, visits, verification, digest):
+    for module in (ops, patients, visits, verification, capture, digest):
         for route in module.routes:  # add_route, not add_get: no implicit HEAD, which the OpenAPI contract lacks
             check_read_only(route.method, route.path, route.handler)
             app.router.add_route(route.method, route.path, route.handler, **route.kwargs)

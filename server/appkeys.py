@@ -6,6 +6,7 @@ from typing import Protocol
 from aiohttp import web
 
 from core.config import Settings
+from core.liveness import PoseReading
 from core.services import Context
 from core.services.api_keys import ApiPrincipal
 from server.face.pipeline import FaceAnalysis
@@ -19,6 +20,8 @@ class FaceAnalyser(Protocol):
     def ready(self) -> bool: ...
 
     async def analyse(self, data: bytes) -> FaceAnalysis: ...
+
+    async def read_pose(self, data: bytes, *, encode: bool) -> PoseReading: ...
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.codes import CodeOutcome
-from core.model import Language, PatientAnswer, VerificationMethod, VisitMode, VisitState
+from core.model import EVIDENCE_STRENGTH, Language, PatientAnswer, VerificationMethod, VisitMode, VisitState
 from core.services.api_keys import Scope
 from core.services.faces import FaceDecision
 from core.services.patient_changes import KINDS as CHANGE_KINDS
@@ -120,6 +120,14 @@ _VISIT_ID = {"name": "visit_id", "in": "path", "required": True, "schema": _ID}
 _DATE_QUERY = {"name": "date", "in": "query", "required": False, "description": "Asia/Almaty day; default today",
                "schema": _DAY}
 _CS, _WEBCAM, _ADMIN = Scope.CLINIC_SYSTEM.value, Scope.WEBCAM.value, Scope.ADMIN.value
+_EVIDENCE_STRENGTH = {"enum": [*dict.fromkeys(EVIDENCE_STRENGTH.values()), None],
+                      "description": "what verified_by proves: `live` (face_live: a head followed a random "
+                                     "head-turn challenge on Rastau's capture page, then matched), `single_frame` "
+                                     "(face: one frame from the clinic's system matched; any photo of the patient "
+                                     "passes it, the weaker kind), `code` (the patient's one-time code)"}
+_TOKEN = {"name": "token", "in": "path", "required": True,
+          "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"}}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
 _AUTH = (401, 403)
 # the auditors' exports: a period of Asia/Almaty days, one clinic or all in the key's scope, a signed file
 _AUDIT = Scope.AUDIT.value
@@ -168,8 +176,8 @@ _SCHEMAS = {
         "type": "object",
         "required": ["id", "doctor_id", "patient_id", "start", "start_local", "duration_minutes", "mode",
                      "service_code", "state", "verification_methods", "registered_at", "registered_late",
-                     "verified_by", "verified_at", "verified_enrolment_id", "enrolled_at", "fresh_reference",
-                     "patient_answer"],
+                     "verified_by", "evidence_strength", "verified_at", "verified_enrolment_id", "enrolled_at",
+                     "fresh_reference", "patient_answer"],
         "properties": {
             "id": _ID, "doctor_id": _ID, "patient_id": _ID, "start": _DATETIME,
             "start_local": {**_DATETIME, "description": "the start in Asia/Almaty"},
@@ -182,6 +190,7 @@ _SCHEMAS = {
             "registered_late": {"type": "boolean", "description": "registered after its verification window had "
                                                                  "closed: it can collect no evidence"},
             "verified_by": _enum(VerificationMethod, nullable=True), "verified_at": _NULLABLE_DATETIME,
+            "evidence_strength": _EVIDENCE_STRENGTH,
             "verified_enrolment_id": {"type": ["integer", "null"],
                                       "description": "the face enrolment (patient change) a face match was made "
                                                      "against"},
@@ -210,6 +219,15 @@ _SCHEMAS = {
         "properties": {"decision": _enum(FaceDecision),
                        "face_locked_for_seconds": {"type": "integer", "minimum": 1,
                                                    "description": "set when this failure locked face checks"}}},
+    "CaptureSession": {
+        "type": "object", "required": ["session_id", "visit_id", "url", "expires_at", "language"],
+        "properties": {"session_id": _ID, "visit_id": _ID,
+                       "url": {"type": "string", "format": "uri",
+                               "description": "the one-time capture page: open it on the doctor's computer (a "
+                                              "browser with the webcam) before expires_at; add ?lang=kk or ?lang=ru "
+                                              "to choose the language"},
+                       "expires_at": {**_DATETIME, "description": "the page must be opened by then (2 minutes)"},
+                       "language": {**_enum(Language), "description": "the page's language: the patient's"}}},
     "CodeResult": {
         "type": "object", "required": ["result", "attempts_left"],
         "properties": {"result": _enum(o for o in CodeOutcome if o is not CodeOutcome.LOCKED),  # locked: 429
@@ -344,7 +362,10 @@ _PATHS = {
         body={"required": True, "content": {"image/jpeg": {"schema": {"type": "string"}},
                                             "image/png": {"schema": {"type": "string"}}}},
         parameters=[_VISIT_ID],
-        description="At most 5 MB and 25 megapixels. The frame is never stored. Refused with no image work: "
+        description="Refused with 409 `single_frame_face_disabled` unless the operator set "
+                    "RASTAU_SINGLE_FRAME_FACE=1: use capture sessions. Its evidence is `face`, labelled "
+                    "`single_frame` (the weaker kind: any photo of the patient passes it). "
+                    "At most 5 MB and 25 megapixels. The frame is never stored. Refused with no image work: "
                     "409 for an online visit (code only), `outside_window` (a frame counts only from "
                     "RASTAU_CODE_ISSUE_LEAD_MINUTES, 15, before the start until RASTAU_VISIT_GRACE_MINUTES, 15, "
                     "after the end) and `registered_late` (the visit was "
@@ -353,6 +374,17 @@ _PATHS = {
                     "`doctor_face_cap`, `clinic_face_cap` when the patient (over all visits), doctor or clinic "
                     "failed too many face checks this hour, with Retry-After to the turn of the hour. The code "
                     "endpoint stays open.")},
+    f"{API}/visits/{{visit_id}}/capture-sessions": {"post": _op(
+        "openCaptureSession", "Open a one-time capture page for an in-person visit (live face evidence)", (_WEBCAM,),
+        {201: _ok(_ref("CaptureSession"), "Open: show the url on the doctor's computer")},
+        (*_AUTH, 404, 409, 429, 503), parameters=[_VISIT_ID],
+        description="Refused as a face frame would be: 409 for an online or closed visit, `outside_window`, "
+                    "`registered_late`, `not_enrolled`. The page asks for the camera, shows the patient a random "
+                    "head-turn challenge step by step and streams frames to the server (a WebSocket), which "
+                    "decides: `match` verifies the visit as `face_live`; `no_match`, `no_face`, `multiple_faces` "
+                    "and `not_live` (with a reason) are failed face attempts, counted against the same caps as "
+                    "single frames (one session = one attempt, a page closed early included). The url works once, "
+                    "within 2 minutes; it is the credential, so show it only on the doctor's computer.")},
     f"{API}/visits/{{visit_id}}/code": {"post": _op(
         "verifyCode", "Check the 6-digit code the patient read out", (_WEBCAM, _CS), {200: _ok(_ref("CodeResult"))},
         (*_AUTH, 404, 409, 413, 415, 422, 429, 503), body=_json_body(CodeIn),
@@ -370,6 +402,23 @@ _PATHS = {
                     "429 `code_requests_capped`: this visit already had RASTAU_CODE_REQUESTS_PER_VISIT (default "
                     "3) codes sent on request; each new code replaces the last, so ask the patient to read the "
                     "latest one, or verify by face.")},
+    "/capture/{token}": {"get": _op(
+        "capturePage", "The capture page (HTML) of an open capture session", None,
+        {200: {"description": "The page, in the patient's language (or ?lang=kk|ru)", "content": _HTML},
+         404: {"description": "Unknown, expired or used link: a page that says what to do", "content": _HTML}},
+        (), parameters=[_TOKEN, {"name": "lang", "in": "query", "required": False,
+                                 "schema": _enum(Language)}])},
+    "/capture/{token}/ws": {"get": _op(
+        "captureSocket", "The capture page's WebSocket: binary JPEG frames in, JSON steps and the outcome out", None,
+        {101: {"description": "Switching to WebSocket; the first connection claims the session, later ones get "
+                              "`{\"type\": \"outcome\", \"outcome\": \"unavailable\"}`"}},
+        (), parameters=[_TOKEN])},
+    "/capture/assets/{name}": {"get": _op(
+        "captureAsset", "The capture page's script and style", None,
+        {200: {"description": "capture.js or capture.css",
+               "content": {kind: {"schema": {"type": "string"}} for kind in ("text/javascript", "text/css")}}},
+        (), parameters=[{"name": "name", "in": "path", "required": True,
+                         "schema": {"enum": ["capture.js", "capture.css"]}}])},
     f"{API}/digest": {"get": _op("getDigest", "The admins' daily digest as data", (_ADMIN,),
                                  {200: _ok(_ref("Digest"))}, (*_AUTH, 422, 503), parameters=[_DATE_QUERY])},
     f"{API}/digest.csv": {"get": _op(

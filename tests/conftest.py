@@ -63,7 +63,8 @@ def pg_or_skip() -> None:
 
 def test_settings(database_url: str, **overrides) -> Settings:
     values = dict(mode=Mode.DEV, database_url=database_url, code_hmac_key=secrets.token_urlsafe(32),
-                  template_key=secrets.token_urlsafe(32), api_key_pepper=secrets.token_urlsafe(32))
+                  template_key=secrets.token_urlsafe(32), api_key_pepper=secrets.token_urlsafe(32),
+                  single_frame_face=True)  # the single-frame route's tests; capture tests turn it off
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

@@ -521,6 +521,52 @@ _CODE_CHECK_STATE = (
     select(_vc.c.visit_id, _vc.c.generation, _vc.c.code_hash, _vc.c.issued_at, _vc.c.expires_at, _vc.c.used_at,
            select(_dcf.c.failures).where(_dcf.c.doctor_id == bindparam("doctor"),
                                          _dcf.c.hour_start == bindparam("hour")).scalar_subquery().label("doctor"),
+@dataclass(frozen=True)
+class StoredCaptureSession:
+    id: int
+    visit_id: int
+    clinic_id: int
+    challenge: str
+    created_by: str
+    expires_at: dt.datetime
+    state: str
+    outcome: str | None
+    reason: str | None
+
+
+def _capture_session(row: AnyRow) -> StoredCaptureSession:
+    return StoredCaptureSession(id=row.id, visit_id=row.visit_id, clinic_id=row.clinic_id, challenge=row.challenge,
+                                created_by=row.created_by, expires_at=row.expires_at, state=row.state,
+                                outcome=row.outcome, reason=row.reason)
+
+
+class CaptureSessionRepo(_Repo):
+    async def add(self, *, token_hash: str, visit_id: int, clinic_id: int, challenge: str, created_by: str,
+                  now: dt.datetime, expires_at: dt.datetime, state: str) -> int:
+        res = await self.conn.execute(insert(t.capture_sessions).values(
+            token_hash=token_hash, visit_id=visit_id, clinic_id=clinic_id, challenge=challenge, created_by=created_by,
+            created_at=now, expires_at=expires_at, state=state).returning(t.capture_sessions.c.id))
+        session_id: int = res.scalar_one()
+        return session_id
+
+    async def by_token(self, token_hash: str) -> StoredCaptureSession | None:
+        row = (await self.conn.execute(select(t.capture_sessions)
+                                       .where(t.capture_sessions.c.token_hash == token_hash))).first()
+        return _capture_session(row) if row is not None else None
+
+    async def move(self, session_id: int, from_state: str, to_state: str, *, before: dt.datetime | None = None,
+                   **values: object) -> bool:
+        """Move a session from one state to the next, or answer False (nothing changed) when it is no longer in
+        ``from_state`` (or ``before`` has passed its expiry): one conditional UPDATE, so a token is claimed once
+        however many connections race for it, on any number of server processes."""
+        cs = t.capture_sessions
+        where = and_(cs.c.id == session_id, cs.c.state == from_state)
+        if before is not None:
+            where = and_(where, cs.c.expires_at > before)
+        res = await self.conn.execute(update(cs).where(where).values(state=to_state, **values))
+        return res.rowcount == 1
+
+
            select(_ccf.c.failures).where(_ccf.c.clinic_id == bindparam("clinic"),
                                          _ccf.c.hour_start == bindparam("hour")).scalar_subquery().label("clinic"))
     .select_from(t.visits.outerjoin(_vc, _vc.c.visit_id == t.visits.c.id))

@@ -132,7 +132,7 @@ visits = Table(
     Column("mode", String(16), nullable=False),
     Column("service_code", String(64), nullable=False),
     Column("state", String(24), nullable=False),
-    Column("verified_by", String(8)),
+    Column("verified_by", String(12)),
     Column("verified_at", UtcDateTime),
     Column("answered_at", UtcDateTime),
     Column("dispute_reason", Text),
@@ -192,8 +192,28 @@ visit_events = Table(
     Column("from_state", String(24)),
     Column("to_state", String(24), nullable=False),
     Column("actor", String(24), nullable=False),
-    Column("method", String(8)),
+    Column("method", String(12)),
     Column("detail", Text),
+)
+
+# A capture session: one visit's one-time webcam page (Rastau's own), its random head-turn challenge and what came
+# of it. Only a SHA-256 of the URL's token is stored; the session is opened (state "open" → "claimed") once, within
+# expires_at, and one session is one face attempt against the visit's and the hourly caps.
+capture_sessions = Table(
+    "capture_sessions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("visit_id", ForeignKey("visits.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="CASCADE"), nullable=False),
+    Column("challenge", String(200), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("claimed_at", UtcDateTime),
+    Column("finished_at", UtcDateTime),
+    Column("state", String(12), nullable=False),
+    Column("outcome", String(24)),
+    Column("reason", String(24)),
 )
 
 outbox = Table(

@@ -23,6 +23,7 @@ from core.db.repositories import (
     ApiKeyRepo,
     AuditorRepo,
     AuditRepo,
+    CaptureSessionRepo,
     ChatUserRepo,
     ClinicRepo,
     CodeRepo,
@@ -103,6 +104,7 @@ class UnitOfWork:
         self.outbox = OutboxRepo(self.conn, locks)
         self.api_keys = ApiKeyRepo(self.conn, locks)
         self.auditors = AuditorRepo(self.conn, locks)
+        self.capture_sessions = CaptureSessionRepo(self.conn, locks)
         self.idempotency = IdempotencyRepo(self.conn, locks)
         self.chat_users = ChatUserRepo(self.conn, locks)
         self.processed_updates = ProcessedUpdateRepo(self.conn, locks)

@@ -38,6 +38,7 @@ class FaceDecision(str, enum.Enum):
     NO_MATCH = "no_match"
     NO_FACE = "no_face"
     MULTIPLE_FACES = "multiple_faces"
+    NOT_LIVE = "not_live"  # a capture session whose head-turn challenge was not followed (face_live only)
 
 
 class NotEnrolled(DomainError):
@@ -140,10 +141,13 @@ class FaceResult:
 
 
 async def record_face_attempt(ctx: Context, attempt: FaceAttempt, analysis_outcome: str,
-                              encoding: tuple[float, ...] | None) -> FaceResult:
+                              encoding: tuple[float, ...] | None, *,
+                              method: VerificationMethod = VerificationMethod.FACE,
+                              reason: str | None = None) -> FaceResult:
     """Decide match/no_match against every active reference and settle the reserved attempt: a match verifies the
     visit (naming the enrolment it matched) and is not counted; a failure stays counted and, when it fills the
-    visit's round, locks face checks for the visit."""
+    visit's round, locks face checks for the visit. ``method`` is the evidence a match makes (``face_live`` for a
+    capture session); ``reason`` says why a capture was not live, in the failure's event."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         visit = await uow.visits.get(attempt.visit_id, attempt.clinic_id, lock=True)
@@ -165,7 +169,7 @@ async def record_face_attempt(ctx: Context, attempt: FaceAttempt, analysis_outco
             if visit.state is VisitState.SCHEDULED:
                 patient = await uow.patients.get(visit.patient_id)
                 fresh = now - matched.enrolled_at < FRESH_REFERENCE_AGE and await reachable_chat(uow, patient) is None
-                visit.verify(VerificationMethod.FACE, Actor.CLINIC_SYSTEM, now, FRESH_REFERENCE if fresh else None)
+                visit.verify(method, Actor.CLINIC_SYSTEM, now, FRESH_REFERENCE if fresh else None)
                 visit.verified_enrolment_id = matched.enrolment_id
                 await uow.visits.save(visit)
             elif visit.verified_by is None:  # closed or cancelled while the frame was being analysed
@@ -180,7 +184,8 @@ async def record_face_attempt(ctx: Context, attempt: FaceAttempt, analysis_outco
                 await uow.visits.lock_face(visit.id, lockouts, now + lock)
                 retry_after = int(lock.total_seconds())
             await uow.visits.record_event(visit, VisitEvent(visit.id, now, "face_attempt", visit.state,
-                                                               visit.state, Actor.CLINIC_SYSTEM, "face",
+                                                               visit.state, Actor.CLINIC_SYSTEM, method.value,
+                                                               f"{decision.value}:{reason}" if reason else
                                                                decision.value))
         await uow.commit()
     return FaceResult(decision, retry_after)

@@ -34,6 +34,11 @@ class CodeIn(Body):
 async def verify_face(request: web.Request) -> web.Response:
     ctx, who = request.app[CTX], principal(request)
     visit_id = path_id(request, "visit_id", "visit")
+    if not request.app[SETTINGS].single_frame_face:
+        raise Problem(409, "single_frame_face_disabled", "a single frame from the clinic's system proves only that "
+                      "someone had a picture of the patient, so this server takes face evidence through capture "
+                      f"sessions: POST {API}/visits/{visit_id}/capture-sessions and open the answered url on the "
+                      "doctor's computer (the operator may enable single frames with RASTAU_SINGLE_FRAME_FACE=1)")
     if request.content_type not in FRAME_TYPES:
         raise Problem(415, "unsupported_media_type", "send the webcam frame as the raw body with "
                       "'Content-Type: image/jpeg' or 'image/png'")

@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, Field, field_validator
 
 from core.clock import ALMATY, local_day_bounds
 from core.errors import ConcurrentWrite
-from core.model import Visit, VisitEvent, VisitMode, VisitState
+from core.model import EVIDENCE_STRENGTH, Visit, VisitEvent, VisitMode, VisitState
 from core.services import idempotency, visits
 from core.services.access import check_doctor
 from core.services.api_keys import Scope
@@ -57,9 +57,10 @@ def visit_json(visit: Visit) -> dict[str, object]:
             "start": _iso(visit.start), "start_local": visit.start.astimezone(ALMATY).isoformat(),
             "duration_minutes": int(visit.duration.total_seconds() // 60), "mode": visit.mode.value,
             "service_code": visit.service_code, "state": visit.state.value,
-            "verification_methods": ["code"] if visit.mode is VisitMode.ONLINE else ["face", "code"],
+            "verification_methods": ["code"] if visit.mode is VisitMode.ONLINE else ["face_live", "face", "code"],
             "registered_at": _iso(visit.registered_at), "registered_late": visit.registered_late,
             "verified_by": visit.verified_by.value if visit.verified_by else None,
+            "evidence_strength": EVIDENCE_STRENGTH[visit.verified_by] if visit.verified_by else None,
             "verified_at": _iso(visit.verified_at), "verified_enrolment_id": visit.verified_enrolment_id,
             "enrolled_at": _iso(visit.enrolled_at), "fresh_reference": visit.fresh_reference,
             "patient_answer": {"answer": visit.answer.value, "answered_at": _iso(visit.answered_at or

@@ -94,7 +94,8 @@ class ServerProcess:
                    RASTAU_CODE_HMAC_KEY=self.keys["code_hmac_key"], RASTAU_TEMPLATE_KEY=self.keys["template_key"],
                    RASTAU_API_KEY_PEPPER=self.keys["api_key_pepper"], RASTAU_FACE_WORKERS="1",
                    RASTAU_SIGNING_KEY="c2lnbmluZy1rZXktb2YtdGhlLXNlY3VyaXR5LXRlc3Q=",  # 32 bytes: a test key
-                   RASTAU_LOG_FORMAT="json", RASTAU_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+                   RASTAU_LOG_FORMAT="json", RASTAU_LOG_LEVEL="WARNING", RASTAU_SINGLE_FRAME_FACE="1",
+                   PYTHONPATH=str(ROOT))
         if self.clock_offset_seconds:  # production refuses a shifted clock; with every secret set, dev runs the same
             env.update(RASTAU_MODE="dev", RASTAU_CLOCK_OFFSET_SECONDS=repr(self.clock_offset_seconds))
         env.update(self.env_extra)

@@ -37,7 +37,7 @@ def server_env(tmp_path: Path, **extra) -> dict:
     env.update(RASTAU_MODE="dev", RASTAU_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'rastau.db'}",
                RASTAU_CODE_HMAC_KEY=secrets.token_urlsafe(32), RASTAU_TEMPLATE_KEY=secrets.token_urlsafe(32),
                RASTAU_API_KEY_PEPPER=secrets.token_urlsafe(32), RASTAU_FACE_WORKERS="1",
-               RASTAU_LOG_FORMAT="json", PYTHONPATH=str(ROOT))
+               RASTAU_LOG_FORMAT="json", RASTAU_SINGLE_FRAME_FACE="1", PYTHONPATH=str(ROOT))
     env.update(extra)
     return env
 
