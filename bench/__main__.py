@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 
-from bench import code_http, digest, dispatcher, face, face_load, flags, soak
+from bench import code_http, digest, dispatcher, face, face_load, flags, liveness, soak
 from bench.results import write_section
 
 PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -60,9 +60,9 @@ async def bench_face_latency(smoke: bool, workdir: str) -> None:
     write_section("Face verify latency: pipeline vs. naive vs. floor", face.report(result), smoke=smoke)
 
 
-async def bench_face_latency(smoke: bool, workdir: str) -> None:
-    result = face.run(rounds=1, limit=4) if smoke else face.run(rounds=5)
-    write_section("Face verify latency: pipeline vs. naive vs. floor", face.report(result), smoke=smoke)
+async def bench_liveness(smoke: bool, workdir: str) -> None:
+    result = await asyncio.to_thread(liveness.run, rounds=1 if smoke else 9)
+    write_section("Liveness: capture decision vs. the single-frame check", liveness.report(result), smoke=smoke)
 
 
 async def bench_dispatcher(smoke: bool, workdir: str) -> None:
@@ -123,7 +123,8 @@ async def bench_soak(smoke: bool, workdir: str) -> None:
         raise SystemExit("soak smoke run failed:\n" + "\n".join(problems))
 
 
-BENCHES = {"face": bench_face_latency, "face_load": bench_face_load, "codes": bench_code_http,
+BENCHES = {"face": bench_face_latency, "face_load": bench_face_load, "liveness": bench_liveness,
+           "codes": bench_code_http,
            "dispatcher": bench_dispatcher, "digest": bench_digest, "flags": bench_flags, "soak": bench_soak}
 
 

@@ -91,12 +91,14 @@ def genuine_clip(poses: Sequence[Pose], person: str, rng: random.Random, *,
     return clip
 
 
-def photo_clip(poses: Sequence[Pose], shot: Shot, rng: random.Random, *, motion: str = "still") -> Clip:
+def photo_clip(poses: Sequence[Pose], shot: Shot, rng: random.Random, *, motion: str = "still",
+               tilt_degrees: float = MAX_TILT_DEGREES, tilt_scale: float = 2.0) -> Clip:
     """One flat photo held in front of the camera for as long as the challenge takes.
 
     ``motion``: "still"; "moved" (shifted, scaled and rotated in the image plane, a new place every frame);
-    "tilted" (turned about its vertical axis by up to ±40° the way each step asks: the attacker sees the
-    challenge on the page and tilts the print toward the asked side).
+    "tilted" (turned about its vertical axis by ``tilt_degrees`` (less up to 4° of unsteady hand) toward the
+    side each step asks, straight for the straight steps: the attacker sees the challenge on the page; held
+    close, the face ``tilt_scale`` × FACE_HEIGHT tall, where the perspective is strongest).
     """
     clip: Clip = []
     at = 0.0
@@ -107,8 +109,8 @@ def photo_clip(poses: Sequence[Pose], shot: Shot, rng: random.Random, *, motion:
                                      scale=rng.uniform(0.75, 1.3), rotate_degrees=rng.uniform(-25, 25))
             elif motion == "tilted":
                 side = {Pose.STRAIGHT: 0.0, Pose.LEFT: 1.0, Pose.RIGHT: -1.0}[pose]
-                frame = camera_frame(shot, rng, scale=rng.uniform(1.0, 2.0),
-                                     tilt_degrees=side * rng.uniform(20, MAX_TILT_DEGREES))
+                frame = camera_frame(shot, rng, scale=tilt_scale,
+                                     tilt_degrees=side * (tilt_degrees - rng.uniform(0, 4)))
             else:
                 frame = camera_frame(shot, rng)
             clip.append((at, frame))

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from core.liveness import MEASURED, Challenge, LivenessTracker, NotLive, Pose, Progress, Thresholds
+from core.liveness import MEASURED, STILLS, Challenge, LivenessTracker, NotLive, Pose, Progress, Thresholds
 from devkit.liveness_clips import Clip, Shot, camera_frame, genuine_clip, photo_clip
 from server.face.image import ImageRejected
 from server.face.liveness import read_pose
@@ -15,8 +15,6 @@ from tests.face.conftest import gradient_frame, photo
 
 S, L, R = Pose.STRAIGHT, Pose.LEFT, Pose.RIGHT
 POSES = (S, L, S, R, S, L, S)
-# The fixture photos turn at most ~20° (yaw ≤ 0.18, docs/liveness.md): with these thresholds their turns count.
-STILLS = Thresholds(straight_max=0.07, turn_min=0.10, same_person_max=MEASURED.same_person_max)
 
 
 def frame(photo_name: str, mirrored: bool = False, **placement: float) -> bytes:
