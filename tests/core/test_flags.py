@@ -3,7 +3,9 @@ phantom visits every way the public record found, and a third clinic sharing a d
 exactly its flags, naming the visits, and nothing at all on the honest clinic. Both databases."""
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import itertools
 from dataclasses import dataclass, field
 
@@ -13,7 +15,7 @@ from core.clock import ALMATY
 from core.iin import make_iin
 from core.model import Visit, VisitMode, VisitState
 from core.services import flag_lists, registry
-from core.services.flags import DESCRIPTIONS, Flag, FlagKind, find_flags
+from core.services.flags import DESCRIPTIONS, Flag, FlagKind, find_flags, flags_csv
 
 DAY = dt.date(2026, 11, 24)  # yesterday for the fixture clock (2026-11-25 09:00 Almaty)
 
@@ -224,6 +226,12 @@ async def test_each_rule_raises_exactly_its_flags_and_none_on_the_honest_clinic(
     assert await find_flags(ctx, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)) == []
     for flag in flags:  # every flag can be read out
         assert flag.explain() and flag.description
+    rows = list(csv.DictReader(io.StringIO(flags_csv(flags))))
+    assert len(rows) == len(flags)
+    [dead] = [r for r in rows if r["kind"] == "after_death"]
+    assert (dead["doctor_id"], dead["visits"], dead["visit_ids"]) == (str(b.doctors["screen"]), "1",
+                                                                      str(b.visits["dead"][0]))
+    assert "after their date of death" in dead["explanation"]
 
 
 async def test_a_visit_verified_by_code_in_an_hour_at_the_cap_is_listed(ctx):
