@@ -341,3 +341,24 @@ def test_production_refuses_to_sign_without_its_key_and_dev_says_it_invents_one(
     invented = Settings(_env_file=None, mode=Mode.DEV).require_secrets(signing=True)
     assert "signing_key" in capsys.readouterr().err
     assert Signer.from_settings(invented).key_id == Signer.from_settings(invented).key_id  # one key, every process
+
+
+async def test_a_read_that_cannot_be_recorded_is_not_served(client, ctx, tenants, monkeypatch):
+    """The audit row is committed before the first byte: when the log cannot take it, the auditor gets 503 and
+    no visit at all."""
+    from core.db.repositories import AuditRepo
+    from core.errors import DatabaseUnavailable
+
+    a, _ = tenants
+    await add_visit(ctx, a)
+    key = await auditor_key(ctx, [a.clinic_id])
+    append = AuditRepo.append
+
+    async def refuse_reads(self, at, actor, action, subject, details, **where):
+        if action.startswith("auditor.read"):
+            raise DatabaseUnavailable("the audit log is unreachable")
+        return await append(self, at, actor, action, subject, details, **where)
+
+    monkeypatch.setattr(AuditRepo, "append", refuse_reads)
+    response, body = await _export(client, key)
+    assert response.status == 503 and b"Polyclinic A" not in body and b"visit_id" not in body
