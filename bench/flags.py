@@ -3,8 +3,9 @@ one hand-written SQL query per rule, in the same run.
 
 The table is the digest benchmark's (bench/digest.py: 20 clinics, 10 doctors and 2,500 patients each, 200 visits a
 clinic-day), with some fraud added so the rules have something to find: a cervical screening billed for men, deaths
-listed for some patients, eight patients on one phone in each clinic, a clinic at its wrong-code cap three hours
-running. Before timing, each rule's query and its hand-written twin must answer the same groups, values and visits.
+listed for some patients, eight patients on one phone in each clinic, a clinic at its wrong-code and face caps three
+hours running. Before timing, each rule's query and its hand-written twin must answer the same groups, values and
+visits.
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def _fraud_sql(sqlite: bool, month: tuple[dt.date, dt.date]) -> list[str]:
         "UPDATE patients SET phone = '+77020000000' WHERE id % 2500 BETWEEN 1 AND 8",
         *(f"INSERT INTO clinic_code_failures (clinic_id, hour_start, failures) VALUES ({CLINIC}, "
           f"{hour.format(h=h)}, 100)" for h in (4, 5, 6)),
+        *(f"INSERT INTO face_failures_hourly (scope, subject_id, hour_start, failures) VALUES ('clinic', {CLINIC}, "
+          f"{hour.format(h=h)}, 300)" for h in (4, 5, 6)),
         # the statistics of these tables only: a bare ANALYZE on PostgreSQL reads every schema in the database
         *(f"ANALYZE {table}" for table in ("clinics", "doctors", "patients", "visits", "deaths",
                                            "clinic_code_failures", "patient_changes", "service_rules")),
@@ -131,6 +134,14 @@ def hand_written(sqlite: bool, clinic: int | None) -> dict[str, Any]:
                           f"v.verified_at >= h.hour_start AND {secs('v.verified_at', 'h.hour_start')} < 3600 "
                           f"WHERE h.failures >= :cap AND h.hour_start >= :start AND h.hour_start < :end{only('h.')} "
                           "GROUP BY h.clinic_id HAVING count(DISTINCT h.hour_start) >= :at_least",
+        "face_cap_hours": f"SELECT h.subject_id AS clinic_id, count(DISTINCT h.hour_start) AS value, {ids('v.id')} "
+                          "AS visit_ids FROM face_failures_hourly h LEFT JOIN visits v ON v.clinic_id = h.subject_id "
+                          "AND v.verified_by IS NOT NULL AND v.verified_by <> 'code' AND v.start_at >= :wide_start "
+                          "AND v.start_at < :wide_end AND v.verified_at >= h.hour_start AND "
+                          f"{secs('v.verified_at', 'h.hour_start')} < 3600 WHERE h.failures >= :cap AND "
+                          "h.hour_start >= :start AND h.hour_start < :end AND h.scope = 'clinic'"
+                          f"{' AND h.subject_id = ' + str(clinic) if clinic is not None else ''} "
+                          "GROUP BY h.subject_id HAVING count(DISTINCT h.hour_start) >= :at_least",
         "service_mismatches": f"SELECT v.clinic_id, v.doctor_id, v.service_code, count(*) AS value, {ids('v.id')} "
                               "AS visit_ids FROM visits v JOIN patients p ON p.id = v.patient_id JOIN service_rules r "
                               f"ON r.service_code = v.service_code WHERE {vbilled}{only('v.')} AND ("
@@ -158,7 +169,9 @@ def _params(ctx: Context, start: dt.datetime, end: dt.datetime) -> dict[str, dic
             "code_shares": period, "answer_shares": period,
             "face_replacements": {**period, "at_least": s.flag_face_replacements},
             "enrolment_disputes": period, "shared_phones": {**period, "above": s.flag_patients_per_phone},
-            "code_cap_hours": {**period, "cap": s.clinic_code_failures_per_hour, "at_least": s.flag_code_cap_hours,
+            "code_cap_hours": {**period, "cap": s.clinic_code_failures_per_hour, "at_least": s.flag_cap_hours,
+                               "wide_start": start - dt.timedelta(days=1), "wide_end": end + dt.timedelta(days=1)},
+            "face_cap_hours": {**period, "cap": s.clinic_face_failures_per_hour, "at_least": s.flag_cap_hours,
                                "wide_start": start - dt.timedelta(days=1), "wide_end": end + dt.timedelta(days=1)},
             "service_mismatches": period, "after_death": period}
 
@@ -181,6 +194,8 @@ async def _ours_per_rule(ctx: Context, start: dt.datetime, end: dt.datetime, cli
             "shared_phones": await q.shared_phones(start, end, clinic, above=p["shared_phones"]["above"]),
             "code_cap_hours": await q.code_cap_hours(start, end, clinic, cap=p["code_cap_hours"]["cap"],
                                                      at_least=p["code_cap_hours"]["at_least"]),
+            "face_cap_hours": await q.face_cap_hours(start, end, clinic, cap=p["face_cap_hours"]["cap"],
+                                                     at_least=p["face_cap_hours"]["at_least"]),
             "service_mismatches": await q.service_mismatches(start, end, clinic, None),
             "after_death": await q.after_death(start, end, clinic, None),
         }
@@ -272,8 +287,8 @@ def report(results: dict[str, dict]) -> str:
     month = next(iter(results.values()))["month"]
     lines = [f"Every red-flag rule over one month ({month[0]} to {month[1]}, Asia/Almaty) out of the digest "
              f"benchmark's table ({CLINICS} clinics, {PER_DAY} visits a clinic-day) with fraud added: `find_flags` "
-             "(eleven statements, one per rule, and the flags built from them in Python: medians, shares, "
-             "explanations) against the same eleven rules as hand-written SQL run back to back on one connection, "
+             "(twelve statements, one per rule, and the flags built from them in Python: medians, shares, "
+             "explanations) against the same twelve rules as hand-written SQL run back to back on one connection, "
              "read as find_flags reads (SQLite: one read transaction; PostgreSQL: outside one). Before timing, each "
              "rule's statement and its hand-written twin must answer the same groups, values and visit ids. Calls "
              "interleaved.", "",

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     flag_no_answer_share: float = Field(0.5, gt=0.0, le=1.0)
     flag_face_replacements: int = Field(5, ge=1, le=100_000)
     flag_patients_per_phone: int = Field(5, ge=1, le=1000)
-    flag_code_cap_hours: int = Field(3, ge=1, le=10_000)
+    flag_cap_hours: int = Field(3, ge=1, le=10_000)  # hours at a clinic's code or face cap
 
     @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "signing_key", "webhook_secret",
                      "dispatcher_id",

@@ -405,17 +405,33 @@ class FlagQueries:
         """Clinics whose wrong codes reached ``cap`` in at least ``at_least`` clock hours of the period, with the
         visits verified by code in those hours (a guess that hit would be among them)."""
         hours = t.clinic_code_failures
-        stmt = (select(hours.c.clinic_id, func.count(distinct(hours.c.hour_start)).label("value"),
+        return await self._cap_hours(hours, hours.c.clinic_id, _v.c.verified_by == VerificationMethod.CODE.value,
+                                     start, end, clinic_id, cap=cap, at_least=at_least)
+
+    async def face_cap_hours(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                             *, cap: int, at_least: int) -> list[AnyRow]:
+        """Clinics whose failed face checks reached ``cap`` in at least ``at_least`` clock hours, with the visits
+        verified by a face in those hours (a stranger's face tried until one passed would be among them)."""
+        hours = t.face_failures_hourly
+        return await self._cap_hours(hours, hours.c.subject_id, and_(
+            _v.c.verified_by.is_not(None), _v.c.verified_by != VerificationMethod.CODE.value),
+            start, end, clinic_id, cap=cap, at_least=at_least, only=hours.c.scope == "clinic")
+
+    async def _cap_hours(self, hours: Any, clinic: Any, verified: ColumnElement[bool], start: dt.datetime,
+                         end: dt.datetime, clinic_id: int | None, *, cap: int, at_least: int,
+                         only: ColumnElement[bool] | None = None) -> list[AnyRow]:
+        """One statement for both hourly counters: the clinic's hours at ``cap`` and the visits verified in them."""
+        stmt = (select(clinic.label("clinic_id"), func.count(distinct(hours.c.hour_start)).label("value"),
                        _IdList(_v.c.id).label("visit_ids"))
                 .select_from(hours.outerjoin(_v, and_(
-                    _v.c.clinic_id == hours.c.clinic_id, _v.c.verified_by == VerificationMethod.CODE.value,
+                    _v.c.clinic_id == clinic, verified,
                     _v.c.start_at >= bindparam("wide_start"), _v.c.start_at < bindparam("wide_end"),
                     _v.c.verified_at >= hours.c.hour_start,
                     _SecondsBetween(_v.c.verified_at, hours.c.hour_start) < 3600)))
                 .where(hours.c.failures >= bindparam("cap"), hours.c.hour_start >= bindparam("start"),
-                       hours.c.hour_start < bindparam("end"))
-                .group_by(hours.c.clinic_id).having(func.count(distinct(hours.c.hour_start)) >= bindparam("at_least")))
-        return await self._rows(_scoped(stmt, hours.c.clinic_id, None, clinic_id, None),
+                       hours.c.hour_start < bindparam("end"), *([] if only is None else [only]))
+                .group_by(clinic).having(func.count(distinct(hours.c.hour_start)) >= bindparam("at_least")))
+        return await self._rows(_scoped(stmt, clinic, None, clinic_id, None),
                                 {"start": start, "end": end, "cap": cap, "at_least": at_least,
                                  "wide_start": start - dt.timedelta(days=1), "wide_end": end + dt.timedelta(days=1)})
 

@@ -40,6 +40,7 @@ class FlagKind(str, enum.Enum):
     ENROLMENT_DISPUTES = "enrolment_disputes"
     SHARED_PHONE = "shared_phone"
     CODE_CAP_HOURS = "code_cap_hours"
+    FACE_CAP_HOURS = "face_cap_hours"
     SERVICE_MISFIT = "service_misfit"
     AFTER_DEATH = "after_death"
 
@@ -60,6 +61,7 @@ DESCRIPTIONS: dict[FlagKind, str] = {
     FlagKind.ENROLMENT_DISPUTES: "patients said a change to their face, phone or consent was not made by them",
     FlagKind.SHARED_PHONE: "many patients of a clinic are registered with one phone number",
     FlagKind.CODE_CAP_HOURS: "a clinic reached its hourly cap of wrong codes hour after hour (code guessing)",
+    FlagKind.FACE_CAP_HOURS: "a clinic reached its hourly cap of failed face checks hour after hour (face guessing)",
     FlagKind.SERVICE_MISFIT: "a service was billed for a patient of the wrong sex or age for it, per the IIN",
     FlagKind.AFTER_DEATH: "visits were billed for a patient after the patient's date of death",
 }
@@ -117,6 +119,9 @@ class Flag:
             case FlagKind.CODE_CAP_HOURS:
                 return (f"{who} reached its cap of {d['cap']} wrong codes an hour in {value} hours (flagged from "
                         f"{limit}); the listed visits were verified by code in those hours")
+            case FlagKind.FACE_CAP_HOURS:
+                return (f"{who} reached its cap of {d['cap']} failed face checks an hour in {value} hours (flagged "
+                        f"from {limit}); the listed visits were verified by a face in those hours")
             case FlagKind.SERVICE_MISFIT:
                 return (f"{who} billed service {d['service_code']} ({d['rule']}) {value} times for patients outside "
                         "it by the IIN's sex or age")
@@ -187,9 +192,14 @@ async def find_flags(ctx: Context, first_day: dt.date, last_day: dt.date, *, cli
                            _ids(r.visit_ids), {"phone": _mask_phone(r.phone)})
                       for r in await q.shared_phones(start, end, clinic_id, above=s.flag_patients_per_phone)]
             cap = s.clinic_code_failures_per_hour
-            flags += [Flag(FlagKind.CODE_CAP_HOURS, r.clinic_id, None, None, r.value, s.flag_code_cap_hours,
+            flags += [Flag(FlagKind.CODE_CAP_HOURS, r.clinic_id, None, None, r.value, s.flag_cap_hours,
                            _ids(r.visit_ids), {"cap": cap})
-                      for r in await q.code_cap_hours(start, end, clinic_id, cap=cap, at_least=s.flag_code_cap_hours)]
+                      for r in await q.code_cap_hours(start, end, clinic_id, cap=cap, at_least=s.flag_cap_hours)]
+            face_cap = s.clinic_face_failures_per_hour
+            flags += [Flag(FlagKind.FACE_CAP_HOURS, r.clinic_id, None, None, r.value, s.flag_cap_hours,
+                           _ids(r.visit_ids), {"cap": face_cap})
+                      for r in await q.face_cap_hours(start, end, clinic_id, cap=face_cap,
+                                                      at_least=s.flag_cap_hours)]
     order = list(FlagKind)
     return sorted(flags, key=lambda f: (f.clinic_id, order.index(f.kind), f.doctor_id or 0, f.day or dt.date.min,
                                         f.visit_ids))

@@ -143,6 +143,10 @@ async def build_world(ctx) -> World:
         for hour in (10, 11, 12):  # wrong codes up to the clinic's cap, three hours running
             for _ in range(cap):
                 assert await uow.codes.take_clinic_failure(b.id, local(hour), cap)
+        face_cap = ctx.settings.clinic_face_failures_per_hour
+        for hour in (16, 17, 18):  # and failed faces up to its face cap
+            for _ in range(face_cap):
+                assert await uow.face_failures.take("clinic", b.id, local(hour), face_cap)
         await uow.commit()
     # one visit verified against the enrolment its patient disputed
     await visits(ctx, b, "disputed enrolment", "ghost", ["regular 5"], local(8, 40), count=1, every_minutes=20,
@@ -195,6 +199,7 @@ async def test_each_rule_raises_exactly_its_flags_and_none_on_the_honest_clinic(
         ("enrolment_disputes", b.id, None, 1),
         ("shared_phone", b.id, None, 8),
         ("code_cap_hours", b.id, None, 3),
+        ("face_cap_hours", b.id, None, 3),
         ("service_misfit", b.id, b.doctors["screen"], 2),
         ("after_death", b.id, b.doctors["screen"], 1),
         ("two_clinics", c.id, c.doctors["moonlighter"], 2),  # 13:20 and 13:30 overlap 13:20-13:40
@@ -218,6 +223,7 @@ async def test_each_rule_raises_exactly_its_flags_and_none_on_the_honest_clinic(
     assert by_kind[FlagKind.NO_ANSWER_SHARE, b.id].visit_ids == tuple(b.visits["silent"])
     assert by_kind[FlagKind.ENROLMENT_DISPUTES, b.id].visit_ids == tuple(b.visits["disputed enrolment"])
     assert by_kind[FlagKind.DOCTOR_CODE_SHARE, c.id].visit_ids == tuple(c.visits["coder"])
+    assert by_kind[FlagKind.FACE_CAP_HOURS, b.id].visit_ids == ()  # the phantom clinic verifies by code 16:00-19:00
     assert len(by_kind[FlagKind.CLINIC_CODE_SHARE, b.id].visit_ids) == 100 + 15 + 1 + 2 + 1 + 1 + 13 + 2 + 20
 
     assert await find_flags(ctx, DAY, DAY, clinic_id=w.honest.id) == []
@@ -248,6 +254,24 @@ async def test_a_visit_verified_by_code_in_an_hour_at_the_cap_is_listed(ctx):
     await visits(ctx, b, "outside", "doc", ["p"], local(14), count=1, every_minutes=20, verified_by="code")
     [flag] = [f for f in await find_flags(ctx, DAY, DAY) if f.kind is FlagKind.CODE_CAP_HOURS]
     assert flag.visit_ids == tuple(hit)  # verified at 11:32; the 14:02 one was in no capped hour
+
+
+async def test_a_visit_verified_by_face_in_an_hour_at_the_face_cap_is_listed(ctx):
+    """A stranger's face tried until one passed: the match made while the clinic sat at its face cap."""
+    b = await clinic(ctx, "Face guessers", {"doc": "+77016000002"})
+    await patient(ctx, b, "p", "+77076000002", dt.date(1970, 1, 1), True)
+    cap = ctx.settings.clinic_face_failures_per_hour
+    async with ctx.uow() as uow:
+        for hour in (10, 11, 12):
+            for _ in range(cap):
+                await uow.face_failures.take("clinic", b.id, local(hour), cap)
+            await uow.face_failures.take("doctor", b.doctors["doc"], local(hour + 3), cap)  # a doctor's: no matter
+        await uow.commit()
+    hit = await visits(ctx, b, "hit", "doc", ["p"], local(12, 10), count=1, every_minutes=20)
+    await visits(ctx, b, "by code", "doc", ["p"], local(11, 10), count=1, every_minutes=20, verified_by="code")
+    [flag] = [f for f in await find_flags(ctx, DAY, DAY) if f.kind is FlagKind.FACE_CAP_HOURS]
+    assert (flag.value, flag.visit_ids) == (3, tuple(hit))
+    assert "300 failed face checks an hour in 3 hours" in flag.explain()
 
 
 @pytest.mark.parametrize("born, fits", [
