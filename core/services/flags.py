@@ -3,7 +3,8 @@
 Each rule is one query (core/db/queries.py, ``FlagQueries``) on SQLite and PostgreSQL; its thresholds are settings
 (``RASTAU_FLAG_*``, defaults from the public record where it has one, see .env.example). A flag says which clinic,
 doctor and day it concerns, what was measured against which threshold, and which visits raised it, so an auditor can
-open each of them. The auditors' HTTP export and their daily summary both call :func:`find_flags`.
+open each of them. ``rastau flags`` calls :func:`find_flags` and :func:`flags_csv`; the auditors' flags endpoint and
+daily summary are to call the same two.
 """
 from __future__ import annotations
 

@@ -129,3 +129,21 @@ async def test_rastau_import_deaths_reports_rejected_lines_without_iins_and_flag
     assert flags.returncode == 0, flags.stderr
     assert "0 flags" in flags.stdout
     assert (tmp_path / "flags.csv").read_text().startswith("clinic_id,doctor_id,day,kind,value,threshold")
+
+
+def test_service_rules_round_trip_through_the_command_line(tmp_path):
+    """What `service-rules list` prints, `service-rules import` takes back unchanged; a bad row exits 2 by line."""
+    import asyncio
+    url = f"sqlite+aiosqlite:///{tmp_path / 'rastau.db'}"
+    asyncio.run(migrate_from_template(url))
+    env = {"RASTAU_DATABASE_URL": url, "RASTAU_MODE": "dev"}
+    listed = CliRunner().invoke(rastau, ["service-rules", "list"], prog_name="rastau", env=env)
+    assert listed.exit_code == 0, listed.output
+    table = listed.stdout
+    assert 'SCREEN-CERVICAL,female,30,70,"cervical cancer screening: women 30-70 (MoH order ҚР ДСМ-174/2020,' in table
+    (tmp_path / "rules.csv").write_text(table + "A02.001,male,50,,regional order 12\nA03,,,,nothing\n")
+    done = CliRunner().invoke(rastau, ["service-rules", "import", str(tmp_path / "rules.csv")], prog_name="rastau",
+                              env=env)
+    assert done.exit_code == 2
+    assert "service rules: 1 added, 0 changed, 1 rejected" in done.stdout
+    assert "line 6: a rule without a sex or an age bound fits everyone" in done.output
