@@ -223,7 +223,8 @@ async def test_every_read_by_an_auditor_is_in_the_audit_log_before_the_file_leav
         assert row.actor == record["requested_by"] and row.subject.startswith("auditor:")
         assert row.details["export"] == record["export"]
         assert (row.details["patients"], row.details["visits"]) == (sorted(patients), len(patients))
-    await _export(client, key, "from=2026-12-01&to=2026-12-01")  # nothing found: still on record
+    _, nothing = await _export(client, key, "from=2026-12-01&to=2026-12-01")  # nothing found: still on record
+    assert _rows(nothing) == [] and verify(nothing, await _public_key(client)).valid  # a signed empty file
     empty = await _audit_rows(ctx, OPERATOR_CHAIN, "auditor.read_visits")
     assert [r.details["found"] for r in empty] == [0]
     await client.get(f"{API}/audit/flags?{DAY}&clinic={a.clinic_id}", headers=bearer(key))
