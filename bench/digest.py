@@ -41,6 +41,7 @@ SELECT v.doctor_id, d.full_name,
   SUM(CASE WHEN v.state <> 'cancelled' THEN 1 ELSE 0 END) AS visits,
   SUM(CASE WHEN v.verified_by = 'face' THEN 1 ELSE 0 END) AS face_verified,
   SUM(CASE WHEN v.verified_by = 'code' THEN 1 ELSE 0 END) AS code_verified,
+  SUM(CASE WHEN v.verified_by = 'face_live' THEN 1 ELSE 0 END) AS face_live_verified,
   SUM(CASE WHEN v.verified_by IS NULL AND v.state NOT IN ('scheduled', 'cancelled') THEN 1 ELSE 0 END)
     AS unverified,
   SUM(CASE WHEN v.state = 'patient_confirmed' THEN 1 ELSE 0 END) AS patient_confirmed,

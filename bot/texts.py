@@ -27,7 +27,9 @@ STATE_FOR_PATIENT = {
     VisitState.PATIENT_DISPUTED: __("you said you weren't there"),
     VisitState.CANCELLED: __("cancelled"),
 }
-VERIFIED_FOR_PATIENT = {"face": __("verified at the clinic by photo"), "code": __("verified at the clinic by code")}
+VERIFIED_FOR_PATIENT = {"face": __("verified at the clinic by photo"),
+                        "face_live": __("verified at the clinic by a live camera check"),
+                        "code": __("verified at the clinic by code")}
 
 STATE_FOR_ADMIN = {
     VisitState.SCHEDULED.value: __("scheduled"),
@@ -39,7 +41,8 @@ STATE_FOR_ADMIN = {
 }
 ANSWER_FOR_ADMIN = {"confirmed": __("confirmed"), "disputed": __("wasn't there"),
                     "claimed_attended": __("says they were there"), "none": __("no answer")}
-METHOD_FOR_ADMIN = {"face": __("face"), "code": __("code")}
+# A single frame from the clinic's system is the weaker kind of face evidence (any photo of the patient passes it).
+METHOD_FOR_ADMIN = {"face": __("face, single frame (weaker)"), "face_live": __("face, live check"), "code": __("code")}
 MODE_NAME = {VisitMode.IN_PERSON.value: __("in person"), VisitMode.ONLINE.value: __("online")}
 CHANGE_FOR_PATIENT = {
     FACE_ENROLLED: __("A photo of you was saved for face recognition. From now on the doctor's webcam compares "
@@ -249,7 +252,8 @@ def digest_messages(digest: Digest) -> tuple[str, bool]:
     lines = [_("<b>Digest for {clinic}, {day}</b>").format(clinic=clinic, day=day), ""]
     lines += [
         ngettext("{n} visit", "{n} visits", tot["visits"]).format(n=tot["visits"]),
-        _("• verified by face: {n}").format(n=tot["face_verified"]),
+        _("• verified by a live face check: {n}").format(n=tot["face_live_verified"]),
+        _("• verified by a single face frame (weaker): {n}").format(n=tot["face_verified"]),
         _("• verified by code: {n}").format(n=tot["code_verified"]),
         _("• unverified: {n}").format(n=tot["unverified"]),
         _("• confirmed by the patient: {n}").format(n=tot["patient_confirmed"]),

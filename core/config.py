@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # tests and dev only: every capture session gets this challenge (e.g. "straight,left,straight") instead of a
     # random one, so a recorded clip can follow it; production refuses it
     capture_challenge: str | None = Field(None, pattern=r"^(straight|left|right)(,(straight|left|right)){2,15}$")
+    # tests and dev only: the liveness tracker takes core.liveness.STILLS (turns of ~10°, what the fixture photos show)
+    # instead of the measured thresholds; a print tilted 40° passes it, so production refuses it
+    liveness_stills: bool = False
     # the address the clinic's browsers reach Rastau at (https://rastau.example.kz), for capture session URLs;
     # unset: the address the request came to
     public_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+$")
@@ -114,6 +117,9 @@ class Settings(BaseSettings):
     def _production_runs_on_the_system_clock(self) -> Settings:
         if self.mode is Mode.PRODUCTION and self.clock_offset_seconds:
             raise ValueError("RASTAU_CLOCK_OFFSET_SECONDS is for tests and dev: production runs on the system clock")
+        if self.mode is Mode.PRODUCTION and self.liveness_stills:
+            raise ValueError("RASTAU_LIVENESS_STILLS is for tests and dev: production uses the measured liveness "
+                             "thresholds")
         if self.mode is Mode.PRODUCTION and self.capture_challenge:
             raise ValueError("RASTAU_CAPTURE_CHALLENGE is for tests and dev: production draws every challenge at "
                              "random")

@@ -58,6 +58,7 @@ _DIGEST_COUNTS = (
     select(_v.c.doctor_id, _d.c.full_name,
            _count(_billed).label("visits"),
            _count(and_(_billed, _v.c.verified_by == VerificationMethod.FACE.value)).label("face_verified"),
+           _count(and_(_billed, _v.c.verified_by == VerificationMethod.FACE_LIVE.value)).label("face_live_verified"),
            _count(and_(_billed, _v.c.verified_by == VerificationMethod.CODE.value)).label("code_verified"),
            _count(_unverified).label("unverified"),
            _count(_v.c.state == _CONFIRMED).label("patient_confirmed"),

@@ -10,17 +10,21 @@ from typing import Any, TypeAlias, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Insert,
     Integer,
     Row,
     Select,
+    String,
     Table,
     and_,
     bindparam,
     case,
+    cast,
     delete,
     exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -343,6 +347,10 @@ _SAVE_VISIT_WITH_EVENT = (
     .values({name: bindparam(f"visit_{name}", type_=t.visits.c[name].type) for name in _STATE_COLUMNS})
     .add_cte(insert(t.visit_events).values({name: bindparam(f"event_{name}", type_=t.visit_events.c[name].type)
                                             for name in _EVENT_COLUMNS}).cte("event")))
+_MARK_CODE_USED = update(t.visit_codes).where(t.visit_codes.c.visit_id == bindparam("the_visit")).values(
+    used_at=bindparam("code_used_at", type_=t.visit_codes.c.used_at.type))
+# A verification by code: the code's use lands in the same statement as the state change it made.
+_SAVE_VISIT_WITH_EVENT_AND_CODE_USED = _SAVE_VISIT_WITH_EVENT.add_cte(_MARK_CODE_USED.cte("code_used"))
 
 
 def _visit(row: AnyRow) -> Visit:
@@ -384,20 +392,26 @@ class VisitRepo(_Repo):
             raise NotFound(f"visit {visit_id} not found")
         return _visit(row)
 
-    async def save(self, visit: Visit) -> None:
-        """Persist state fields and write each pending event to the events table and the audit chain."""
+    async def save(self, visit: Visit, *, code_used_at: dt.datetime | None = None) -> None:
+        """Persist state fields and write each pending event to the events table and the audit chain; with
+        ``code_used_at``, mark the visit's code used (the verification by code that made this change)."""
         assert visit.id is not None, "a visit is saved after it was added"
         state = dict(state=visit.state.value, verified_by=visit.verified_by.value if visit.verified_by else None,
                      verified_at=visit.verified_at, answered_at=visit.answered_at,
                      dispute_reason=visit.dispute_reason, attended_claim_at=visit.attended_claim_at,
                      verified_enrolment_id=visit.verified_enrolment_id)
         events = visit.pending_events
-        if len(events) == 1 and self.conn.dialect.name == "postgresql":  # one round trip, not two
-            await self.conn.execute(_SAVE_VISIT_WITH_EVENT, {
-                "the_visit": visit.id, **{f"visit_{k}": v for k, v in state.items()},
-                **{f"event_{k}": v for k, v in _event_row(visit.id, events[0]).items()}})
+        if len(events) == 1 and self.conn.dialect.name == "postgresql":  # one round trip, not two or three
+            params = {"the_visit": visit.id, **{f"visit_{k}": v for k, v in state.items()},
+                      **{f"event_{k}": v for k, v in _event_row(visit.id, events[0]).items()}}
+            if code_used_at is None:
+                await self.conn.execute(_SAVE_VISIT_WITH_EVENT, params)
+            else:
+                await self.conn.execute(_SAVE_VISIT_WITH_EVENT_AND_CODE_USED, {**params, "code_used_at": code_used_at})
             await self._audit_event(visit, events[0])
         else:
+            if code_used_at is not None:
+                await self.conn.execute(_MARK_CODE_USED, {"the_visit": visit.id, "code_used_at": code_used_at})
             await self.conn.execute(_SAVE_VISIT, {"the_visit": visit.id, **state})
             for event in events:
                 await self.record_event(visit, event)
@@ -571,7 +585,6 @@ class CaptureSessionRepo(_Repo):
                                          _ccf.c.hour_start == bindparam("hour")).scalar_subquery().label("clinic"))
     .select_from(t.visits.outerjoin(_vc, _vc.c.visit_id == t.visits.c.id))
     .where(t.visits.c.id == bindparam("visit")))
-_MARK_CODE_USED = update(_vc).where(_vc.c.visit_id == bindparam("the_visit"))
 
 
 class CodeRepo(_Repo):
@@ -601,9 +614,6 @@ class CodeRepo(_Repo):
     async def next_generation(self, visit_id: int) -> int:
         row = await self.current(visit_id)
         return (row.generation + 1) if row else 1
-
-    async def mark_used(self, visit_id: int, at: dt.datetime) -> None:
-        await self.conn.execute(_MARK_CODE_USED, {"the_visit": visit_id, "used_at": at})
 
     async def doctor_failures(self, doctor_id: int, hour_start: dt.datetime) -> int:
         value = (await self.conn.execute(select(t.doctor_code_failures.c.failures).where(and_(
@@ -941,10 +951,35 @@ _CLAIM_AUDIT_SEQS = {
 _MOVE_AUDIT_HEAD = update(t.audit_head).where(_head.chain == bindparam("the_chain")).values(
     last_hash=bindparam("head_hash"))
 _ADD_AUDIT_ROWS = insert(t.audit_log)
-# PostgreSQL: a row and the head's move to its hash as one statement (a data-modifying CTE; SQLite has none).
-_CHAIN_AUDIT_ROW = _MOVE_AUDIT_HEAD.add_cte(insert(t.audit_log).values(
-    {column: bindparam(f"row_{column.name}", type_=column.type) for column in t.audit_log.c}).cte("chained"))
 _Pending: TypeAlias = tuple[str, str, str, str, dict[str, Any]]
+
+
+def _append_audit_row_in_sql() -> Insert:
+    """PostgreSQL: one row appended to a chain in one statement. The head is locked (FOR UPDATE, which in READ
+    COMMITTED returns the head as the writer before left it), the row's hash is computed from it by the database
+    (core.audit.hashed_content gives the rest of the hashed text), the row is inserted and the head moved to it.
+    Nothing is written when the chain has no head yet (its first row takes the two-statement path). Parameters
+    are named unlike any column: an UPDATE would take a parameter named as a column as one more column to set."""
+    head = t.audit_head
+    old = (select(head.c.chain, head.c.seq, head.c.last_hash).where(head.c.chain == bindparam("the_chain"))
+           .with_for_update().cte("old"))
+    seq = old.c.seq + literal_column("1")  # SQL literals, not bound values: the statement is the same every time
+    hashed: ColumnElement[str] = (literal_column("'['") + cast(seq, String) + literal_column("','") + bindparam("content", type_=String)
+              + literal_column("',\"'") + old.c.last_hash + literal_column("'\"]'"))
+    new = select(old.c.chain, seq.label("seq"), old.c.last_hash.label("prev_hash"),
+                 func.encode(func.sha256(func.convert_to(hashed, literal_column("'UTF8'"))),
+                             literal_column("'hex'")).label("hash")).cte("new")
+    moved = (update(head).where(head.c.chain == new.c.chain).values(seq=new.c.seq, last_hash=new.c.hash)
+             .cte("moved"))
+    log = t.audit_log
+    row = select(new.c.chain, new.c.seq,
+                 *(bindparam(f"row_{name}", type_=String) for name in ("at", "actor", "action", "subject", "details")),
+                 new.c.prev_hash, new.c.hash)
+    return (insert(log).from_select(["chain", "seq", "at", "actor", "action", "subject", "details", "prev_hash",
+                                     "hash"], row).add_cte(moved).returning(log.c.seq))
+
+
+_APPEND_AUDIT_ROW = _append_audit_row_in_sql()
 
 
 class AuditRepo(_Repo):
@@ -971,6 +1006,14 @@ class AuditRepo(_Repo):
             await self._chain(chain, pending[chain])
 
     async def _chain(self, chain: str, pending: list[_Pending]) -> None:
+        if self.conn.dialect.name == "postgresql" and len(pending) == 1:  # one round trip while the chain waits
+            stamp, actor, action, subject, details = pending[0]
+            appended = await self.conn.execute(_APPEND_AUDIT_ROW, {
+                "the_chain": chain, "row_at": stamp, "row_actor": actor, "row_action": action, "row_subject": subject,
+                "row_details": json.dumps(details, sort_keys=True, ensure_ascii=False),
+                "content": audit.hashed_content(stamp, actor, action, subject, details)})
+            if appended.first() is not None:
+                return
         claim = _CLAIM_AUDIT_SEQS[self.conn.dialect.name]
         row = (await self.conn.execute(claim, {"chain": chain, "rows": len(pending),
                                                "genesis": audit.genesis(chain)})).one()
@@ -983,12 +1026,8 @@ class AuditRepo(_Repo):
                              details=json.dumps(details, sort_keys=True, ensure_ascii=False), prev_hash=prev,
                              hash=digest))
             prev = digest
-        if self.conn.dialect.name == "postgresql" and len(rows) == 1:  # a round trip fewer while the chain waits
-            await self.conn.execute(_CHAIN_AUDIT_ROW, {**{f"row_{k}": v for k, v in rows[0].items()},
-                                                       "the_chain": chain, "head_hash": prev})
-        else:
-            await self.conn.execute(_ADD_AUDIT_ROWS, rows)
-            await self.conn.execute(_MOVE_AUDIT_HEAD, {"the_chain": chain, "head_hash": prev})
+        await self.conn.execute(_ADD_AUDIT_ROWS, rows)
+        await self.conn.execute(_MOVE_AUDIT_HEAD, {"the_chain": chain, "head_hash": prev})
 
     async def records(self, chain: str | None = None) -> list[audit.AuditRecord]:
         """The rows of ``chain`` in order, or of every chain (chain by chain) when None."""

@@ -10,7 +10,15 @@ from core import csvfile
 from core.clock import ALMATY, local_day_bounds, to_local
 from core.db.repositories import AnyRow
 from core.iin import mask_iin
-from core.model import OutboxKind, OutboxMessage, Recipient, VisitState, patient_answer
+from core.model import (
+    EVIDENCE_STRENGTH,
+    OutboxKind,
+    OutboxMessage,
+    Recipient,
+    VerificationMethod,
+    VisitState,
+    patient_answer,
+)
 from core.services import Context
 
 
@@ -26,6 +34,7 @@ class DigestRow:
     service_code: str
     state: str
     verified_by: str | None
+    evidence_strength: str | None  # "live" (face_live), "single_frame" (face: the weaker kind), "code"
     answer: str  # "confirmed" | "disputed" | "claimed_attended" | "none"
     dispute_reason: str | None
     patient_reachable: bool
@@ -82,11 +91,13 @@ class Digest:
         out = io.StringIO()
         writer = csvfile.writer(out)
         writer.writerow(["visit_id", "start_local", "doctor", "patient", "iin", "mode", "service_code", "state",
-                         "verified_by", "patient_answer", "dispute_reason", "registered_at", "registered_late",
+                         "verified_by", "evidence_strength", "patient_answer", "dispute_reason", "registered_at",
+                         "registered_late",
                          "verified_at", "enrolment_id", "enrolled_at", "fresh_reference"])
         for r in self.rows:
             writer.writerow([r.visit_id, r.start_local.strftime("%Y-%m-%d %H:%M"), r.doctor_name, r.patient_name,
-                             r.iin_masked, r.mode, r.service_code, r.state, r.verified_by or "", r.answer,
+                             r.iin_masked, r.mode, r.service_code, r.state, r.verified_by or "",
+                             r.evidence_strength or "", r.answer,
                              r.dispute_reason or "", _minute(r.registered_at), _flag(r.registered_late),
                              _minute(r.verified_at), r.verified_enrolment_id or "", _minute(r.enrolled_at),
                              _flag(r.fresh_reference)])
@@ -108,8 +119,8 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-TOTAL_KEYS = ("visits", "face_verified", "code_verified", "unverified", "patient_confirmed", "disputed",
-              "no_answer", "cancelled", "unreachable", "registered_late", "fresh_reference")
+TOTAL_KEYS = ("visits", "face_verified", "face_live_verified", "code_verified", "unverified", "patient_confirmed",
+              "disputed", "no_answer", "cancelled", "unreachable", "registered_late", "fresh_reference")
 
 
 def _dispute(r: AnyRow) -> EnrolmentDispute:
@@ -122,6 +133,7 @@ def _row(r: AnyRow) -> DigestRow:
     return DigestRow(visit_id=r.id, start_local=to_local(r.start_at), doctor_id=r.doctor_id,
                      doctor_name=r.doctor_name, patient_name=r.patient_name, iin_masked=mask_iin(r.iin),
                      mode=r.mode, service_code=r.service_code, state=r.state, verified_by=r.verified_by,
+                     evidence_strength=EVIDENCE_STRENGTH[VerificationMethod(r.verified_by)] if r.verified_by else None,
                      answer=patient_answer(VisitState(r.state), r.attended_claim_at).value,
                      dispute_reason=r.dispute_reason,
                      patient_reachable=r.chat_id is not None and not r.chat_blocked,
@@ -151,7 +163,8 @@ async def build_digest(ctx: Context, clinic_id: int, day: dt.date, *, with_rows:
                     if not counts or counts[0].disputed_changes else [])
     totals = {key: sum(getattr(c, key) for c in counts) for key in TOTAL_KEYS}
     per_doctor = [DoctorCounts(c.doctor_id, c.full_name, total=c.visits,
-                               verified=c.face_verified + c.code_verified, unverified=c.unverified,
+                               verified=c.face_verified + c.face_live_verified + c.code_verified,
+                               unverified=c.unverified,
                                disputed=c.disputed) for c in counts if c.visits]
     return Digest(clinic_id=clinic_id, clinic_name=clinic_name, day=day, totals=totals,
                   per_doctor=sorted(per_doctor, key=lambda c: c.doctor_name),

@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from core.errors import DomainError
-from core.liveness import LivenessTracker, Progress
+from core.liveness import MEASURED, STILLS, LivenessTracker, Progress
 from core.logs import get_logger
 from core.model import Language
 from core.services import capture
@@ -151,7 +151,8 @@ async def _follow(request: web.Request, socket: web.WebSocketResponse,
     before that (closed the connection, sent something else than a frame, or a frame over the limit)."""
     pool = request.app[FACE_POOL]
     clock = asyncio.get_running_loop().time
-    tracker = LivenessTracker(claimed.challenge, clock())
+    stills = request.app[SETTINGS].liveness_stills
+    tracker = LivenessTracker(claimed.challenge, clock(), STILLS if stills else MEASURED)
     progress = tracker.progress
     await _step(socket, claimed, progress)
     while not progress.done:

@@ -70,7 +70,8 @@ async def test_digest_at_eight_with_counts_and_a_csv_matching_the_database(ctx, 
     text_msg, csv_msg = standin.messages_to(admin.id)[-2:]
     text = text_msg.text
     assert "Сводка: Emhana No. 5, 25 ноября 2026" in text
-    for line in ("5 приёмов", "подтверждено по лицу: 1", "подтверждено кодом: 1", "не подтверждено: 3",
+    for line in ("5 приёмов", "подтверждено живой проверкой лица: 0",
+                 "подтверждено по одному кадру лица (слабее): 1", "подтверждено кодом: 1", "не подтверждено: 3",
                  "подтвердили пациенты: 1", "оспорили пациенты: 1", "пока без ответа: 3", "отменено: 1",
                  "По 3 приёмам пациенты недоступны в чате", "Aidos Seitkali: 4 / 2 / 2 / 1",
                  "Bota Zhaksylyk: 1 / 0 / 1 / 0"):

@@ -142,7 +142,7 @@ async def test_digest_counts_and_csv_match_the_database(ctx, clinic_world):
     await visits.patient_disputes(ctx, phantom.id, [w.p1.id], "never went")
 
     d = await digest.build_digest(ctx, w.clinic.id, day_start.date())
-    assert d.totals == {"visits": 3, "face_verified": 1, "code_verified": 1, "unverified": 1,
+    assert d.totals == {"visits": 3, "face_verified": 1, "face_live_verified": 0, "code_verified": 1, "unverified": 1,
                         "patient_confirmed": 1, "disputed": 1, "no_answer": 1, "cancelled": 1, "unreachable": 3,
                         "registered_late": 0, "fresh_reference": 0}
     assert [r.visit_id for r in d.flagged] == [phantom.id]

@@ -293,8 +293,10 @@ async def test_the_single_frame_route_is_refused_unless_the_operator_enables_it(
     assert "capture-sessions" in body["detail"] and faces.frames_seen == 0
 
 
-def test_a_fixed_challenge_is_refused_in_production():
+def test_a_fixed_challenge_and_the_stills_thresholds_are_refused_in_production():
     from core.config import Settings
 
     with pytest.raises(ValueError, match="RASTAU_CAPTURE_CHALLENGE"):
         Settings(_env_file=None, mode="production", capture_challenge=CHALLENGE)
+    with pytest.raises(ValueError, match="RASTAU_LIVENESS_STILLS"):
+        Settings(_env_file=None, mode="production", liveness_stills=True)
