@@ -64,6 +64,14 @@ def chain_hash(seq: int, at: str, actor: str, action: str, subject: str, details
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def hashed_content(at: str, actor: str, action: str, subject: str, details: dict[str, Any]) -> str:
+    """What lies between the row number and the previous hash in the text :func:`chain_hash` hashes, which is
+    ``[`` seq ``,`` content ``,"`` prev_hash ``"]`` (a hash is hex: JSON quotes it and escapes nothing). PostgreSQL
+    appends a row in one statement by hashing that text itself, once it has locked the chain's head."""
+    return json.dumps([at, actor, action, subject, details], sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)[1:-1]
+
+
 @dataclass(frozen=True)
 class ChainBreak:
     chain: str

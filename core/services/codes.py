@@ -152,9 +152,8 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
         else:
             outcome = CodeOutcome.VERIFIED
         if outcome is CodeOutcome.VERIFIED:
-            await uow.codes.mark_used(visit_id, now)
             visit.verify(VerificationMethod.CODE, actor, now)
-            await uow.visits.save(visit)
+            await uow.visits.save(visit, code_used_at=now)
         elif outcome in (CodeOutcome.WRONG, CodeOutcome.NO_CODE):
             # Each cap's slot is taken by a conditional UPDATE: concurrent guesses (on any number of server
             # processes) never pass a cap. One taken meanwhile by another guess ends this check capped, and leaving

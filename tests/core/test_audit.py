@@ -178,6 +178,22 @@ async def test_concurrent_writers_chain_every_row_once_and_in_order(ctx, clinic_
     assert all(pairs[i][:-1] == pairs[i + 1][:-1] for i in range(0, 8, 2))  # each pair's rows are adjacent
 
 
+async def test_a_row_hashed_by_the_database_verifies_by_the_python_rule(ctx, clinic_world):
+    """PostgreSQL hashes a chain's next row itself (one statement); the text it hashes must be the one
+    core.audit.chain_hash hashes, Kazakh letters, quotes and backslashes in the details included."""
+    details = {"reason": 'Науқас келмеді: "жоқ" \\ ёқ', "n": 7, "nested": {"b": [1, None], "a": True}}
+    for _ in range(2):
+        async with ctx.uow() as uow:
+            await uow.audit.append(ctx.clock.now(), "doctor", "test.text", "visit:1", details,
+                                   clinic_id=clinic_world.clinic.id)
+            await uow.commit()
+    chain = clinic_chain(clinic_world.clinic.id)
+    async with ctx.uow(read_only=True) as uow:
+        rows = [r for r in await uow.audit.records(chain) if r.action == "test.text"]
+        assert await _verified(uow, chain) is None
+    assert [r.details for r in rows] == [details, details]
+
+
 async def test_two_clinics_writing_at_once_each_chain_every_row(ctx, clinic_world):
     """Code checks of two clinics at once, and transactions writing to both clinics' chains and the operator's in
     opposite orders: every chain intact, every row in its own clinic's chain, nothing lost, no deadlock."""
