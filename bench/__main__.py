@@ -86,12 +86,13 @@ async def bench_code_http(smoke: bool, workdir: str) -> None:
     floors = [await code_http.pgbench(PG_URL, pgbench_seconds)]
     results = {"SQLite": await code_http.run(
         f"sqlite+aiosqlite:///{os.path.join(workdir, f'codes-{uuid.uuid4().hex[:6]}.db')}", requests=requests,
-        processes=[1])}
+        setups=[(1, 1)])}
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     await _pg_schema(True, schema)
     try:
+        spread = [(1, code_http.CLINICS)] if smoke else [(1, code_http.CLINICS), (2, code_http.CLINICS)]
         results["PostgreSQL"] = await code_http.run(f"{PG_URL}?search_path={schema}", requests=requests,
-                                                    processes=[1] if smoke else [1, 2])
+                                                    setups=[(1, 1), *spread])
     finally:
         await _pg_schema(False, schema)
     floors.append(await code_http.pgbench(PG_URL, pgbench_seconds))  # before and after: the machine's load drifts

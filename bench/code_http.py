@@ -28,6 +28,7 @@ from core.services import registry
 from core.services.api_keys import create_api_key
 
 DOCTORS = 50
+CLINICS = 5  # the spread setups: writes of different clinics never wait on one audit-chain head
 CONCURRENCY = 16
 PGBENCH_THREADS = 2
 TARGET_VS_PGBENCH = 0.3
@@ -52,36 +53,48 @@ WHY_MISSED_SQLITE = (
     "is the database for a higher rate.")
 
 
-async def seed(database_url: str, visits: int) -> tuple[dict[str, str], str, list[tuple[int, str]]]:
-    """A clinic with DOCTORS doctors and `visits` scheduled visits starting now, each with a known code."""
+async def seed(database_url: str, visits_per_clinic: list[int]) -> tuple[dict[str, str], list[tuple[int, str, str]]]:
+    """One clinic per entry of `visits_per_clinic`, sharing DOCTORS doctors, each with its webcam key and that many
+    scheduled visits starting now, each with a known code: (visit id, code, the key of its clinic)."""
     keys, engine, ctx = await fresh_context(database_url)
-    clinic = await registry.create_clinic(ctx, "Bench clinic")
-    doctors = [await registry.add_doctor(ctx, clinic.id, f"Doctor {n}", f"+7701{1000000 + n}") for n in range(DOCTORS)]
-    patient = (await registry.upsert_patient(ctx, clinic.id, "900101300017", "Bench Patient", "+77020000000")).patient
-    api_key = (await create_api_key(ctx, clinic.id, ["webcam"], label="bench")).key
+    clinics = len(visits_per_clinic)
+    made = []
+    for n in range(clinics):
+        clinic = await registry.create_clinic(ctx, f"Bench clinic {n + 1}")
+        doctors = [await registry.add_doctor(ctx, clinic.id, f"Doctor {n}.{d}", f"+7701{1000000 + n * DOCTORS + d}")
+                   for d in range(DOCTORS // clinics)]
+        patient = (await registry.upsert_patient(ctx, clinic.id, "900101300017", "Bench Patient",
+                                                 f"+7702{n:07d}")).patient
+        api_key = (await create_api_key(ctx, clinic.id, ["webcam"], label="bench")).key
+        made.append((clinic.id, [doctor.id for doctor in doctors], patient.id, api_key))
     now = ctx.clock.now()
     async with engine.begin() as conn:
+        rows = [{"clinic": clinic_id, "doctor": doctor_ids[n % len(doctor_ids)], "patient": patient_id,
+                 "start": db_time(engine, now)}
+                for (clinic_id, doctor_ids, patient_id, _), visits in zip(made, visits_per_clinic, strict=True)
+                for n in range(visits)]
         await conn.execute(text(
             "INSERT INTO visits (clinic_id, doctor_id, patient_id, start_at, duration_s, mode, service_code, state, "
             "created_at) VALUES (:clinic, :doctor, :patient, :start, 43200, 'in_person', 'A01', 'scheduled', :start)"
-        ).bindparams(), [{"clinic": clinic.id, "doctor": doctors[n % DOCTORS].id, "patient": patient.id,
-                          "start": db_time(engine, now)} for n in range(visits)])
-        ids = [row[0] for row in (await conn.execute(text("SELECT id FROM visits ORDER BY id"))).all()]
-        codes = await store_known_codes(conn, ctx, ids, now)
+        ).bindparams(), rows)
+        visit_rows = (await conn.execute(text("SELECT id, clinic_id FROM visits ORDER BY id"))).all()
+        codes = await store_known_codes(conn, ctx, [row[0] for row in visit_rows], now)
     await engine.dispose()
-    return keys, api_key, codes
+    key_of = {clinic_id: api_key for clinic_id, _, _, api_key in made}
+    clinic_of = dict(visit_rows)
+    return keys, [(visit_id, code, key_of[clinic_of[visit_id]]) for visit_id, code in codes]
 
 
-async def load(base: str, api_key: str, codes: list[tuple[int, str]]) -> dict:
-    """Send one request per (visit, code) with CONCURRENCY in flight; every answer must be 'verified'."""
+async def load(base: str, codes: list[tuple[int, str, str]]) -> dict:
+    """Send one request per (visit, code, key) with CONCURRENCY in flight; every answer must be 'verified'."""
     latencies, outcomes = [], {}
     queue = iter(codes)
-    headers = {"Authorization": f"Bearer {api_key}"}
-    async with aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as s:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as s:
         async def worker():
-            for visit_id, code in queue:
+            for visit_id, code, api_key in queue:
                 t0 = time.perf_counter()
-                async with s.post(f"{base}/api/v1/visits/{visit_id}/code", json={"code": code}) as response:
+                async with s.post(f"{base}/api/v1/visits/{visit_id}/code", json={"code": code},
+                                  headers={"Authorization": f"Bearer {api_key}"}) as response:
                     body = await response.json()
                 latencies.append(time.perf_counter() - t0)
                 key = f"{response.status} {body.get('result', body.get('code'))}"
@@ -121,8 +134,7 @@ async def _wait_warm(base: str, process: subprocess.Popen) -> None:
     raise RuntimeError("the server's face workers did not become ready")
 
 
-async def _serve_and_load(argv: list[str], env: dict[str, str], port: int, api_key: str,
-                          codes: list[tuple[int, str]]) -> dict:
+async def _serve_and_load(argv: list[str], env: dict[str, str], port: int, codes: list[tuple[int, str, str]]) -> dict:
     """Start the server, wait for it, load it; with the CPU the server and the load generator spent per request."""
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
     try:
@@ -130,7 +142,7 @@ async def _serve_and_load(argv: list[str], env: dict[str, str], port: int, api_k
             await wait_healthy(session, f"http://127.0.0.1:{port}", process)
         await _wait_warm(f"http://127.0.0.1:{port}", process)
         server_before, client_before = cpu_seconds(process.pid), sum(os.times()[:2])
-        result = await load(f"http://127.0.0.1:{port}", api_key, codes)
+        result = await load(f"http://127.0.0.1:{port}", codes)
         result["server_cpu_ms"] = (cpu_seconds(process.pid) - server_before) * 1000 / result["requests"]
         result["client_cpu_ms"] = (sum(os.times()[:2]) - client_before) * 1000 / result["requests"]
         return result
@@ -139,22 +151,32 @@ async def _serve_and_load(argv: list[str], env: dict[str, str], port: int, api_k
         process.wait(timeout=60)
 
 
-async def run(database_url: str, *, requests: int, processes: list[int]) -> dict:
-    """The server with each number of `processes` in turn (fresh visits each), then the bare handler."""
-    keys, api_key, codes = await seed(database_url, requests * len(processes))
+async def run(database_url: str, *, requests: int, setups: list[tuple[int, int]]) -> dict:
+    """The server in each setup (server processes, clinics) in turn, `requests` fresh visits each spread evenly
+    over the setup's clinics, then the bare handler."""
+    most = max(clinics for _, clinics in setups)
+    needed = [sum(requests // clinics for _, clinics in setups if n < clinics) for n in range(most)]
+    keys, codes = await seed(database_url, needed)
+    unused: dict[str, list[tuple[int, str, str]]] = {}  # each clinic's visits not yet checked, by its key
+    for visit in codes:
+        unused.setdefault(visit[2], []).append(visit)
+    queues = list(unused.values())
     results = {}
-    for n, count in enumerate(processes):
+    for count, clinics in setups:
+        per_clinic = requests // clinics
+        mine = sorted(visit for queue in queues[:clinics] for visit in queue[:per_clinic])  # clinics interleaved
+        for queue in queues[:clinics]:
+            del queue[:per_clinic]
         port = free_port()
         env = server_env(database_url, keys, RASTAU_SERVER_PORT=str(port), RASTAU_FACE_WORKERS="1",
                          RASTAU_SERVER_PROCESSES=str(count))
-        result = await _serve_and_load([sys.executable, "-m", "server"], env, port, api_key,
-                                       codes[n * requests:(n + 1) * requests])
-        if result["outcomes"] != {"200 verified": requests}:
+        result = await _serve_and_load([sys.executable, "-m", "server"], env, port, mine)
+        if result["outcomes"] != {"200 verified": len(mine)}:
             raise AssertionError(f"not every code verified: {result['outcomes']}")
-        results[count] = result
+        results[(count, clinics)] = result
     port = free_port()
     results["bare"] = await _serve_and_load([sys.executable, "-m", "bench.bare_server", str(port)],
-                                            server_env(database_url, keys), port, api_key, codes[:requests])
+                                            server_env(database_url, keys), port, codes[:requests])
     return results
 
 
@@ -203,10 +225,11 @@ def load_average() -> str:
 
 
 def report(by_db: dict[str, dict], floor: dict, load_before: str, load_after: str) -> str:
-    lines = [f"Correct codes for distinct visits ({DOCTORS} doctors, one clinic), {CONCURRENCY} requests in flight "
-             "from one load-generator process; the real `python -m server` (auth, JSON, the attempt counted, the "
-             "code and both hourly caps read, the code used, the state change, its event and audit row, commit) "
-             f"with 1 or more processes (`RASTAU_SERVER_PROCESSES`). Floor: PostgreSQL's `pgbench` TPC-B-like "
+    lines = [f"Correct codes for distinct visits ({DOCTORS} doctors, in one clinic or spread over several, each "
+             f"clinic with its own key and audit chain), {CONCURRENCY} requests in flight from one load-generator "
+             "process; the real `python -m server` (auth, JSON, the attempt counted, the code and both hourly caps "
+             "read, the code used, the state change, its event and audit row, commit) with 1 or more processes "
+             "(`RASTAU_SERVER_PROCESSES`). Floor: PostgreSQL's `pgbench` TPC-B-like "
              f"transaction (five statements and a commit), {CONCURRENCY} clients, {PGBENCH_THREADS} threads, same "
              "PostgreSQL, run before and after. Targets: PostgreSQL ≥ "
              f"{TARGET_VS_PGBENCH}× pgbench's rate; SQLite ≥ {TARGET_SQLITE:.0f} checks/s. A bare aiohttp handler "
@@ -218,12 +241,13 @@ def report(by_db: dict[str, dict], floor: dict, load_before: str, load_after: st
         lines += [f"- pgbench TPC-B-like, {CONCURRENCY} clients: **{floor['tps']:,.0f} transactions/s**, the mean of "
                   f"a run before and a run after the server's ({runs}; latency average {floor['latency_ms']:.1f} ms, "
                   f"{floor['seconds']} s each)", ""]
-    lines += ["| database | server processes | requests | checks/s | p50 | p99 | server CPU per check | "
-              "vs. pgbench | target |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| database | server processes | clinics | requests | checks/s | p50 | p99 | server CPU per check | "
+              "vs. pgbench | target |", "|---|---|---|---|---|---|---|---|---|---|"]
     for db, results in by_db.items():
-        for count, r in results.items():
-            if count == "bare":
+        for setup, r in results.items():
+            if setup == "bare":
                 continue
+            count, clinics = setup
             if db == "PostgreSQL" and "tps" in floor:
                 ratio = r["rps"] / floor["tps"]
                 met = ratio >= TARGET_VS_PGBENCH
@@ -233,8 +257,9 @@ def report(by_db: dict[str, dict], floor: dict, load_before: str, load_after: st
             else:
                 met = r["rps"] >= TARGET_SQLITE
                 versus, target = "—", f"≥ {TARGET_SQLITE:.0f}/s: {'met' if met else 'MISSED'}"
-            lines.append(f"| {db} | {count} | {r['requests']:,} | {r['rps']:.0f} | {r['p50'] * 1000:.1f} ms | "
-                         f"{r['p99'] * 1000:.1f} ms | {r['server_cpu_ms']:.1f} ms | {versus} | {target} |")
+            lines.append(f"| {db} | {count} | {clinics} | {r['requests']:,} | {r['rps']:.0f} | "
+                         f"{r['p50'] * 1000:.1f} ms | {r['p99'] * 1000:.1f} ms | {r['server_cpu_ms']:.1f} ms | "
+                         f"{versus} | {target} |")
     bare = ", ".join(f"{db} run {r['bare']['rps']:.0f} req/s ({r['bare']['server_cpu_ms']:.2f} ms of its CPU each)"
                      for db, r in by_db.items())
     client = max(r["client_cpu_ms"] for results in by_db.values() for r in results.values())
