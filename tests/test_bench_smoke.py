@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # a minute or less alone; each benchmark process starts servers of its own
-@pytest.mark.parametrize("name", ["face", "face_load", "codes", "dispatcher", "digest", "flags", "soak"])
+@pytest.mark.parametrize("name", ["face", "face_load", "liveness", "codes", "dispatcher", "digest", "flags", "soak"])
 def test_benchmark_runs_in_smoke_mode(name, tmp_path):
     if name in ("codes", "digest", "flags"):
         pg_or_skip()
