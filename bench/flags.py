@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.code_http import load_average
 from bench.digest import CLINICS, FIRST_DAY, _seed_sql, _settings
 from bench.results import interleaved, median, percentile
 from core.clock import ALMATY, ManualClock, local_day_bounds
@@ -27,6 +28,14 @@ from core.services import Context
 from core.services.flags import find_flags
 
 CLINIC = 7
+WHAT_IT_COSTS = (
+    "- what it costs: each rule reads the period's visits in its scope once (one clinic's month through "
+    "`ix_visits_clinic_start`, every clinic's month by a range scan), so the time follows the visits in the period, "
+    "not the visits stored; the flags here list about half the month's visits (the seeded world is fraud-heavy: "
+    "every tenth visit unverified and every tenth disputed, so every doctor is flagged for shares); find_flags adds "
+    "building the flags in Python (the id lists parsed and sorted, medians, shares, sentences). A ratio near or under "
+    "1× means the SQL is the cost (p95 under 1× is the machine's noise); the figures are for a monthly audit run, not "
+    "a request path.")
 PER_DAY = 200  # visits a clinic-day, as the digest benchmark seeds them
 
 
@@ -268,6 +277,7 @@ async def run(database_url: str, *, visits: int, rounds: int) -> dict:
     await upgrade_to_head(engine)
     sqlite = is_sqlite(database_url)
     month = month_of(visits)
+    load_before = load_average()
     t0 = time.perf_counter()
     async with engine.begin() as conn:
         for statement in [s for s in _seed_sql(sqlite, visits, PER_DAY) if s != "ANALYZE"] + _fraud_sql(sqlite, month):
@@ -280,7 +290,8 @@ async def run(database_url: str, *, visits: int, rounds: int) -> dict:
         every = await _measure(ctx, engine, reading, month, None, max(rounds // 4, 2))
     finally:
         await engine.dispose()
-    return {"visits": visits, "month": month, "seed_s": seeded, "one_clinic": one, "all_clinics": every}
+    return {"visits": visits, "month": month, "seed_s": seeded, "one_clinic": one, "all_clinics": every,
+            "load": f"{load_before} → {load_average()}"}
 
 
 def report(results: dict[str, dict]) -> str:
@@ -302,4 +313,7 @@ def report(results: dict[str, dict]) -> str:
                          f"{m['flagged_visits']:,} | {m['ours_p50'] * 1000:.1f} ms | {m['base_p50'] * 1000:.1f} ms | "
                          f"{m['ours_p50'] / m['base_p50']:.2f}× | {m['ours_p95'] / m['base_p95']:.2f}× | "
                          f"{r['seed_s']:.0f} s |")
+    lines += ["", WHAT_IT_COSTS, "",
+              "- load average (1, 5, 15 min) before → after each database's run: "
+              + "; ".join(f"{name} {r['load']}" for name, r in results.items())]
     return "\n".join(lines)
