@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import random
 import re
 import secrets
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +33,12 @@ from core.db.engine import create_engine
 from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.iin import make_iin
+from core.liveness import Pose
 from core.logs import configure_logging
 from core.services import Context, registry
 from core.services.api_keys import create_api_key
 from devkit.botapi import BotApiStandIn, Sent
+from devkit.liveness_clips import Shot, camera_frame, shots
 from devkit.phone import Phone, buttons, plain
 from server.app import create_app
 
@@ -54,16 +58,21 @@ NARRATION = {
         "answers": "5. После приёмов бот спрашивает: «Вы были на приёме?»",
         "digest": "6. Следующее утро, 08:00: администратор получает сводку за вчера",
         "summary": "Итог: чем подтверждён каждый приём",
-        "frame_other": "кадр с другим человеком",
-        "frame_patient": "кадр с пациентом",
-        "frame_online": "кадр для онлайн-консультации",
+        "single_frame": "один кадр от МИС (любое фото пациента прошло бы)",
+        "capture_open": "страница проверки открыта на компьютере врача",
+        "photo_held_up": "к камере поднесли фото пациентки, двигают и поворачивают его",
+        "live_patient": "пациентка сама перед камерой и выполняет указания",
+        "asked": "страница просит",
+        "poses": {"straight": "прямо", "left": "влево", "right": "вправо"},
+        "capture_online": "проверка камерой для онлайн-консультации",
         "clinic_enters": "клиника вводит код в МИС",
         "never_came": "пациент на третий приём не пришёл; код не введён, окно закрылось",
         "reason": "Меня в этот день не было в городе",
         "headers": ("приём", "пациент", "формат", "состояние", "доказательство", "ответ пациента"),
         "values": {"in_person": "очно", "online": "онлайн", "patient_confirmed": "подтверждён пациентом",
                    "patient_disputed": "оспорен пациентом", "unverified": "не подтверждён", "verified": "подтверждён",
-                   "scheduled": "запланирован", "cancelled": "отменён", "face": "лицо", "code": "код",
+                   "scheduled": "запланирован", "cancelled": "отменён", "face": "лицо, один кадр",
+                   "face_live": "лицо, живая проверка", "code": "код",
                    "confirmed": "«да, был»", "disputed": "«меня там не было»", "claimed_attended": "«да, был»",
                    "none": "нет ответа", None: "нет"},
     },
@@ -78,16 +87,21 @@ NARRATION = {
         "answers": "5. Қабылдаудан кейін бот сұрайды: «Қабылдауда болдыңыз ба?»",
         "digest": "6. Келесі таң, 08:00: әкімші кешегі есепті алады",
         "summary": "Қорытынды: әр қабылдау немен расталды",
-        "frame_other": "басқа адамның кадры",
-        "frame_patient": "пациенттің кадры",
-        "frame_online": "онлайн-кеңеске арналған кадр",
+        "single_frame": "МАЖ-дан бір кадр (пациенттің кез келген суреті өтіп кетер еді)",
+        "capture_open": "тексеру беті дәрігердің компьютерінде ашылды",
+        "photo_held_up": "камераға пациенттің суретін тосып, оны жылжытып, бұрып жатыр",
+        "live_patient": "пациенттің өзі камера алдында отыр, нұсқауларды орындайды",
+        "asked": "бет сұрайды",
+        "poses": {"straight": "тура", "left": "солға", "right": "оңға"},
+        "capture_online": "онлайн-кеңесті камерамен тексеру",
         "clinic_enters": "емхана кодты МАЖ-ға енгізеді",
         "never_came": "пациент үшінші қабылдауға келмеді; код енгізілмеді, терезе жабылды",
         "reason": "Мен ол күні қалада болмадым",
         "headers": ("қабылдау", "пациент", "түрі", "күйі", "дәлел", "пациенттің жауабы"),
         "values": {"in_person": "бетпе-бет", "online": "онлайн", "patient_confirmed": "пациент растады",
                    "patient_disputed": "пациент дауласты", "unverified": "расталмаған", "verified": "расталған",
-                   "scheduled": "жоспарланған", "cancelled": "болдырылмаған", "face": "бет", "code": "код",
+                   "scheduled": "жоспарланған", "cancelled": "болдырылмаған", "face": "бет, бір кадр",
+                   "face_live": "бет, тірі тексеру", "code": "код",
                    "confirmed": "«иә, болдым»", "disputed": "«мен онда болмадым»",
                    "claimed_attended": "«иә, болдым»", "none": "жауап жоқ", None: "жоқ"},
     },
@@ -155,7 +169,8 @@ class Story:
         self.settings = Settings(_env_file=None, mode="dev", database_url=f"sqlite+aiosqlite:///{self._tmp.name}/demo.db",
                                  code_hmac_key=secrets.token_urlsafe(32), template_key=secrets.token_urlsafe(32),
                                  api_key_pepper=secrets.token_urlsafe(32), bot_token=BOT_TOKEN,
-                                 telegram_api_base=self.api.base_url, face_workers=1, log_level="WARNING")
+                                 telegram_api_base=self.api.base_url, face_workers=1, log_level="WARNING",
+                                 liveness_stills=True)  # the fixture photos turn ~10-20°: see docs/liveness.md
         self.engine = create_engine(self.settings.database_url)
         await upgrade_to_head(self.engine)
         self.ctx = Context.build(self.settings, UnitOfWorkFactory(self.engine), self.clock)
@@ -196,7 +211,24 @@ class Story:
     async def post_frame(self, visit_id: int, photo: str) -> tuple[int, str]:
         status, body = await self.call("POST", f"/visits/{visit_id}/face", self.webcam_key,
                                        data=(PHOTOS / photo).read_bytes(), headers={"Content-Type": "image/jpeg"})
-        return status, body.get("decision") or body.get("detail", "")
+        return status, body.get("decision") or body.get("code", "")
+
+    async def capture(self, visit_id: int, frame_for: Callable[[Pose], bytes]) -> tuple[list[str], dict]:
+        """What the capture page does, over the same WebSocket: open a session, answer every step the server asks
+        for with a camera frame (``frame_for(pose)``), until the server's outcome."""
+        status, session = await self.call("POST", f"/visits/{visit_id}/capture-sessions", self.webcam_key)
+        assert status == 201, session
+        self.secrets.append(session["url"].rsplit("/", 1)[1])
+        path = "/" + session["url"].split("/", 3)[3]
+        self.line(f"   📷 POST /visits/{visit_id}/capture-sessions → {status}: {self.say['capture_open']} "
+                  f"(/capture/…, {session['language']})")
+        asked: list[str] = []
+        async with self.http.ws_connect(path + "/ws") as socket:
+            while (message := await socket.receive_json(timeout=30))["type"] == "step":
+                if not asked or asked[-1] != message["pose"]:
+                    asked.append(message["pose"])
+                await socket.send_bytes(frame_for(Pose(message["pose"])))
+        return asked, message
 
     async def run_jobs(self) -> None:
         """What the scheduler does after the clock moved: close windows, then deliver everything due."""
@@ -279,10 +311,20 @@ class Story:
 
         self.clock.set(dt.datetime.combine(self.day, dt.time(9, 2), tzinfo=ALMATY))
         self.heading("webcam")
-        for photo, what in (("biden/biden2.jpg", "frame_other"), ("obama/obama2.jpg", "frame_patient")):
-            status, decision = await self.post_frame(visits["A"], photo)
-            self.line(f"   📷 POST /visits/{visits['A']}/face ({self.say[what]}, {photo}) → {status} {decision}")
+        status, decision = await self.post_frame(visits["A"], "obama/obama2.jpg")
+        self.line(f"   📷 POST /visits/{visits['A']}/face ({self.say['single_frame']}) → {status} {decision}")
+        rng = random.Random(2026)
+        held_up = Shot("obama/obama1.jpg")  # the enrolment photo the clinic holds, printed
+        for what, frame_for in (
+                ("photo_held_up", lambda _pose: camera_frame(
+                    held_up, rng, shift=(rng.uniform(-100, 100), rng.uniform(-60, 60)), scale=rng.uniform(0.75, 1.3),
+                    rotate_degrees=rng.uniform(-25, 25))),
+                ("live_patient", lambda pose: camera_frame(rng.choice(shots("obama", pose)), rng))):
             await self.pause()
+            asked, outcome = await self.capture(visits["A"], frame_for)
+            reason = f" ({outcome['reason']})" if outcome.get("reason") else ""
+            poses = ", ".join(self.say["poses"][pose] for pose in asked)
+            self.line(f"   🎥 {self.say[what]}; {self.say['asked']}: {poses} → {outcome['outcome']}{reason}")
 
         self.heading_at("online", self.day, 9, 58)
         await self.move_to(self.day, 9, 58)
@@ -293,8 +335,9 @@ class Story:
         code_message, = await self.dmitry.wait_for(1)
         code = code_in(code_message)
         self.secrets.append(code)
-        status, decision = await self.post_frame(visits["B"], "biden/biden2.jpg")
-        self.line(f"   📷 POST /visits/{visits['B']}/face ({self.say['frame_online']}) → {status} {decision}")
+        status, refused = await self.call("POST", f"/visits/{visits['B']}/capture-sessions", self.webcam_key)
+        self.line(f"   📷 POST /visits/{visits['B']}/capture-sessions ({self.say['capture_online']}) → {status} "
+                  f"{refused.get('detail', '') if isinstance(refused, dict) else refused}")
         self.line(f"   👤 Дмитрий → Dr Айдос: «{code}»")
         status, body = await self.call("POST", f"/visits/{visits['B']}/code", self.webcam_key, json={"code": code})
         self.line(f"   ⌨️  {self.say['clinic_enters']}: POST /visits/{visits['B']}/code → {status} {body}")

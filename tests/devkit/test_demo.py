@@ -11,8 +11,8 @@ from devkit.demo import NARRATION, play
 pytestmark = pytest.mark.slow  # the whole story with real server, bot and stand-in
 
 EXPECTED = [
-    # in person: the webcam frame matched, the patient said "yes"
-    ("A", "in_person", "patient_confirmed", "face", "confirmed"),
+    # in person: a live head followed the capture page's challenge and matched, the patient said "yes"
+    ("A", "in_person", "patient_confirmed", "face_live", "confirmed"),
     # online: verified by the code the doctor asked for, never by face; the patient said "yes"
     ("B", "online", "patient_confirmed", "code", "confirmed"),
     # the phantom visit: billed, never verified, and the patient says "I wasn't there"
@@ -27,8 +27,10 @@ async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lan
 
     assert [(e.label, e.mode, e.state, e.verified_by, e.answer) for e in run.evidence] == EXPECTED
     story = out.getvalue()
-    assert "match" in story and "no_match" in story  # the patient matched, another person did not
-    assert "→ 409" in story  # a face frame for the online consultation is refused
+    assert "→ match" in story  # the patient, live, matched
+    assert "→ not_live (no_turn)" in story  # the enrolment photo held up and moved in front of the camera did not
+    assert "→ 409 single_frame_face_disabled" in story  # a single frame from the clinic's system is refused
+    assert "→ 409" in story.split(NARRATION[lang]["online"])[1]  # a capture for the online consultation too
     assert "📎 rastau-digest-" in story  # the admin's digest came with its CSV
     assert NARRATION[lang]["summary"] in story
 
