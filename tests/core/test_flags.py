@@ -159,8 +159,10 @@ async def build_world(ctx) -> World:
                                             "test registry extract")
     assert (report.added, report.rejected) == (2, [])
 
-    c = await clinic(ctx, "Third Clinic", {"moonlighter": "+77013000002", "face 1": "+77015000001",
-                                           "face 2": "+77015000002", "coder": "+77015000003"})
+    # the screening doctor's number spelled another way: stored normalised, so the rule still sees one doctor
+    c = await clinic(ctx, "Third Clinic", {"moonlighter": "8 (701) 300-00-02", "face 1": "+77015000001",
+                                           "face 2": "+77015000002", "coder": "+77015000003",
+                                           "aidos": "+77011112233"})  # the honest clinic's doctor, evenings
     for n in range(4):
         await patient(ctx, c, f"c patient {n}", f"+7708500000{n}", dt.date(1970 + n, 4, 4), n % 2 == 0)
     cs = list(c.patients)
@@ -170,6 +172,8 @@ async def build_world(ctx) -> World:
     await visits(ctx, c, "face 1", "face 1", cs, local(9), count=45, every_minutes=10, minutes=10)
     await visits(ctx, c, "face 2", "face 2", cs, local(9), count=45, every_minutes=10, minutes=10)
     await visits(ctx, c, "coder", "coder", cs, local(9), count=20, every_minutes=20, verified_by="code")
+    # working in two clinics is no fraud: aidos's last visit at home ends 16:40, here he starts at 16:40
+    await visits(ctx, c, "aidos evening", "aidos", cs, local(16, 40), count=2, every_minutes=20)
     return World(honest, b, c)
 
 
