@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -26,6 +27,7 @@ from core.config import Mode, Settings
 from core.db.engine import create_engine, is_sqlite
 from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
+from core.logs import configure_logging
 from core.services import Context, registry
 
 PG_URL = os.environ.get("RASTAU_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -161,6 +163,24 @@ async def migrate_from_template(url: str) -> None:
             await engine.dispose()
         return
     await _pg_execute((await _TEMPLATES.pg_script()).replace("{schema}", schema.group(1)))
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the moment (pytest swaps it per test for capsys)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def product_logging():
+    """Tests log through the product's pipeline (core.logs: redacted, plain tracebacks), as the server and the
+    bot configure it at start. structlog's unconfigured default renders each logged exception with rich, every
+    frame's locals included: one apology for a failed update took 20 s of CPU that way."""
+    configure_logging("INFO", "console", stream=_CurrentStderr())
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
