@@ -175,12 +175,17 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+def log_as_the_product() -> None:
+    """Logs through the product's pipeline (core.logs: redacted, plain tracebacks), as the server and the bot
+    configure it at start, to the current ``sys.stderr``."""
+    configure_logging("INFO", "console", stream=_CurrentStderr())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def product_logging():
-    """Tests log through the product's pipeline (core.logs: redacted, plain tracebacks), as the server and the
-    bot configure it at start. structlog's unconfigured default renders each logged exception with rich, every
-    frame's locals included: one apology for a failed update took 20 s of CPU that way."""
-    configure_logging("INFO", "console", stream=_CurrentStderr())
+    """Every test logs as the product does. structlog's unconfigured default renders each logged exception with
+    rich, every frame's locals included: one apology for a failed update took 20 s of CPU that way."""
+    log_as_the_product()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

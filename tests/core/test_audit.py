@@ -1,20 +1,16 @@
 import asyncio
 import datetime as dt
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from core.audit import GENESIS, GLOBAL_CHAIN, OPERATOR_CHAIN, chain_hash, clinic_chain, find_break
+from core.cli import main as rastau
 from core.db import tables as t
 from core.db.engine import create_engine
 from core.db.migrate import upgrade_to_head
 from core.model import VisitMode
 from core.services import chat, codes, registry, visits
-
-ROOT = Path(__file__).parents[2]
+from tests.commands import run_command_async
 
 
 def _in_chain(chain: str, seq: int) -> sa.ColumnElement[bool]:
@@ -67,36 +63,31 @@ async def test_a_clinics_records_chain_in_its_own_chain_and_chat_links_in_the_op
     assert GLOBAL_CHAIN not in chains
 
 
-def _cli(db_url, *args):
-    env = {"RASTAU_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "RASTAU_MODE": "dev"}
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=str(ROOT), timeout=60)
+async def _cli(db_url, *args):
+    return await run_command_async(rastau, "rastau", {"RASTAU_DATABASE_URL": db_url, "RASTAU_MODE": "dev"}, *args)
 
 
-@pytest.mark.slow  # the rastau CLI as processes
 async def test_cli_verifies_the_chain_and_names_the_first_broken_row(ctx, clinic_world, db_url):
     chain = clinic_chain(clinic_world.clinic.id)
-    ok = _cli(db_url, "audit-verify")
+    ok = await _cli(db_url, "audit-verify")
     assert ok.returncode == 0 and f"audit chain {chain} intact" in ok.stdout, ok.stderr
     async with ctx.uow() as uow:
         await uow.conn.execute(sa.update(t.audit_log).where(_in_chain(chain, 4)).values(actor="someone"))
         await uow.commit()
-    bad = _cli(db_url, "audit-verify")
+    bad = await _cli(db_url, "audit-verify")
     assert bad.returncode == 1 and f"audit chain {chain} BROKEN at row 4" in bad.stdout
 
 
-@pytest.mark.slow  # the rastau CLI as processes
 async def test_cli_notices_rows_deleted_from_the_end(ctx, clinic_world, db_url):
     chain = clinic_chain(clinic_world.clinic.id)
     async with ctx.uow() as uow:
         last = {head.chain: head.seq for head in await uow.audit.heads()}[chain]
         await uow.conn.execute(sa.delete(t.audit_log).where(_in_chain(chain, last)))
         await uow.commit()
-    bad = _cli(db_url, "audit-verify")
+    bad = await _cli(db_url, "audit-verify")
     assert bad.returncode == 1 and f"audit chain {chain} BROKEN at row {last}" in bad.stdout
 
 
-@pytest.mark.slow  # the rastau CLI as processes
 async def test_tampering_in_one_clinics_chain_is_named_and_the_other_clinics_chain_still_verifies(
         ctx, clinic_world, db_url):
     """A clinic that rewrites one of its rows (say, who verified a visit) breaks its own chain only: the check
@@ -108,19 +99,18 @@ async def test_tampering_in_one_clinics_chain_is_named_and_the_other_clinics_cha
         await uow.conn.execute(sa.update(t.audit_log).where(_in_chain(tampered, 2)).values(actor="clinic_system"))
         await uow.commit()
 
-    everything = _cli(db_url, "audit-verify")
+    everything = await _cli(db_url, "audit-verify")
     assert everything.returncode == 1, everything.stderr
     assert f"audit chain {tampered} BROKEN at row 2: row 2 was altered" in everything.stdout
     assert f"audit chain {untouched} intact: 2 rows" in everything.stdout
-    alone = _cli(db_url, "audit-verify", "--clinic", str(other.id))
+    alone = await _cli(db_url, "audit-verify", "--clinic", str(other.id))
     assert alone.returncode == 0 and alone.stdout.strip() == f"audit chain {untouched} intact: 2 rows"
-    named = _cli(db_url, "audit-verify", "--clinic", str(clinic_world.clinic.id))
+    named = await _cli(db_url, "audit-verify", "--clinic", str(clinic_world.clinic.id))
     assert named.returncode == 1 and untouched not in named.stdout
-    unknown = _cli(db_url, "audit-verify", "--clinic", "999")
+    unknown = await _cli(db_url, "audit-verify", "--clinic", "999")
     assert unknown.returncode == 2 and "clinic 999 not found" in unknown.stderr
 
 
-@pytest.mark.slow  # the rastau CLI as a process
 async def test_a_clinics_whole_chain_deleted_or_replaced_by_another_clinics_rows_is_found(ctx, clinic_world, db_url):
     """Deleting every row and the head of a clinic's chain leaves no broken hash to find; the clinic's existence
     does: its creation opened its chain. Copying another clinic's valid rows in their place fails too, since a
@@ -131,7 +121,7 @@ async def test_a_clinics_whole_chain_deleted_or_replaced_by_another_clinics_rows
         await uow.conn.execute(sa.delete(t.audit_log).where(t.audit_log.c.chain == erased))
         await uow.conn.execute(sa.delete(t.audit_head).where(t.audit_head.c.chain == erased))
         await uow.commit()
-    gone = _cli(db_url, "audit-verify")
+    gone = await _cli(db_url, "audit-verify")
     assert gone.returncode == 1 and f"audit chain {erased} BROKEN at row 1: clinic {other.id} exists" in gone.stdout
 
     source = clinic_chain(clinic_world.clinic.id)
@@ -142,7 +132,7 @@ async def test_a_clinics_whole_chain_deleted_or_replaced_by_another_clinics_rows
         await uow.conn.execute(sa.insert(t.audit_log), rows)
         await uow.conn.execute(sa.insert(t.audit_head).values(chain=erased, seq=head.seq, last_hash=head.last_hash))
         await uow.commit()
-    copied = _cli(db_url, "audit-verify", "--clinic", str(other.id))
+    copied = await _cli(db_url, "audit-verify", "--clinic", str(other.id))
     assert copied.returncode == 1 and f"audit chain {erased} BROKEN at row 1: row 1 does not point" in copied.stdout
 
 
@@ -233,7 +223,6 @@ async def test_two_clinics_writing_at_once_each_chain_every_row(ctx, clinic_worl
             f"across:{n}" for n in range(6)]
 
 
-@pytest.mark.slow  # ends with the rastau CLI as a process
 async def test_the_global_chain_written_before_0006_stays_verifiable_and_closed(db_url):
     """Upgrading a database whose audit log already holds rows: they keep their hashes as the closed global chain
     (intact, its head where it was), and the next records open per-clinic chains instead of extending it."""
@@ -271,5 +260,5 @@ async def test_the_global_chain_written_before_0006_stays_verifiable_and_closed(
         await engine.dispose()
     assert heads == {GLOBAL_CHAIN: (3, prev), clinic_chain(1): (1, heads[clinic_chain(1)][1])}
     assert [(r.seq, r.subject, r.hash) for r in old] == [(r["seq"], r["subject"], r["hash"]) for r in rows]
-    ok = _cli(db_url, "audit-verify")  # clinic 1's creation lies in the global chain: its own chain is complete
+    ok = await _cli(db_url, "audit-verify")  # clinic 1's creation lies in the global chain: its own chain is complete
     assert ok.returncode == 0 and "audit chain global intact: 3 rows" in ok.stdout, ok.stdout + ok.stderr

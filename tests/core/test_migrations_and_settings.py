@@ -1,19 +1,16 @@
 import datetime as dt
 import logging
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from core.cli import main as rastau
 from core.clock import SystemClock
 from core.config import MissingSecrets, Mode, Settings
 from core.db.engine import create_engine
 from core.db.migrate import SchemaNotCurrent, current_revision, ensure_schema_current, head_revision, upgrade_to_head
 from core.logs import configure_logging, get_logger
-
-ROOT = Path(__file__).parents[2]
+from tests.commands import run_command
 
 
 async def test_empty_database_upgrades_to_head_and_is_accepted(db_url):
@@ -128,11 +125,9 @@ def test_production_refuses_a_shifted_clock_which_dev_runs_on(monkeypatch):
     assert abs(shifted - (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))) < dt.timedelta(seconds=5)
 
 
-@pytest.mark.slow  # the rastau CLI as a process
 def test_migrate_cli_on_an_empty_file(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
-    done = subprocess.run([sys.executable, "-m", "core.cli", "migrate"], cwd=ROOT, capture_output=True, text=True,
-                          env={"RASTAU_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}, timeout=60)
+    done = run_command(rastau, "rastau", {"RASTAU_DATABASE_URL": url}, "migrate")
     assert done.returncode == 0, done.stderr
     assert head_revision() in done.stdout
 

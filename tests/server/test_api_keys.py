@@ -5,27 +5,27 @@ from __future__ import annotations
 import datetime as dt
 import re
 import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
+from core.cli import main as rastau_main
 from core.db import tables as t
 from core.services import api_keys
+from tests.commands import run_command, run_command_async
 from tests.server.support import bearer
 
 API = "/api/v1"
-ROOT = Path(__file__).parents[2]
 
 
-def rastau(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {"RASTAU_DATABASE_URL": settings.database_url, "RASTAU_MODE": "dev", "PATH": "/usr/bin:/bin",
-           "RASTAU_CODE_HMAC_KEY": settings.code_hmac_key.get_secret_value(),
-           "RASTAU_TEMPLATE_KEY": settings.template_key.get_secret_value(),
-           "RASTAU_API_KEY_PEPPER": settings.api_key_pepper.get_secret_value()}
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=60)
+def _env(settings) -> dict[str, str]:
+    return {"RASTAU_DATABASE_URL": settings.database_url, "RASTAU_MODE": "dev",
+            "RASTAU_CODE_HMAC_KEY": settings.code_hmac_key.get_secret_value(),
+            "RASTAU_TEMPLATE_KEY": settings.template_key.get_secret_value(),
+            "RASTAU_API_KEY_PEPPER": settings.api_key_pepper.get_secret_value()}
+
+
+async def rastau(settings, *args: str) -> subprocess.CompletedProcess:
+    return await run_command_async(rastau_main, "rastau", _env(settings), *args)
 
 
 async def key_row(ctx, prefix: str):
@@ -63,12 +63,11 @@ async def test_last_use_is_recorded_at_most_once_a_minute(client, ctx, tenants):
     assert (await key_row(ctx, prefix)).last_used_at == ctx.clock.now()
 
 
-@pytest.mark.slow  # the rastau CLI as processes
 async def test_operator_lists_and_revokes_keys_from_the_cli(client, ctx, tenants):
     a, b = tenants
-    added = rastau(ctx.settings, "add-api-key", "--clinic", str(a.clinic_id), "--scope", "clinic_system",
-                   "--scope", "webcam", "--doctor", str(a.doctor_id), "--label", "room 12 webcam",
-                   "--expires-in", "90d")
+    added = await rastau(ctx.settings, "add-api-key", "--clinic", str(a.clinic_id), "--scope", "clinic_system",
+                         "--scope", "webcam", "--doctor", str(a.doctor_id), "--label", "room 12 webcam",
+                         "--expires-in", "90d")
     assert added.returncode == 0, added.stderr
     key = re.search(r"rk_[0-9a-f]{12}_\S+", added.stdout).group(0)
     prefix = key.split("_")[1]
@@ -77,7 +76,7 @@ async def test_operator_lists_and_revokes_keys_from_the_cli(client, ctx, tenants
     row = await key_row(ctx, prefix)
     assert dt.timedelta(days=89) < row.expires_at - row.created_at <= dt.timedelta(days=90)
 
-    listed = rastau(ctx.settings, "list-api-keys", "--clinic", str(a.clinic_id))
+    listed = await rastau(ctx.settings, "list-api-keys", "--clinic", str(a.clinic_id))
     assert listed.returncode == 0, listed.stderr
     line = next(line for line in listed.stdout.splitlines() if prefix in line)
     assert "room 12 webcam" in line and "clinic_system,webcam" in line and f"doctor {a.doctor_id}" in line
@@ -86,28 +85,28 @@ async def test_operator_lists_and_revokes_keys_from_the_cli(client, ctx, tenants
     assert not any(re.search(r"rk_[0-9a-f]{12}_\S", text) for text in (listed.stdout, listed.stderr))
     b_prefixes = [k.split("_")[1] for k in b.keys.values()]
     assert not any(p in listed.stdout for p in b_prefixes)  # --clinic shows one clinic's keys
-    everything = rastau(ctx.settings, "list-api-keys")
+    everything = await rastau(ctx.settings, "list-api-keys")
     assert all(p in everything.stdout for p in b_prefixes)
 
-    revoked = rastau(ctx.settings, "revoke-api-key", prefix)
+    revoked = await rastau(ctx.settings, "revoke-api-key", prefix)
     assert revoked.returncode == 0 and f"API key {prefix} revoked" in revoked.stdout, revoked.stderr
     refused = await client.get(f"{API}/visits/999", headers=bearer(key))
     assert refused.status == 401 and (await refused.json())["code"] == "invalid_api_key"
-    again = rastau(ctx.settings, "revoke-api-key", prefix)
+    again = await rastau(ctx.settings, "revoke-api-key", prefix)
     assert again.returncode == 2 and "already revoked" in again.stderr
-    unknown = rastau(ctx.settings, "revoke-api-key", "0123456789ab")
+    unknown = await rastau(ctx.settings, "revoke-api-key", "0123456789ab")
     assert unknown.returncode == 2 and "no API key with prefix 0123456789ab" in unknown.stderr
-    assert "revoked" in rastau(ctx.settings, "list-api-keys", "--clinic", str(a.clinic_id)).stdout
+    assert "revoked" in (await rastau(ctx.settings, "list-api-keys", "--clinic", str(a.clinic_id))).stdout
     async with ctx.uow(read_only=True) as uow:
         actions = [(r.action, r.details) for r in await uow.audit.records()]
     assert ("api_key.revoke", {"clinic": a.clinic_id, "prefix": prefix}) in actions
 
 
-@pytest.mark.slow  # the rastau CLI as processes
 def test_an_unreadable_expiry_is_refused_plainly(tmp_path):
     from tests.conftest import test_settings
 
     settings = test_settings(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
     for bad in ("90", "90x", "0d", "-1d", "d"):
-        done = rastau(settings, "add-api-key", "--clinic", "1", "--scope", "admin", f"--expires-in={bad}")
+        done = run_command(rastau_main, "rastau", _env(settings), "add-api-key", "--clinic", "1", "--scope", "admin",
+                           f"--expires-in={bad}")
         assert done.returncode == 2 and "--expires-in" in done.stderr and "90d" in done.stderr, (bad, done.stderr)
