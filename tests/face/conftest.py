@@ -1,6 +1,8 @@
-"""Real photos (small copies of ../shared/faces) and byte-level builders for the images we must refuse."""
+"""Real photos (small copies of ../shared/faces), byte-level builders for the images we must refuse, and
+rastau-enrol run in process (`enrol`)."""
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import zlib
@@ -8,7 +10,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
+
+from server import bulk_enrol
+from server.face.pool import FacePool
+from tests.commands import run_command_async
 
 FACES = Path(__file__).parents[1] / "fixtures" / "faces"
 
@@ -54,3 +61,55 @@ def png16(rgb: np.ndarray) -> bytes:
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
     assert ok
     return encoded.tobytes()
+
+
+def enrol_env(settings) -> dict[str, str]:
+    """rastau-enrol's environment: production mode with the test database's secrets."""
+    return {"RASTAU_MODE": "production", "RASTAU_DATABASE_URL": settings.database_url,
+            "RASTAU_CODE_HMAC_KEY": settings.code_hmac_key.get_secret_value(),
+            "RASTAU_TEMPLATE_KEY": settings.template_key.get_secret_value(),
+            "RASTAU_API_KEY_PEPPER": settings.api_key_pepper.get_secret_value()}
+
+
+class _Started:
+    """The module's face pool handed to each in-process run: started once (spawning a worker that loads dlib
+    costs seconds), so a run's start and close leave it running."""
+
+    def __init__(self, pool: FacePool):
+        self._pool = pool
+
+    async def start(self) -> None:
+        assert self._pool.ready
+
+    async def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._pool, name)
+
+
+@pytest.fixture(scope="module")
+def started_pool():
+    """One face worker for a module's enrolment runs."""
+    pool = FacePool(1)
+    asyncio.run(pool.start())
+    yield pool
+    asyncio.run(pool.close())
+
+
+@pytest.fixture
+def enrol(started_pool, monkeypatch):
+    """rastau-enrol in this process, its face work in the module's pool: the command's arguments, settings, report
+    and exit statuses are what is tested (tests/face/test_bulk_enrol.py runs the installed script once, as a
+    process)."""
+    def one_worker(workers: int, **limits) -> _Started:
+        assert workers == 1, "the tests ask for one face worker"
+        return _Started(started_pool)
+
+    monkeypatch.setattr(bulk_enrol, "FacePool", one_worker)
+
+    async def run(settings, cwd: Path, *args: str, without: str = "") -> tuple[int, str, str]:
+        env = {name: value for name, value in enrol_env(settings).items() if name != without}
+        done = await run_command_async(bulk_enrol.main, "rastau-enrol", env, *args, cwd=cwd)
+        return done.returncode, done.stdout, done.stderr
+    return run

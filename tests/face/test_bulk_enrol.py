@@ -14,68 +14,17 @@ from click.testing import CliRunner
 
 from core.iin import make_iin, mask_iin
 from core.services import registry
-from server import bulk_enrol
+from server.bulk_enrol import main as rastau_enrol
 from server.face.pipeline import analyse_frame
-from server.face.pool import FacePool
-from tests.commands import run_command_async
 from tests.conftest import VALID_IINS
-from tests.face.conftest import FACES, gradient_frame, photo
+from tests.face.conftest import FACES, enrol_env, gradient_frame, photo
 
 ENROL = str(Path(sys.executable).with_name("rastau-enrol"))
 
 
-def _env(settings) -> dict[str, str]:
-    return {"RASTAU_MODE": "production", "RASTAU_DATABASE_URL": settings.database_url,
-            "RASTAU_CODE_HMAC_KEY": settings.code_hmac_key.get_secret_value(),
-            "RASTAU_TEMPLATE_KEY": settings.template_key.get_secret_value(),
-            "RASTAU_API_KEY_PEPPER": settings.api_key_pepper.get_secret_value()}
-
-
-class _Started:
-    """The module's face pool handed to each in-process run: started once (spawning a worker that loads dlib
-    costs seconds), so a run's start and close leave it running."""
-
-    def __init__(self, pool: FacePool):
-        self._pool = pool
-
-    async def start(self) -> None:
-        assert self._pool.ready
-
-    async def close(self) -> None:
-        pass
-
-    def __getattr__(self, name: str):
-        return getattr(self._pool, name)
-
-
-@pytest.fixture(scope="module")
-def started_pool():
-    pool = FacePool(1)
-    asyncio.run(pool.start())
-    yield pool
-    asyncio.run(pool.close())
-
-
-@pytest.fixture
-def _enrol(started_pool, monkeypatch):
-    """rastau-enrol in this process, its face work in the module's pool (the command's own arguments, settings,
-    report and exit statuses are what is tested; test_a_clean_batch… runs the installed script as a process)."""
-    def one_worker(workers: int, **limits) -> _Started:
-        assert workers == 1, "the tests ask for one face worker"
-        return _Started(started_pool)
-
-    monkeypatch.setattr(bulk_enrol, "FacePool", one_worker)
-
-    async def enrol(settings, cwd: Path, *args: str, without: str = "") -> tuple[int, str, str]:
-        env = {name: value for name, value in _env(settings).items() if name != without}
-        done = await run_command_async(bulk_enrol.main, "rastau-enrol", env, *args, cwd=cwd)
-        return done.returncode, done.stdout, done.stderr
-    return enrol
-
-
 async def _enrol_process(settings, cwd: Path, *args: str) -> tuple[int, str, str]:
     """The installed console script as a real process."""
-    env = {**_env(settings), "PATH": "/usr/bin:/bin"}
+    env = {**enrol_env(settings), "PATH": "/usr/bin:/bin"}
     process = await asyncio.create_subprocess_exec(ENROL, *args, cwd=cwd, env=env,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), timeout=120)
@@ -103,7 +52,7 @@ def _write_csv(path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
-async def test_good_rows_are_enrolled_and_each_bad_row_is_reported(ctx, clinic_world, photos, tmp_path, _enrol):
+async def test_good_rows_are_enrolled_and_each_bad_row_is_reported(ctx, clinic_world, photos, tmp_path, enrol):
     iin_new, iin_kk, iin_half = VALID_IINS[2], VALID_IINS[3], VALID_IINS[4]
     iin_staff = make_iin(dt.date(1980, 1, 1), True, 1)
     patients_csv = _write_csv(tmp_path / "patients.csv", [
@@ -124,7 +73,7 @@ async def test_good_rows_are_enrolled_and_each_bad_row_is_reported(ctx, clinic_w
     report = tmp_path / "out" / "failures.csv"
     report.parent.mkdir()
 
-    code, out, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
+    code, out, err = await enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
                                   "--csv", str(patients_csv), "--photos", str(photos), "--report", str(report),
                                   "--workers", "1", "--consent-by", "Nurse Aigerim")
 
@@ -181,23 +130,23 @@ async def test_a_clean_batch_exits_zero_and_writes_an_empty_report_beside_the_cs
     assert len(await registry.face_references(ctx, clinic_world.p2.id)) == 1
 
 
-async def test_what_stops_a_batch_before_it_starts_is_said_plainly(ctx, clinic_world, photos, tmp_path, _enrol):
+async def test_what_stops_a_batch_before_it_starts_is_said_plainly(ctx, clinic_world, photos, tmp_path, enrol):
     good = _write_csv(tmp_path / "good.csv", [[VALID_IINS[2], "A B", "87011234567", "ru", "ids/obama1.jpg"]])
-    code, _, err = await _enrol(ctx.settings, tmp_path, "--clinic", "999", "--csv", str(good),
+    code, _, err = await enrol(ctx.settings, tmp_path, "--clinic", "999", "--csv", str(good),
                                 "--photos", str(photos), "--consent-by", "Nurse")
     assert code == 2 and "clinic 999 not found" in err
 
     headless = tmp_path / "headless.csv"
     headless.write_text("iin;full_name;phone\n900101300017;A;87011234567\n")
-    code, _, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
+    code, _, err = await enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
                                 "--csv", str(headless), "--photos", str(photos), "--consent-by", "Nurse")
     assert code == 2 and "lacks the column(s)" in err
 
-    code, _, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
+    code, _, err = await enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
                                 "--csv", str(good), "--photos", str(photos))
     assert code == 2 and "--consent-by" in err
 
-    code, _, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id), "--csv", str(good),
+    code, _, err = await enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id), "--csv", str(good),
                                 "--photos", str(photos), "--consent-by", "Nurse", without="RASTAU_TEMPLATE_KEY")
     assert code == 2 and "RASTAU_TEMPLATE_KEY is not set" in err
     async with ctx.uow() as uow:
@@ -205,7 +154,7 @@ async def test_what_stops_a_batch_before_it_starts_is_said_plainly(ctx, clinic_w
 
 
 async def test_rastau_enrol_tells_the_patient_and_replaces_a_face_at_most_once_per_limit(ctx, clinic_world, photos,
-                                                                                        tmp_path, _enrol):
+                                                                                        tmp_path, enrol):
     """A bulk run is a change like any other: the patient's chat hears of it, the change names the tool, and a
     third photo within RASTAU_FACE_REPLACEMENT_MIN_DAYS is refused for that row with nothing written."""
     from sqlalchemy import select
@@ -218,7 +167,7 @@ async def test_rastau_enrol_tells_the_patient_and_replaces_a_face_at_most_once_p
 
     async def run(name: str, photo_name: str) -> tuple[int, list[dict]]:
         batch = _write_csv(tmp_path / f"{name}.csv", [[w.p1.iin, "Asel N.", w.p1.phone, "kk", photo_name]])
-        code, _out, _err = await _enrol(ctx.settings, tmp_path, "--clinic", str(w.clinic.id), "--csv", str(batch),
+        code, _out, _err = await enrol(ctx.settings, tmp_path, "--clinic", str(w.clinic.id), "--csv", str(batch),
                                        "--photos", str(photos), "--workers", "1", "--consent-by", "Nurse Aigerim")
         with (tmp_path / f"{name}.failures.csv").open(encoding="utf-8-sig", newline="") as handle:
             return code, list(csv.DictReader(handle))
@@ -248,19 +197,19 @@ async def test_rastau_enrol_tells_the_patient_and_replaces_a_face_at_most_once_p
 
 
 def test_help_names_every_option_and_the_exit_statuses():
-    done = CliRunner().invoke(bulk_enrol.main, ["-h"], prog_name="rastau-enrol")
+    done = CliRunner().invoke(rastau_enrol, ["-h"], prog_name="rastau-enrol")
     assert done.exit_code == 0, done.output
     for words in ("--clinic INTEGER", "--csv FILE", "--photos DIRECTORY", "--report FILE", "--workers",
                   "--consent-by TEXT", "Exit status: 0 all enrolled, 1 some rows failed, 2 nothing could"):
         assert words in " ".join(done.output.split()), words
 
 
-async def test_a_blank_language_keeps_the_patients_own(ctx, clinic_world, photos, tmp_path, _enrol):
+async def test_a_blank_language_keeps_the_patients_own(ctx, clinic_world, photos, tmp_path, enrol):
     """The patient chose Kazakh (in the chat or at the desk); a bulk row without a language must not make them
     Russian, as leaving `language` out of the API's patient update does not."""
     patients_csv = _write_csv(tmp_path / "blank.csv",
                               [[VALID_IINS[0], "Asel N.", "87011234567", "", "ids/kit2.jpg"]])
-    code, out, err = await _enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
+    code, out, err = await enrol(ctx.settings, tmp_path, "--clinic", str(clinic_world.clinic.id),
                                   "--csv", str(patients_csv), "--photos", str(photos), "--workers", "1",
                                   "--consent-by", "Nurse Aigerim")
     assert code == 0, out + err
