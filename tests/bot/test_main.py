@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # the bot as a process
+import bot.__main__ as bot_entry
+from core.config import MissingSecrets
+from core.db.migrate import SchemaNotCurrent
+from tests.conftest import log_as_the_product
 
 ROOT = Path(__file__).parents[2]
 
@@ -18,24 +20,35 @@ def bot_env(**settings: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}, **settings}
 
 
-def run_bot(env_extra: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot"], cwd=ROOT, env=bot_env(**env_extra), capture_output=True,
-                          text=True, timeout=timeout)
+@pytest.fixture
+def bot_main(monkeypatch, tmp_path):
+    """``python -m bot``'s main() in this process, with only the test's RASTAU_ settings (and no .env): a start
+    that must refuse is about main's checks, not about starting Python (test_starts_polls… runs the process)."""
+    def run_main(**settings: str) -> None:
+        for name in [name for name in os.environ if name.startswith("RASTAU_")]:
+            monkeypatch.delenv(name)
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(tmp_path)
+        try:
+            bot_entry.main()
+        finally:
+            log_as_the_product()
+    return run_main
 
 
-def test_production_without_secrets_refuses_and_names_them(tmp_path):
-    result = run_bot({"RASTAU_MODE": "production", "RASTAU_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"})
-    assert result.returncode != 0
-    assert "RASTAU_BOT_TOKEN" in result.stderr and "RASTAU_CODE_HMAC_KEY" in result.stderr
+def test_production_without_secrets_refuses_and_names_them(tmp_path, bot_main):
+    with pytest.raises(MissingSecrets) as refused:
+        bot_main(RASTAU_MODE="production", RASTAU_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/x.db")
+    assert "RASTAU_BOT_TOKEN" in str(refused.value) and "RASTAU_CODE_HMAC_KEY" in str(refused.value)
 
 
-def test_refuses_an_unmigrated_database_and_says_how_to_fix_it(tmp_path):
-    result = run_bot({"RASTAU_MODE": "dev", "RASTAU_BOT_TOKEN": "1:x",
-                      "RASTAU_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/empty.db"})
-    assert result.returncode != 0
-    assert "rastau migrate" in result.stderr
+def test_refuses_an_unmigrated_database_and_says_how_to_fix_it(tmp_path, bot_main):
+    with pytest.raises(SchemaNotCurrent, match="rastau migrate"):
+        bot_main(RASTAU_MODE="dev", RASTAU_BOT_TOKEN="1:x", RASTAU_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/empty.db")
 
 
+@pytest.mark.slow  # the bot as a process
 async def test_starts_polls_and_stops_gracefully(tmp_path, standin):
     import asyncio
     import signal
@@ -66,6 +79,7 @@ async def test_starts_polls_and_stops_gracefully(tmp_path, standin):
     assert "424242:test" not in stderr.decode(), "the token is never logged"
 
 
+@pytest.mark.slow  # the bot as a process
 async def test_a_restart_under_the_same_dispatcher_id_sends_what_the_killed_run_held_at_once(tmp_path, standin):
     """A claim whose dispatcher died would wait out its 60 s lease; under RASTAU_DISPATCHER_ID the restarted bot
     knows the claim is its own, takes it back at start and sends the patient's code straight away."""
