@@ -11,13 +11,16 @@ run: bootstrap
 
 # Every test, with line coverage of core, server and bot printed at the end, in two runs of pytest-xdist (each
 # worker its own databases, files and ports): first the `isolated` harnesses, one per core and nothing beside
-# them; then the rest on TEST_WORKERS workers, longest first. Three workers on two cores: the tests that wait in
-# real time (Telegram's pace) leave CPU to spare. The second run runs even when the first failed; exit status 5
-# ("no test selected", e.g. by PYTEST_ARGS) is not a failure.
+# them (they live in $(ISOLATED), so only that folder is collected for them unless PYTEST_ARGS names tests: the
+# whole tree costs each worker ~15 s of imports); then the rest on TEST_WORKERS workers, longest first. Three
+# workers on two cores: the tests that wait in real time (Telegram's pace) leave CPU to spare. The second run runs
+# even when the first failed; exit status 5 ("no test selected", e.g. by PYTEST_ARGS) is not a failure.
 TEST_WORKERS ?= 3
+ISOLATED = tests/reliability
 COVERAGE = --cov=core --cov=server --cov=bot
 test: bootstrap
-	first=0; .venv/bin/python -m pytest -n 2 -m isolated $(COVERAGE) --cov-report= $(PYTEST_ARGS) || first=$$?; \
+	first=0; .venv/bin/python -m pytest -n 2 -m isolated $(COVERAGE) --cov-report= \
+		$(PYTEST_ARGS) $(if $(PYTEST_ARGS),,$(ISOLATED)) || first=$$?; \
 	.venv/bin/python -m pytest -n $(TEST_WORKERS) -m "not isolated" $(COVERAGE) --cov-append \
 		--cov-report=term-missing:skip-covered $(PYTEST_ARGS) || [ $$? -eq 5 ] || exit 1; \
 	[ $$first -eq 0 ] || [ $$first -eq 5 ]

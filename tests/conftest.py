@@ -246,6 +246,9 @@ async def patient_change_rows(ctx, patient_id: int) -> list:
             t.patient_changes.c.patient_id == patient_id).order_by(t.patient_changes.c.id))).all())
 
 
+ISOLATED_HARNESSES = "tests/reliability"
+
+
 def pytest_collection_modifyitems(items):
     """Longest first: tests with a timeout of their own (the harnesses), then the other slow ones, then the rest,
     each group in file order. With several workers the harnesses start at once, on an idle machine, instead of
@@ -257,3 +260,8 @@ def pytest_collection_modifyitems(items):
         return 1.0 if item.get_closest_marker("slow") else 0.0
 
     items.sort(key=allowed_seconds, reverse=True)
+    astray = [item.nodeid for item in items if item.get_closest_marker("isolated")
+              and not item.nodeid.startswith(f"{ISOLATED_HARNESSES}/")]
+    if astray:  # `make test` collects only that folder for its first run, and leaves `isolated` out of the second
+        raise pytest.UsageError(f"isolated harnesses belong in {ISOLATED_HARNESSES}/ (the Makefile's ISOLATED): "
+                                + ", ".join(astray))
