@@ -13,6 +13,7 @@ from aiohttp import web
 from bot.app import WEBHOOK_PATH, create_bot, create_dispatcher, create_storage, create_webhook_app, publish_commands
 from bot.delivery.dispatcher import OutboxDispatcher
 from bot.delivery.shared_limits import SharedSendPacer
+from bot.delivery.webhook import PayerWebhookSender
 from bot.i18n import make_i18n
 from bot.rendering import OutboxRenderer
 from bot.scheduling import start_scheduler
@@ -23,6 +24,7 @@ from core.db.migrate import ensure_schema_current
 from core.db.uow import UnitOfWorkFactory
 from core.logs import configure_logging, get_logger
 from core.services import Context
+from core.signing import Signer
 
 log = get_logger("rastau.bot")
 
@@ -39,7 +41,8 @@ async def run(settings: Settings) -> None:
     pacer = shared_pacer(settings)
     dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n), worker_id=settings.dispatcher_id, pacer=pacer)
     await publish_commands(bot, i18n)
-    scheduler = await start_scheduler(ctx, dispatcher)
+    payer = PayerWebhookSender(ctx, worker_id=settings.dispatcher_id) if settings.payer_webhook_url else None
+    scheduler = await start_scheduler(ctx, dispatcher, signer=Signer.from_settings(settings), payer=payer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -56,6 +59,8 @@ async def run(settings: Settings) -> None:
         log.info("bot stopping")
         scheduler.shutdown(wait=True)
         await storage.close()
+        if payer is not None:
+            await payer.close()
         if pacer is not None:
             await pacer.close()
         await bot.session.close()
@@ -88,7 +93,7 @@ async def _serve_webhook(settings: Settings, dp: Dispatcher, bot: Bot, stop: asy
 
 
 def main() -> int:
-    settings = Settings().require_secrets(bot=True)
+    settings = Settings().require_secrets(bot=True, signing=True)  # the bot signs the audit checkpoints
     if settings.bot_token is None:
         raise SystemExit("RASTAU_BOT_TOKEN is not set: get a token from @BotFather and put it in .env")
     configure_logging(settings.log_level, settings.log_format)

@@ -11,10 +11,11 @@ from collections.abc import Awaitable, Callable
 
 from aiogram.utils.i18n import I18n
 
-from bot import texts
+from bot import auditor_texts, texts
 from bot.delivery.types import OutboxItem, Outgoing
 from bot.i18n import DEFAULT_LOCALE
 from bot.keyboards import answer_keyboard, change_keyboard
+from core.checkpoint import parse_checkpoint
 from core.errors import NotFound
 from core.iin import mask_iin
 from core.logs import get_logger
@@ -26,11 +27,13 @@ from core.model import (
     OutboxKind,
     Patient,
     PatientChange,
+    Recipient,
     Visit,
     VisitMode,
     VisitState,
 )
 from core.services import Context
+from core.services.auditor_summary import build_auditor_summary
 from core.services.chat import chat_language, reachable_chat
 from core.services.codes import issue_code
 from core.services.digest import Digest, build_digest
@@ -46,7 +49,8 @@ class OutboxRenderer:
             OutboxKind.VISIT_CODE: self._visit_code, OutboxKind.ATTENDANCE_PROMPT: self._prompt,
             OutboxKind.DISPUTE_NOTICE: self._dispute_notice, OutboxKind.DAILY_DIGEST: self._digest,
             OutboxKind.CHANGE_NOTICE: self._change_notice,
-            OutboxKind.CHANGE_DISPUTE_NOTICE: self._change_dispute_notice}
+            OutboxKind.CHANGE_DISPUTE_NOTICE: self._change_dispute_notice,
+            OutboxKind.AUDITOR_SUMMARY: self._auditor_summary, OutboxKind.AUDIT_CHECKPOINT: self._checkpoint}
 
     async def render(self, message: OutboxItem) -> list[Outgoing] | None:
         build = self._kinds.get(message.kind)
@@ -77,6 +81,29 @@ class OutboxRenderer:
         if stopped:
             return None
         return admin, admin.chat_id, (chosen or Language(DEFAULT_LOCALE)).value
+
+    async def _watcher(self, message: OutboxItem, clinic_id: int) -> tuple[int, str] | None:
+        """(chat, locale) of a dispute notice's recipient: an admin of the clinic, or a live auditor whose scope holds
+        it now (a scope narrowed or an auditor removed since the notice was queued sends nothing); None otherwise."""
+        if message.recipient_kind is Recipient.ADMIN:
+            recipient = await self._admin(message.recipient_id)
+            if recipient is None or recipient[0].clinic_id != clinic_id:
+                return None
+            return recipient[1], recipient[2]
+        if message.recipient_kind is not Recipient.AUDITOR:
+            return None
+        return await self._auditor(message.recipient_id, clinic_id)
+
+    async def _auditor(self, auditor_id: int, clinic_id: int | None = None) -> tuple[int, str] | None:
+        """(chat, locale) of a live, linked auditor (whose scope holds ``clinic_id`` when one is named), or None."""
+        async with self._ctx.uow(read_only=True) as uow:
+            auditor = await uow.auditors.get(auditor_id)
+        if auditor.removed_at is not None or auditor.chat_id is None:
+            return None
+        if clinic_id is not None and not auditor.all_clinics and clinic_id not in auditor.clinic_ids:
+            return None
+        chosen, stopped = await chat_language(self._ctx, auditor.chat_id)
+        return None if stopped else (auditor.chat_id, (chosen or auditor.language).value)
 
     async def _visit_facts(self, visit_id: int) -> tuple[Visit, Clinic, Doctor, Patient]:
         async with self._ctx.uow(read_only=True) as uow:
@@ -119,13 +146,13 @@ class OutboxRenderer:
         return [Outgoing(chat_id=chat_id, text=text, reply_markup=markup)]
 
     async def _dispute_notice(self, message: OutboxItem) -> list[Outgoing] | None:
-        recipient = await self._admin(message.recipient_id)
-        if recipient is None or message.visit_id is None:
+        if message.visit_id is None:
             return None
-        admin, chat_id, locale = recipient
         visit, clinic, doctor, patient = await self._visit_facts(message.visit_id)
-        if visit.clinic_id != admin.clinic_id:
+        recipient = await self._watcher(message, visit.clinic_id)
+        if recipient is None:
             return None
+        chat_id, locale = recipient
         with self._i18n.context(), self._i18n.use_locale(locale):
             text = texts.dispute_notice(
                 visit_id=message.visit_id, clinic=clinic.name, doctor=doctor.full_name, patient=patient.full_name,
@@ -160,13 +187,11 @@ class OutboxRenderer:
         return [Outgoing(chat_id=chat_id, text=text, reply_markup=markup)]
 
     async def _change_dispute_notice(self, message: OutboxItem) -> list[Outgoing] | None:
-        recipient = await self._admin(message.recipient_id)
-        if recipient is None:
-            return None
-        admin, chat_id, locale = recipient
         change, patient, clinic = await self._change_facts(int(message.payload["change_id"]))
-        if change.clinic_id != admin.clinic_id or change.disputed_at is None:
+        recipient = await self._watcher(message, change.clinic_id)
+        if recipient is None or change.disputed_at is None:
             return None
+        chat_id, locale = recipient
         with self._i18n.context(), self._i18n.use_locale(locale):
             text = texts.change_dispute_notice(
                 change_id=change.id, kind=change.kind, clinic=clinic.name, patient=patient.full_name,
@@ -184,6 +209,33 @@ class OutboxRenderer:
         digest = await build_digest(self._ctx, clinic_id, dt.date.fromisoformat(message.payload["day"]))
         with self._i18n.context(), self._i18n.use_locale(locale):
             return digest_parts(digest, chat_id)
+
+
+    async def _auditor_summary(self, message: OutboxItem) -> list[Outgoing] | None:
+        """The day across the auditor's clinics as they are at send time, and its CSV."""
+        recipient = await self._auditor(message.recipient_id)
+        if recipient is None:
+            return None
+        chat_id, locale = recipient
+        summary = await build_auditor_summary(self._ctx, message.recipient_id,
+                                              dt.date.fromisoformat(message.payload["day"]))
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            return [Outgoing(chat_id=chat_id, text=auditor_texts.summary_message(summary)),
+                    Outgoing(chat_id=chat_id, text=auditor_texts.summary_caption(summary),
+                             document=(auditor_texts.summary_filename(summary), auditor_texts.summary_csv(summary)))]
+
+    async def _checkpoint(self, message: OutboxItem) -> list[Outgoing] | None:
+        """The signed checkpoint file, as made when it was queued, with a short line."""
+        recipient = await self._auditor(message.recipient_id)
+        if recipient is None:
+            return None
+        chat_id, locale = recipient
+        text = str(message.payload["file"])
+        checkpoint = parse_checkpoint(text)
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            line = auditor_texts.checkpoint_line(checkpoint)
+        filename = f"rastau-checkpoint-{checkpoint.at.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+        return [Outgoing(chat_id=chat_id, text=line, document=(filename, text.encode()))]
 
 
 def digest_parts(digest: Digest, chat_id: int) -> list[Outgoing]:

@@ -106,6 +106,10 @@ def linked_summary(profile: ChatProfile) -> str:
     if profile.admins:
         lines.append(_("You are a clinic administrator. Every morning you will get the digest of the previous "
                        "day; /digest shows it at any time."))
+    if profile.auditors:
+        lines.append(_("You are an auditor of the payer. Every «I wasn't there» and every disputed change to a "
+                       "patient's face, phone or consent in the clinics you audit reaches you at once; every "
+                       "morning, the previous day across those clinics with its red flags."))
     lines.append(_("/help explains everything."))
     return "\n\n".join(lines)
 
@@ -133,6 +137,13 @@ def help_text(profile: ChatProfile) -> str:
             "• Every morning: the digest of the previous day with a CSV file.\n"
             "• /digest — yesterday's digest; /digest 24.11.2026 — the digest of that day.\n"
             "• A patient's «I wasn't there» reaches you at once."))
+    if profile.auditors:
+        parts.append(_(
+            "<b>For the payer's auditors</b>\n"
+            "• A patient's «I wasn't there» and a disputed change to a patient's face, phone or consent, in the "
+            "clinics you audit, reach you at once, whether or not the clinic's administrators read them.\n"
+            "• Every morning: the previous day across your clinics, its red flags and a CSV file.\n"
+            "• Signed checkpoints of the audit log: keep the files, they prove later that no record was changed."))
     parts.append(_("/language — change the language\n/privacy — what we keep and what we never keep\n"
                    "/stop — disconnect and receive no more messages"))
     return "\n\n".join(parts)

@@ -15,21 +15,25 @@ from typing import Any, NoReturn
 import click
 from click.decorators import FC
 
-from core import csvfile
+from core import csvfile, signing
 from core.audit import GLOBAL_CHAIN, ChainBreak, clinic_chain, find_break
+from core.checkpoint import BadCheckpoint, Checkpoint, check_chain, first_break, read_checkpoint
 from core.clock import SystemClock, to_local
 from core.config import Settings
 from core.db.engine import create_engine
 from core.db.migrate import current_revision, head_revision, upgrade_to_head
 from core.db.repositories import StoredAuditor
 from core.db.uow import UnitOfWorkFactory
-from core.errors import DomainError
+from core.errors import DomainError, InvalidValue
 from core.logs import configure_logging
-from core.services import Context, api_keys, auditors, flag_lists, registry
+from core.model import OutboxStatus
+from core.services import Context, api_keys, auditors, flag_lists, payer, registry
+from core.services.checkpoints import checkpoint_now
 from core.services.flags import find_flags, flags_csv
 
 EXIT_OK, EXIT_AUDIT_BROKEN, EXIT_REFUSED = 0, 1, 2  # 2 is also click's status for a command line it refuses
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+_READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _run(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> NoReturn:
@@ -103,16 +107,41 @@ def migrate() -> NoReturn:
 
 @main.command("audit-verify")
 @click.option("--clinic", "clinic_id", type=int, help="Check only this clinic's chain.")
-def audit_verify(clinic_id: int | None) -> NoReturn:
+@click.option("--checkpoint", "checkpoints", multiple=True, type=_READABLE_FILE, metavar="FILE",
+              help="a signed checkpoint (rastau audit-checkpoint, or the file the auditors received): prove that no "
+                   "row it covers was changed or removed since, even re-hashed; repeat it to narrow a change down")
+@click.option("--public-key", "public_key", default=None, metavar="KEY|FILE",
+              help="with --checkpoint: the signing key's public half (base64, a file, or PEM) [default: the "
+                   "public half of RASTAU_SIGNING_KEY]")
+def audit_verify(clinic_id: int | None, checkpoints: tuple[Path, ...], public_key: str | None) -> NoReturn:
     """Check the audit log's hash chains: every clinic's, the operator's and the closed global one.
 
     Names each broken chain and its first broken row; exit status 1 when a row was changed, rows were deleted
-    from the middle or the end, or a clinic's whole chain is gone.
+    from the middle or the end, or a clinic's whole chain is gone. With --checkpoint, also each chain the
+    checkpoint signed against it: whoever rewrites the table and recomputes every hash still fails here.
+    A checkpoint that cannot be read or whose signature does not hold: exit status 2.
     """
-    _run(lambda settings: _verify_audit(settings, clinic_id))
+    _run(lambda settings: _verify_audit(settings, clinic_id, checkpoints, public_key))
 
 
-async def _verify_audit(settings: Settings, clinic_id: int | None) -> int:
+def _read_checkpoints(settings: Settings, files: tuple[Path, ...], public_key: str | None) -> list[Checkpoint]:
+    """Every checkpoint with its signature checked, or a refusal naming the file (exit status 2)."""
+    if not files:
+        return []
+    try:
+        if public_key is not None:
+            given = Path(public_key)
+            public = signing.load_public_key(given.read_text() if given.is_file() else public_key)
+        else:
+            public = signing.Signer.from_settings(settings).public
+        return [read_checkpoint(path.read_text(encoding="utf-8"), public) for path in files]
+    except (OSError, UnicodeDecodeError, signing.BadKey, BadCheckpoint) as exc:
+        raise InvalidValue(f"checkpoint refused: {exc}") from None
+
+
+async def _verify_audit(settings: Settings, clinic_id: int | None, checkpoint_files: tuple[Path, ...] = (),
+                        public_key: str | None = None) -> int:
+    checkpoints = _read_checkpoints(settings, checkpoint_files, public_key)
     engine = create_engine(settings.database_url)
     try:
         async with UnitOfWorkFactory(engine)(read_only=True) as uow:
@@ -121,9 +150,18 @@ async def _verify_audit(settings: Settings, clinic_id: int | None) -> int:
             heads = {head.chain: head for head in await uow.audit.heads()}
             opened_before_chains = {r.subject for r in await uow.audit.records(GLOBAL_CHAIN)
                                     if r.action == "clinic.create"}
-            rows = {chain: await uow.audit.records(chain) for chain in chains}
+            signed = {h.chain for cp in checkpoints for h in cp.heads if clinic_id is None or h.chain in chains}
+            rows = {chain: await uow.audit.records(chain) for chain in sorted(set(chains) | signed)}
     finally:
         await engine.dispose()
+    checked = {chain: first_break([check_chain(h, rows[chain]) for cp in checkpoints for h in cp.heads
+                                   if h.chain == chain]) for chain in sorted(signed)}
+    for chain, moved in checked.items():
+        if moved is None:
+            covered = max(h.seq for cp in checkpoints for h in cp.heads if h.chain == chain)
+            click.echo(f"audit chain {chain} matches the checkpoint: rows 1-{covered} unchanged")
+        else:
+            click.echo(f"audit chain {chain} CHANGED since the checkpoint, at row {moved.seq}: {moved.reason}")
     breaks = {chain: find_break(chain, records, heads.get(chain)) for chain, records in rows.items()}
     for clinic in clinics:  # a clinic's creation opens its chain (or lies in the global chain, before 0006)
         chain = clinic_chain(clinic.id or 0)
@@ -134,7 +172,31 @@ async def _verify_audit(settings: Settings, clinic_id: int | None) -> int:
             click.echo(f"audit chain {chain} intact: {len(rows[chain])} rows")
         else:
             click.echo(f"audit chain {chain} BROKEN at row {broken.seq}: {broken.reason}")
-    return EXIT_AUDIT_BROKEN if any(breaks.values()) else EXIT_OK
+    return EXIT_AUDIT_BROKEN if any(breaks.values()) or any(checked.values()) else EXIT_OK
+
+
+@main.command("audit-checkpoint")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              metavar="FILE", help="where to write the signed checkpoint (JSON); keep it away from this database")
+def audit_checkpoint(out: Path) -> NoReturn:
+    """Sign the current head of every audit chain (with RASTAU_SIGNING_KEY) into FILE.
+
+    The bot pushes one to the auditors and the payer's webhook every RASTAU_CHECKPOINT_MINUTES; this makes one
+    on demand. Later, rastau audit-verify --checkpoint FILE proves no row up to these heads changed.
+    """
+    async def work(settings: Settings) -> int:
+        engine = create_engine(settings.database_url)
+        try:
+            ctx = Context.build(settings.require_secrets(signing=True), UnitOfWorkFactory(engine), SystemClock())
+            checkpoint, text = await checkpoint_now(ctx, signing.Signer.from_settings(ctx.settings))
+        finally:
+            await engine.dispose()
+        await asyncio.to_thread(out.write_text, text, encoding="utf-8")
+        click.echo(f"checkpoint of {len(checkpoint.heads)} chains ({sum(h.seq for h in checkpoint.heads)} rows), "
+                   f"key {checkpoint.key_id}, written to {out}")
+        return EXIT_OK
+
+    _run(work)
 
 
 @main.command("add-clinic")
@@ -374,6 +436,28 @@ def _scope(auditor: StoredAuditor) -> str:
 
 
 EXPORT_VALID, EXPORT_TAMPERED, EXPORT_UNREADABLE = 0, 1, 2
+
+
+@main.command("payer-events")
+@click.option("--failed", is_flag=True, help="only the dead letters: events given up after every retry failed")
+@click.option("--requeue", "requeue", type=int, default=None, metavar="ID",
+              help="send this failed event again, with a fresh retry budget (after the payer fixed its receiver)")
+def payer_events(failed: bool, requeue: int | None) -> NoReturn:
+    """The events for the payer's webhook (RASTAU_PAYER_WEBHOOK_URL): disputes, flags, checkpoints, and their state.
+
+    Delivered at least once by the bot; an event whose every retry failed stays here as a dead letter until
+    requeued. The payer dedupes by event id, so a requeued event that had in fact arrived does no harm.
+    """
+    async def act(ctx: Context) -> None:
+        if requeue is not None:
+            await payer.requeue_payer_event(ctx, requeue)
+            click.echo(f"payer event {requeue} queued again")
+            return
+        for e in await payer.payer_events(ctx, OutboxStatus.FAILED if failed else None):
+            click.echo(f"{e.outbox_id}\t{e.status}\t{e.event_type}\t{e.event_id}\tcreated {_local(e.created_at)}"
+                       f"\tsent {_local(e.sent_at)}\tfailures {e.failures}\t{e.last_error or ''}")
+
+    _in_directory(act)
 
 
 @main.command("verify-export")

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     send_rate_global: float = Field(30.0, gt=0)
     send_rate_per_chat: float = Field(1.0, gt=0)
     dispatcher_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # the payer's system hears of every dispute, flag and checkpoint by webhook (core/services/payer.py): a POST of
+    # JSON signed with HMAC-SHA256 under the secret, which is required when the URL is set
+    payer_webhook_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    payer_webhook_secret: SecretStr | None = None
+    checkpoint_minutes: int = Field(60, ge=1, le=24 * 60)  # how often the audit chains' heads are signed and pushed
 
     # red flags (core/services/flags.py): thresholds from the public record where it has one, else stated as ours
     flag_daily_visit_norm: int = Field(24, ge=1, le=1000)  # the norm the Finance Ministry's audit measured against
@@ -108,7 +113,7 @@ class Settings(BaseSettings):
 
     @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "signing_key", "webhook_secret",
                      "dispatcher_id",
-                     "capture_challenge", "public_url", mode="before")
+                     "capture_challenge", "public_url", "payer_webhook_url", "payer_webhook_secret", mode="before")
     @classmethod
     def _blank_is_missing(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -123,6 +128,11 @@ class Settings(BaseSettings):
         if self.mode is Mode.PRODUCTION and self.capture_challenge:
             raise ValueError("RASTAU_CAPTURE_CHALLENGE is for tests and dev: production draws every challenge at "
                              "random")
+        if self.payer_webhook_url and (self.payer_webhook_secret is None
+                                       or len(self.payer_webhook_secret.get_secret_value()) < 16):
+            raise ValueError("RASTAU_PAYER_WEBHOOK_URL is set, so RASTAU_PAYER_WEBHOOK_SECRET must be too (at least 16 "
+                             "characters, shared with the payer): without it the payer cannot tell our events from "
+                             "forged ones")
         return self
 
     def clock(self) -> Clock:

@@ -288,10 +288,13 @@ class OutboxKind(str, enum.Enum):
     """What an outbox message says; the bot's renderer has one builder per kind."""
     VISIT_CODE = "visit_code"                         # to the patient: the one-time code
     ATTENDANCE_PROMPT = "attendance_prompt"           # to the patient: "were you there?"
-    DISPUTE_NOTICE = "dispute_notice"                 # to the clinic's admins: "the patient says they weren't"
+    DISPUTE_NOTICE = "dispute_notice"                 # to the clinic's admins and auditors: "the patient wasn't there"
     DAILY_DIGEST = "daily_digest"                     # to the clinic's admins: the day's digest
     CHANGE_NOTICE = "patient_change_notice"           # to the patient: "this changed; wasn't you?"
-    CHANGE_DISPUTE_NOTICE = "change_dispute_notice"   # to the clinic's admins: "the patient says it wasn't them"
+    CHANGE_DISPUTE_NOTICE = "change_dispute_notice"   # to the clinic's admins and auditors: "it wasn't them"
+    AUDITOR_SUMMARY = "auditor_summary"               # to an auditor: the day across their clinics, with the flags
+    AUDIT_CHECKPOINT = "audit_checkpoint"             # to an auditor: the signed heads of the audit chains
+    PAYER_EVENT = "payer_event"                       # to the payer's webhook: a dispute, a flag, a checkpoint
 
 
 class Recipient(str, enum.Enum):
@@ -299,6 +302,8 @@ class Recipient(str, enum.Enum):
     PATIENT = "patient"
     DOCTOR = "doctor"
     ADMIN = "admin"
+    AUDITOR = "auditor"
+    PAYER = "payer"  # the payer's webhook (recipient_id 0): delivered over HTTP, never by the bot's chat dispatcher
 
 
 class OutboxStatus(str, enum.Enum):

@@ -49,6 +49,7 @@ from core.model import (
     OutboxStatus,
     Patient,
     PatientChange,
+    Recipient,
     Visit,
     VisitEvent,
     VisitMode,
@@ -691,12 +692,16 @@ class OutboxRepo(_Repo):
         message_id: int = res.scalar_one()
         return message_id
 
-    async def claim_due(self, now: dt.datetime, worker_id: str, lease: dt.timedelta, limit: int) -> list[AnyRow]:
+    async def claim_due(self, now: dt.datetime, worker_id: str, lease: dt.timedelta, limit: int, *,
+                        payer: bool = False) -> list[AnyRow]:
         """Take up to ``limit`` due rows for this worker: pending ones whose time has come, and rows whose
-        previous claim expired (a dispatcher died mid-send). PostgreSQL skips rows another dispatcher holds."""
+        previous claim expired (a dispatcher died mid-send). PostgreSQL skips rows another dispatcher holds.
+        ``payer``: the payer webhook's rows only (its sender's claim); otherwise every row but those (the chats')."""
         o = t.outbox
         due = or_(and_(o.c.status == OutboxStatus.PENDING.value, o.c.due_at <= now),
                   and_(o.c.status == OutboxStatus.SENDING.value, o.c.claim_expires_at < now))
+        webhook = o.c.recipient_kind == Recipient.PAYER.value
+        due = and_(due, webhook if payer else ~webhook)
         stmt = select(o.c.id).where(due).order_by(o.c.due_at, o.c.id).limit(limit)
         if self._for_update:
             stmt = stmt.with_for_update(skip_locked=True)
@@ -763,6 +768,21 @@ class OutboxRepo(_Repo):
         if kind is not None:
             stmt = stmt.where(t.outbox.c.kind == OutboxKind(kind).value)
         return list((await self.conn.execute(stmt.order_by(t.outbox.c.id))).all())
+
+    async def by_recipient_kind(self, recipient_kind: Recipient, status: OutboxStatus | None = None) -> list[AnyRow]:
+        """The rows for one kind of recipient (e.g. the payer's webhook), in one status or all, oldest first."""
+        stmt = select(t.outbox).where(t.outbox.c.recipient_kind == Recipient(recipient_kind).value)
+        if status is not None:
+            stmt = stmt.where(t.outbox.c.status == OutboxStatus(status).value)
+        return list((await self.conn.execute(stmt.order_by(t.outbox.c.id))).all())
+
+    async def requeue_failed(self, message_id: int, recipient_kind: Recipient, now: dt.datetime) -> bool:
+        """A dead letter back to the queue with a fresh retry budget (the operator fixed the receiver)."""
+        res = await self.conn.execute(update(t.outbox).where(and_(
+            t.outbox.c.id == message_id, t.outbox.c.status == OutboxStatus.FAILED.value,
+            t.outbox.c.recipient_kind == Recipient(recipient_kind).value)).values(
+            status=OutboxStatus.PENDING.value, due_at=now, failures=0, attempts=0, last_error=None))
+        return res.rowcount == 1
 
 
 
@@ -906,6 +926,30 @@ class AuditorRepo(_Repo):
 
     async def list(self) -> builtins.list[StoredAuditor]:
         return await self._read(None)
+
+    async def by_chat(self, chat_id: int) -> builtins.list[StoredAuditor]:
+        """The live auditors this chat is linked to."""
+        return await self._read(and_(t.auditors.c.chat_id == chat_id, t.auditors.c.removed_at.is_(None)))
+
+    async def watching(self, clinic_id: int) -> builtins.list[StoredAuditor]:
+        """The live auditors whose scope holds this clinic (listed, or every clinic)."""
+        listed = select(t.auditor_clinics.c.auditor_id).where(t.auditor_clinics.c.clinic_id == clinic_id)
+        return await self._read(and_(t.auditors.c.removed_at.is_(None),
+                                     or_(t.auditors.c.all_clinics.is_(True), t.auditors.c.id.in_(listed))))
+
+    async def linked(self) -> builtins.list[StoredAuditor]:
+        """The live auditors with a chat: who gets the daily summary and the checkpoints."""
+        return await self._read(and_(t.auditors.c.chat_id.is_not(None), t.auditors.c.removed_at.is_(None)))
+
+    async def set_chat(self, phone: str, chat_id: int) -> int:
+        """Link the live auditors with this phone to the chat (a removed auditor is never linked)."""
+        res = await self.conn.execute(update(t.auditors).where(and_(
+            t.auditors.c.phone == phone, t.auditors.c.removed_at.is_(None))).values(chat_id=chat_id))
+        return res.rowcount
+
+    async def unlink_chat(self, chat_id: int) -> int:
+        res = await self.conn.execute(update(t.auditors).where(t.auditors.c.chat_id == chat_id).values(chat_id=None))
+        return res.rowcount
 
     async def remove(self, auditor_id: int, now: dt.datetime) -> bool:
         """Set once: False when the auditor was already removed."""

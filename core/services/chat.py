@@ -1,4 +1,4 @@
-"""Who a chat is (patient, doctor, admin) and what it chose: linking by a proven phone number, the language,
+"""Who a chat is (patient, doctor, admin, auditor) and what it chose: linking by a proven phone number, the language,
 /stop. What a chat may list is in :mod:`core.services.visit_lists`, update dedupe in :mod:`core.services.updates`.
 
 Transport-free on purpose: the bot passes in a chat id and a phone that Telegram proved; nothing here
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.db.repositories import StoredAuditor
 from core.db.uow import UnitOfWork
 from core.errors import InvalidPhone
 from core.model import ClinicAdmin, Doctor, Language, Patient
@@ -25,10 +26,11 @@ class ChatProfile:
     doctors: tuple[Doctor, ...] = ()
     admins: tuple[ClinicAdmin, ...] = ()
     clinic_names: dict[int, str] = field(default_factory=dict)
+    auditors: tuple[StoredAuditor, ...] = ()  # the payer's auditors (live ones only)
 
     @property
     def linked(self) -> bool:
-        return bool(self.patients or self.doctors or self.admins)
+        return bool(self.patients or self.doctors or self.admins or self.auditors)
 
     @property
     def patient_ids(self) -> list[int]:
@@ -48,11 +50,12 @@ async def chat_profile(ctx: Context, chat_id: int) -> ChatProfile:
         patients = await uow.patients.by_chat(chat_id)
         doctors = await uow.doctors.by_chat(chat_id)
         admins = await uow.admins.by_chat(chat_id)
+        auditors = await uow.auditors.by_chat(chat_id)
         linked: list[Patient | Doctor | ClinicAdmin] = [*patients, *doctors, *admins]
         names = await uow.queries.clinic_names({r.clinic_id for r in linked})
     return ChatProfile(chat_id=chat_id, language=Language(row.language) if row else None,
                        stopped=bool(row.stopped) if row else False, patients=tuple(patients),
-                       doctors=tuple(doctors), admins=tuple(admins), clinic_names=names)
+                       doctors=tuple(doctors), admins=tuple(admins), clinic_names=names, auditors=tuple(auditors))
 
 
 async def set_language(ctx: Context, chat_id: int, language: Language | str) -> None:
@@ -71,14 +74,15 @@ class LinkResult:
     patients: int = 0
     doctors: int = 0
     admins: int = 0
+    auditors: int = 0
 
     @property
     def linked(self) -> bool:
-        return bool(self.patients or self.doctors or self.admins)
+        return bool(self.patients or self.doctors or self.admins or self.auditors)
 
 
 async def link_chat_by_phone(ctx: Context, chat_id: int, proven_phone: str, language: Language | str) -> LinkResult:
-    """Link the chat to every patient, doctor and admin registered with this phone.
+    """Link the chat to every patient, doctor, admin and live auditor registered with this phone.
 
     The caller must have proven the phone (Telegram: a shared contact whose user_id is the sender).
     Sharing it after the privacy notice is the user's agreement; the audit log keeps when it happened.
@@ -93,11 +97,12 @@ async def link_chat_by_phone(ctx: Context, chat_id: int, proven_phone: str, lang
         patients = await uow.patients.set_chat(phone, chat_id, language)
         doctors = await uow.doctors.set_chat(phone, chat_id)
         admins = await uow.admins.set_chat(phone, chat_id)
-        result = LinkResult(phone, patients, doctors, admins)
+        auditors = await uow.auditors.set_chat(phone, chat_id)
+        result = LinkResult(phone, patients, doctors, admins, auditors)
         if result.linked:
             await uow.chat_users.upsert(chat_id, now, language=language, stopped=False)
             await uow.audit.append(now, "chat_user", "chat.link", f"chat:{chat_id}",
-                                   {"patients": patients, "doctors": doctors, "admins": admins,
+                                   {"patients": patients, "doctors": doctors, "admins": admins, "auditors": auditors,
                                     "privacy_notice": "shown before the contact was shared"},
                                    clinic_id=None)  # a chat may reach several clinics: the operator's chain
         await uow.commit()
@@ -109,7 +114,7 @@ async def stop_chat(ctx: Context, chat_id: int) -> int:
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         unlinked = (await uow.patients.unlink_chat(chat_id) + await uow.doctors.unlink_chat(chat_id)
-                    + await uow.admins.unlink_chat(chat_id))
+                    + await uow.admins.unlink_chat(chat_id) + await uow.auditors.unlink_chat(chat_id))
         await uow.chat_users.upsert(chat_id, now, stopped=True)
         await uow.audit.append(now, "chat_user", "chat.stop", f"chat:{chat_id}", {"unlinked": unlinked},
                                clinic_id=None)

@@ -18,6 +18,7 @@ from core.errors import DomainError, NotFound
 from core.model import OutboxKind, OutboxMessage, Patient, PatientChange, Recipient
 from core.services import Context
 from core.services.access import Caller
+from core.services.alerts import tell_watchers
 
 FACE_ENROLLED = "face_enrolled"
 FACE_REPLACED = "face_replaced"
@@ -72,7 +73,7 @@ class DisputeResult:
 async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeResult:
     """"This wasn't me", pressed in ``chat_id``. Only the chat the notice went to, or the patient's own chat, may
     say it; any other chat (a forged button) gets NotFound and changes nothing. Recorded once; the clinic's admins
-    are told at once."""
+    and its auditors are told at once."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         change = await uow.patient_changes.get(change_id, lock=True)
@@ -85,11 +86,11 @@ async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeR
         await uow.audit.append(now, "patient", "patient_change.dispute", f"patient:{patient.id}",
                                {"change": change_id, "kind": change.kind, "by": change.actor},
                                clinic_id=change.clinic_id)
-        for admin in await uow.admins.list_by_clinic(change.clinic_id):
-            assert admin.id is not None, "an admin read from storage"
-            await uow.outbox.add(OutboxMessage(
-                kind=OutboxKind.CHANGE_DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
-                due_at=now, payload={"change_id": change_id}, dedupe_key=f"change-dispute:{change_id}:{admin.id}"),
-                now)
+        await tell_watchers(uow, ctx.settings, clinic_id=change.clinic_id, kind=OutboxKind.CHANGE_DISPUTE_NOTICE,
+                            key=f"change-dispute:{change_id}", now=now, payload={"change_id": change_id},
+                            event=("enrolment.disputed", {
+                                "change_id": change_id, "clinic_id": change.clinic_id, "patient_id": patient.id,
+                                "kind": change.kind, "changed_at": change.at.isoformat(), "changed_by": change.actor,
+                                "disputed_at": now.isoformat()}))
         await uow.commit()
     return DisputeResult(dataclasses.replace(change, disputed_at=now), changed=True)

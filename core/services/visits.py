@@ -11,6 +11,7 @@ from core.errors import IllegalTransition, NotFound
 from core.model import Actor, OutboxKind, OutboxMessage, Recipient, Visit, VisitEvent, VisitMode, VisitState, ensure_utc
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, check_doctor, check_visit
+from core.services.alerts import tell_watchers
 from core.services.idempotency import IdempotentWrite
 
 
@@ -168,36 +169,40 @@ async def patient_confirms(ctx: Context, visit_id: int, patient_ids: list[int]) 
 
 async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
                            reason: str | None = None) -> AnswerResult:
-    """"I wasn't there": record the dispute and tell the clinic's admins at once."""
+    """"I wasn't there": record the dispute and tell the clinic's admins and its auditors at once."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         visit = await patient_visit(uow, visit_id, patient_ids)
         event = visit.dispute_by_patient(now, reason)
         await uow.visits.save(visit)
         if event is not None:
-            for admin in await uow.admins.list_by_clinic(visit.clinic_id):
-                assert admin.id is not None, "an admin read from storage"
-                await uow.outbox.add(OutboxMessage(
-                    kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
-                    visit_id=visit.id, due_at=now, payload={}, dedupe_key=f"dispute:{visit.id}:{admin.id}"), now)
+            await tell_watchers(uow, ctx.settings, clinic_id=visit.clinic_id, kind=OutboxKind.DISPUTE_NOTICE,
+                                key=f"dispute:{visit.id}", now=now, visit_id=visit.id,
+                                event=("visit.disputed", _dispute_data(visit)))
         await uow.commit()
     return AnswerResult(visit, event is not None)
 
 
+def _dispute_data(visit: Visit) -> dict[str, object]:
+    """What the payer's webhook hears of a dispute: the visit as billed, its evidence and the patient's words."""
+    return {"visit_id": visit.id, "clinic_id": visit.clinic_id, "doctor_id": visit.doctor_id,
+            "patient_id": visit.patient_id, "start": visit.start.isoformat(), "mode": visit.mode.value,
+            "service_code": visit.service_code, "verified_by": visit.verified_by.value if visit.verified_by else None,
+            "verified_at": visit.verified_at.isoformat() if visit.verified_at else None,
+            "disputed_at": visit.answered_at.isoformat() if visit.answered_at else None, "reason": visit.dispute_reason}
+
+
 async def explain_dispute(ctx: Context, visit_id: int, patient_ids: list[int], reason: str) -> Visit:
-    """Store the patient's free-text reason for "I wasn't there" and pass it on to the clinic's admins,
-    who already got the dispute itself at once."""
+    """Store the patient's free-text reason for "I wasn't there" and pass it on to the clinic's admins and the
+    auditors watching it, who already got the dispute itself at once."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         visit = await patient_visit(uow, visit_id, patient_ids)
         visit.add_dispute_reason(reason, now)
         await uow.visits.save(visit)
         if visit.dispute_reason:
-            for admin in await uow.admins.list_by_clinic(visit.clinic_id):
-                assert admin.id is not None, "an admin read from storage"
-                await uow.outbox.add(OutboxMessage(
-                    kind=OutboxKind.DISPUTE_NOTICE, recipient_kind=Recipient.ADMIN, recipient_id=admin.id,
-                    visit_id=visit.id, due_at=now, payload={"update": "reason"},
-                    dedupe_key=f"dispute-reason:{visit.id}:{admin.id}"), now)
+            await tell_watchers(uow, ctx.settings, clinic_id=visit.clinic_id, kind=OutboxKind.DISPUTE_NOTICE,
+                                key=f"dispute-reason:{visit.id}", now=now, visit_id=visit.id,
+                                payload={"update": "reason"}, event=("visit.dispute_reason", _dispute_data(visit)))
         await uow.commit()
     return visit

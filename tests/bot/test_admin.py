@@ -146,11 +146,12 @@ async def test_digest_on_demand_and_who_may_ask(ctx, clinic_world, world, standi
 async def test_scheduler_jobs_are_defined_in_code(ctx, world):
     scheduler = build_scheduler(ctx, world.dispatcher)
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"close_windows", "deliver", "daily_digest", "prune_updates"}
-    cron = jobs["daily_digest"].trigger
-    assert str(cron.timezone) == "Asia/Almaty"
-    assert {f.name: str(f) for f in cron.fields}["hour"] == "8"
-    assert {f.name: str(f) for f in cron.fields}["minute"] == "0"
+    assert set(jobs) == {"close_windows", "deliver", "daily_digest", "auditor_summary", "prune_updates"}
+    for daily in ("daily_digest", "auditor_summary"):
+        cron = jobs[daily].trigger
+        assert str(cron.timezone) == "Asia/Almaty"
+        assert {f.name: str(f) for f in cron.fields}["hour"] == "8"
+        assert {f.name: str(f) for f in cron.fields}["minute"] == "0"
 
 
 async def test_digest_catch_up_after_a_missed_morning(ctx, clinic_world):
