@@ -34,23 +34,25 @@ PGBENCH_THREADS = 2
 TARGET_VS_PGBENCH = 0.3
 TARGET_SQLITE = 300.0
 WHY_MISSED_PG = (
-    "- why PostgreSQL misses: the cost is the server's CPU, not the database's. A verified check is nine round trips "
-    "(the key lookup; BEGIN, the attempt counted with the visit returned, the code and both caps read, the code "
-    "used, the state saved with its event, the audit head claimed, the audit row chained with the head moved; "
-    "COMMIT) to pgbench's seven, and each statement costs the server about 0.15–0.2 ms of Python in SQLAlchemy and "
-    "asyncpg where pgbench's C client spends microseconds; with aiohttp, the middlewares and the service that is the "
-    "'server CPU per check' column. On 2 cores shared by the server, PostgreSQL, the load generator (itself "
-    "Python) and, during this run, other work (the load average), the rate is what the cores' time divided by the "
-    "CPU all three spend per check allows; a second server process adds little when no core is idle. What is "
-    "left: the code's use could join the state's statement too; and the one audit-chain head, which every "
-    "verification of every clinic still waits on for one statement and the commit — one chain per clinic would let "
-    "clinics verify in parallel (not this benchmark's one clinic).")
+    "- why PostgreSQL misses where it does: the cost is the server's CPU per round trip, not the database's work. A "
+    "verified check is seven round trips (the key lookup; BEGIN, the attempt counted with the visit returned, the code "
+    "and both caps read, the state saved with its event and the code's use, the audit row appended to its clinic's "
+    "chain; COMMIT), as many as pgbench's, but each costs the server about 0.2–0.3 ms of CPU — SQLAlchemy, asyncpg, "
+    "the event loop, and the kernel's share of a loopback socket write, which a sampling profile shows as the largest "
+    "single item — where pgbench's C client spends microseconds. With every visit in one clinic, each check also "
+    "waits its turn on that clinic's audit-chain head, held from the audit statement to COMMIT; spread over clinics, "
+    "as an operator runs them, checks of different clinics never wait on each other. On 2 cores shared by the "
+    "server, PostgreSQL, the load generator (itself Python) and other work (the load average), the rate is what the "
+    "cores' time divided by the CPU all of them spend per check allows, and a second server process only adds "
+    "context switches when no core is idle.")
 WHY_MISSED_SQLITE = (
     "- why SQLite misses: it admits one writer at a time, so the rate is one over the time a check holds the write "
-    "lock, and that is mostly the server's CPU: each statement crosses to aiosqlite's thread and back (cursor, "
-    "execute, fetch, close: four hand-offs a statement), and every commit is fsync'd (synchronous=FULL), so a "
-    "third of the CPU is system time. More server processes would only queue on SQLite's file lock; PostgreSQL "
-    "is the database for a higher rate.")
+    "lock, and that is mostly the server's CPU: a verified check is ten statements in the write transaction (BEGIN "
+    "IMMEDIATE, the attempt counted, the code and caps read, the code used, the state, its event, the chain's "
+    "numbers claimed, the audit row, the head moved, COMMIT; SQLite has no data-modifying CTE and no SHA-256 to fold "
+    "them), each crossing to aiosqlite's thread and back (cursor, execute, fetch, close: four hand-offs a "
+    "statement), and every commit is fsync'd (synchronous=FULL), so a third of the CPU is system time. More server "
+    "processes would only queue on SQLite's file lock; PostgreSQL is the database for a higher rate.")
 
 
 async def seed(database_url: str, visits_per_clinic: list[int]) -> tuple[dict[str, str], list[tuple[int, str, str]]]:

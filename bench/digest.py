@@ -57,6 +57,14 @@ FROM visits v JOIN doctors d ON d.id = v.doctor_id JOIN patients p ON p.id = v.p
 WHERE v.clinic_id = :clinic AND v.start_at >= :start AND v.start_at < :end
 GROUP BY v.doctor_id, d.full_name
 """).bindparams(bindparam("start", type_=UtcDateTime), bindparam("end", type_=UtcDateTime))
+# The same totals as the digest's counts query carries them: with the clinic's name on each row and the count of
+# changes its patients disputed that day (what tells the digest whether to read them), as output it gives too.
+BASELINE_SAME_TOTALS = text("""
+SELECT t.*, c.name AS clinic_name,
+  (SELECT count(*) FROM patient_changes pc WHERE pc.clinic_id = :clinic AND pc.disputed_at >= :start
+   AND pc.disputed_at < :end) AS disputed_changes
+FROM (""" + BASELINE.text + """) AS t JOIN clinics c ON c.id = :clinic
+""").bindparams(bindparam("start", type_=UtcDateTime), bindparam("end", type_=UtcDateTime))
 # The rest of what the digest answers, hand-written too: the flagged visits with what the admin sees of each.
 BASELINE_FLAGGED = text("""
 SELECT v.id, v.start_at, v.doctor_id, v.mode, v.service_code, v.state, v.verified_by, v.attended_claim_at,
@@ -146,7 +154,8 @@ async def run(database_url: str, *, visits: int, rounds: int) -> dict:
         """The totals and the flagged rows, hand-written, in one read, like the digest."""
         async with engine.connect() as conn:
             await conn.execution_options(**reading)
-            return (await conn.execute(BASELINE, params)).all(), (await conn.execute(BASELINE_FLAGGED, params)).all()
+            return ((await conn.execute(BASELINE_SAME_TOTALS, params)).all(),
+                    (await conn.execute(BASELINE_FLAGGED, params)).all())
 
     digest, rows = await ours_with_rows(), await baseline()
     _assert_same(digest, rows)
