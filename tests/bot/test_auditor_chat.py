@@ -4,17 +4,23 @@ clinics with its red flags and a CSV. The real aiogram Bot against the Bot API s
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 
 import pytest
+from pydantic import SecretStr
 
 from bot.auditor_texts import FLAG_NAME
-from bot.scheduling import auditor_summary_catch_up, auditor_summary_job
+from bot.delivery.webhook import PayerWebhookSender
+from bot.scheduling import auditor_summary_catch_up, auditor_summary_job, build_scheduler, checkpoint_job
+from core import audit
+from core.checkpoint import read_checkpoint
 from core.model import Actor, OutboxKind, OutboxStatus, VerificationMethod
 from core.services import auditors, flag_lists, registry
 from core.services.flags import FlagKind
 from core.services.visits import close_expired_windows, patient_disputes
+from core.signing import Signer, new_seed_b64
 from tests.bot.support import User, last_to, link, texts_to, visit
 from tests.conftest import patient_change_rows
 
@@ -189,3 +195,29 @@ async def test_every_flag_kind_has_a_name_in_both_languages(world):
                 names[lang] = [str(FLAG_NAME[k]) for k in FlagKind]
     assert all(kk != ru for kk, ru in zip(names["kk"], names["ru"], strict=True))
     assert len(set(names["kk"])) == len(FlagKind) == len(set(names["ru"]))
+
+
+async def test_the_auditor_receives_each_new_checkpoint_as_a_signed_file(ctx, clinic_world, world, standin):
+    await auditors.add_auditor(ctx, "Dana Auditor", AUDITOR_PHONE, all_clinics=True)
+    auditor = User(9701)
+    await link(world, auditor, AUDITOR_PHONE, "kk")
+    signer = Signer.from_settings(ctx.settings.model_copy(update={"signing_key": SecretStr(new_seed_b64())}))
+    assert await checkpoint_job(ctx, signer) == 1
+    await world.deliver()
+    sent = last_to(standin, auditor.id)
+    filename, data = sent.document
+    assert sent.method == "sendDocument" and filename.startswith("rastau-checkpoint-") and filename.endswith(".json")
+    assert "Аудит журналының бақылау нүктесі" in sent.text and signer.key_id in sent.text
+    checkpoint = read_checkpoint(data.decode(), signer.public)
+    assert audit.clinic_chain(clinic_world.clinic.id) in {h.chain for h in checkpoint.heads}
+
+
+async def test_the_scheduler_signs_checkpoints_and_posts_to_the_payer_when_configured(ctx, world):
+    signer = Signer.from_settings(ctx.settings.model_copy(update={"signing_key": SecretStr(new_seed_b64())}))
+    payer_ctx = dataclasses.replace(ctx, settings=ctx.settings.model_copy(update={
+        "payer_webhook_url": "http://127.0.0.1:9/events", "payer_webhook_secret": SecretStr("x" * 16)}))
+    sender = PayerWebhookSender(payer_ctx)
+    jobs = {job.id: job for job in build_scheduler(ctx, world.dispatcher, signer=signer, payer=sender).get_jobs()}
+    assert {"audit_checkpoint", "payer_webhook", "auditor_summary"} <= set(jobs)
+    assert jobs["audit_checkpoint"].trigger.interval == dt.timedelta(minutes=ctx.settings.checkpoint_minutes)
+    assert "audit_checkpoint" not in {job.id for job in build_scheduler(ctx, world.dispatcher).get_jobs()}
