@@ -52,10 +52,17 @@ def _clinic_line(c: ClinicDay) -> str:
         unverified=c.unverified, disputed=c.disputed, no_answer=c.no_answer, late=c.registered_late)
 
 
+def _doctor(summary: AuditorSummary, flag: Flag) -> str:
+    """The doctor a flag names, as "name (#id)"; empty for a flag about the whole clinic."""
+    if flag.doctor_id is None:
+        return ""
+    return f"{summary.doctor_names.get(flag.doctor_id, '')} (#{flag.doctor_id})".strip()
+
+
 def _flag_line(summary: AuditorSummary, flag: Flag) -> str:
     where = q(summary.clinic_name(flag.clinic_id))
     if flag.doctor_id is not None:
-        where += ", " + _("doctor #{doctor}").format(doctor=flag.doctor_id)
+        where += ", " + q(_doctor(summary, flag))
     return _("• {where}: {what} — {value} (threshold {threshold}), visits: {visits}").format(
         where=where, what=q(FLAG_NAME[flag.kind]), value=_figure(flag, flag.value),
         threshold=_figure(flag, flag.threshold), visits=len(flag.visit_ids))
@@ -105,7 +112,7 @@ def summary_csv(summary: AuditorSummary) -> bytes:
     writer.writerow([])
     writer.writerow([_("Clinic"), _("Doctor"), _("Flag"), _("Rule"), _("Value"), _("Threshold"), _("Visits"),
                      _("Visit numbers")])
-    writer.writerows([f.clinic_id, f.doctor_id if f.doctor_id is not None else "", str(FLAG_NAME[f.kind]),
+    writer.writerows([f.clinic_id, _doctor(summary, f), str(FLAG_NAME[f.kind]),
                       f.kind.value, _figure(f, f.value), _figure(f, f.threshold), len(f.visit_ids),
                       " ".join(map(str, f.visit_ids))] for f in summary.flags)
     return out.getvalue().encode("utf-8-sig")

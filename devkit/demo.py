@@ -24,9 +24,10 @@ from aiohttp import web
 
 from bot.app import create_bot, create_dispatcher
 from bot.delivery.dispatcher import OutboxDispatcher
+from bot.delivery.webhook import PayerWebhookSender
 from bot.i18n import make_i18n
 from bot.rendering import OutboxRenderer
-from bot.scheduling import close_windows_job, daily_digest_job
+from bot.scheduling import auditor_summary_job, close_windows_job, daily_digest_job
 from core.clock import ALMATY, ManualClock
 from core.config import Settings
 from core.db.engine import create_engine
@@ -35,10 +36,11 @@ from core.db.uow import UnitOfWorkFactory
 from core.iin import make_iin
 from core.liveness import Pose
 from core.logs import configure_logging
-from core.services import Context, registry
+from core.services import Context, auditors, registry
 from core.services.api_keys import create_api_key
 from devkit.botapi import BotApiStandIn, Sent
 from devkit.liveness_clips import Shot, camera_frame, shots
+from devkit.payer import PayerStandIn
 from devkit.phone import Phone, buttons, plain
 from server.app import create_app
 
@@ -50,13 +52,16 @@ NARRATION = {
     "ru": {
         "title": "Растау — вся история за одну минуту (сервер, бот и лица настоящие; Telegram — локальная подмена)",
         "setup": "1. Клиника регистрирует врача, администратора и двух пациентов; лица пациентов — с фото",
-        "link": "   Пациенты, врач и администратор подключают бота",
+        "link": "   Пациенты, врач, администратор и аудитор плательщика подключают бота",
         "visits": "2. Клиника записывает на завтра очный приём, онлайн-консультацию и ещё один очный приём",
         "morning": "3. Завтра, 08:50: за 10 минут до приёма пациент получает код",
         "webcam": "   09:02, кабинет врача: веб-камера",
         "online": "4. 09:58: врач просит код для онлайн-консультации; пациент называет его",
         "answers": "5. После приёмов бот спрашивает: «Вы были на приёме?»",
         "digest": "6. Следующее утро, 08:00: администратор получает сводку за вчера",
+        "auditor": "7. В то же утро аудитор плательщика видит свой день: спор о приёме C пришёл ему сразу, "
+                   "а сводка — с красными флагами клиники (в демо доли считаются уже с 1 приёма, в жизни — с 20)",
+        "payer": "   Система плательщика получила по вебхуку подписанные события",
         "summary": "Итог: чем подтверждён каждый приём",
         "single_frame": "один кадр от МИС (любое фото пациента прошло бы)",
         "capture_open": "страница проверки открыта на компьютере врача",
@@ -79,13 +84,16 @@ NARRATION = {
     "kk": {
         "title": "Растау — бүкіл оқиға бір минутта (сервер, бот және беттер нақты; Telegram — жергілікті алмастырғыш)",
         "setup": "1. Емхана дәрігерді, әкімшіні және екі пациентті тіркейді; пациенттердің беті фотодан алынады",
-        "link": "   Пациенттер, дәрігер және әкімші ботқа қосылады",
+        "link": "   Пациенттер, дәрігер, әкімші және төлеуші аудиторы ботқа қосылады",
         "visits": "2. Емхана ертеңге бетпе-бет қабылдауды, онлайн-кеңесті және тағы бір бетпе-бет қабылдауды жазады",
         "morning": "3. Ертең, 08:50: қабылдаудан 10 минут бұрын пациент кодты алады",
         "webcam": "   09:02, дәрігер кабинеті: веб-камера",
         "online": "4. 09:58: дәрігер онлайн-кеңеске код сұрайды; пациент оны айтады",
         "answers": "5. Қабылдаудан кейін бот сұрайды: «Қабылдауда болдыңыз ба?»",
         "digest": "6. Келесі таң, 08:00: әкімші кешегі есепті алады",
+        "auditor": "7. Сол таңда төлеуші аудиторы өз күнін көреді: C қабылдауы бойынша дау оған бірден жеткен, "
+                   "ал қорытынды емхананың қызыл жалаушаларымен келді (демода үлестер 1 қабылдаудан, өмірде 20-дан)",
+        "payer": "   Төлеушінің жүйесі вебхук арқылы қол қойылған оқиғаларды алды",
         "summary": "Қорытынды: әр қабылдау немен расталды",
         "single_frame": "МАЖ-дан бір кадр (пациенттің кез келген суреті өтіп кетер еді)",
         "capture_open": "тексеру беті дәрігердің компьютерінде ашылды",
@@ -166,11 +174,16 @@ class Story:
     async def __aenter__(self) -> Story:
         self.api = BotApiStandIn(bot_id=int(BOT_TOKEN.split(":")[0]), username="rastau_demo_bot")
         await self.api.start()
+        self.payer = PayerStandIn(secrets.token_urlsafe(24))
+        await self.payer.start()
+        self.secrets.append(self.payer.secret)
         self.settings = Settings(_env_file=None, mode="dev", database_url=f"sqlite+aiosqlite:///{self._tmp.name}/demo.db",
                                  code_hmac_key=secrets.token_urlsafe(32), template_key=secrets.token_urlsafe(32),
                                  api_key_pepper=secrets.token_urlsafe(32), bot_token=BOT_TOKEN,
                                  telegram_api_base=self.api.base_url, face_workers=1, log_level="WARNING",
-                                 liveness_stills=True)  # the fixture photos turn ~10-20°: see docs/liveness.md
+                                 liveness_stills=True,  # the fixture photos turn ~10-20°: see docs/liveness.md
+                                 payer_webhook_url=self.payer.url, payer_webhook_secret=self.payer.secret,
+                                 flag_min_visits=1)  # a three-visit day raises the share flags (production: 20)
         self.engine = create_engine(self.settings.database_url)
         await upgrade_to_head(self.engine)
         self.ctx = Context.build(self.settings, UnitOfWorkFactory(self.engine), self.clock)
@@ -188,10 +201,13 @@ class Story:
         self.polling = asyncio.create_task(self.dp.start_polling(self.bot, handle_signals=False,
                                                                  close_bot_session=False, polling_timeout=1))
         self.http = aiohttp.ClientSession(self.server_url)
+        self.webhook = PayerWebhookSender(self.ctx, worker_id="demo")
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.http.close()
+        await self.webhook.close()
+        await self.payer.stop()
         await self.dp.stop_polling()
         await asyncio.wait_for(self.polling, timeout=10)
         await self.bot.session.close()
@@ -254,6 +270,8 @@ class Story:
         clinic = await registry.create_clinic(self.ctx, "№5 емхана" if self.lang == "kk" else "Поликлиника № 5")
         doctor = await registry.add_doctor(self.ctx, clinic.id, "Айдос Сейтқали", "+7 701 111 22 33")
         admin = await registry.add_admin(self.ctx, clinic.id, "Гүлнара Ахметова", "+7 702 555 44 33")
+        auditor = await auditors.add_auditor(self.ctx, "Сәуле Жұмабаева", "+7 708 100 20 30", clinic_ids=[clinic.id],
+                                             language=self.lang)  # the payer's, made by the operator
         self.mis_key = (await create_api_key(self.ctx, clinic.id, ["clinic_system"], label="МИС")).key
         self.webcam_key = (await create_api_key(self.ctx, clinic.id, ["webcam"], label="кабинет 12")).key
         self.admin_key = (await create_api_key(self.ctx, clinic.id, ["admin"], label="admin")).key
@@ -287,7 +305,8 @@ class Story:
         self.dmitry = self.phone(1002, "Дмитрий", people["dmitry"][1])
         self.doctor = self.phone(2001, "Dr Айдос", doctor.phone)
         self.admin = self.phone(3001, "Гүлнара", admin.phone)
-        for phone in (self.aigerim, self.dmitry, self.doctor, self.admin):
+        self.auditor = self.phone(4001, "Аудитор Сәуле", auditor.phone)
+        for phone in (self.aigerim, self.dmitry, self.doctor, self.admin, self.auditor):
             await self.onboard(phone)
 
         self.heading("visits")
@@ -357,18 +376,31 @@ class Story:
         await self.dmitry.wait_for(1)
         self.dmitry.press(self.with_button(prompts_d, f"ans:no:{visits['C']}"), f"ans:no:{visits['C']}")
         await self.dmitry.wait_for(2)  # the prompt edited to show the answer, and the question about why
-        await self.deliver_until(self.admin)  # the admins hear of the dispute at once
+        await self.deliver_until(self.admin)  # the admins hear of the dispute at once, and so does the auditor
         await self.admin.wait_for(1)
+        await self.deliver_until(self.auditor)
+        await self.auditor.wait_for(1)
         self.dmitry.type(self.say["reason"])
         await self.dmitry.wait_for(1)
         await self.deliver_until(self.admin)
         await self.admin.wait_for(1)
+        await self.deliver_until(self.auditor)
+        await self.auditor.wait_for(1)
 
         self.heading_at("digest", self.day + dt.timedelta(days=1), 8, 0)
         self.clock.set(dt.datetime.combine(self.day + dt.timedelta(days=1), dt.time(8, 0), tzinfo=ALMATY))
         await daily_digest_job(self.ctx)
         await self.run_jobs()
         await self.admin.settle()
+
+        self.heading("auditor")
+        await auditor_summary_job(self.ctx)
+        await self.run_jobs()
+        await self.auditor.settle()
+        await self.webhook.drain()
+        kinds = sorted({e["type"] for e in self.payer.events.values()})
+        self.line(f"{self.say['payer']}: {len(self.payer.events)} ({', '.join(kinds)}), "
+                  f"X-Rastau-Signature ✓, {self.payer.forged} ✗")
 
         return await self.summary(visits, {v: k for k, v in patient_ids.items()}, people)
 

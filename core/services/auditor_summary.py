@@ -34,6 +34,7 @@ class AuditorSummary:
     day: dt.date
     clinics: list[ClinicDay]  # every clinic in scope, by id, those without visits too
     flags: list[Flag]  # the day's flags of those clinics
+    doctor_names: dict[int, str]  # of the doctors the flags name
 
     def clinic_name(self, clinic_id: int) -> str:
         return next((c.clinic_name for c in self.clinics if c.clinic_id == clinic_id), str(clinic_id))
@@ -56,7 +57,9 @@ async def build_auditor_summary(ctx: Context, auditor_id: int, day: dt.date) -> 
                                  tot["no_answer"], tot["registered_late"]))
     scope = set(clinic_ids)
     flags = [f for f in await find_flags(ctx, day, day) if f.clinic_id in scope] if scope else []
-    return AuditorSummary(auditor_id, day, clinics, flags)
+    async with ctx.uow(read_only=True) as uow:
+        doctors = {d: (await uow.doctors.get(d)).full_name for d in {f.doctor_id for f in flags} if d is not None}
+    return AuditorSummary(auditor_id, day, clinics, flags, doctors)
 
 
 def summary_dedupe_key(day: dt.date, auditor_id: int) -> str:

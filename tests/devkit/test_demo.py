@@ -32,6 +32,11 @@ async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lan
     assert "→ 409 single_frame_face_disabled" in story  # a single frame from the clinic's system is refused
     assert "→ 409" in story.split(NARRATION[lang]["online"])[1]  # a capture for the online consultation too
     assert "📎 rastau-digest-" in story  # the admin's digest came with its CSV
+    auditor = story.split(NARRATION[lang]["auditor"])[1]  # the auditor's view ends the story
+    assert "📎 rastau-auditor-" in auditor and "🚩" in auditor  # the summary with the clinic's red flags, and its CSV
+    disputed = story.split(NARRATION[lang]["answers"])[1].split(NARRATION[lang]["digest"])[0]
+    assert "🤖 → Аудитор Сәуле: ⚠️" in disputed, "the phantom visit's dispute reached the auditor's chat at once"
+    assert NARRATION[lang]["payer"] in auditor and "visit.disputed" in auditor and "flag.raised" in auditor
     assert NARRATION[lang]["summary"] in story
 
     captured = logs.getvalue()
