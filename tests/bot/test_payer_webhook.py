@@ -11,12 +11,14 @@ from pydantic import ValidationError
 
 from bot.delivery.dispatcher import MAX_FAILURES
 from bot.delivery.webhook import PayerWebhookSender
+from core.cli import main as rastau
 from core.config import Settings
 from core.model import OutboxStatus, Recipient
 from core.services import flag_lists, payer
 from core.services.visits import close_expired_windows, explain_dispute, patient_disputes
 from devkit.payer import PayerStandIn
 from tests.bot.support import visit
+from tests.commands import run_command_async
 from tests.conftest import test_settings as settings_for
 
 SECRET = "payer-shared-secret-0123456789"
@@ -97,7 +99,7 @@ async def test_a_slow_receiver_gets_the_event_again_and_keeps_it_once(ctx, clini
     assert receiver.deliveries[f"dispute:{v.id}"] == 2 and list(receiver.events) == [f"dispute:{v.id}"]
 
 
-async def test_a_dead_letter_is_listed_for_the_operator_and_requeued(ctx, clinic_world, sender, receiver):
+async def test_a_dead_letter_is_listed_for_the_operator_and_requeued(ctx, clinic_world, sender, receiver, db_url):
     receiver.fail_next(MAX_FAILURES, status=503)
     v = await dispute(ctx, clinic_world)
     for _ in range(MAX_FAILURES):
@@ -106,11 +108,17 @@ async def test_a_dead_letter_is_listed_for_the_operator_and_requeued(ctx, clinic
     dead = await payer.payer_events(ctx, OutboxStatus.FAILED)
     assert [(e.event_id, e.failures) for e in dead] == [(f"dispute:{v.id}", MAX_FAILURES - 1)]
     assert "gave up" in dead[0].last_error and await sender.run_once() == 0, "given up: not retried by itself"
-    await payer.requeue_payer_event(ctx, dead[0].outbox_id)
+    env = {"RASTAU_DATABASE_URL": db_url, "RASTAU_MODE": "dev"}
+    listed = await run_command_async(rastau, "rastau", env, "payer-events", "--failed")
+    assert listed.returncode == 0 and f"failed\tvisit.disputed\tdispute:{v.id}" in listed.stdout, listed.stderr
+    assert "HTTP 503" in listed.stdout
+    requeued = await run_command_async(rastau, "rastau", env, "payer-events", "--requeue", str(dead[0].outbox_id))
+    assert requeued.returncode == 0 and "queued again" in requeued.stdout
+    ctx.clock.set(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))  # the command queued it by the system clock
     assert await sender.run_once() == 1 and f"dispute:{v.id}" in receiver.events
     assert await payer.payer_events(ctx, OutboxStatus.FAILED) == []
-    with pytest.raises(Exception, match="no failed payer event"):
-        await payer.requeue_payer_event(ctx, dead[0].outbox_id)
+    again = await run_command_async(rastau, "rastau", env, "payer-events", "--requeue", str(dead[0].outbox_id))
+    assert again.returncode == 2 and "no failed payer event" in again.stderr
 
 
 async def test_the_days_flags_reach_the_payer_once(ctx, clinic_world, sender, receiver):
