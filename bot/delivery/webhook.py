@@ -34,7 +34,9 @@ class PayerWebhookSender:
             raise ValueError(f"a {lease} claim lease does not outlast one POST ({timeout}s timeout)")
         self._ctx, self._url, self._secret = ctx, url, secret.get_secret_value()
         self.worker_id = f"{worker_id or default_worker_id()}:payer"
-        self._timeout, self._lease, self._batch = aiohttp.ClientTimeout(total=timeout), lease, batch
+        # POSTs go one after another: a batch of slow answers must still end inside its claim
+        self._batch = max(1, min(batch, int(lease.total_seconds() // timeout) - 1))
+        self._timeout, self._lease = aiohttp.ClientTimeout(total=timeout), lease
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -78,7 +80,7 @@ class PayerWebhookSender:
             async with self._session.post(self._url, data=body, headers=headers) as response:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            await self._retry(row, f"{type(exc).__name__}: {exc}"[:300])
+            await self._retry(row, f"{type(exc).__name__}: {exc}".replace(self._url, "<payer url>")[:300])
             return
         if 200 <= status < 300:
             await self._finish(row.id, OutboxStatus.SENT, None)
