@@ -117,6 +117,7 @@ def create_app(settings: Settings, *, ctx: Context | None = None,
         app.cleanup_ctx.append(_face_pool)
     else:
         app[FACE_POOL] = face_pool
+    app.on_cleanup.insert(0, capture.settle_abandoned)  # before the database engine is disposed (cleanup_ctx)
     for module in (ops, patients, visits, verification, capture, digest):
         for route in module.routes:  # add_route, not add_get: no implicit HEAD, which the OpenAPI contract lacks
             check_read_only(route.method, route.path, route.handler)

@@ -48,6 +48,12 @@ log = get_logger("rastau.server.capture")
 _SETTLING: set[asyncio.Task[capture.SessionResult]] = set()  # sessions being settled after their page went away
 
 
+async def settle_abandoned(_app: web.Application) -> None:
+    """On cleanup, before the database closes: let every session whose handler was cancelled record its attempt."""
+    if _SETTLING:
+        await asyncio.gather(*_SETTLING, return_exceptions=True)
+
+
 @routes.post(VISIT + "/capture-sessions")
 @requires(Scope.WEBCAM)
 async def open_capture_session(request: web.Request) -> web.Response:

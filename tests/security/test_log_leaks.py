@@ -129,6 +129,8 @@ async def seed(seeded: Seeded) -> dict:
                                                 service_code="A01")).id
 
         face_visit, code_visit = await visit("in_person"), await visit("online")
+        await registry.record_consent(ctx, clinic.id, patient.id, "Nurse")
+        await registry.enrol_face(ctx, clinic.id, patient.id, [tuple(0.01 * i for i in range(128))])
         return {"key": (await api_keys.create_api_key(ctx, clinic.id, ["clinic_system", "webcam"])).key,
                 "face_visit": face_visit, "code_visit": code_visit,
                 "code": (await codes.issue_code(ctx, code_visit)).code}
@@ -147,6 +149,28 @@ async def legitimate_flow(base: str, world: dict) -> None:
         async with session.post(f"{base}/api/v1/visits/{world['code_visit']}/code",
                                 json={"code": world["code"]}) as response:
             assert (await response.json())["result"] == "verified"
+    await capture_flow(base, world)
+
+
+async def capture_flow(base: str, world: dict) -> None:
+    """Capture sessions: the page and its socket carry a one-time token in the path and the frames as binary
+    messages; one session gets the real frame (and a text message), another a frame over the limit."""
+    world["tokens"] = []
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {world['key']}"}) as session:
+        for frames in ([FRAME, FRAME], [FRAME * 5]):
+            async with session.post(f"{base}/api/v1/visits/{world['face_visit']}/capture-sessions") as response:
+                assert response.status == 201, await response.text()
+                url = (await response.json())["url"]
+            world["tokens"].append(url.rsplit("/", 1)[1])
+            async with session.get(url) as page:
+                assert page.status == 200
+            async with aiohttp.ClientSession() as browser, browser.ws_connect(url + "/ws") as socket:
+                assert (await socket.receive_json(timeout=30))["type"] == "step"
+                for frame in frames:
+                    await socket.send_bytes(frame)
+                    message = await socket.receive(timeout=60)
+                    if message.type is not aiohttp.WSMsgType.TEXT or '"outcome"' in message.data:
+                        break
 
 
 def searchable(line: str) -> list[str]:
@@ -179,7 +203,7 @@ def leaks(log: str, world: dict) -> list[str]:
     digits = {"iin": [IIN, NEW_IIN], "code": [world["code"]],
               "phone": [p[1:] for p in (PHONE, NEW_PHONE)] + ["87011234567", "8 701 123 45 67", "7011234567"]}
     plain = {"key": [key, key.split("_", 2)[2]], "phone": [PHONE, NEW_PHONE], "name": [NAME],
-             "frame": frame_needles()}
+             "frame": frame_needles(), "capture token": world.get("tokens", [])}
     found = []
     for n, line in enumerate(log.splitlines()):
         if len(line) > MAX_LINE:
@@ -212,6 +236,7 @@ async def test_no_log_line_at_any_level_carries_a_frame_key_iin_phone_or_code(tm
     log = server.stderr() + (server.workdir / f"server-{server.port}.out").read_text(errors="replace")
     assert not (found := leaks(log, world)), "\n".join(found[:20])
     assert "malformed request" in log  # the hostile requests were seen, and logged without their bytes
+    assert "/capture/{token}/ws" in log and len(world["tokens"]) == 2  # the capture path ran, logged as a template
 
 
 @pytest.fixture

@@ -141,6 +141,7 @@ async def test_a_session_is_claimed_once_and_its_link_then_answers_404(client, c
             assert await second.receive_json() == {"type": "outcome", "outcome": "unavailable", "next": "try_again"}
         assert (await client.get(path)).status == 404
     assert faces.poses_read == 0
+    assert (await settled_events(client, a, visit.id))[-1]["detail"] == "not_live:abandoned"  # the first page left
 
 
 async def test_a_link_not_opened_within_two_minutes_is_dead(client, ctx, tenants):
