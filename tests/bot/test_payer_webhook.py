@@ -7,15 +7,18 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from bot.delivery.dispatcher import MAX_FAILURES
 from bot.delivery.webhook import PayerWebhookSender
+from core.checkpoint import read_checkpoint
 from core.cli import main as rastau
 from core.config import Settings
 from core.model import OutboxStatus, Recipient
 from core.services import flag_lists, payer
+from core.services.checkpoints import push_checkpoint
 from core.services.visits import close_expired_windows, explain_dispute, patient_disputes
+from core.signing import Signer, new_seed_b64
 from devkit.payer import PayerStandIn
 from tests.bot.support import visit
 from tests.commands import run_command_async
@@ -160,3 +163,14 @@ async def test_no_webhook_configured_queues_nothing(db_url, engine, clock):
     async with plain.uow() as uow:
         assert await payer.queue_payer_event(uow, plain.settings, "x", "visit.disputed", clock.now(), {}) == 0
     assert clinic.id and await payer_rows(plain) == []
+
+
+async def test_each_new_checkpoint_reaches_the_payer_signed_once(ctx, clinic_world, sender, receiver):
+    signer = Signer.from_settings(ctx.settings.model_copy(update={"signing_key": SecretStr(new_seed_b64())}))
+    assert await push_checkpoint(ctx, signer) == 1  # no auditor linked: the webhook only
+    assert await push_checkpoint(ctx, signer) == 0, "the same heads are one event"
+    await sender.drain()
+    event, = receiver.events.values()
+    assert event["type"] == "audit.checkpoint" and event["id"].startswith("checkpoint:")
+    checkpoint = read_checkpoint(event["data"]["file"], signer.public)
+    assert [h.chain for h in checkpoint.heads] == [h["chain"] for h in event["data"]["heads"]]
