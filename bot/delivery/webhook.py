@@ -38,6 +38,7 @@ class PayerWebhookSender:
         self._batch = max(1, min(batch, int(lease.total_seconds() // timeout) - 1))
         self._timeout, self._lease = aiohttp.ClientTimeout(total=timeout), lease
         self._session: aiohttp.ClientSession | None = None
+        self._released = False
 
     async def close(self) -> None:
         if self._session is not None:
@@ -45,9 +46,13 @@ class PayerWebhookSender:
             self._session = None
 
     async def run_once(self) -> int:
-        """Claim the events that are due and POST them one after another, oldest first; the number handled."""
+        """Claim the events that are due and POST them one after another, oldest first; the number handled. The first
+        round takes back at once what a previous run under the same worker id held when it died."""
         now = self._ctx.clock.now()
         async with self._ctx.uow() as uow:
+            if not self._released:
+                await uow.outbox.release_claims(self.worker_id)
+                self._released = True
             rows = await uow.outbox.claim_due(now, self.worker_id, self._lease, self._batch, payer=True)
             await uow.commit()
         if self._session is None and rows:

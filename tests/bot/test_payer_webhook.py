@@ -174,3 +174,19 @@ async def test_each_new_checkpoint_reaches_the_payer_signed_once(ctx, clinic_wor
     assert event["type"] == "audit.checkpoint" and event["id"].startswith("checkpoint:")
     checkpoint = read_checkpoint(event["data"]["file"], signer.public)
     assert [h.chain for h in checkpoint.heads] == [h["chain"] for h in event["data"]["heads"]]
+
+
+async def test_a_sender_restarted_under_its_id_resends_what_it_held_at_once(ctx, clinic_world, receiver):
+    """Killed between its claim and the POST: the restarted sender (same RASTAU_DISPATCHER_ID) does not wait out the
+    claim's lease."""
+    v = await dispute(ctx, clinic_world)
+    async with ctx.uow() as uow:
+        assert len(await uow.outbox.claim_due(ctx.clock.now(), "pod-1:payer", dt.timedelta(minutes=5), 10,
+                                              payer=True)) == 1
+        await uow.commit()
+    restarted = PayerWebhookSender(ctx, worker_id="pod-1")
+    try:
+        assert await restarted.run_once() == 1
+    finally:
+        await restarted.close()
+    assert list(receiver.events) == [f"dispute:{v.id}"]
