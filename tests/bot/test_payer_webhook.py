@@ -90,6 +90,7 @@ async def test_failures_are_retried_with_backoff_and_the_same_body(ctx, clinic_w
     assert list(receiver.events) == [f"dispute:{v.id}"]
 
 
+@pytest.mark.slow  # waits out a real 0.5 s timeout
 async def test_a_slow_receiver_gets_the_event_again_and_keeps_it_once(ctx, clinic_world, sender, receiver):
     """The receiver took the event but answered after our timeout: at least once means it comes again."""
     receiver.fail_next(1, status=200, delay=1.0)
