@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +66,11 @@ def flag_data(flag: Flag, day: dt.date) -> dict[str, Any]:
             "explanation": flag.explain(), "visit_ids": list(flag.visit_ids)}
 
 
-async def queue_flag_events(ctx: Context, day: dt.date, flags: Iterable[Flag] | None = None) -> int:
+async def queue_flag_events(ctx: Context, day: dt.date) -> int:
     """The day's red flags (Asia/Almaty), one event each, for the webhook; a repeat for the same day adds nothing."""
     if not ctx.settings.payer_webhook_url:
         return 0
-    found = list(flags) if flags is not None else await find_flags(ctx, day, day)
+    found = await find_flags(ctx, day, day)
     now = ctx.clock.now()
     queued = 0
     async with ctx.uow() as uow:
