@@ -14,8 +14,9 @@ from bot.delivery.webhook import PayerWebhookSender
 from core.checkpoint import read_checkpoint
 from core.cli import main as rastau
 from core.config import Settings
+from core.db.uow import UnitOfWorkFactory
 from core.model import OutboxStatus, Recipient
-from core.services import flag_lists, payer
+from core.services import Context, flag_lists, payer, registry
 from core.services.checkpoints import push_checkpoint
 from core.services.visits import close_expired_windows, explain_dispute, patient_disputes
 from core.signing import Signer, new_seed_b64
@@ -148,7 +149,7 @@ def test_a_body_changed_in_transit_fails_the_signature():
     assert not payer.signature_valid(SECRET, body, None)
 
 
-def test_a_webhook_url_without_a_secret_is_refused(tmp_path):
+def test_a_webhook_url_without_a_secret_is_refused():
     with pytest.raises(ValidationError, match="RASTAU_PAYER_WEBHOOK_SECRET"):
         Settings(_env_file=None, mode="dev", payer_webhook_url="https://fund.example.kz/rastau")
     with pytest.raises(ValidationError, match="at least 16"):
@@ -157,8 +158,6 @@ def test_a_webhook_url_without_a_secret_is_refused(tmp_path):
 
 
 async def test_no_webhook_configured_queues_nothing(db_url, engine, clock):
-    from core.db.uow import UnitOfWorkFactory
-    from core.services import Context, registry
     plain = Context.build(settings_for(db_url), UnitOfWorkFactory(engine), clock)
     clinic = await registry.create_clinic(plain, "Quiet polyclinic")
     async with plain.uow() as uow:
