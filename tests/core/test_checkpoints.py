@@ -110,6 +110,18 @@ async def test_rows_cut_from_the_end_with_the_head_moved_back_are_caught(ctx, cl
     assert broken is not None and broken.seq == last - 1 and "deleted" in broken.reason
 
 
+async def test_a_clinics_whole_chain_erased_with_its_head_is_caught(ctx, clinic_world, signer):
+    checkpoint, _ = await checkpoint_now(ctx, signer)
+    chain = audit.clinic_chain(clinic_world.clinic.id)
+    async with ctx.uow() as uow:
+        await uow.conn.execute(sa.delete(t.audit_log).where(t.audit_log.c.chain == chain))
+        await uow.conn.execute(sa.delete(t.audit_head).where(t.audit_head.c.chain == chain))
+        await uow.commit()
+    broken = await findings(ctx, [checkpoint], chain)
+    signed = next(h.seq for h in checkpoint.heads if h.chain == chain)
+    assert broken is not None and broken.seq == 1 and f"all {signed} rows were deleted" in broken.reason
+
+
 async def test_a_rewritten_and_rehashed_chain_fails_the_checkpoint_and_two_checkpoints_narrow_it(
         ctx, clinic_world, signer):
     chain = audit.clinic_chain(clinic_world.clinic.id)
