@@ -413,7 +413,9 @@ _PATHS = {
     "/capture/{token}/ws": {"get": _op(
         "captureSocket", "The capture page's WebSocket: binary JPEG frames in, JSON steps and the outcome out", None,
         {101: {"description": "Switching to WebSocket; the first connection claims the session, later ones get "
-                              "`{\"type\": \"outcome\", \"outcome\": \"unavailable\"}`"}},
+                              "`{\"type\": \"outcome\", \"outcome\": \"unavailable\"}`"},
+         403: {"description": "`cross_origin`: the Origin is not this server's (only Rastau's page may connect)",
+               "content": {"application/problem+json": {"schema": _ref("Problem")}}}},
         (), parameters=[_TOKEN])},
     "/capture/assets/{name}": {"get": _op(
         "captureAsset", "The capture page's script and style", None,

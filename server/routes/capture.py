@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
 from yarl import URL
@@ -30,6 +32,7 @@ from server.bodies import id_segment, path_id
 from server.capture_texts import LANGUAGE_NAMES, page_texts
 from server.face.image import ImageRejected
 from server.face.pool import FacePoolBroken
+from server.problems import Problem
 
 API = "/api/v1"
 VISIT = API + "/visits/" + id_segment("visit_id")
@@ -45,11 +48,22 @@ PAGE_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"
                 "Permissions-Policy": "camera=(self), microphone=(), geolocation=()", "X-Frame-Options": "DENY"}
 routes = web.RouteTableDef()
 log = get_logger("rastau.server.capture")
-_SETTLING: set[asyncio.Task[capture.SessionResult]] = set()  # sessions being settled after their page went away
+_SETTLING: set[asyncio.Task[Any]] = set()  # sessions being settled: each finishes even if its handler is cancelled
+T = TypeVar("T")
+
+
+async def _settled(work: Coroutine[Any, Any, T]) -> T:
+    """Record a session's end in a task of its own: a page that closes (which cancels its handler) or a server that
+    stops cannot interrupt it half-way, so the attempt is always settled and no database connection is left
+    mid-statement."""
+    task = asyncio.get_running_loop().create_task(work)
+    _SETTLING.add(task)
+    task.add_done_callback(_SETTLING.discard)
+    return await asyncio.shield(task)
 
 
 async def settle_abandoned(_app: web.Application) -> None:
-    """On cleanup, before the database closes: let every session whose handler was cancelled record its attempt."""
+    """On cleanup, before the database closes: let every session being settled record its attempt."""
     if _SETTLING:
         await asyncio.gather(*_SETTLING, return_exceptions=True)
 
@@ -187,11 +201,11 @@ async def _follow(request: web.Request, socket: web.WebSocketResponse,
 async def capture_socket(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     if not _same_origin(request):
-        raise web.HTTPForbidden(text="the capture socket is for Rastau's own capture page")
+        raise Problem(403, "cross_origin", "the capture socket takes frames only from Rastau's own capture page")
     socket = web.WebSocketResponse(max_msg_size=FRAME_MAX_BYTES, heartbeat=20)
     await socket.prepare(request)
     try:
-        claimed = await capture.claim_session(ctx, request.match_info["token"])
+        claimed = await _settled(capture.claim_session(ctx, request.match_info["token"]))
     except capture.CaptureSessionUnavailable:
         await _say(socket, type="outcome", outcome="unavailable", next="try_again")
         await socket.close()
@@ -204,18 +218,16 @@ async def capture_socket(request: web.Request) -> web.StreamResponse:
     try:
         progress = await _follow(request, socket, claimed)
     except asyncio.CancelledError:  # the page went away (or the server is stopping): counted, never given back
-        settling = asyncio.get_running_loop().create_task(capture.finish_session(ctx, claimed, None))
-        _SETTLING.add(settling)
-        settling.add_done_callback(_SETTLING.discard)
+        await _settled(capture.finish_session(ctx, claimed, None))
         raise
     except FacePoolBroken:
-        await capture.fail_session(ctx, claimed)
+        await _settled(capture.fail_session(ctx, claimed))
         await _say(socket, type="outcome", outcome="error", next="try_again")
         await socket.close()
         return socket
     except ImageRejected:
         progress = None  # not a camera frame: the page is not Rastau's, or broken; counted like a page gone away
-    result = await capture.finish_session(ctx, claimed, progress)
+    result = await _settled(capture.finish_session(ctx, claimed, progress))
     request.app[METRICS].face_decisions.labels(result.decision.value).inc()
     await _say(socket, type="outcome", outcome=result.decision.value, reason=result.reason,
                next="done" if result.decision is FaceDecision.MATCH else

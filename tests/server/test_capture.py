@@ -301,3 +301,17 @@ def test_a_fixed_challenge_and_the_stills_thresholds_are_refused_in_production()
         Settings(_env_file=None, mode="production", capture_challenge=CHALLENGE)
     with pytest.raises(ValueError, match="RASTAU_LIVENESS_STILLS"):
         Settings(_env_file=None, mode="production", liveness_stills=True)
+
+
+async def test_another_sites_page_cannot_use_the_socket(client, ctx, tenants, faces):
+    """A page on another origin that got hold of a link (a referrer, a shared screen) cannot stream to it."""
+    a, _ = tenants
+    await enrol(ctx, a)
+    visit = await add_visit(ctx, a)
+    path = await opened(client, a, visit.id)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(path + "/ws", headers={"Origin": "https://evil.example"})
+    assert refused.value.status == 403
+    async with client.ws_connect(path + "/ws", headers={"Origin": str(client.make_url("/")).rstrip("/")}) as socket:
+        assert (await socket.receive_json())["type"] == "step"  # the session was not used up by the refusal
+    assert (await settled_events(client, a, visit.id))[-1]["detail"] == "not_live:abandoned"
