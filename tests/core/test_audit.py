@@ -1,13 +1,16 @@
 import asyncio
 import datetime as dt
 
+import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from core.audit import GENESIS, GLOBAL_CHAIN, OPERATOR_CHAIN, chain_hash, clinic_chain, find_break
 from core.cli import main as rastau
 from core.db import tables as t
 from core.db.engine import create_engine
-from core.db.migrate import upgrade_to_head
+from core.db.migrate import alembic_config, upgrade_to_head
+from core.db.uow import UnitOfWorkFactory
 from core.model import VisitMode
 from core.services import chat, codes, registry, visits
 from tests.commands import run_command_async
@@ -223,42 +226,78 @@ async def test_two_clinics_writing_at_once_each_chain_every_row(ctx, clinic_worl
             f"across:{n}" for n in range(6)]
 
 
+async def _chain_written_before_0006(engine, now: dt.datetime) -> list[dict]:
+    """At revision 0005: three rows of the one global chain, its head moved to them, and clinic 1."""
+    await upgrade_to_head(engine, "0005")
+    prev, rows = GENESIS, []
+    for seq, (action, subject) in enumerate([("clinic.create", "clinic:1"), ("doctor.create", "doctor:1"),
+                                             ("visit.verify", "visit:1")], start=1):
+        stamp = (now + dt.timedelta(minutes=seq)).isoformat()
+        digest = chain_hash(seq, stamp, "admin", action, subject, {}, prev)
+        rows.append(dict(seq=seq, at=stamp, actor="admin", action=action, subject=subject, details="{}",
+                         prev_hash=prev, hash=digest))
+        prev = digest
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, "
+                                   "hash) VALUES (:seq, :at, :actor, :action, :subject, :details, :prev_hash, :hash)"),
+                           rows)
+        await conn.execute(sa.text("UPDATE audit_head SET seq = 3, last_hash = :h WHERE id = 1"), {"h": prev})
+        await conn.execute(sa.text("INSERT INTO clinics (id, name, created_at) VALUES (1, 'Emhana', :t)"),
+                           {"t": now.replace(tzinfo=None)})
+    return rows
+
+
 async def test_the_global_chain_written_before_0006_stays_verifiable_and_closed(db_url):
     """Upgrading a database whose audit log already holds rows: they keep their hashes as the closed global chain
     (intact, its head where it was), and the next records open per-clinic chains instead of extending it."""
     engine = create_engine(db_url)
     now = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
     try:
-        await upgrade_to_head(engine, "0005")
-        prev, rows = GENESIS, []
-        for seq, (action, subject) in enumerate([("clinic.create", "clinic:1"), ("doctor.create", "doctor:1"),
-                                                 ("visit.verify", "visit:1")], start=1):
-            stamp = (now + dt.timedelta(minutes=seq)).isoformat()
-            digest = chain_hash(seq, stamp, "admin", action, subject, {}, prev)
-            rows.append(dict(seq=seq, at=stamp, actor="admin", action=action, subject=subject, details="{}",
-                             prev_hash=prev, hash=digest))
-            prev = digest
-        async with engine.begin() as conn:
-            await conn.execute(sa.text("INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, "
-                                       "hash) VALUES (:seq, :at, :actor, :action, :subject, :details, :prev_hash, "
-                                       ":hash)"), rows)
-            await conn.execute(sa.text("UPDATE audit_head SET seq = 3, last_hash = :h WHERE id = 1"), {"h": prev})
-            await conn.execute(sa.text("INSERT INTO clinics (id, name, created_at) VALUES (1, 'Emhana', :t)"),
-                               {"t": now.replace(tzinfo=None)})
+        rows = await _chain_written_before_0006(engine, now)
         await upgrade_to_head(engine)
-
-        from core.db.uow import UnitOfWorkFactory
-        uow_factory = UnitOfWorkFactory(engine)
-        async with uow_factory() as uow:
+        async with UnitOfWorkFactory(engine)() as uow:
             await uow.audit.append(now, "admin", "doctor.create", "doctor:2", {"clinic": 1}, clinic_id=1)
             await uow.commit()
-        async with uow_factory(read_only=True) as uow:
+        async with UnitOfWorkFactory(engine)(read_only=True) as uow:
             heads = {head.chain: (head.seq, head.hash) for head in await uow.audit.heads()}
             old = await uow.audit.records(GLOBAL_CHAIN)
             assert await _verified(uow, GLOBAL_CHAIN) is None and await _verified(uow, clinic_chain(1)) is None
     finally:
         await engine.dispose()
-    assert heads == {GLOBAL_CHAIN: (3, prev), clinic_chain(1): (1, heads[clinic_chain(1)][1])}
+    assert heads == {GLOBAL_CHAIN: (3, rows[-1]["hash"]), clinic_chain(1): (1, heads[clinic_chain(1)][1])}
     assert [(r.seq, r.subject, r.hash) for r in old] == [(r["seq"], r["subject"], r["hash"]) for r in rows]
     ok = await _cli(db_url, "audit-verify")  # clinic 1's creation lies in the global chain: its own chain is complete
     assert ok.returncode == 0 and "audit chain global intact: 3 rows" in ok.stdout, ok.stdout + ok.stderr
+
+
+async def test_a_downgrade_below_0006_keeps_the_global_chain_and_refuses_to_merge_clinic_chains(db_url):
+    """Back to one chain is possible only while every row is in the global chain (its head returns to id 1);
+    once a clinic has a chain of its own, merging would need new hashes, so the downgrade is refused."""
+    engine = create_engine(db_url)
+    now = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+
+    def to_0005(sync_conn) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = sync_conn
+        command.downgrade(cfg, "0005")
+
+    try:
+        rows = await _chain_written_before_0006(engine, now)
+        await upgrade_to_head(engine)
+        async with engine.begin() as conn:
+            await conn.run_sync(to_0005)
+        async with engine.connect() as conn:
+            head = (await conn.execute(sa.text("SELECT id, seq, last_hash FROM audit_head"))).all()
+            kept = (await conn.execute(sa.text("SELECT seq, hash FROM audit_log ORDER BY seq"))).all()
+        assert [tuple(r) for r in head] == [(1, 3, rows[-1]["hash"])]
+        assert [tuple(r) for r in kept] == [(r["seq"], r["hash"]) for r in rows]
+
+        await upgrade_to_head(engine)
+        async with UnitOfWorkFactory(engine)() as uow:
+            await uow.audit.append(now, "admin", "doctor.create", "doctor:2", {"clinic": 1}, clinic_id=1)
+            await uow.commit()
+        with pytest.raises(RuntimeError, match="downgrade is refused"):
+            async with engine.begin() as conn:
+                await conn.run_sync(to_0005)
+    finally:
+        await engine.dispose()
