@@ -1008,8 +1008,9 @@ def _append_audit_row_in_sql() -> Insert:
     old = (select(head.c.chain, head.c.seq, head.c.last_hash).where(head.c.chain == bindparam("the_chain"))
            .with_for_update().cte("old"))
     seq = old.c.seq + literal_column("1")  # SQL literals, not bound values: the statement is the same every time
-    hashed: ColumnElement[str] = (literal_column("'['") + cast(seq, String) + literal_column("','") + bindparam("content", type_=String)
-              + literal_column("',\"'") + old.c.last_hash + literal_column("'\"]'"))
+    hashed: ColumnElement[str] = (
+        literal_column("'['") + cast(seq, String) + literal_column("','") + bindparam("content", type_=String)
+        + literal_column("',\"'") + old.c.last_hash + literal_column("'\"]'"))
     new = select(old.c.chain, seq.label("seq"), old.c.last_hash.label("prev_hash"),
                  func.encode(func.sha256(func.convert_to(hashed, literal_column("'UTF8'"))),
                              literal_column("'hex'")).label("hash")).cte("new")
