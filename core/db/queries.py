@@ -29,7 +29,6 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-
 from core.db import tables as t
 from core.db.repositories import ENROLLED_AT, FRESH, AnyRow
 from core.model import VerificationMethod, VisitMode, VisitState
@@ -58,8 +57,8 @@ _DIGEST_COUNTS = (
     select(_v.c.doctor_id, _d.c.full_name,
            _count(_billed).label("visits"),
            _count(and_(_billed, _v.c.verified_by == VerificationMethod.FACE.value)).label("face_verified"),
-           _count(and_(_billed, _v.c.verified_by == VerificationMethod.FACE_LIVE.value)).label("face_live_verified"),
            _count(and_(_billed, _v.c.verified_by == VerificationMethod.CODE.value)).label("code_verified"),
+           _count(and_(_billed, _v.c.verified_by == VerificationMethod.FACE_LIVE.value)).label("face_live_verified"),
            _count(_unverified).label("unverified"),
            _count(_v.c.state == _CONFIRMED).label("patient_confirmed"),
            _count(_disputed).label("disputed"),

@@ -523,20 +523,6 @@ class VisitRepo(_Repo):
 
 
 @dataclass(frozen=True)
-class CodeCheckState:
-    """What a code check reads after counting its attempt: the visit's current code (None when none was issued)
-    and this clock hour's wrong codes of its doctor and of its clinic."""
-    code: AnyRow | None  # the visit_codes row
-    doctor_failures: int
-    clinic_failures: int
-
-
-_dcf, _ccf, _vc = t.doctor_code_failures, t.clinic_code_failures, t.visit_codes
-_CODE_CHECK_STATE = (
-    select(_vc.c.visit_id, _vc.c.generation, _vc.c.code_hash, _vc.c.issued_at, _vc.c.expires_at, _vc.c.used_at,
-           select(_dcf.c.failures).where(_dcf.c.doctor_id == bindparam("doctor"),
-                                         _dcf.c.hour_start == bindparam("hour")).scalar_subquery().label("doctor"),
-@dataclass(frozen=True)
 class StoredCaptureSession:
     id: int
     visit_id: int
@@ -582,6 +568,20 @@ class CaptureSessionRepo(_Repo):
         return res.rowcount == 1
 
 
+@dataclass(frozen=True)
+class CodeCheckState:
+    """What a code check reads after counting its attempt: the visit's current code (None when none was issued)
+    and this clock hour's wrong codes of its doctor and of its clinic."""
+    code: AnyRow | None  # the visit_codes row
+    doctor_failures: int
+    clinic_failures: int
+
+
+_dcf, _ccf, _vc = t.doctor_code_failures, t.clinic_code_failures, t.visit_codes
+_CODE_CHECK_STATE = (
+    select(_vc.c.visit_id, _vc.c.generation, _vc.c.code_hash, _vc.c.issued_at, _vc.c.expires_at, _vc.c.used_at,
+           select(_dcf.c.failures).where(_dcf.c.doctor_id == bindparam("doctor"),
+                                         _dcf.c.hour_start == bindparam("hour")).scalar_subquery().label("doctor"),
            select(_ccf.c.failures).where(_ccf.c.clinic_id == bindparam("clinic"),
                                          _ccf.c.hour_start == bindparam("hour")).scalar_subquery().label("clinic"))
     .select_from(t.visits.outerjoin(_vc, _vc.c.visit_id == t.visits.c.id))
