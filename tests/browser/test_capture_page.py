@@ -5,6 +5,7 @@ photo tilted toward each asked side is not_live; in Kazakh and in Russian; scree
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 from pathlib import Path
 
@@ -116,7 +117,10 @@ THANKS = {"kk": "Рахмет! Қабылдауыңыз расталды.", "ru"
 NOT_RECOGNISED = {"kk": "Басыңыздың бұрылғаны танылмады.", "ru": "Повороты головы не распознаны."}
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/bootstrap installs it)")
+# Skipped without chromium on a developer's machine; under CI (CI=true) a missing browser fails, as a missing
+# PostgreSQL does, so the browser test cannot silently stop running.
+@pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (scripts/bootstrap installs it)")
 async def test_the_page_verifies_a_live_head_and_refuses_a_tilted_photo_in_kk_and_ru(tmp_path):
     """The tilted print meets the measured thresholds (production's). The fixture photos of real heads turn only
     ~10-20°, under those thresholds, so the genuine clip runs against RASTAU_LIVENESS_STILLS (tests and dev only;
