@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 
-from bench import code_http, digest, dispatcher, face, face_load, flags, liveness, soak
+from bench import code_http, digest, dispatcher, export, face, face_load, flags, liveness, soak
 from bench.results import write_section
 
 PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -53,6 +53,20 @@ async def bench_flags(smoke: bool, workdir: str) -> None:
         await _pg_schema(False, schema)
     write_section("Red flags: one clinic-month and all clinics, against hand-written SQL", flags.report(results),
                   smoke=smoke)
+
+
+async def bench_export(smoke: bool, workdir: str) -> None:
+    visits, rounds = (8_000, 1) if smoke else (100_000, 3)
+    sqlite_path = os.path.join(workdir, f"export-{uuid.uuid4().hex[:6]}.db")
+    results = {"SQLite": await export.run(f"sqlite+aiosqlite:///{sqlite_path}", visits=visits, rounds=rounds)}
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    await _pg_schema(True, schema)
+    try:
+        results["PostgreSQL"] = await export.run(f"{PG_URL}?search_path={schema}", visits=visits,
+                                                 rounds=rounds)
+    finally:
+        await _pg_schema(False, schema)
+    write_section("Auditors' export", export.report(results), smoke=smoke)
 
 
 async def bench_face_latency(smoke: bool, workdir: str) -> None:
@@ -126,7 +140,8 @@ async def bench_soak(smoke: bool, workdir: str) -> None:
 
 BENCHES = {"face": bench_face_latency, "face_load": bench_face_load, "liveness": bench_liveness,
            "codes": bench_code_http,
-           "dispatcher": bench_dispatcher, "digest": bench_digest, "flags": bench_flags, "soak": bench_soak}
+           "dispatcher": bench_dispatcher, "digest": bench_digest, "flags": bench_flags, "export": bench_export,
+           "soak": bench_soak}
 
 
 def main(argv: list[str] | None = None) -> int:
