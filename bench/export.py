@@ -23,6 +23,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import bindparam, text
 
+from bench.code_http import load_average
 from bench.digest import CLINICS, FIRST_DAY, _seed_sql
 from bench.results import median
 from bench.world import free_port, fresh_context, server_env, wait_healthy
@@ -126,7 +127,8 @@ async def run(database_url: str, *, visits: int, rounds: int, page: int = MAX_PA
     process = subprocess.Popen([sys.executable, "-m", "server"], stdout=subprocess.DEVNULL,
                                env=server_env(database_url, keys, RASTAU_SERVER_PORT=str(port),
                                               RASTAU_FACE_WORKERS="1"))
-    results: dict = {"visits": visits, "seed_s": seeded, "page": page, "period": period}
+    results: dict = {"visits": visits, "seed_s": seeded, "page": page, "period": period,
+                     "load_before": load_average()}
     try:
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
@@ -156,20 +158,25 @@ async def run(database_url: str, *, visits: int, rounds: int, page: int = MAX_PA
         process.terminate()
         process.wait(timeout=60)
         await engine.dispose()
+    results["load_after"] = load_average()
     return results
 
 
 def report(results: dict[str, dict]) -> str:
     any_result = next(iter(results.values()))
     first, last = any_result["period"]
+    most = " (the most a page holds)" if any_result["page"] == MAX_PAGE else ""
     lines = [f"An auditor of all clinics exports every visit of {first} – {last} ({any_result['visits']:,} visits "
              "stored, all in the period) from a real `python -m server` (one process, its own), "
-             f"{any_result['page']:,} rows a page (the most a page holds), following each page's `Link` to the "
+             f"{any_result['page']:,} rows a page{most}, following each page's `Link` to the "
              "end and verifying every page's signature with the public key (`core.signed_file.verify`, in the "
              "client); each page is recorded in the audit log (one row per clinic read) before it is served. "
              "Baseline in the same run, alternating with the export: the same rows and columns by one hand-written "
              "SQL query in one read, written as JSON lines / CSV into memory with no signing, masking, paging or "
-             "HTTP: what a bare dump costs. Medians of the runs.", "",
+             "HTTP: what a bare dump costs. Medians of the runs (runs per format: "
+             f"{any_result[signed_file.JSONL]['runs']}); load average (1, 5, 15 min) "
+             + "; ".join(f"{db} before {r['load_before']}, after {r['load_after']}" for db, r in results.items())
+             + ".", "",
              "| database | format | rows | pages | signed export | rows/s | of which verifying | bare dump | "
              "rows/s | export / bare dump |", "|---|---|---|---|---|---|---|---|---|---|"]
     for db, r in results.items():
