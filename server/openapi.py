@@ -407,7 +407,9 @@ _PATHS = {
     "/capture/{token}": {"get": _op(
         "capturePage", "The capture page (HTML) of an open capture session", None,
         {200: {"description": "The page, in the patient's language (or ?lang=kk|ru)", "content": _HTML},
-         404: {"description": "Unknown, expired or used link: a page that says what to do", "content": _HTML}},
+         404: {"description": "Unknown, expired or used link: a page that says what to do (a path no route "
+                              "matches, e.g. a token with a slash, gets the API's problem+json 404)",
+               "content": {**_HTML, "application/problem+json": {"schema": _ref("Problem")}}}},
         (), parameters=[_TOKEN, {"name": "lang", "in": "query", "required": False,
                                  "schema": _enum(Language)}])},
     "/capture/{token}/ws": {"get": _op(
@@ -416,12 +418,13 @@ _PATHS = {
                               "`{\"type\": \"outcome\", \"outcome\": \"unavailable\"}`"},
          403: {"description": "`cross_origin`: the Origin is not this server's (only Rastau's page may connect)",
                "content": {"application/problem+json": {"schema": _ref("Problem")}}}},
-        (), parameters=[_TOKEN])},
+        (400, 404), parameters=[_TOKEN],
+        description="400: not a WebSocket upgrade; 404: a path no route matches.")},
     "/capture/assets/{name}": {"get": _op(
         "captureAsset", "The capture page's script and style", None,
         {200: {"description": "capture.js or capture.css",
                "content": {kind: {"schema": {"type": "string"}} for kind in ("text/javascript", "text/css")}}},
-        (), parameters=[{"name": "name", "in": "path", "required": True,
+        (404,), parameters=[{"name": "name", "in": "path", "required": True,
                          "schema": {"enum": ["capture.js", "capture.css"]}}])},
     f"{API}/digest": {"get": _op("getDigest", "The admins' daily digest as data", (_ADMIN,),
                                  {200: _ok(_ref("Digest"))}, (*_AUTH, 422, 503), parameters=[_DATE_QUERY])},

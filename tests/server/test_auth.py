@@ -50,6 +50,7 @@ def probes(tenant, visit) -> dict[tuple[str, str], Probe]:
                                                           headers={"Content-Type": "image/jpeg"}),
         ("POST", f"{API}/visits/{{visit_id}}/code"): Probe(f"{API}/visits/{visit_id}/code", json={"code": "123456"}),
         ("POST", f"{API}/visits/{{visit_id}}/code-requests"): Probe(f"{API}/visits/{visit_id}/code-requests"),
+        ("POST", f"{API}/visits/{{visit_id}}/capture-sessions"): Probe(f"{API}/visits/{visit_id}/capture-sessions"),
         ("GET", f"{API}/audit/visits"): Probe(f"{API}/audit/visits?from=2026-11-25&to=2026-11-25"
                                               f"&clinic={tenant.clinic_id}"),
         ("GET", f"{API}/audit/flags"): Probe(f"{API}/audit/flags?from=2026-11-25&to=2026-11-25"
