@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -51,6 +52,18 @@ def default_worker_id() -> str:
 def backoff(attempts: int) -> dt.timedelta:
     """2, 4, 8 … seconds, capped at 10 minutes."""
     return dt.timedelta(seconds=min(2 ** max(attempts, 1), 600))
+
+
+async def drain(run_once: Callable[[], Awaitable[int]], max_rounds: int) -> int:
+    """Run a sender's rounds until one handles nothing; the total handled. Both outbox senders (chat and the
+    payer's webhook) drain this way."""
+    total = 0
+    for _ in range(max_rounds):
+        handled = await run_once()
+        total += handled
+        if not handled:
+            break
+    return total
 
 
 class _Retry(Exception):
@@ -100,13 +113,7 @@ class OutboxDispatcher:
 
     async def drain(self, max_rounds: int = 1000) -> int:
         """Deliver until nothing is due (tests and the demo)."""
-        total = 0
-        for _ in range(max_rounds):
-            handled = await self.run_once()
-            total += handled
-            if not handled:
-                break
-        return total
+        return await drain(self.run_once, max_rounds)
 
     async def run_forever(self, stop: asyncio.Event, idle: float = 1.0) -> None:
         while not stop.is_set():

@@ -14,7 +14,7 @@ import json
 
 import aiohttp
 
-from bot.delivery.dispatcher import MAX_CLAIMS, MAX_FAILURES, backoff, default_worker_id
+from bot.delivery.dispatcher import MAX_CLAIMS, MAX_FAILURES, backoff, default_worker_id, drain
 from core.db.repositories import AnyRow
 from core.logs import get_logger
 from core.model import OutboxStatus
@@ -63,13 +63,7 @@ class PayerWebhookSender:
 
     async def drain(self, max_rounds: int = 1000) -> int:
         """POST until nothing is due (tests and the demo)."""
-        total = 0
-        for _ in range(max_rounds):
-            handled = await self.run_once()
-            total += handled
-            if not handled:
-                break
-        return total
+        return await drain(self.run_once, max_rounds)
 
     async def _deliver(self, row: AnyRow) -> None:
         event = json.loads(row.payload)
