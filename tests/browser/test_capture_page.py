@@ -17,10 +17,10 @@ import pytest
 from core.liveness import Pose
 from devkit.liveness_clips import Shot, genuine_clip, photo_clip
 from tests.server.test_real_server import (
-    FACES,
     READY_TIMEOUT_S,
+    clinic_with_key,
+    enrolled_patient,
     free_port,
-    rastau,
     running_server,
     server_env,
     wait_for,
@@ -72,27 +72,12 @@ async def capture_round(tmp_path: Path, clips: dict[str, Path], **settings: str)
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port), RASTAU_SINGLE_FRAME_FACE="0",
                      RASTAU_CAPTURE_CHALLENGE=",".join(p.value for p in CHALLENGE), **settings)
-    rastau(env, tmp_path, "migrate")
-    rastau(env, tmp_path, "add-clinic", "Polyclinic No. 5")
-    rastau(env, tmp_path, "add-doctor", "--clinic", "1", "--name", "Aidos Seitkali", "--phone", "8 701 111 22 33")
-    printed = rastau(env, tmp_path, "add-api-key", "--clinic", "1", "--scope", "clinic_system", "--scope", "webcam",
-                     "--label", "desk")
-    key = next(word for word in printed.split() if word.startswith("rk_"))
+    key, _ = clinic_with_key(env, tmp_path, "desk")
     base, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     seen: dict = {}
     async with running_server(env, tmp_path) as ended, aiohttp.ClientSession() as session:
         await wait_for(session, f"{base}/readyz", 200, READY_TIMEOUT_S)
-        async with session.post(f"{base}/api/v1/patients", headers=h, json={
-                "iin": "900101300017", "full_name": "Barack O.", "phone": "+77011234567", "language": "kk"}) as r:
-            patient = (await r.json())["id"]
-        async with session.post(f"{base}/api/v1/patients/{patient}/consent", headers=h,
-                                json={"recorded_by": "Nurse Dana"}) as r:
-            assert r.status == 200
-        form = aiohttp.FormData()
-        form.add_field("image", (FACES / "obama/obama1.jpg").read_bytes(), filename="1.jpg",
-                       content_type="image/jpeg")
-        async with session.put(f"{base}/api/v1/patients/{patient}/face", headers=h, data=form) as r:
-            assert await r.json() == {"enrolled": 1}
+        patient = await enrolled_patient(session, base, h, language="kk")
         for lang in ("kk", "ru"):
             for name, clip in clips.items():
                 start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()

@@ -72,6 +72,32 @@ class ServerExit:
     err: str = ""
 
 
+def clinic_with_key(env: dict, cwd: Path, label: str) -> tuple[str, str]:
+    """Through the operator's commands: a migrated database, clinic 1 with doctor 1, and a clinic_system + webcam
+    key; the key, and what add-api-key printed."""
+    rastau(env, cwd, "migrate")
+    rastau(env, cwd, "add-clinic", "Polyclinic No. 5")
+    rastau(env, cwd, "add-doctor", "--clinic", "1", "--name", "Aidos Seitkali", "--phone", "8 701 111 22 33")
+    printed = rastau(env, cwd, "add-api-key", "--clinic", "1", "--scope", "clinic_system", "--scope", "webcam",
+                     "--label", label)
+    return next(word for word in printed.split() if word.startswith("rk_")), printed
+
+
+async def enrolled_patient(session: aiohttp.ClientSession, base: str, h: dict, **fields: str) -> int:
+    """Through the API, as a clinic's system does it: a patient, their consent, and one enrolled face photo."""
+    async with session.post(f"{base}/api/v1/patients", headers=h, json={
+            "iin": "900101300017", "full_name": "Barack O.", "phone": "+77011234567", **fields}) as r:
+        patient: int = (await r.json())["id"]
+    async with session.post(f"{base}/api/v1/patients/{patient}/consent", headers=h,
+                            json={"recorded_by": "Nurse Dana"}) as r:
+        assert r.status == 200
+    form = aiohttp.FormData()
+    form.add_field("image", (FACES / "obama/obama1.jpg").read_bytes(), filename="1.jpg", content_type="image/jpeg")
+    async with session.put(f"{base}/api/v1/patients/{patient}/face", headers=h, data=form) as r:
+        assert await r.json() == {"enrolled": 1}
+    return patient
+
+
 @contextlib.asynccontextmanager
 async def running_server(env: dict, cwd: Path, stop_timeout: float = 60):
     """`python -m server` as a process for the block; SIGTERM afterwards (kill if it does not stop in time), and
@@ -94,28 +120,13 @@ async def running_server(env: dict, cwd: Path, stop_timeout: float = 60):
 async def test_real_server_in_person_and_online_flows_then_sigterm(tmp_path):
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port))
-    rastau(env, tmp_path, "migrate")
-    rastau(env, tmp_path, "add-clinic", "Polyclinic No. 5")
-    rastau(env, tmp_path, "add-doctor", "--clinic", "1", "--name", "Aidos Seitkali", "--phone", "8 701 111 22 33")
-    printed = rastau(env, tmp_path, "add-api-key", "--clinic", "1", "--scope", "clinic_system", "--scope", "webcam",
-                     "--label", "reception")
-    key = next(word for word in printed.split() if word.startswith("rk_"))
+    key, printed = clinic_with_key(env, tmp_path, "reception")
     assert "shown only this once" in printed
     base, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     async with running_server(env, tmp_path) as ended, aiohttp.ClientSession() as session:
         await wait_for(session, f"{base}/healthz", 200, 60)
         await wait_for(session, f"{base}/readyz", 200, READY_TIMEOUT_S)
-        async with session.post(f"{base}/api/v1/patients", headers=h, json={
-                "iin": "900101300017", "full_name": "Barack O.", "phone": "+77011234567"}) as r:
-            patient = (await r.json())["id"]
-        async with session.post(f"{base}/api/v1/patients/{patient}/consent", headers=h,
-                                json={"recorded_by": "Nurse Dana"}) as r:
-            assert r.status == 200
-        form = aiohttp.FormData()
-        form.add_field("image", (FACES / "obama/obama1.jpg").read_bytes(), filename="1.jpg",
-                       content_type="image/jpeg")
-        async with session.put(f"{base}/api/v1/patients/{patient}/face", headers=h, data=form) as r:
-            assert await r.json() == {"enrolled": 1}
+        patient = await enrolled_patient(session, base, h)
         start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
         visit = {"doctor_id": 1, "patient_id": patient, "start": start, "duration_minutes": 20,
                  "service_code": "A01"}
