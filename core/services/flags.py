@@ -46,8 +46,8 @@ class FlagKind(str, enum.Enum):
     AFTER_DEATH = "after_death"
 
 
-# What each kind means, in English for the operator and the API. The auditors' chat summary needs kk and ru texts
-# for these: they belong in the bot's catalogs with that work (one test there must cover every kind).
+# What each kind means, in English for the operator's `rastau flags` and the API's exports. The auditors' chat names
+# each kind in kk and ru from the bot's catalogs (bot/auditor_texts.py FLAG_NAME; its test covers every kind).
 DESCRIPTIONS: dict[FlagKind, str] = {
     FlagKind.DAY_VOLUME: "a doctor billed more visits in one day than a day holds",
     FlagKind.CLOSE_VISITS: "a doctor's visits started too soon one after another to have happened",
