@@ -347,3 +347,53 @@ service_rules = Table(
     Column("source", String(300), nullable=False),  # where the band comes from
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# --- web dashboard (issue 13, dashboard-web): one-time sign-in links and sessions ---------------------------------------
+# Both hold only the SHA-256 of their token: a copy of the database signs no one in. A link is for one chat and one
+# role row (a clinic admin's or an auditor's id), used once (used_at) before expires_at; a session ends at expires_at,
+# at sign-out (ended_at), or as soon as its admin or auditor is gone or moved to another chat (checked per request).
+web_links = Table(
+    "web_links", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("chat_id", BigInteger, nullable=False, index=True),
+    Column("role", String(8), nullable=False),  # "admin" | "auditor"
+    Column("subject_id", Integer, nullable=False),  # clinic_admins.id or auditors.id
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime),
+)
+
+web_sessions = Table(
+    "web_sessions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("chat_id", BigInteger, nullable=False),
+    Column("role", String(8), nullable=False),
+    Column("subject_id", Integer, nullable=False),
+    Column("language", String(2), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("ended_at", UtcDateTime),
+    Index("ix_web_sessions_subject", "role", "subject_id"),
+)
+
+# --- web dashboard (issue 13, dashboard-data): reviews of patients' disputes ----------------------------------------
+# An admin's or auditor's outcome and note on one dispute: a visit the patient said they were not at (visit_id) or a
+# change to the patient's face, phone or consent they said was not theirs (change_id). Append-only: a review never
+# removes or changes the dispute, a later review is a new row, and each is also a row of the clinic's audit chain.
+dispute_reviews = Table(
+    "dispute_reviews", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="RESTRICT"), nullable=False),
+    Column("visit_id", ForeignKey("visits.id", ondelete="RESTRICT"), index=True),
+    Column("change_id", ForeignKey("patient_changes.id", ondelete="RESTRICT"), index=True),
+    Column("reviewer_kind", String(8), nullable=False),  # "admin" | "auditor"
+    Column("reviewer_id", Integer, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("outcome", String(20), nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
+    Column("at", UtcDateTime, nullable=False),
+    CheckConstraint("(visit_id IS NULL) <> (change_id IS NULL)", name="one_dispute"),
+    Index("ix_dispute_reviews_clinic_at", "clinic_id", "at"),
+)
