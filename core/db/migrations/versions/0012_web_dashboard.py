@@ -1,9 +1,16 @@
-"""web_dashboard: reserved for issue 13: web sign-in links, sessions, dispute reviews
+"""web_dashboard: the web dashboard's sign-in links and sessions (issue 13), and dispute reviews
+
+- web_links: one-time sign-in links the bot's /web answers; only the SHA-256 of the token, for one chat and one role
+  row (admin or auditor), used once (used_at), valid until expires_at.
+- web_sessions: the browser sessions those links open; the SHA-256 of the cookie, the language chosen, expires_at,
+  ended_at at sign-out.
+- dispute_reviews (dashboard-data's block below).
 
 Revision ID: 0012
 Revises: 0011
 """
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 revision = '0012'
 down_revision = '0011'
@@ -12,8 +19,36 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # dashboard-web: sign-in links and sessions
+    op.create_table('web_links',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('chat_id', sa.BigInteger(), nullable=False),
+    sa.Column('role', sa.String(length=8), nullable=False),
+    sa.Column('subject_id', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_web_links')),
+    sa.UniqueConstraint('token_hash', name=op.f('uq_web_links_token_hash'))
+    )
+    op.create_index(op.f('ix_web_links_chat_id'), 'web_links', ['chat_id'])
+    op.create_table('web_sessions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('chat_id', sa.BigInteger(), nullable=False),
+    sa.Column('role', sa.String(length=8), nullable=False),
+    sa.Column('subject_id', sa.Integer(), nullable=False),
+    sa.Column('language', sa.String(length=2), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_web_sessions')),
+    sa.UniqueConstraint('token_hash', name=op.f('uq_web_sessions_token_hash'))
+    )
+    op.create_index('ix_web_sessions_subject', 'web_sessions', ['role', 'subject_id'])
+    # dashboard-web end
     # dashboard-data: dispute reviews (an admin's or auditor's outcome and note on a patient's dispute; append-only)
-    import sqlalchemy as sa
     op.create_table('dispute_reviews',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('clinic_id', sa.Integer(), nullable=False),
@@ -47,3 +82,9 @@ def downgrade() -> None:
     op.drop_index('ix_dispute_reviews_clinic_at', table_name='dispute_reviews')
     op.drop_table('dispute_reviews')
     # dashboard-data end
+    # dashboard-web: sign-in links and sessions
+    op.drop_index('ix_web_sessions_subject', table_name='web_sessions')
+    op.drop_table('web_sessions')
+    op.drop_index(op.f('ix_web_links_chat_id'), table_name='web_links')
+    op.drop_table('web_links')
+    # dashboard-web end
