@@ -94,6 +94,7 @@ patients = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     UniqueConstraint("clinic_id", "iin", name="uq_patients_clinic_iin"),
+    Column("preferred_channel", String(16)),  # issue 14: tried first; NULL: bot/channels/base.py FALLBACK_ORDER
 )
 
 face_templates = Table(
@@ -237,6 +238,14 @@ outbox = Table(
     Column("last_error", String(300)),
     Column("chat_message_id", BigInteger),
     Index("ix_outbox_status_due", "status", "due_at"),
+    # issue 14: the channel that carried (or last tried) the row, the provider's id and its delivery reports, and why
+    # channels were skipped on the way (fallback)
+    Column("channel", String(16)),
+    Column("channel_message_id", String(128)),
+    Column("delivery_status", String(12)),
+    Column("delivery_status_at", UtcDateTime),
+    Column("channel_note", String(300)),
+    Index("ix_outbox_channel_message", "channel", "channel_message_id"),
 )
 
 audit_log = Table(  # one hash chain per clinic, plus the operator's and the closed global one (core/audit.py)
@@ -396,4 +405,38 @@ dispute_reviews = Table(
     Column("at", UtcDateTime, nullable=False),
     CheckConstraint("(visit_id IS NULL) <> (change_id IS NULL)", name="one_dispute"),
     Index("ix_dispute_reviews_clinic_at", "clinic_id", "at"),
+)
+
+
+# --- channels (issue 14): how each patient is reached -----------------------------------------------------------------
+# One row per patient and channel ("telegram" | "whatsapp" | "sms"): the address on it (chat id, wa_id, E.164 phone),
+# when it was proven, and when and why it failed for good. A gone row counts only while its address is the patient's.
+# Telegram's own state stays in patients.chat_id/chat_blocked; SMS is proven by the registered phone (no row needed).
+patient_channels = Table(
+    "patient_channels", metadata,
+    Column("patient_id", ForeignKey("patients.id", ondelete="CASCADE"), primary_key=True),
+    Column("channel", String(16), primary_key=True),
+    Column("address", String(64), nullable=False),
+    Column("proven_at", UtcDateTime, nullable=False),
+    Column("gone_at", UtcDateTime),
+    Column("gone_reason", String(200)),
+    Column("last_inbound_at", UtcDateTime),  # the patient's last message on it: WhatsApp's 24-hour window
+    Index("ix_patient_channels_channel_address", "channel", "address"),
+)
+
+# SMS sent per clinic per Asia/Almaty day, against the daily cap; warned_at: when the operator was told it is near.
+sms_daily_usage = Table(
+    "sms_daily_usage", metadata,
+    Column("clinic_id", ForeignKey("clinics.id", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("sent", Integer, nullable=False, server_default="0"),
+    Column("warned_at", UtcDateTime),
+)
+
+# Inbound webhook messages already handled, by the provider's id: a replayed body changes nothing.
+inbound_messages = Table(
+    "inbound_messages", metadata,
+    Column("channel", String(16), primary_key=True),
+    Column("external_id", String(128), primary_key=True),
+    Column("received_at", UtcDateTime, nullable=False),
 )
