@@ -439,4 +439,7 @@ inbound_messages = Table(
     Column("channel", String(16), primary_key=True),
     Column("external_id", String(128), primary_key=True),
     Column("received_at", UtcDateTime, nullable=False),
+    Column("payload", Text),  # the one message or status as JSON, for the worker that handles it
+    Column("handled_at", UtcDateTime),  # NULL until handled
+    Index("ix_inbound_messages_pending", "handled_at"),
 )

@@ -11,7 +11,8 @@
   wamid, SMS gateway id; Telegram's stays in chat_message_id) for delivery reports; delivery_status/_at: sent,
   delivered, read, failed as the provider reported; channel_note: why channels were skipped on the way.
 - sms_daily_usage: SMS sent per clinic per Asia/Almaty day (the daily cap) and when the operator was warned.
-- inbound_messages: provider message ids of inbound webhooks already handled (a replayed body changes nothing).
+- inbound_messages: provider message ids of inbound webhooks already seen (a replayed body changes nothing); payload
+  and handled_at let a webhook answer at once and a worker handle the message durably.
 
 Revision ID: 0011
 Revises: 0010
@@ -61,11 +62,15 @@ def upgrade() -> None:
     sa.Column('channel', sa.String(length=16), nullable=False),
     sa.Column('external_id', sa.String(length=128), nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('payload', sa.Text(), nullable=True),
+    sa.Column('handled_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('channel', 'external_id', name=op.f('pk_inbound_messages'))
     )
+    op.create_index('ix_inbound_messages_pending', 'inbound_messages', ['handled_at'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_inbound_messages_pending', table_name='inbound_messages')
     op.drop_table('inbound_messages')
     op.drop_table('sms_daily_usage')
     op.drop_index('ix_outbox_channel_message', table_name='outbox')
