@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     code_send_lead_minutes: int = Field(10, ge=0, le=240)
     prompt_delay_minutes: int = Field(60, ge=0, le=7 * 24 * 60)
+    # chat-disputes (issue 17): how long the bot waits for the reason after "I wasn't there", how long the patient may
+    # take that answer back, and how long a clinic's batch of backdated visits is gathered into one question
+    dispute_reason_minutes: int = Field(30, ge=1, le=24 * 60)
+    dispute_undo_minutes: int = Field(15, ge=1, le=48 * 60)
+    late_prompt_gather_minutes: int = Field(5, ge=0, le=24 * 60)
     digest_time: str = Field("08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     send_rate_global: float = Field(30.0, gt=0)
     send_rate_per_chat: float = Field(1.0, gt=0)
@@ -111,9 +116,119 @@ class Settings(BaseSettings):
     flag_patients_per_phone: int = Field(5, ge=1, le=1000)
     flag_cap_hours: int = Field(3, ge=1, le=10_000)  # hours at a clinic's code or face cap
 
+    # --- the patient's record (issue 16): where the patients' own keys live, and how long things are kept ---------
+    # A database apart from RASTAU_DATABASE_URL, with backups kept briefly (docs/privacy.md); unset: beside a SQLite
+    # file (rastau.keys.db), or the main database on PostgreSQL (then its backups hold the keys too)
+    keystore_url: str | None = None
+    # delivered chat messages' payload (codes' visit, notices' chat ids) and Telegram message ids: kept 30 days, for a
+    # patient to press "this wasn't me" in an old chat and for support to trace a delivery; the row itself stays
+    retain_outbox_days: int = Field(30, ge=1, le=3650)
+    # face references of a patient with no visit for this long are shredded (key destroyed): two years covers the
+    # yearly screening a patient may skip once; they enrol again at their next visit with a new consent
+    retain_face_idle_days: int = Field(730, ge=30, le=3650)
+    # idempotency records: a client retries within minutes; a day covers a clinic system down overnight
+    retain_idempotency_hours: int = Field(24, ge=1, le=24 * 365)
+    # capture sessions: kept a week after they expired, for the clinic's support questions
+    retain_capture_days: int = Field(7, ge=1, le=365)
+    # visits and their evidence: the billing-audit period (the payer's audits reach back five years), after which a
+    # patient with no newer visit keeps only what the payer must: no phone, no chat, the IIN masked to its birth date
+    # and sex digit
+    retain_billing_years: int = Field(5, ge=1, le=50)
+
+    # the web dashboard (issue 13): /web in an admin's or auditor's chat answers a one-time sign-in link
+    web_link_minutes: int = Field(5, ge=1, le=60)  # how long a sign-in link may wait to be opened
+    web_links_per_hour: int = Field(5, ge=1, le=100)  # links one chat may ask for in an hour
+    web_session_hours: int = Field(12, ge=1, le=24 * 7)  # a session ends this long after sign-in
+
+    # --- WhatsApp Business Cloud API (issue 14, bot/channels/whatsapp*.py) ------------------------------------------
+    # On when the phone number id is set; then the access token, the app secret (webhook signatures) and the verify
+    # token (the webhook's GET handshake) are required, or the bot refuses to start.
+    whatsapp_phone_number_id: str | None = Field(None, pattern=r"^\d{1,32}$")
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_app_secret: SecretStr | None = None
+    whatsapp_verify_token: SecretStr | None = None
+    whatsapp_api_base: str = Field("https://graph.facebook.com", pattern=r"^https?://[^\s?#]+$")
+    whatsapp_api_version: str = Field("v21.0", pattern=r"^v\d+\.\d+$")
+    whatsapp_webhook_path: str = Field("/whatsapp/webhook", pattern=r"^/[A-Za-z0-9/_-]+$")
+    whatsapp_code_template: str = Field("rastau_code", pattern=r"^[a-z0-9_]{1,512}$")  # AUTHENTICATION, copy-code
+    whatsapp_question_template: str = Field("rastau_visit_check", pattern=r"^[a-z0-9_]{1,512}$")  # UTILITY, 2 buttons
+    whatsapp_notice_template: str = Field("rastau_notice", pattern=r"^[a-z0-9_]{1,512}$")  # UTILITY, one parameter
+    whatsapp_language_kk: str = Field("kk", pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")  # template language codes
+    whatsapp_language_ru: str = Field("ru", pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    whatsapp_rate: float = Field(80.0, gt=0, le=1000)  # messages per second per business number
+    whatsapp_rate_per_recipient: float = Field(1.0, gt=0, le=80)  # per patient
+
+    @property
+    def whatsapp_enabled(self) -> bool:
+        return self.whatsapp_phone_number_id is not None
+
+    @model_validator(mode="after")
+    def _whatsapp_complete(self) -> Settings:
+        if not self.whatsapp_enabled:
+            return self
+        missing = [env for env, value in (("RASTAU_WHATSAPP_ACCESS_TOKEN", self.whatsapp_access_token),
+                                          ("RASTAU_WHATSAPP_APP_SECRET", self.whatsapp_app_secret),
+                                          ("RASTAU_WHATSAPP_VERIFY_TOKEN", self.whatsapp_verify_token))
+                   if value is None or not value.get_secret_value().strip()]
+        if missing:
+            raise ValueError("RASTAU_WHATSAPP_PHONE_NUMBER_ID is set, so WhatsApp needs " + ", ".join(missing)
+                             + " too (from the Meta app's settings): without the app secret a forged webhook could "
+                             "not be told from Meta's")
+        verify = self.whatsapp_verify_token.get_secret_value() if self.whatsapp_verify_token else ""
+        if len(verify) < 16:
+            raise ValueError("RASTAU_WHATSAPP_VERIFY_TOKEN is too short: use at least 16 random characters")
+        return self
+
+    # --- SMS (issue 14, bot/channels/sms.py): codes and "were you there?" for patients with no messenger ----------
+    # On when the gateway URL is set; then the gateway's credentials and the sender name are required. Inbound
+    # replies ("1"/"0") come to RASTAU_SMS_INBOUND_PATH on the bot's webhook app, HMAC-signed with the inbound secret;
+    # without that secret no inbound is accepted and the question says how to dispute (RASTAU_SMS_DISPUTE_CONTACT).
+    sms_provider: str = Field("generic", pattern=r"^[a-z0-9_]{1,32}$")  # bot/channels/sms.py PROVIDERS
+    sms_gateway_url: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
+    sms_login: str | None = Field(None, max_length=200)
+    sms_password: SecretStr | None = None
+    sms_sender: str = Field("Rastau", pattern=r"^[A-Za-z0-9 .-]{1,11}$")  # alphanumeric sender id: 11 chars at most
+    sms_inbound_secret: SecretStr | None = None
+    sms_inbound_path: str = Field("/sms/inbound", pattern=r"^/[A-Za-z0-9/_-]+$")
+    sms_dispute_contact: str = Field("", max_length=40)  # a short link or phone shown when there is no inbound
+    sms_daily_cap: int = Field(500, ge=0, le=10_000_000)  # SMS segments per clinic per Asia/Almaty day
+    sms_warn_share: float = Field(0.8, gt=0.0, le=1.0)  # the operator is warned once a clinic's day reaches this
+    sms_rate: float = Field(10.0, gt=0, le=1000)  # messages per second to the gateway
+    sms_timeout_seconds: float = Field(10.0, gt=0, le=60)
+
+    @property
+    def sms_enabled(self) -> bool:
+        return self.sms_gateway_url is not None
+
+    @property
+    def sms_inbound_enabled(self) -> bool:
+        return self.sms_enabled and self.sms_inbound_secret is not None
+
+    @model_validator(mode="after")
+    def _sms_complete(self) -> Settings:
+        if not self.sms_enabled:
+            return self
+        missing = [env for env, value in (("RASTAU_SMS_LOGIN", self.sms_login),
+                                          ("RASTAU_SMS_PASSWORD",
+                                           self.sms_password.get_secret_value() if self.sms_password else None))
+                   if value is None or not value.strip()]
+        if missing:
+            raise ValueError("RASTAU_SMS_GATEWAY_URL is set, so SMS needs " + ", ".join(missing)
+                             + " too (the gateway account's credentials)")
+        if self.sms_inbound_secret is not None and len(self.sms_inbound_secret.get_secret_value()) < 16:
+            raise ValueError("RASTAU_SMS_INBOUND_SECRET is too short: use at least 16 random characters, shared with "
+                             "the gateway")
+        if self.sms_inbound_secret is None and not self.sms_dispute_contact.strip():
+            raise ValueError("SMS without inbound replies (no RASTAU_SMS_INBOUND_SECRET) must say how to dispute: set "
+                             "RASTAU_SMS_DISPUTE_CONTACT (a short link or a phone number)")
+        return self
+
     @field_validator("code_hmac_key", "template_key", "bot_token", "api_key_pepper", "signing_key", "webhook_secret",
-                     "dispatcher_id",
-                     "capture_challenge", "public_url", "payer_webhook_url", "payer_webhook_secret", mode="before")
+                     "dispatcher_id", "keystore_url",
+                     "capture_challenge", "public_url", "payer_webhook_url", "payer_webhook_secret",
+                     "whatsapp_phone_number_id", "whatsapp_access_token", "whatsapp_app_secret",
+                     "whatsapp_verify_token",
+                     "sms_gateway_url", "sms_login", "sms_password", "sms_inbound_secret", mode="before")
     @classmethod
     def _blank_is_missing(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -23,6 +23,8 @@ from server.observe import observe_middleware
 from server.problems import problem_middleware, unparsable_request_problem
 from server.routes import capture, digest, ops, patients, verification, visits
 from server.routes.audit import install as install_audit
+from server.web.app import PREFIX as WEB_PREFIX
+from server.web.app import create_web_app
 
 SHUTDOWN_TIMEOUT_S = 30.0  # on SIGINT/SIGTERM, what the requests in flight are given to finish
 JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies; images are streamed under settings.face_max_bytes instead
@@ -123,6 +125,7 @@ def create_app(settings: Settings, *, ctx: Context | None = None,
             check_read_only(route.method, route.path, route.handler)
             app.router.add_route(route.method, route.path, route.handler, **route.kwargs)
     install_audit(app)  # the auditors' routes and the key that signs their exports
+    app.add_subapp(WEB_PREFIX, create_web_app())  # the web dashboard for admins and auditors (issue 13)
     return app
 
 

@@ -1,0 +1,23 @@
+"""Signing in to the dashboard by the bot's one-time link, and what a session may not do."""
+from __future__ import annotations
+
+from core.services import web_sessions
+from tests.web.conftest import ADMIN_A_CHAT, PROOF
+
+
+async def test_a_link_signs_in_once_and_the_day_page_is_private(web_client, ctx, world):
+    link = (await web_sessions.request_links(ctx, ADMIN_A_CHAT))[0]
+    page = await web_client.get(f"/web/signin/{link.token}")
+    proof = PROOF.search(await page.text()).group(1)
+    first = await web_client.post(f"/web/signin/{link.token}", data={"proof": proof}, allow_redirects=False)
+    assert first.status == 303
+    cookie = first.cookies["rastau_web"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/web"
+    day = await web_client.get("/web/day")
+    assert day.status == 200
+    assert "Polyclinic A" in await day.text()
+    assert day.headers["Cache-Control"] == "no-store"
+    assert "script-src 'self'" in day.headers["Content-Security-Policy"]
+    assert day.headers["X-Frame-Options"] == "DENY"
+    again = await web_client.post(f"/web/signin/{link.token}", data={"proof": proof}, allow_redirects=False)
+    assert again.status == 403
