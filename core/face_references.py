@@ -1,7 +1,9 @@
 """Face reference encodings, encrypted at rest.
 
-Each 128-d encoding is sealed with AES-GCM under a key from the environment; the patient id is the
-associated data, so a row copied onto another patient fails to decrypt instead of matching.
+Each 128-d encoding is sealed with AES-GCM; the patient id is the associated data, so a row copied onto another
+patient fails to decrypt instead of matching. Key version 1 (before revision 0010): sealed under the key from the
+environment itself. Key version 2: sealed under the patient's own data key (core/db/keystore.py), which /withdraw
+destroys (crypto-shredding); the bot's purge job re-seals version 1 rows as version 2.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from core.errors import InvalidValue, TemplateDecryptError
 
 ENCODING_SIZE = 128
+MASTER_KEY = 1  # key_version of a reference sealed under RASTAU_TEMPLATE_KEY itself
+PATIENT_KEY = 2  # key_version of a reference sealed under the patient's data key
 MAX_REFERENCES = 5
 _NONCE = 12
 
@@ -24,9 +28,10 @@ class TemplateCipher:
             raise ValueError("template key must be 32 bytes (AES-256)")
         self._aead = AESGCM(key)
 
-    @staticmethod
-    def _aad(patient_id: int) -> bytes:
-        return f"rastau-face-template:v1:patient:{patient_id}".encode()
+    _version = MASTER_KEY
+
+    def _aad(self, patient_id: int) -> bytes:
+        return f"rastau-face-template:v{self._version}:patient:{patient_id}".encode()
 
     def seal(self, patient_id: int, encoding: list[float] | tuple[float, ...]) -> bytes:
         values = [float(v) for v in encoding]
@@ -43,3 +48,9 @@ class TemplateCipher:
             raise TemplateDecryptError(
                 f"face reference does not belong to patient {patient_id} or was altered") from None
         return struct.unpack(f"<{ENCODING_SIZE}d", plain)
+
+
+class PatientCipher(TemplateCipher):
+    """Seals and opens one patient's references under that patient's data key (key version 2)."""
+
+    _version = PATIENT_KEY

@@ -1,0 +1,151 @@
+"""The patient's record (issue 16): what /mydata reads, and what the retention purge writes.
+
+Reads for /mydata are scoped by patient id and nothing else: the chat's own patients, never a name or a phone, so a
+namesake at another clinic, or another patient of the same clinic, never shows. The purge writes counts into
+purge_totals beside what it removes, in the same transaction, for /metrics.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, TypeAlias
+
+from sqlalchemy import Row, and_, delete, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.db import tables as t
+
+AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
+DONE_STATUSES = ("sent", "skipped", "blocked", "failed")
+
+
+class RecordQueries:
+    def __init__(self, conn: AsyncConnection):
+        self.conn = conn
+
+    async def references(self, patient_ids: list[int]) -> list[AnyRow]:
+        """Per patient: active references (still holding a ciphertext), when the newest was stored."""
+        ft = t.face_templates
+        return list((await self.conn.execute(
+            select(ft.c.patient_id, func.count().label("photos"), func.max(ft.c.created_at).label("stored_at"))
+            .where(and_(ft.c.patient_id.in_(patient_ids), ft.c.revoked_at.is_(None), func.length(ft.c.sealed) > 0))
+            .group_by(ft.c.patient_id))).all())
+
+    async def changes(self, patient_ids: list[int]) -> list[AnyRow]:
+        pc, c = t.patient_changes, t.clinics
+        return list((await self.conn.execute(
+            select(pc.c.id, pc.c.patient_id, pc.c.kind, pc.c.at, pc.c.actor, pc.c.disputed_at,
+                   c.c.name.label("clinic"))
+            .select_from(pc.join(c, c.c.id == pc.c.clinic_id))
+            .where(pc.c.patient_id.in_(patient_ids)).order_by(pc.c.at, pc.c.id))).all())
+
+    async def last_visits(self, patient_ids: list[int], limit: int) -> list[AnyRow]:
+        v, c = t.visits, t.clinics
+        return list((await self.conn.execute(
+            select(v.c.id, v.c.patient_id, v.c.start_at, v.c.mode, v.c.state, v.c.verified_by,
+                   v.c.attended_claim_at, c.c.name.label("clinic"))
+            .select_from(v.join(c, c.c.id == v.c.clinic_id))
+            .where(v.c.patient_id.in_(patient_ids)).order_by(v.c.start_at.desc(), v.c.id.desc())
+            .limit(limit))).all())
+
+    async def visit_owners(self, patient_ids: list[int]) -> dict[int, int]:
+        """visit id -> patient id, for every visit of these patients."""
+        return {r.id: r.patient_id for r in (await self.conn.execute(select(t.visits.c.id, t.visits.c.patient_id)
+                                                                     .where(t.visits.c.patient_id.in_(patient_ids))))}
+
+    async def audit_about(self, chains: list[str], subjects: list[str]) -> list[AnyRow]:
+        """Audit rows of these chains about these subjects (``patient:<id>``, ``visit:<id>``)."""
+        a = t.audit_log
+        return list((await self.conn.execute(
+            select(a.c.chain, a.c.at, a.c.actor, a.c.action, a.c.subject)
+            .where(and_(a.c.chain.in_(chains), a.c.subject.in_(subjects))).order_by(a.c.at))).all())
+
+    async def auditor_reads(self, chains: list[str]) -> list[AnyRow]:
+        """The payer's auditors' reads of these clinics' records (one audit row per clinic read)."""
+        a = t.audit_log
+        return list((await self.conn.execute(
+            select(a.c.chain, a.c.at, a.c.actor, a.c.action, a.c.details)
+            .where(and_(a.c.chain.in_(chains), a.c.actor.like("auditor:%"), a.c.subject.like("auditor:%")))
+            .order_by(a.c.at))).all())
+
+    async def purge_totals(self) -> list[AnyRow]:
+        return list((await self.conn.execute(select(t.purge_totals).order_by(t.purge_totals.c.kind))).all())
+
+
+class RetentionRepo:
+    """What the purge removes or reduces. Every method takes ``dry_run``: then it only counts."""
+
+    def __init__(self, conn: AsyncConnection):
+        self.conn = conn
+
+    async def _count(self, table: Any, condition: Any) -> int:
+        return int((await self.conn.execute(select(func.count()).select_from(table).where(condition))).scalar_one())
+
+    async def outbox(self, before: dt.datetime, dry_run: bool) -> int:
+        """Delivered (or given up) messages older than ``before``: payload and Telegram message id forgotten."""
+        o = t.outbox
+        cond = and_(o.c.status.in_(DONE_STATUSES), o.c.created_at < before,
+                    or_(o.c.payload != "{}", o.c.chat_message_id.is_not(None), o.c.last_error.is_not(None)))
+        if dry_run:
+            return await self._count(o, cond)
+        res = await self.conn.execute(update(o).where(cond).values(payload="{}", chat_message_id=None,
+                                                                   last_error=None))
+        return res.rowcount
+
+    async def idempotency(self, before: dt.datetime, dry_run: bool) -> int:
+        i = t.idempotency_keys
+        cond = i.c.created_at < before
+        if dry_run:
+            return await self._count(i, cond)
+        return (await self.conn.execute(delete(i).where(cond))).rowcount
+
+    async def capture_sessions(self, before: dt.datetime, dry_run: bool) -> int:
+        cs = t.capture_sessions
+        cond = cs.c.expires_at < before
+        if dry_run:
+            return await self._count(cs, cond)
+        return (await self.conn.execute(delete(cs).where(cond))).rowcount
+
+    async def idle_enrolled(self, before: dt.datetime) -> list[int]:
+        """Patients holding a face reference, whose newest visit (or enrolment, when none) is older than ``before``."""
+        ft, v = t.face_templates, t.visits
+        last_visit = select(func.max(v.c.start_at)).where(v.c.patient_id == ft.c.patient_id).scalar_subquery()
+        rows = (await self.conn.execute(
+            select(ft.c.patient_id).where(and_(ft.c.revoked_at.is_(None), func.length(ft.c.sealed) > 0))
+            .group_by(ft.c.patient_id)
+            .having(func.coalesce(func.max(last_visit), func.max(ft.c.created_at)) < before))).all()
+        return [r.patient_id for r in rows]
+
+    async def patients_with_sealed(self, patient_ids: list[int]) -> set[int]:
+        """Which of these patients still hold a ciphertext under their own key."""
+        if not patient_ids:
+            return set()
+        ft = t.face_templates
+        rows = (await self.conn.execute(select(ft.c.patient_id).distinct().where(and_(
+            ft.c.patient_id.in_(patient_ids), ft.c.key_version == 2, func.length(ft.c.sealed) > 0)))).all()
+        return {r.patient_id for r in rows}
+
+    async def forget_chat(self, chat_id: int, patient_ids: list[int]) -> int:
+        """/unlink: the chat's settings row goes; messages to these patients still pending are skipped; every
+        message's payload naming the chat (a notice to an old chat) is emptied. How many messages were touched."""
+        o = t.outbox
+        await self.conn.execute(delete(t.chat_users).where(t.chat_users.c.chat_id == chat_id))
+        names_chat = or_(o.c.payload.like(f'%"chat_id": {int(chat_id)},%'),
+                         o.c.payload.like(f'%"chat_id": {int(chat_id)}}}%'))
+        touched = (await self.conn.execute(update(o).where(and_(
+            o.c.recipient_kind == "patient", o.c.recipient_id.in_(patient_ids), o.c.status == "pending"))
+            .values(status="skipped", payload="{}", last_error="the patient unlinked the chat"))).rowcount
+        touched += (await self.conn.execute(update(o).where(names_chat).values(payload="{}"))).rowcount
+        return touched
+
+    async def add_totals(self, counts: dict[str, int], now: dt.datetime) -> None:
+        p = t.purge_totals
+        ins = (sqlite_insert if self.conn.dialect.name == "sqlite" else postgresql_insert)(p)
+        for kind, count in counts.items():
+            if not count:
+                continue
+            stmt = ins.values(kind=kind, rows=count, runs=1, last_at=now)
+            await self.conn.execute(stmt.on_conflict_do_update(
+                index_elements=[p.c.kind],
+                set_={"rows": p.c.rows + literal(count), "runs": p.c.runs + 1, "last_at": now}))
