@@ -17,7 +17,8 @@ from bot.i18n import LANGUAGES, LOCALES_DIR, ROOT, compile_catalogs, make_i18n, 
 PLACEHOLDER = re.compile(r"\{[a-z_]+\}|%\([a-z_]+\)[sd]")
 CYRILLIC = re.compile(r"[А-Яа-яЁёӘәҒғҚқҢңӨөҰұҮүҺһІі]")
 LATIN_WORD = re.compile(r"\b[A-Za-z]{4,}\b")
-ALLOWED_LATIN = {"Telegram", "code", "help", "start", "stop", "visits", "digest", "language", "privacy", "CSV"}
+ALLOWED_LATIN = {"Telegram", "WhatsApp", "code", "help", "start", "stop", "visits", "digest", "language", "privacy",
+                 "CSV"}
 
 
 def catalog(lang):
