@@ -275,6 +275,15 @@ class Visit:
         self.dispute_reason = (reason or "").strip()[:1000] or None
         return self._move("patient_dispute", VisitState.PATIENT_DISPUTED, Actor.PATIENT, at)
 
+    def withdraw_dispute(self, at: dt.datetime, back_to: VisitState, answered_before: dt.datetime | None) -> VisitEvent:
+        """The patient takes "I wasn't there" back: the visit returns to the state it was disputed from (with that
+        state's answer time); the dispute's own event stays in the history and the audit log beside this one."""
+        if self.state is not VisitState.PATIENT_DISPUTED:
+            raise IllegalTransition(self.id, self.state.value, "withdraw dispute", "there is no dispute to take back")
+        self.answered_at = answered_before
+        self.dispute_reason = None
+        return self._move("patient_withdraw_dispute", back_to, Actor.PATIENT, at)
+
     def add_dispute_reason(self, reason: str, at: dt.datetime) -> VisitEvent:
         if self.state is not VisitState.PATIENT_DISPUTED:
             raise IllegalTransition(self.id, self.state.value, "add dispute reason")
@@ -295,6 +304,8 @@ class OutboxKind(str, enum.Enum):
     AUDITOR_SUMMARY = "auditor_summary"               # to an auditor: the day across their clinics, with the flags
     AUDIT_CHECKPOINT = "audit_checkpoint"             # to an auditor: the signed heads of the audit chains
     PAYER_EVENT = "payer_event"                       # to the payer's webhook: a dispute, a flag, a checkpoint
+    CONSENT_WITHDRAWN_NOTICE = "consent_withdrawn"    # to the clinic's admins and auditors: the patient's /withdraw
+    VISIT_CANCELLED = "visit_cancelled"               # to the patient: "the clinic cancelled it; the code is void"
 
 
 class Recipient(str, enum.Enum):

@@ -284,17 +284,47 @@ class Reference:
     sealed: bytes
     enrolment_id: int | None
     enrolled_at: dt.datetime
+    key_version: int = 1  # core.face_references.MASTER_KEY or PATIENT_KEY
+    id: int = 0
 
 
 class TemplateRepo(_Repo):
     async def replace(self, patient_id: int, sealed: list[bytes], now: dt.datetime,
-                      enrolment_id: int | None = None) -> int:
+                      enrolment_id: int | None = None, key_version: int = 1) -> int:
         """Re-enrolment: revoke every active reference, then store the new ones (naming the change that made them)."""
         await self.revoke_all(patient_id, now)
         for blob in sealed:
             await self.conn.execute(insert(t.face_templates).values(patient_id=patient_id, sealed=blob,
-                                                                    created_at=now, enrolment_id=enrolment_id))
+                                                                    created_at=now, enrolment_id=enrolment_id,
+                                                                    key_version=key_version))
         return len(sealed)
+
+    async def shred(self, patient_ids: builtins.list[int], now: dt.datetime) -> int:
+        """Withdrawal or retention: every reference of these patients revoked and its ciphertext emptied (the rows
+        stay, so the record still says a face was enrolled and when). How many still held a ciphertext."""
+        if not patient_ids:
+            return 0
+        ft = t.face_templates
+        res = await self.conn.execute(update(ft).where(and_(ft.c.patient_id.in_(patient_ids),
+                                                            func.length(ft.c.sealed) > 0))
+                                      .values(sealed=b"", revoked_at=func.coalesce(ft.c.revoked_at, now)))
+        return res.rowcount
+
+    async def legacy(self, limit: int) -> builtins.list[tuple[int, int, bytes]]:
+        """(id, patient, ciphertext) of active references still sealed under the environment's key."""
+        ft = t.face_templates
+        rows = (await self.conn.execute(select(ft.c.id, ft.c.patient_id, ft.c.sealed).where(and_(
+            ft.c.key_version == 1, ft.c.revoked_at.is_(None), func.length(ft.c.sealed) > 0))
+            .order_by(ft.c.id).limit(limit))).all()
+        return [(r.id, r.patient_id, bytes(r.sealed)) for r in rows]
+
+    async def reseal(self, template_id: int, old: bytes, sealed: bytes, key_version: int) -> bool:
+        """Swap one reference's ciphertext, unless it changed meanwhile (revoked, shredded, re-sealed)."""
+        ft = t.face_templates
+        res = await self.conn.execute(update(ft).where(and_(ft.c.id == template_id, ft.c.sealed == old,
+                                                            ft.c.revoked_at.is_(None)))
+                                      .values(sealed=sealed, key_version=key_version))
+        return res.rowcount == 1
 
     async def ever_enrolled(self, patient_id: int) -> bool:
         """Any reference ever stored, revoked ones too: deleting a face first does not make the next one a first."""
@@ -312,10 +342,10 @@ class TemplateRepo(_Repo):
         recorded has none; its own creation time stands in for the enrolment's)."""
         ft, pc = t.face_templates, t.patient_changes
         rows = (await self.conn.execute(
-            select(ft.c.sealed, ft.c.enrolment_id, ft.c.created_at, pc.c.at)
+            select(ft.c.id, ft.c.sealed, ft.c.enrolment_id, ft.c.created_at, ft.c.key_version, pc.c.at)
             .select_from(ft.outerjoin(pc, pc.c.id == ft.c.enrolment_id))
             .where(and_(ft.c.patient_id == patient_id, ft.c.revoked_at.is_(None))).order_by(ft.c.id))).all()
-        return [Reference(bytes(r.sealed), r.enrolment_id, r.at or r.created_at) for r in rows]
+        return [Reference(bytes(r.sealed), r.enrolment_id, r.at or r.created_at, r.key_version, r.id) for r in rows]
 
     async def active(self, patient_id: int) -> list[bytes]:
         rows = (await self.conn.execute(select(t.face_templates.c.sealed).where(and_(
@@ -730,12 +760,13 @@ class OutboxRepo(_Repo):
         await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(parts_sent=parts))
 
     async def finish(self, message_id: int, status: OutboxStatus, now: dt.datetime, *, error: str | None = None,
-                     chat_message_id: int | None = None, worker_id: str | None = None) -> bool:
+                     chat_message_id: int | None = None, worker_id: str | None = None,
+                     chat_id: int | None = None) -> bool:
         """Terminal outcome: sent | skipped | blocked | failed. False when the claim was no longer ours."""
         status = OutboxStatus(status)
         values: dict[str, object] = dict(status=status.value, claimed_by=None, claim_expires_at=None, last_error=error)
         if status is OutboxStatus.SENT:
-            values.update(sent_at=now, chat_message_id=chat_message_id)
+            values.update(sent_at=now, chat_message_id=chat_message_id, chat_id=chat_id)
         res = await self.conn.execute(update(t.outbox).where(self._claimed(message_id, worker_id)).values(**values))
         return res.rowcount == 1
 

@@ -105,6 +105,8 @@ face_templates = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime),
     Column("enrolment_id", ForeignKey("patient_changes.id", ondelete="SET NULL")),
+    # 1: sealed under RASTAU_TEMPLATE_KEY itself (before 0010); 2: under the patient's own key (core/db/keystore.py)
+    Column("key_version", Integer, nullable=False, server_default="1"),
 )
 
 # Every change to what identifies a patient (face enrolment, replacement, revocation, phone, consent), with who
@@ -237,6 +239,7 @@ outbox = Table(
     Column("sent_at", UtcDateTime),
     Column("last_error", String(300)),
     Column("chat_message_id", BigInteger),
+    Column("chat_id", BigInteger),  # the chat chat_message_id is in (0013): old code messages are edited there
     Index("ix_outbox_status_due", "status", "due_at"),
     # issue 14: the channel that carried (or last tried) the row, the provider's id and its delivery reports, and why
     # channels were skipped on the way (fallback)
@@ -442,4 +445,16 @@ inbound_messages = Table(
     Column("payload", Text),  # the one message or status as JSON, for the worker that handles it
     Column("handled_at", UtcDateTime),  # NULL until handled
     Index("ix_inbound_messages_pending", "handled_at"),
+)
+
+
+# --- the patient's record (issue 16): what the retention purge removed, per kind, for /metrics ---------------------
+# One row per kind of purge (core/services/retention.py): rows removed or reduced in all, how many runs removed
+# something, and the last such run. Counts only, never what was removed.
+purge_totals = Table(
+    "purge_totals", metadata,
+    Column("kind", String(40), primary_key=True),
+    Column("rows", BigInteger, nullable=False, server_default="0"),
+    Column("runs", Integer, nullable=False, server_default="0"),
+    Column("last_at", UtcDateTime),
 )

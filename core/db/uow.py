@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from core.db.channels import ChannelRepo  # issue 14: patient channels, SMS budget, inbound dedupe
 from core.db.engine import READ_ONLY_OPTION
 from core.db.queries import FlagQueries, Queries
 from core.db.repositories import (
@@ -39,6 +40,7 @@ from core.db.repositories import (
     TemplateRepo,
     VisitRepo,
 )
+from core.db.record import RecordQueries, RetentionRepo  # the patient's record and retention (issue 16)
 from core.errors import ConcurrentWrite, DatabaseUnavailable
 
 
@@ -112,6 +114,9 @@ class UnitOfWork:
         self.deaths = DeathListRepo(self.conn, locks)  # red flags: the operator's lists and the rules' reads
         self.service_rules = ServiceRuleRepo(self.conn, locks)
         self.flag_queries = FlagQueries(self.conn)
+        self.record = RecordQueries(self.conn)  # the patient's record and retention (issue 16)
+        self.retention = RetentionRepo(self.conn)
+        self.channels = ChannelRepo(self.conn, locks)  # issue 14
         return self
 
     async def commit(self) -> None:

@@ -25,7 +25,7 @@ from core.services.access import CLINIC_SYSTEM, Caller, check_visit
 from core.services.faces import (
     FaceAttempt,
     FaceDecision,
-    NotEnrolled,
+    not_enrolled,
     record_face_attempt,
     release_face_attempt,
     reserve_face_attempt,
@@ -111,7 +111,7 @@ async def open_session(ctx: Context, clinic_id: int, visit_id: int, *, caller: C
         if refusal is not None:
             raise refusal
         if not await uow.templates.active(visit.patient_id):
-            raise NotEnrolled(f"patient of visit {visit_id} has no enrolled face; verify with the one-time code")
+            raise await not_enrolled(uow, visit.patient_id, visit_id)
         patient = await uow.patients.get(visit.patient_id)
         expires_at = now + OPEN_WITHIN
         session_id = await uow.capture_sessions.add(

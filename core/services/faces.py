@@ -24,6 +24,8 @@ from core.model import FRESH_REFERENCE, Actor, VerificationMethod, VisitEvent, V
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, check_visit
 from core.services.chat import reachable_chat
+from core.services.face_keys import open_references
+from core.services.patient_changes import CONSENT_RECORDED, CONSENT_WITHDRAWN
 from core.services.visits import evidence_refusal
 
 FACE_FAILURES_BEFORE_LOCK = 5
@@ -43,6 +45,21 @@ class FaceDecision(str, enum.Enum):
 
 class NotEnrolled(DomainError):
     code = "not_enrolled"
+
+
+class NoReference(NotEnrolled):
+    """The patient withdrew consent to face recognition (/withdraw): their references were destroyed."""
+    code = "no_reference"
+
+
+async def not_enrolled(uow: UnitOfWork, patient_id: int, visit_id: int) -> NotEnrolled:
+    """Why a visit's patient has no face to compare with: never enrolled, or withdrawn by the patient."""
+    withdrawn = await uow.patient_changes.last_at(patient_id, CONSENT_WITHDRAWN)
+    consented = await uow.patient_changes.last_at(patient_id, CONSENT_RECORDED)
+    if withdrawn is not None and (consented is None or consented <= withdrawn):
+        return NoReference(f"the patient of visit {visit_id} withdrew consent to face recognition and their face "
+                           "references were destroyed; verify with the one-time code")
+    return NotEnrolled(f"patient of visit {visit_id} has no enrolled face; verify with the one-time code")
 
 
 class FaceLocked(DomainError):
@@ -104,7 +121,7 @@ async def reserve_face_attempt(ctx: Context, clinic_id: int, visit_id: int, *,
         if refusal is not None:
             raise refusal
         if not await uow.templates.active(visit.patient_id):
-            raise NotEnrolled(f"patient of visit {visit_id} has no enrolled face; verify with the one-time code")
+            raise await not_enrolled(uow, visit.patient_id, visit_id)
         if not await uow.visits.take_face_attempt(visit_id, FACE_FAILURES_BEFORE_LOCK, now):
             _, lockouts, retry_at = await uow.visits.face_counters(visit_id)
             wait = (retry_at - now).total_seconds() if retry_at is not None else \
@@ -154,11 +171,11 @@ async def record_face_attempt(ctx: Context, attempt: FaceAttempt, analysis_outco
         assert visit.id is not None, "a visit read from storage"
         matched = None
         if analysis_outcome == "ok" and encoding is not None:
-            refs = await uow.templates.active_references(visit.patient_id)
+            refs = await open_references(ctx, visit.patient_id, await uow.templates.active_references(visit.patient_id))
             if not refs:
-                raise NotEnrolled(f"patient of visit {visit.id} has no enrolled face")
-            distance, matched = min(((math.dist(encoding, ctx.cipher.open(visit.patient_id, ref.sealed)), ref)
-                                     for ref in refs), key=lambda pair: pair[0])
+                raise await not_enrolled(uow, visit.patient_id, visit.id)
+            distance, matched = min(((math.dist(encoding, ref.encoding), ref.reference) for ref in refs),
+                                    key=lambda pair: pair[0])
             decision = FaceDecision.MATCH if distance <= ctx.settings.face_threshold else FaceDecision.NO_MATCH
         else:
             decision = FaceDecision(analysis_outcome)

@@ -25,7 +25,8 @@ FACE_REPLACED = "face_replaced"
 FACE_REVOKED = "face_revoked"
 PHONE_CHANGED = "phone_changed"
 CONSENT_RECORDED = "consent_recorded"
-KINDS = (FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED, CONSENT_RECORDED)
+CONSENT_WITHDRAWN = "consent_withdrawn"  # by the patient in the chat (/withdraw): references shredded (issue 16)
+KINDS = (FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED, CONSENT_RECORDED, CONSENT_WITHDRAWN)
 
 
 class ReplacementLimited(DomainError):

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from core.db.uow import UnitOfWork
 from core.errors import ConsentMissing, InvalidValue, NotFound, StaffPhone
-from core.face_references import MAX_REFERENCES
+from core.face_references import MAX_REFERENCES, PATIENT_KEY
 from core.model import Clinic, ClinicAdmin, Doctor, Language, Patient
 from core.names import clean_name
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, patient_for, refuse_doctor_key, visible_to
+from core.services.face_keys import open_references, seal_for
 from core.services.patient_changes import (
     CONSENT_RECORDED,
     FACE_ENROLLED,
@@ -182,8 +183,8 @@ async def _enrol(uow: UnitOfWork, ctx: Context, patient: Patient, encodings: lis
     kind = await _enrolment_kind(uow, ctx, patient, caller, now)
     change = await record_change(uow, patient, kind, caller, now, patient.chat_id)
     assert patient.id is not None, "a patient read from storage"
-    sealed = [ctx.cipher.seal(patient.id, enc) for enc in encodings]
-    count = await uow.templates.replace(patient.id, sealed, now, enrolment_id=change)
+    sealed = await seal_for(ctx, patient.id, encodings, now)  # under the patient's own key (crypto-shredding)
+    count = await uow.templates.replace(patient.id, sealed, now, enrolment_id=change, key_version=PATIENT_KEY)
     await uow.audit.append(now, caller.actor, "patient.enrol", f"patient:{patient.id}",
                            {"references": count, "change": change}, clinic_id=patient.clinic_id)
     return count
@@ -222,5 +223,5 @@ async def revoke_face(ctx: Context, clinic_id: int, patient_id: int, *, caller: 
 async def face_references(ctx: Context, patient_id: int) -> list[tuple[float, ...]]:
     """Decrypted active references. A row that fails to decrypt raises: it was moved or tampered with."""
     async with ctx.uow() as uow:
-        sealed = await uow.templates.active(patient_id)
-    return [ctx.cipher.open(patient_id, blob) for blob in sealed]
+        refs = await uow.templates.active_references(patient_id)
+    return [opened.encoding for opened in await open_references(ctx, patient_id, refs)]
