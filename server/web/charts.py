@@ -58,7 +58,7 @@ def nice_step(top: int, ticks: int = 5) -> int:
         return 1
     raw = top / ticks
     power = 10 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return int(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
 
 
 def _count(day: Day, key: str) -> int:
