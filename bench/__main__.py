@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 
-from bench import code_http, digest, dispatcher, export, face, face_load, flags, liveness, soak
+from bench import code_http, dashboard, digest, dispatcher, export, face, face_load, flags, liveness, soak
 from bench.results import write_section
 
 PG_URL = os.environ.get("RASTAU_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -141,10 +141,23 @@ async def bench_soak(smoke: bool, workdir: str) -> None:
         raise SystemExit("soak smoke run failed:\n" + "\n".join(problems))
 
 
+async def bench_dashboard(smoke: bool, workdir: str) -> None:
+    visits, rounds = (20_000, 5) if smoke else (1_000_000, 40)
+    sqlite_path = os.path.join(workdir, f"dashboard-{uuid.uuid4().hex[:6]}.db")
+    results = {"SQLite": await dashboard.run(f"sqlite+aiosqlite:///{sqlite_path}", visits=visits, rounds=rounds)}
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    await _pg_schema(True, schema)
+    try:
+        results["PostgreSQL"] = await dashboard.run(f"{PG_URL}?search_path={schema}", visits=visits, rounds=rounds)
+    finally:
+        await _pg_schema(False, schema)
+    write_section("Web dashboard: its pages with 1,000,000 visits stored", dashboard.report(results), smoke=smoke)
+
+
 BENCHES = {"face": bench_face_latency, "face_load": bench_face_load, "liveness": bench_liveness,
            "codes": bench_code_http,
            "dispatcher": bench_dispatcher, "digest": bench_digest, "flags": bench_flags, "export": bench_export,
-           "soak": bench_soak}
+           "soak": bench_soak, "dashboard": bench_dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:

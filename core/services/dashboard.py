@@ -27,6 +27,7 @@ from core.model import PatientAnswer, VisitState, patient_answer
 from core.services import Context
 from core.services.access import Caller, audited_clinics
 from core.services.flags import Flag, FlagKind, find_flags
+from core.services.web_sessions import WebUser
 
 SCORECARD_DAYS = 30
 QUEUE_LIMIT = 500  # disputes of each kind on one page of the queue
@@ -61,6 +62,15 @@ class Viewer:
     @classmethod
     def auditor(cls, auditor_id: int, clinic_ids: Iterable[int] | None) -> Viewer:
         return cls("auditor", auditor_id, auditor_clinics=None if clinic_ids is None else frozenset(clinic_ids))
+
+    @classmethod
+    def of(cls, user: WebUser) -> Viewer:
+        """The signed-in dashboard user (core.services.web_sessions) as the services here take it."""
+        if user.is_auditor:
+            return cls.auditor(user.subject_id, user.clinic_ids)
+        if user.clinic_ids is None or len(user.clinic_ids) != 1:
+            raise InvalidValue("a clinic admin's session names exactly one clinic")
+        return cls.admin(user.subject_id, next(iter(user.clinic_ids)))
 
     @property
     def actor(self) -> str:
