@@ -9,7 +9,8 @@ restart loses nothing.
   down at that moment (the dedupe keys make repeats harmless);
 - every ``checkpoint_minutes``: sign the audit chains' heads and push them to the auditors and the webhook;
 - every second, when a payer webhook is configured: POST the payer's events that are due;
-- hourly: forget processed update ids older than Telegram's redelivery horizon.
+- hourly: forget processed update ids older than Telegram's redelivery horizon;
+- daily at 03:30 Asia/Almaty: the retention purge (core/services/retention.py).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from core.services.auditor_summary import queue_auditor_summaries
 from core.services.checkpoints import push_checkpoint
 from core.services.digest import queue_daily_digests
 from core.services.payer import queue_flag_events
+from core.services.retention import purge
 from core.services.updates import prune_processed_updates
 from core.services.visits import close_expired_windows
 from core.signing import Signer
@@ -97,6 +99,14 @@ async def prune_job(ctx: Context) -> int:
     return await prune_processed_updates(ctx)
 
 
+async def retention_job(ctx: Context) -> int:
+    """The retention purge (core/services/retention.py): counts only in the log."""
+    report = await purge(ctx)
+    if report.total:
+        log.info("retention purge", **report.counts)
+    return report.total
+
+
 def build_scheduler(ctx: Context, dispatcher: OutboxDispatcher, *, deliver_every: float = 1.0,
                     signer: Signer | None = None, payer: PayerWebhookSender | None = None) -> AsyncIOScheduler:
     """All jobs, none started. ``max_instances=1`` + ``coalesce``: a slow round is never run twice at once.
@@ -117,6 +127,9 @@ def build_scheduler(ctx: Context, dispatcher: OutboxDispatcher, *, deliver_every
     if payer is not None:
         scheduler.add_job(payer_webhook_job, IntervalTrigger(seconds=deliver_every), args=[payer], id="payer_webhook")
     scheduler.add_job(prune_job, IntervalTrigger(hours=1), args=[ctx], id="prune_updates")
+    # issue 16: daily at 03:30 Asia/Almaty, when the clinics are closed
+    scheduler.add_job(retention_job, CronTrigger(hour=3, minute=30, timezone=ALMATY), args=[ctx], id="retention",
+                      misfire_grace_time=6 * 3600)
     return scheduler
 
 

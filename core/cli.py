@@ -622,5 +622,34 @@ def flags(first_day: dt.datetime, last_day: dt.datetime | None, clinic_id: int |
     _in_directory(act)
 
 
+# --- retention (issue 16) ---------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--dry-run", is_flag=True, help="count what would go, change nothing")
+def purge(dry_run: bool) -> NoReturn:
+    """Remove what the retention periods say (RASTAU_RETAIN_*; docs/privacy.md), as the bot's daily job does.
+
+    Prints one line per kind with how many rows were (or, with --dry-run, would be) removed or reduced. Visits,
+    their evidence and the audit log are kept; each real run is audit-logged (counts only).
+    """
+    from core.services.retention import purge as run_purge
+
+    async def work(settings: Settings) -> int:
+        settings = settings.require_secrets()
+        engine = create_engine(settings.database_url)
+        ctx = Context.build(settings, UnitOfWorkFactory(engine), settings.clock())  # dev: RASTAU_CLOCK_OFFSET_SECONDS
+        try:
+            report = await run_purge(ctx, dry_run=dry_run)
+        finally:
+            await ctx.keys.close()
+            await engine.dispose()
+        verb = "would purge" if dry_run else "purged"
+        for kind, count in report.counts.items():
+            click.echo(f"{verb} {kind}: {count}")
+        click.echo(f"{verb} {report.total} in all" + (" (dry run: nothing changed)" if dry_run else ""))
+        return EXIT_OK
+
+    _run(work)
+
+
 if __name__ == "__main__":
     main(prog_name="rastau")

@@ -1,7 +1,11 @@
 """Prometheus metrics, one registry per application so that tests (or two apps in one process) never collide."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -20,6 +24,9 @@ class Metrics:
         self.code_outcomes = Counter("rastau_code_outcomes", "One-time code verification outcomes", ["outcome"],
                                      registry=self.registry)
 
+        self.purges = _PurgeTotals()  # issue 16: the retention purge (run by the bot) as the database counts it
+        self.registry.register(self.purges)
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method, route, str(status))
         self.requests.labels(*labels).inc()
@@ -27,3 +34,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PurgeTotals(Collector):
+    """rastau_purged_rows_total and rastau_purge_runs_total per kind, from the purge_totals table (the purge runs in
+    the bot; every server process reports the same totals, read just before each scrape)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, tuple[int, int]] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        rows = CounterMetricFamily("rastau_purged_rows", "Rows removed or reduced by the retention purge",
+                                   labels=["kind"])
+        runs = CounterMetricFamily("rastau_purge_runs", "Retention purge runs that removed something",
+                                   labels=["kind"])
+        for kind, (removed, times) in sorted(self.totals.items()):
+            rows.add_metric([kind], removed)
+            runs.add_metric([kind], times)
+        yield rows
+        yield runs

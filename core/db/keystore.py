@@ -144,6 +144,16 @@ class PatientKeyStore:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return count
 
+    async def older_than(self, patient_ids: list[int], moment: dt.datetime) -> list[int]:
+        """Those of these patients whose key was made before ``moment``."""
+        if not patient_ids:
+            return []
+        engine = await self._ensure()
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(patient_keys.c.patient_id, patient_keys.c.created_at)
+                                       .where(patient_keys.c.patient_id.in_(patient_ids)))).all()
+        return [r.patient_id for r in rows if dt.datetime.fromisoformat(r.created_at) < moment]
+
     async def patients(self) -> list[int]:
         engine = await self._ensure()
         async with engine.connect() as conn:

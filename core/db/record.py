@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, TypeAlias
 
-from sqlalchemy import Row, and_, delete, func, literal, or_, select, update
+from sqlalchemy import Row, and_, delete, exists, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -85,13 +85,15 @@ class RetentionRepo:
     async def outbox(self, before: dt.datetime, dry_run: bool) -> int:
         """Delivered (or given up) messages older than ``before``: payload and Telegram message id forgotten."""
         o = t.outbox
-        cond = and_(o.c.status.in_(DONE_STATUSES), o.c.created_at < before,
-                    or_(o.c.payload != "{}", o.c.chat_message_id.is_not(None), o.c.last_error.is_not(None)))
+        kept = [o.c.payload != "{}", o.c.chat_message_id.is_not(None), o.c.last_error.is_not(None)]
+        forget: dict[str, Any] = {"payload": "{}", "chat_message_id": None, "last_error": None}
+        if "chat_id" in o.c:  # the chat a sent message is in (revision 0013)
+            kept.append(o.c.chat_id.is_not(None))
+            forget["chat_id"] = None
+        cond = and_(o.c.status.in_(DONE_STATUSES), o.c.created_at < before, or_(*kept))
         if dry_run:
             return await self._count(o, cond)
-        res = await self.conn.execute(update(o).where(cond).values(payload="{}", chat_message_id=None,
-                                                                   last_error=None))
-        return res.rowcount
+        return (await self.conn.execute(update(o).where(cond).values(**forget))).rowcount
 
     async def idempotency(self, before: dt.datetime, dry_run: bool) -> int:
         i = t.idempotency_keys
@@ -110,11 +112,11 @@ class RetentionRepo:
     async def idle_enrolled(self, before: dt.datetime) -> list[int]:
         """Patients holding a face reference, whose newest visit (or enrolment, when none) is older than ``before``."""
         ft, v = t.face_templates, t.visits
-        last_visit = select(func.max(v.c.start_at)).where(v.c.patient_id == ft.c.patient_id).scalar_subquery()
+        recent_visit = exists().where(and_(v.c.patient_id == ft.c.patient_id, v.c.start_at >= before))
         rows = (await self.conn.execute(
-            select(ft.c.patient_id).where(and_(ft.c.revoked_at.is_(None), func.length(ft.c.sealed) > 0))
-            .group_by(ft.c.patient_id)
-            .having(func.coalesce(func.max(last_visit), func.max(ft.c.created_at)) < before))).all()
+            select(ft.c.patient_id).where(and_(ft.c.revoked_at.is_(None), func.length(ft.c.sealed) > 0,
+                                               ~recent_visit))
+            .group_by(ft.c.patient_id).having(func.max(ft.c.created_at) < before).order_by(ft.c.patient_id))).all()
         return [r.patient_id for r in rows]
 
     async def patients_with_sealed(self, patient_ids: list[int]) -> set[int]:
@@ -137,6 +139,9 @@ class RetentionRepo:
             o.c.recipient_kind == "patient", o.c.recipient_id.in_(patient_ids), o.c.status == "pending"))
             .values(status="skipped", payload="{}", last_error="the patient unlinked the chat"))).rowcount
         touched += (await self.conn.execute(update(o).where(names_chat).values(payload="{}"))).rowcount
+        if "chat_id" in o.c:  # the chat a sent message is in (revision 0013)
+            touched += (await self.conn.execute(update(o).where(o.c.chat_id == chat_id)
+                                                .values(chat_id=None, chat_message_id=None))).rowcount
         return touched
 
     async def add_totals(self, counts: dict[str, int], now: dt.datetime) -> None:
