@@ -150,8 +150,8 @@ async def _status(ctx: Context, event: dict[str, Any]) -> None:
         row = await repo.outbox_row(wamid)
         if row is None:
             return
-        await repo.record_status(wamid, status, _at(event, ctx))
-        if status == "failed":
+        moved = await repo.record_status(wamid, status, _at(event, ctx))
+        if status == "failed" and moved:  # a failure after "delivered" or "read" is stale: it changes nothing
             code = min(codes) if codes else 0
             if code == REENGAGE:
                 await repo.close_window(recipient)
@@ -159,7 +159,7 @@ async def _status(ctx: Context, event: dict[str, Any]) -> None:
             elif code == UNDELIVERABLE:
                 await repo.mark_gone(recipient, "whatsapp 131026: no account or undeliverable", now)
                 await repo.send_again(row.id, now, "whatsapp 131026: undeliverable, next channel")
-            log.warning("whatsapp message failed", outbox_id=row.id, code=code)
+            log.warning("whatsapp message failed", outbox_id=row.id, meta_error=code)
         await uow.commit()
 
 
