@@ -41,6 +41,7 @@ from bot.channels.base import (
 )
 from bot.channels.whatsapp_api import WhatsAppApi, WhatsAppApiError
 from bot.delivery.limits import Pacer, SendPacer
+from bot.delivery.shared_limits import SharedSendPacer
 from bot.i18n import when
 from core.errors import DatabaseUnavailable
 from core.logs import get_logger
@@ -299,5 +300,48 @@ class WhatsAppInbox:
                     await asyncio.wait_for(self.wake.wait(), idle)
 
 
-__all__ = ["WhatsAppChannel", "WhatsAppInbox", "add_whatsapp_webhook", "create_whatsapp_app",
+class WhatsAppRuntime:
+    """Everything WhatsApp needs in the bot's process: the channel (for the outbox dispatcher), its webhook (on the
+    Telegram webhook app, or served alone in long-polling mode), and the inbox worker."""
+
+    def __init__(self, ctx: Context, i18n: I18n):
+        settings = ctx.settings
+        self._shared: SharedSendPacer | None = None
+        if settings.redis_url:  # several bot instances keep Meta's limits together, as they do Telegram's
+            self._shared = SharedSendPacer.from_url(settings.redis_url, settings.whatsapp_rate,
+                                                    settings.whatsapp_rate_per_recipient,
+                                                    namespace="rastau:pace:whatsapp")
+        self.channel = WhatsAppChannel(ctx, i18n, pacer=self._shared)
+        self.inbox = WhatsAppInbox(ctx, self.channel)
+        self._ctx = ctx
+        self._runner: web.AppRunner | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def mount(self, app: web.Application) -> None:
+        """The webhook on an app that is not started yet (the Telegram webhook app)."""
+        add_whatsapp_webhook(app, self._ctx, wake=self.inbox.wake)
+
+    async def serve(self, host: str, port: int) -> None:
+        """The webhook alone on ``host:port`` (long-polling mode)."""
+        self._runner = web.AppRunner(create_whatsapp_app(self._ctx, wake=self.inbox.wake), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        log.info("whatsapp webhook listening", host=host, port=port, path=self._ctx.settings.whatsapp_webhook_path)
+
+    def start_worker(self, stop: asyncio.Event) -> None:
+        self._worker = asyncio.create_task(self.inbox.run_forever(stop))
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._worker
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.channel.api.close()
+        if self._shared is not None:
+            await self._shared.close()
+
+
+__all__ = ["WhatsAppChannel", "WhatsAppInbox", "WhatsAppRuntime", "add_whatsapp_webhook", "create_whatsapp_app",
            "signature_ok"]

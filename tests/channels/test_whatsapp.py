@@ -3,12 +3,14 @@ check, linking by wa_id, the language choice, answers by signed buttons, deliver
 24-hour window, and the API's error codes."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import math
 
 import aiohttp
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 
 from bot.channels.base import (
@@ -22,6 +24,7 @@ from bot.channels.base import (
     InboundMessage,
     Notice,
 )
+from bot.channels.whatsapp import WhatsAppRuntime
 from bot.i18n import make_i18n
 from core.clock import ALMATY
 from core.model import VisitState
@@ -378,3 +381,31 @@ def test_whatsapp_refuses_to_start_without_its_secrets(db_url):
     with pytest.raises(ValidationError, match="too short"):
         make_settings(db_url, **{**base, "whatsapp_verify_token": "short"})
     assert not make_settings(db_url).whatsapp_enabled
+
+
+async def test_the_runtime_serves_the_webhook_on_the_telegram_app_and_its_worker_wakes_by_itself(wa, people):
+    """How bot/__main__ runs it: the webhook mounted on the Telegram webhook app, the inbox worker as a task woken by
+    each webhook (no explicit drain here)."""
+    runtime = WhatsAppRuntime(wa.ctx, make_i18n())
+    app = web.Application()
+    runtime.mount(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    wa.api.webhook_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/whatsapp/webhook"
+    runtime.channel.api = wa.channel.api  # the stand-in's address is in wa's settings already
+    stop = asyncio.Event()
+    runtime.start_worker(stop)
+    try:
+        await wa.api.user_writes(ASEL, "Сәлем")
+        for _ in range(200):  # bounded wait for the worker: no timing is asserted
+            if wa.api.messages_to(ASEL):
+                break
+            await asyncio.sleep(0.02)
+        assert (await wa.channel_row(people.asel.id)).address == ASEL
+        assert wa.api.messages_to(ASEL)[-1].type == "interactive"
+    finally:
+        stop.set()
+        await runtime.close()
+        await runner.cleanup()
