@@ -35,7 +35,7 @@ COOKIE = "rastau_web"
 PREFIX = "/web"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATIC = Path(__file__).resolve().parents[1] / "static"
-ASSETS = {"web.css": "text/css", "vendor/htmx.min.js": "text/javascript", "web.js": "text/javascript"}
+ASSETS = {"web.css": "text/css", "vendor/htmx.min.js": "text/javascript", "favicon.svg": "image/svg+xml"}
 # Only Rastau's own files; no inline script or style anywhere (htmx is told not to inject its indicator style).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -59,6 +59,8 @@ class NavEntry:
 
 # The menu, in order. Another page adds its entry here (one line).
 NAV: list[NavEntry] = [NavEntry("/day", N_("Day"))]
+NAV += [NavEntry("/disputes", N_("Disputes")), NavEntry("/doctors", N_("Doctors")),  # dashboard-data
+        NavEntry("/clinics", N_("Clinics"), auditors_only=True)]
 
 
 def anonymous(handler: _H) -> _H:
@@ -187,7 +189,7 @@ async def asset(request: web.Request) -> web.FileResponse:
 
 
 def create_web_app() -> web.Application:
-    from server.web import pages, signin  # the pages register on their modules' route tables
+    from server.web import dashboard_pages, pages, signin  # the pages register on their modules' route tables
 
     app = web.Application(middlewares=[web_middleware])
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
@@ -195,7 +197,7 @@ def create_web_app() -> web.Application:
     env.filters["hhmm"] = _hhmm
     env.filters["local"] = _local
     app.router.add_get("/static/{name:.+}", asset, allow_head=False)
-    for module in (signin, pages):
+    for module in (signin, pages, dashboard_pages):
         for route in module.routes:
             if isinstance(route, web.RouteDef):
                 public(route.handler)  # not an API route: the session middleware above decides, not API keys
