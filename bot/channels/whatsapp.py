@@ -239,7 +239,7 @@ def add_whatsapp_webhook(app: web.Application, ctx: Context, *, wake: asyncio.Ev
             parsed = json.loads(body)
         except ValueError:
             return web.Response(status=400, text="body is not JSON")
-        events = events_of(parsed) if isinstance(parsed, dict) else []
+        events = events_of(parsed, settings.whatsapp_phone_number_id) if isinstance(parsed, dict) else []
         if events:
             try:
                 await queue_events(ctx, events)

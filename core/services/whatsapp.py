@@ -81,13 +81,16 @@ def read_button(ctx: Context, payload: str, wa_id: str) -> tuple[int, bool] | No
     return visit_id, parts[2] == "y"
 
 
-def events_of(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The messages and statuses in one (already authenticated) webhook body, each with its id for dedupe."""
+def events_of(body: dict[str, Any], phone_number_id: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """The messages and statuses in one (already authenticated) webhook body, each with its id for dedupe. Only
+    those about our own business number: one Meta app may serve other numbers too."""
     events: list[tuple[str, dict[str, Any]]] = []
     for entry in body.get("entry") or []:
         for change in (entry or {}).get("changes") or []:
             value = (change or {}).get("value") or {}
             if change.get("field") != "messages" or not isinstance(value, dict):
+                continue
+            if str((value.get("metadata") or {}).get("phone_number_id")) != str(phone_number_id):
                 continue
             for message in value.get("messages") or []:
                 if isinstance(message, dict) and message.get("id") and message.get("from"):

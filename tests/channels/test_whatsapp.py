@@ -98,7 +98,8 @@ async def test_handshake_echoes_the_challenge_only_for_the_verify_token(wa):
 async def test_a_forged_webhook_changes_nothing(wa, people):
     """Bad, missing, wrongly keyed or stale signatures: 401 before parsing, nothing queued, nobody linked."""
     body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
-            "value": {"messages": [{"from": ASEL, "id": "wamid.FORGED", "timestamp": "1", "type": "text",
+            "value": {"metadata": {"phone_number_id": wa.api.phone_number_id},
+                      "messages": [{"from": ASEL, "id": "wamid.FORGED", "timestamp": "1", "type": "text",
                                     "text": {"body": "hi"}}]}}]}]}).encode()
     good = signature(wa.api.app_secret, body)
     attempts = [
@@ -117,6 +118,16 @@ async def test_a_forged_webhook_changes_nothing(wa, people):
     assert await wa.channel_row(people.asel.id) is None
     assert wa.api.messages_to(ASEL) == []
     assert await wa.api.post_webhook(body) == 200  # the same body, signed with the app secret, is taken
+    assert await wa.queued() == 1
+
+
+async def test_messages_to_another_business_number_of_the_same_app_link_nobody(wa, people):
+    other = json.loads(json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
+        "field": "messages", "value": {"metadata": {"phone_number_id": "999"}, "messages": [{
+            "from": ASEL, "id": "wamid.OTHER", "timestamp": "1", "type": "text", "text": {"body": "hi"}}]}}]}]}))
+    assert await wa.api.post_webhook(other) == 200  # Meta's, so acknowledged; but not ours to act on
+    await wa.settle()
+    assert await wa.queued() == 0 and await wa.channel_row(people.asel.id) is None
 
 
 async def test_the_webhook_answers_at_once_and_the_worker_does_the_work(wa, people):
