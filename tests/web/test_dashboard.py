@@ -218,3 +218,55 @@ async def test_secure_cookie_when_the_public_address_is_https(aiohttp_client, ct
                                headers={"Cookie": f"rastau_signin={page.cookies['rastau_signin'].value}"},
                                allow_redirects=False)
     assert signed.cookies["rastau_web"]["secure"]
+
+
+async def test_the_timeline_shows_the_code_and_the_question_as_sent(web_client, ctx, world, engine, clock):
+    from core.db import tables as t
+
+    visit = await visit_of(ctx, world.a)
+    sent = {"visit_code": T0_PLUS(clock, 1), "attendance_prompt": T0_PLUS(clock, 90)}
+    async with engine.begin() as conn:
+        for kind, at in sent.items():
+            await conn.execute(t.outbox.insert().values(
+                created_at=clock.now(), due_at=at, kind=kind, recipient_kind="patient",
+                recipient_id=world.a.patient_ids[0], visit_id=visit.id, payload="{}", status="sent", sent_at=at))
+        await conn.execute(t.outbox.insert().values(  # never sent: not on the timeline
+            created_at=clock.now(), due_at=clock.now(), kind="attendance_prompt", recipient_kind="patient",
+            recipient_id=world.a.patient_ids[0], visit_id=visit.id, payload="{}", status="pending"))
+    await sign_in(web_client, ctx, ADMIN_A_CHAT)
+    page = await (await web_client.get(f"/web/visits/{visit.id}")).text()
+    steps = re.findall(r'<li class="step-([a-z_]+)"><time>([^<]+)</time>', page)
+    assert steps == [("registered", "25.11.2026 09:00:00"), ("code_sent", "25.11.2026 09:01:00"),
+                     ("asked", "25.11.2026 10:30:00")]
+
+
+def T0_PLUS(clock, minutes: int) -> dt.datetime:  # noqa: N802
+    return clock.now() + dt.timedelta(minutes=minutes)
+
+
+async def test_an_api_key_opens_no_web_page(web_client, ctx, world):
+    response = await web_client.get("/web/day", headers={"Authorization": f"Bearer {world.a.keys['admin']}"},
+                                    allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/web/signin"
+
+
+async def test_an_auditor_of_every_clinic_chooses_among_them(web_client, ctx, world):
+    await auditors.add_auditor(ctx, "Global Auditor", "+77011234504", all_clinics=True)
+    await link_chat_by_phone(ctx, 5004, "+77011234504", "ru")
+    await sign_in(web_client, ctx, 5004)
+    page = await (await web_client.get(f"/web/day?clinic={world.b.clinic_id}")).text()
+    assert "Polyclinic B" in re.search(r"<h1>(.*?)</h1>", page, re.S).group(1)
+    assert re.findall(r'<option value="(\d+)"[^>]*>Polyclinic', page) == [str(world.a.clinic_id),
+                                                                         str(world.b.clinic_id)]
+
+
+def test_htmx_is_the_pinned_file():
+    import hashlib
+    from pathlib import Path
+
+    vendored = Path(__file__).resolve().parents[2] / "server" / "static" / "vendor"
+    assert hashlib.sha256((vendored / "htmx.min.js").read_bytes()).hexdigest() == HTMX_SHA256
+    assert (vendored / "htmx.LICENSE").read_text().startswith("Zero-Clause BSD")
+
+
+HTMX_SHA256 = "e209dda5c8235479f3166defc7750e1dbcd5a5c1808b7792fc2e6733768fb447"  # htmx.org 2.0.4, dist/htmx.min.js
