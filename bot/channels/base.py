@@ -16,7 +16,8 @@ How a send ends, as the dispatcher reads it:
 - :class:`ChannelRefused` — this message is wrong for the provider (a 400 that is not about the recipient): the row
   fails, as Telegram's bad requests do today;
 - :class:`bot.delivery.limits.TooLate` from the channel's pacer — handed back, as today.
-A channel never catches these to retry or fall back by itself; nothing in a channel writes to the database.
+A channel never catches these to retry or fall back by itself; nothing in a channel writes to the database but the
+SMS budget (core.services.channels.spend_sms).
 """
 from __future__ import annotations
 
@@ -25,16 +26,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.channels import FALLBACK_ORDER, ChannelName
 
-class ChannelName(str, enum.Enum):
-    TELEGRAM = "telegram"
-    WHATSAPP = "whatsapp"
-    SMS = "sms"
-
-
-# The one place the fallback order is written: a patient's preferred channel first, then these, skipping channels the
-# patient has not proven or that are gone. SMS last: it costs money and carries the least.
-FALLBACK_ORDER: tuple[ChannelName, ...] = (ChannelName.TELEGRAM, ChannelName.WHATSAPP, ChannelName.SMS)
+__all__ = ["FALLBACK_ORDER", "ChannelName"]  # re-exported: core decides which channels work, the bot sends
 
 
 @dataclass(frozen=True)
@@ -44,6 +38,7 @@ class Address:
     channel: ChannelName
     value: str
     patient_id: int | None = None
+    clinic_id: int | None = None  # whose budget an SMS counts against
 
 
 # --- what is said (channel-neutral; each channel words it itself, in ``locale``) ------------------------------------
@@ -85,9 +80,12 @@ PatientContent = CodeMessage | AttendanceQuestion | Notice
 
 @dataclass(frozen=True)
 class PatientMessage:
-    """What the renderer returns for a row the dispatcher must route to a patient's channel."""
+    """What the renderer returns for a row the dispatcher must route to a patient's channel: ``routes`` are the
+    patient's working channels, preferred first (empty: no channel at all, nothing issued, the row says no_channel).
+    ``content`` is None only when ``routes`` is empty."""
     patient_id: int
-    content: PatientContent
+    content: PatientContent | None
+    routes: tuple[Address, ...] = ()
 
 
 @dataclass(frozen=True)
