@@ -2,32 +2,47 @@
 "this wasn't me" about a change to the patient's face, phone or consent."""
 from __future__ import annotations
 
-import datetime as dt
+from contextlib import suppress
 
 from aiogram import Bot, F, Router
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
-from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from bot import texts
+from bot import dispute_texts
 from bot.handlers.util import append_to_message, drop_buttons
 from bot.i18n import _
-from bot.keyboards import AnswerCb, ChangeCb, ReasonSkipCb, skip_reason_keyboard
+from bot.keyboards import (
+    AnswerCb,
+    ChangeCb,
+    ReasonSkipCb,
+    SureCb,
+    UndoCb,
+    VisitsCb,
+    confirm_dispute_keyboard,
+    skip_reason_keyboard,
+    undo_keyboard,
+)
+from bot.reason_wait import DisputeReason, end_wait, start_wait
 from core.errors import IllegalTransition, NotFound
-from core.model import ANSWER_CORRECTION_WINDOW, VisitState
+from core.model import VisitState
 from core.services import Context
 from core.services.chat import ChatProfile
+from core.services.dispute_answers import (
+    Audience,
+    ReasonTooLate,
+    TakeBackClosed,
+    check_disputable,
+    patient_visit_choice,
+    patient_visit_page,
+    withdraw_dispute,
+)
 from core.services.patient_changes import dispute_change
-from core.services.visit_lists import VisitLine, patient_visits
 from core.services.visits import explain_dispute, patient_confirms, patient_disputes
 
-MAX_LISTED = 15
+PER_PAGE = 8
 MAX_REASON = 1000
-
-
-class DisputeReason(StatesGroup):
-    waiting = State()
 
 
 def _refusal(exc: IllegalTransition) -> str:
@@ -42,26 +57,22 @@ def _refusal(exc: IllegalTransition) -> str:
     return _("This answer can't be recorded for this visit.")
 
 
-def _disputable(line: VisitLine, now: dt.datetime) -> bool:
-    """Started, not cancelled, not disputed already, and not a confirmation that became final."""
-    if line.start > now or line.state in (VisitState.CANCELLED, VisitState.PATIENT_DISPUTED):
-        return False
-    if line.state is VisitState.PATIENT_CONFIRMED:
-        return line.answered_at is not None and now - line.answered_at <= ANSWER_CORRECTION_WINDOW
-    return True
+def _several(profile: ChatProfile) -> bool:
+    return len(profile.patients) > 1
 
 
-async def answer(query: CallbackQuery, callback_data: AnswerCb, profile: ChatProfile, ctx: Context,
-                 state: FSMContext, bot: Bot) -> None:
-    """The button says which visit; the visit must belong to the patient who pressed it.
-    ``yes``/``no`` come from the "were you there?" question, ``dispute`` from the /visits list."""
+async def answer(query: CallbackQuery, callback_data: AnswerCb, profile: ChatProfile, ctx: Context, bot: Bot) -> None:
+    """The button says which visit; the visit must belong to the patient who pressed it. ``yes`` records "I was
+    there"; ``no`` (the question, a /visits visit) and ``dispute`` (older /visits lists) only ask to confirm."""
     if not profile.patients:
         await query.answer(_("This button is for the patient of this visit. Press /start to connect."),
                            show_alert=True)
         return
-    action = patient_confirms if callback_data.action == "yes" else patient_disputes
+    if callback_data.action != "yes":
+        await _ask_to_confirm(query, callback_data.visit_id, profile, ctx, bot)
+        return
     try:
-        result = await action(ctx, callback_data.visit_id, profile.patient_ids)
+        result = await patient_confirms(ctx, callback_data.visit_id, profile.patient_ids)
     except NotFound:
         await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
         return
@@ -71,23 +82,103 @@ async def answer(query: CallbackQuery, callback_data: AnswerCb, profile: ChatPro
     if not result.changed:
         await query.answer(_("Your answer is already recorded; nothing changed."))
         return
-    if callback_data.action == "yes":
-        await query.answer(_("Thank you!"))
-        footer = _("✅ Thank you, your answer is recorded: you were there.")
-    else:
-        await query.answer()
-        footer = _("❌ Recorded: you were not there. The clinic's administrators have been told.")
-    if callback_data.action == "dispute" or not await append_to_message(query, footer):
+    await query.answer(_("Thank you!"))
+    footer = _("✅ Thank you, your answer is recorded: you were there.")
+    if not await append_to_message(query, footer):
         await bot.send_message(query.from_user.id, footer)
-    if callback_data.action != "yes":
-        await state.set_state(DisputeReason.waiting)
-        await state.update_data(visit_id=callback_data.visit_id)
-        await bot.send_message(
-            query.from_user.id,
-            _("If you want, write in one message what happened, for example: «I was at work that day». "
-              "Your words go to the clinic's administrators. Or press «Skip»."),
-            reply_markup=skip_reason_keyboard(callback_data.visit_id))
 
+
+async def _ask_to_confirm(query: CallbackQuery, visit_id: int, profile: ChatProfile, ctx: Context, bot: Bot) -> None:
+    """❌ records nothing yet: one question with the visit spelled out, whose «yes» records the dispute."""
+    try:
+        line = await check_disputable(ctx, visit_id, profile.patient_ids)
+    except NotFound:
+        await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
+        return
+    except IllegalTransition as exc:
+        await query.answer(_refusal(exc), show_alert=True)
+        return
+    if line is None:
+        await query.answer(_("Your answer is already recorded; nothing changed."))
+        return
+    await query.answer()
+    origin = query.message.message_id if isinstance(query.message, Message) else 0
+    await bot.send_message(query.from_user.id, dispute_texts.confirm_dispute(line, several=_several(profile)),
+                           reply_markup=confirm_dispute_keyboard(visit_id, origin))
+
+
+async def dispute_confirmed(query: CallbackQuery, callback_data: SureCb, profile: ChatProfile, ctx: Context,
+                            state: FSMContext, bot: Bot) -> None:
+    """«Yes, I wasn't there»: recorded now; the patient is told who really heard of it, may take it back for a
+    while, and may give a reason."""
+    if not profile.patients:
+        await query.answer(_("This button is for the patient of this visit. Press /start to connect."),
+                           show_alert=True)
+        return
+    if callback_data.action != "yes":
+        await query.answer()
+        if not await replace_message(query, dispute_texts.nothing_recorded()):
+            await bot.send_message(query.from_user.id, dispute_texts.nothing_recorded())
+        return
+    try:
+        result = await patient_disputes(ctx, callback_data.visit_id, profile.patient_ids)
+    except NotFound:
+        await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
+        return
+    except IllegalTransition as exc:
+        await query.answer(_refusal(exc), show_alert=True)
+        return
+    if not result.changed:
+        await query.answer(_("Your answer is already recorded; nothing changed."))
+        await drop_buttons(query)
+        return
+    await query.answer()
+    chat_id = query.from_user.id
+    if callback_data.msg:  # the question or the /visits view the ❌ came from: its buttons are answered now
+        with suppress(TelegramAPIError):
+            await bot.edit_message_reply_markup(chat_id=chat_id, message_id=callback_data.msg, reply_markup=None)
+    told = result.told or Audience.RECORDED_ONLY
+    recorded = dispute_texts.dispute_recorded(told, ctx.settings.dispute_undo_minutes)
+    if not await replace_message(query, recorded, undo_keyboard(callback_data.visit_id)):
+        await bot.send_message(chat_id, recorded, reply_markup=undo_keyboard(callback_data.visit_id))
+    assert result.visit.answered_at is not None, "a recorded dispute has its time"
+    prompt = await bot.send_message(chat_id, dispute_texts.ask_reason(ctx.settings.dispute_reason_minutes),
+                                    reply_markup=skip_reason_keyboard(callback_data.visit_id))
+    await start_wait(state, visit_id=callback_data.visit_id, disputed_at=result.visit.answered_at,
+                     skip_message_id=prompt.message_id)
+
+
+async def dispute_taken_back(query: CallbackQuery, callback_data: UndoCb, profile: ChatProfile, ctx: Context,
+                             bot: Bot) -> None:
+    """«I was there after all»: only this chat, only within the take-back window (the service decides both)."""
+    try:
+        _visit, changed, told = await withdraw_dispute(ctx, callback_data.visit_id, profile.patient_ids,
+                                                       query.from_user.id)
+    except NotFound:
+        await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
+        return
+    except TakeBackClosed:
+        await query.answer(dispute_texts.take_back_closed(ctx.settings.dispute_undo_minutes), show_alert=True)
+        await drop_buttons(query)
+        return
+    if not changed:
+        await query.answer(dispute_texts.nothing_to_take_back())
+        await drop_buttons(query)
+        return
+    await query.answer()
+    if not await replace_message(query, dispute_texts.withdrawn(told)):
+        await bot.send_message(query.from_user.id, dispute_texts.withdrawn(told))
+
+
+async def replace_message(query: CallbackQuery, text: str, markup: InlineKeyboardMarkup | None = None) -> bool:
+    """Put ``text`` (and ``markup``) in place of the message the button was on. False when it can't be edited."""
+    if not isinstance(query.message, Message):
+        return False
+    try:
+        await query.message.edit_text(text, reply_markup=markup)
+    except TelegramBadRequest:
+        return False
+    return True
 
 async def change_disputed(query: CallbackQuery, callback_data: ChangeCb, ctx: Context, bot: Bot) -> None:
     """Not tied to a linked profile: after a phone change the old chat, no longer linked, must still be able
@@ -106,19 +197,27 @@ async def change_disputed(query: CallbackQuery, callback_data: ChangeCb, ctx: Co
         await bot.send_message(query.from_user.id, footer)
 
 
-async def reason_given(message: Message, profile: ChatProfile, ctx: Context, state: FSMContext) -> None:
-    visit_id = (await state.get_data()).get("visit_id", "")
+async def reason_given(message: Message, profile: ChatProfile, ctx: Context, state: FSMContext, bot: Bot) -> None:
+    data = await state.get_data()
     reason = message.text or ""  # the filter lets only text in
-    await state.clear()
+    await end_wait(state, bot, message.chat.id)
     try:
-        await explain_dispute(ctx, int(visit_id), profile.patient_ids, reason)
+        result = await explain_dispute(ctx, int(data.get("visit_id", "")), profile.patient_ids, reason)
+    except ReasonTooLate:
+        await message.answer(dispute_texts.reason_too_late())
+        return
     except (NotFound, IllegalTransition, TypeError, ValueError):
         await message.answer(_("I could not attach this to the visit. Your dispute itself is recorded."))
         return
-    note = _("Thank you. Your explanation has been passed to the clinic's administrators.")
+    note = dispute_texts.reason_passed(result.told or Audience.RECORDED_ONLY)
     if len(reason.strip()) > MAX_REASON:
         note += "\n" + _("Only the first {n} characters were kept.").format(n=MAX_REASON)
     await message.answer(note)
+
+
+async def reason_late(message: Message) -> None:
+    """Text that came after the wait had ended by time: not a reason, and the patient is told so."""
+    await message.answer(dispute_texts.reason_too_late())
 
 
 async def reason_not_text(message: Message) -> None:
@@ -129,8 +228,41 @@ async def reason_skipped(query: CallbackQuery, state: FSMContext, bot: Bot) -> N
     await state.clear()
     await query.answer()
     await drop_buttons(query)
-    await bot.send_message(query.from_user.id, _("All right. Your answer is recorded and the clinic "
-                                                       "has been told."))
+    await bot.send_message(query.from_user.id, dispute_texts.reason_skipped())
+
+
+def _too_late(message: Message, reason_too_late: bool = False) -> bool:
+    return reason_too_late
+
+
+# --- /visits: a page of visits, one button per visit that opens its choices ---------------------------------------
+
+async def _visits_page(ctx: Context, profile: ChatProfile, page: int) -> tuple[str, InlineKeyboardMarkup | None]:
+    shown = await patient_visit_page(ctx, profile.patient_ids, page, PER_PAGE)
+    rows: list[list[InlineKeyboardButton]] = []
+    row: list[InlineKeyboardButton] = []
+    for n, (line, (yes, no)) in enumerate(zip(shown.lines, shown.choices, strict=True), start=shown.first):
+        if yes or no:
+            row.append(InlineKeyboardButton(text=dispute_texts.visit_button(n, line), callback_data=VisitsCb(
+                action="open", page=shown.page, visit_id=line.visit_id).pack()))
+            if len(row) == 2:
+                rows.append(row)
+                row = []
+    if row:
+        rows.append(row)
+    paging = []
+    if shown.page > 0:
+        paging.append(InlineKeyboardButton(text=dispute_texts.newer_button(),
+                                           callback_data=VisitsCb(action="page", page=shown.page - 1).pack()))
+    if shown.page < shown.pages - 1:
+        paging.append(InlineKeyboardButton(text=dispute_texts.older_button(),
+                                           callback_data=VisitsCb(action="page", page=shown.page + 1).pack()))
+    text = dispute_texts.visits_page(shown.lines, first=shown.first, total=shown.total, several=_several(profile))
+    hint = dispute_texts.visits_hint(bool(rows))
+    if hint:
+        text += "\n\n" + hint
+    keyboard = rows + ([paging] if paging else [])
+    return text, InlineKeyboardMarkup(inline_keyboard=keyboard) if keyboard else None
 
 
 async def visits(message: Message, profile: ChatProfile, ctx: Context) -> None:
@@ -138,28 +270,49 @@ async def visits(message: Message, profile: ChatProfile, ctx: Context) -> None:
         await message.answer(_("/visits is for patients. Connect with /start by sharing the phone number "
                                "your clinic registered."))
         return
-    lines = await patient_visits(ctx, profile.patient_ids)
-    if not lines:
-        await message.answer(_("You have no visits in the last 30 days."))
+    text, markup = await _visits_page(ctx, profile, 0)
+    await message.answer(text, reply_markup=markup)
+
+
+async def visits_browse(query: CallbackQuery, callback_data: VisitsCb, profile: ChatProfile, ctx: Context,
+                        bot: Bot) -> None:
+    """A page of the list, or one visit with the choices that can still be recorded about it."""
+    if not profile.patients:
+        await query.answer(_("/visits is for patients. Connect with /start by sharing the phone number "
+                             "your clinic registered."), show_alert=True)
         return
-    now = ctx.clock.now()
-    shown = lines[:MAX_LISTED]
-    buttons = [[InlineKeyboardButton(text=texts.visit_button_label(n, line),
-                                     callback_data=AnswerCb(action="dispute", visit_id=line.visit_id).pack())]
-               for n, line in enumerate(shown, start=1) if _disputable(line, now)]
-    text = texts.visit_lines(lines, MAX_LISTED)
-    if buttons:
-        text += "\n\n" + _("If you were not at one of these visits, press its button below.")
-    await message.answer(text, reply_markup=InlineKeyboardMarkup(inline_keyboard=buttons) if buttons else None)
+    back = InlineKeyboardButton(text=dispute_texts.back_to_list_button(),
+                                callback_data=VisitsCb(action="page", page=callback_data.page).pack())
+    if callback_data.action == "open":
+        try:
+            line, (yes, no) = await patient_visit_choice(ctx, callback_data.visit_id, profile.patient_ids)
+        except NotFound:
+            await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
+            return
+        choices = ([InlineKeyboardButton(text=dispute_texts.yes_button(), callback_data=AnswerCb(
+            action="yes", visit_id=line.visit_id).pack())] if yes else []) + (
+            [InlineKeyboardButton(text=dispute_texts.no_button(), callback_data=AnswerCb(
+                action="no", visit_id=line.visit_id).pack())] if no else [])
+        text = dispute_texts.visit_choice(line, several=_several(profile), can_yes=yes, can_no=no)
+        markup: InlineKeyboardMarkup | None = InlineKeyboardMarkup(inline_keyboard=[r for r in (choices, [back]) if r])
+    else:
+        text, markup = await _visits_page(ctx, profile, callback_data.page)
+    await query.answer()
+    if not await replace_message(query, text, markup):
+        await bot.send_message(query.from_user.id, text, reply_markup=markup)
 
 
 def build_router() -> Router:
     """A fresh Router for each Dispatcher: aiogram attaches a router to one parent only."""
     router = Router(name="patient")
     router.callback_query.register(answer, AnswerCb.filter(F.action.in_({"yes", "no", "dispute"})))
+    router.callback_query.register(dispute_confirmed, SureCb.filter(F.action.in_({"yes", "back"})))
+    router.callback_query.register(dispute_taken_back, UndoCb.filter())
+    router.callback_query.register(visits_browse, VisitsCb.filter(F.action.in_({"page", "open"})))
     router.callback_query.register(change_disputed, ChangeCb.filter())
     router.message.register(reason_given, DisputeReason.waiting, F.text, ~F.text.startswith("/"))
     router.message.register(reason_not_text, DisputeReason.waiting, ~F.text)
+    router.message.register(reason_late, _too_late, F.text, ~F.text.startswith("/"))
     router.callback_query.register(reason_skipped, ReasonSkipCb.filter())
     router.message.register(visits, Command("visits"))
     return router

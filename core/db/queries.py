@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Date,
     Float,
@@ -31,7 +32,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from core.db import tables as t
 from core.db.repositories import ENROLLED_AT, FRESH, AnyRow
-from core.model import VerificationMethod, VisitMode, VisitState
+from core.model import OutboxKind, VerificationMethod, VisitMode, VisitState
 
 _v, _d, _p, _c, _pc = t.visits, t.doctors, t.patients, t.clinics, t.patient_changes
 _CANCELLED, _SCHEDULED = VisitState.CANCELLED.value, VisitState.SCHEDULED.value
@@ -53,6 +54,27 @@ _DISPUTED_IN_DAY = and_(_pc.c.clinic_id == bindparam("clinic"), _pc.c.disputed_a
                         _pc.c.disputed_at < bindparam("end"))
 # Per doctor, everything the digest's totals need: the counting happens in the database, in one pass over the day;
 # each row also carries the clinic's name and how many changes its patients disputed that day.
+# --- issue 14: whether anyone can ask the patient "were you there?" on any channel ---------------------------------
+# Telegram: a linked chat, not blocked, not stopped (core.services.chat.reachable_chat); WhatsApp (when on): a proven
+# row not gone; SMS (when on): the registered phone, unless it failed for good at that number. As
+# core.services.channels.patient_routes decides it for the sender; the caller says which channels are on.
+_pch = t.patient_channels
+_TELEGRAM_OK = and_(_p.c.chat_id.is_not(None), ~_p.c.chat_blocked,
+                    ~select(t.chat_users.c.chat_id).where(and_(t.chat_users.c.chat_id == _p.c.chat_id,
+                                                               t.chat_users.c.stopped)).exists())
+_WHATSAPP_OK = and_(bindparam("whatsapp_on", False, type_=Boolean), select(_pch.c.patient_id).where(and_(
+    _pch.c.patient_id == _p.c.id, _pch.c.channel == "whatsapp", _pch.c.gone_at.is_(None))).exists())
+_SMS_OK = and_(bindparam("sms_on", False, type_=Boolean), ~select(_pch.c.patient_id).where(and_(
+    _pch.c.patient_id == _p.c.id, _pch.c.channel == "sms", _pch.c.gone_at.is_not(None),
+    _pch.c.address == _p.c.phone)).exists())
+ANY_CHANNEL = or_(_TELEGRAM_OK, _WHATSAPP_OK, _SMS_OK)
+_UNANSWERED = and_(_billed, _v.c.state.not_in([_CONFIRMED, _DISPUTED]), _v.c.attended_claim_at.is_(None))
+
+
+def channel_params(*, sms: bool, whatsapp: bool) -> dict[str, bool]:
+    return {"sms_on": sms, "whatsapp_on": whatsapp}
+
+
 _DIGEST_COUNTS = (
     select(_v.c.doctor_id, _d.c.full_name,
            _count(_billed).label("visits"),
@@ -63,10 +85,11 @@ _DIGEST_COUNTS = (
            _count(_v.c.state == _CONFIRMED).label("patient_confirmed"),
            _count(_disputed).label("disputed"),
            # core.model.patient_answer(...) is NONE, counted in SQL
-           _count(and_(_billed, _v.c.state.not_in([_CONFIRMED, _DISPUTED]),
-                       _v.c.attended_claim_at.is_(None))).label("no_answer"),
+           # issue 14: "no answer" only where someone could ask; "no_channel" where nobody could
+           _count(and_(_UNANSWERED, ANY_CHANNEL)).label("no_answer"),
+           _count(and_(_UNANSWERED, ~ANY_CHANNEL)).label("no_channel"),
            _count(~_billed).label("cancelled"),
-           _count(and_(_billed, or_(_p.c.chat_id.is_(None), _p.c.chat_blocked))).label("unreachable"),
+           _count(and_(_billed, ~ANY_CHANNEL)).label("unreachable"),
            _count(and_(_billed, _v.c.registered_late)).label("registered_late"),
            _count(and_(_billed, FRESH)).label("fresh_reference"),
            _c.c.name.label("clinic_name"),
@@ -78,7 +101,8 @@ _DIGEST_VISITS = (
            _v.c.verified_by, _v.c.attended_claim_at, _v.c.dispute_reason,
            _d.c.full_name.label("doctor_name"), _p.c.full_name.label("patient_name"), _p.c.iin,
            _p.c.chat_id, _p.c.chat_blocked, _v.c.created_at, _v.c.registered_late, _v.c.verified_at,
-           _v.c.verified_enrolment_id, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"))
+           _v.c.verified_enrolment_id, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"),
+           ANY_CHANNEL.label("reachable"))
     .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id).where(_DAY)
     .order_by(_v.c.start_at, _v.c.id))
 _DIGEST_FLAGGED = _DIGEST_VISITS.where(or_(_unverified, _disputed, FRESH))
@@ -87,10 +111,10 @@ _DISPUTED_CHANGES = (select(_pc.c.id, _pc.c.kind, _pc.c.patient_id, _pc.c.actor,
                      .join(_p, _p.c.id == _pc.c.patient_id).where(_DISPUTED_IN_DAY)
                      .order_by(_pc.c.disputed_at, _pc.c.id))
 # A visit as a chat lists it: with the names of its clinic, doctor and patient, and whether the patient is reachable.
-_VISIT_LINES = (select(_v.c.id, _v.c.clinic_id, _v.c.doctor_id, _v.c.start_at, _v.c.mode, _v.c.state,
-                       _v.c.verified_by, _v.c.answered_at, _v.c.attended_claim_at, _c.c.name.label("clinic_name"),
-                       _d.c.full_name.label("doctor_name"), _p.c.full_name.label("patient_name"), _p.c.chat_id,
-                       _p.c.chat_blocked)
+_VISIT_LINES = (select(_v.c.id, _v.c.clinic_id, _v.c.doctor_id, _v.c.patient_id, _v.c.start_at, _v.c.mode,
+                       _v.c.state, _v.c.verified_by, _v.c.answered_at, _v.c.attended_claim_at,
+                       _c.c.name.label("clinic_name"), _d.c.full_name.label("doctor_name"),
+                       _p.c.full_name.label("patient_name"), _p.c.chat_id, _p.c.chat_blocked)
                 .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
                 .join(_c, _c.c.id == _v.c.clinic_id))
 
@@ -100,7 +124,7 @@ _VISIT_LINES = (select(_v.c.id, _v.c.clinic_id, _v.c.doctor_id, _v.c.start_at, _
 # stopped), in SQL: the export says "no channel" for a patient nobody could ask "were you there?".
 _STOPPED_CHAT = select(t.chat_users.c.chat_id).where(and_(t.chat_users.c.chat_id == _p.c.chat_id,
                                                           t.chat_users.c.stopped)).exists()
-REACHABLE = and_(_p.c.chat_id.is_not(None), ~_p.c.chat_blocked, ~_STOPPED_CHAT)
+REACHABLE = ANY_CHANNEL  # issue 14: any working channel, not only the chat
 # A page of visits starting in [start, end), after the cursor (a visit id) in id order: a visit registered while an
 # auditor pages through gets a higher id, so it lands on a later page instead of being skipped.
 _EVIDENCE = (select(_v.c.id, _v.c.clinic_id, _c.c.name.label("clinic_name"), _v.c.doctor_id,
@@ -122,16 +146,20 @@ class Queries:
 
     # --- the daily digest: one clinic, visits starting in [start, end) ----------------------------------------
 
-    async def digest_counts(self, clinic_id: int, start: dt.datetime, end: dt.datetime) -> list[AnyRow]:
+    async def digest_counts(self, clinic_id: int, start: dt.datetime, end: dt.datetime, *, sms: bool = False,
+                            whatsapp: bool = False) -> list[AnyRow]:
         """One row per doctor with a visit that day, carrying every count the digest's totals add up, and on each
-        the clinic's name and how many changes its patients disputed that day (no row: no visit that day)."""
-        return list((await self.conn.execute(_DIGEST_COUNTS, {"clinic": clinic_id, "start": start, "end": end})).all())
+        the clinic's name and how many changes its patients disputed that day (no row: no visit that day).
+        ``sms``/``whatsapp``: the channels that are on, for who could be asked (issue 14)."""
+        return list((await self.conn.execute(_DIGEST_COUNTS, {"clinic": clinic_id, "start": start, "end": end,
+                                                              **channel_params(sms=sms, whatsapp=whatsapp)})).all())
 
     async def digest_visits(self, clinic_id: int, start: dt.datetime, end: dt.datetime, *,
-                            flagged_only: bool = False) -> list[AnyRow]:
+                            flagged_only: bool = False, sms: bool = False, whatsapp: bool = False) -> list[AnyRow]:
         """The day's visits; ``flagged_only``: unverified, disputed, or verified against a fresh reference."""
         stmt = _DIGEST_FLAGGED if flagged_only else _DIGEST_VISITS
-        return list((await self.conn.execute(stmt, {"clinic": clinic_id, "start": start, "end": end})).all())
+        return list((await self.conn.execute(stmt, {"clinic": clinic_id, "start": start, "end": end,
+                                                    **channel_params(sms=sms, whatsapp=whatsapp)})).all())
 
     async def disputed_changes(self, clinic_id: int, start: dt.datetime, end: dt.datetime) -> list[AnyRow]:
         """Changes to the clinic's patients that the patients disputed in [start, end)."""
@@ -158,6 +186,15 @@ class Queries:
             _v.c.patient_id.in_(patient_ids), _v.c.start_at >= since, _v.c.start_at < until))
             .order_by(_v.c.start_at.desc(), _v.c.id.desc()))).all())
 
+    async def patient_open_visit_lines(self, patient_ids: list[int], before: dt.datetime,
+                                       limit: int = 200) -> list[AnyRow]:
+        """The patients' visits starting before ``before`` that may still get an answer (scheduled, verified or
+        unverified), newest first: what /visits adds beyond its last 30 days (chat-disputes, issue 17)."""
+        open_states = [VisitState.SCHEDULED.value, VisitState.VERIFIED.value, VisitState.UNVERIFIED.value]
+        return list((await self.conn.execute(_VISIT_LINES.where(and_(
+            _v.c.patient_id.in_(patient_ids), _v.c.start_at < before, _v.c.state.in_(open_states)))
+            .order_by(_v.c.start_at.desc(), _v.c.id.desc()).limit(limit))).all())
+
     async def online_scheduled_lines(self, doctor_ids: list[int], start: dt.datetime,
                                      end: dt.datetime) -> list[AnyRow]:
         """The doctors' online consultations starting in [start, end) that still wait for verification."""
@@ -168,14 +205,25 @@ class Queries:
     async def visit_line(self, visit_id: int) -> AnyRow | None:
         return (await self.conn.execute(_VISIT_LINES.where(_v.c.id == visit_id))).first()
 
+    async def sent_code_messages(self, visit_id: int) -> list[AnyRow]:
+        """The visit's code messages (id, chat_id, chat_message_id, sent_at, status, due_at), oldest first: the
+        sent ones with the chat and message they are in, and those still queued (their code is not issued yet)."""
+        o = t.outbox
+        return list((await self.conn.execute(select(o.c.id, o.c.chat_id, o.c.chat_message_id, o.c.sent_at, o.c.status,
+                                                    o.c.due_at)
+                                             .where(and_(o.c.visit_id == visit_id,
+                                                         o.c.kind == OutboxKind.VISIT_CODE.value))
+                                             .order_by(o.c.id))).all())
+
     # --- the auditors' evidence export --------------------------------------------------------------------------
 
     async def evidence_page(self, clinic_ids: frozenset[int] | None, start: dt.datetime, end: dt.datetime, *,
-                            after: int, limit: int) -> list[AnyRow]:
+                            after: int, limit: int, sms: bool = False, whatsapp: bool = False) -> list[AnyRow]:
         """Up to ``limit`` visits of the clinics (None: every clinic) starting in [start, end) with an id above
         ``after``, in id order, each with its clinic, doctor, patient's IIN, evidence and whether the patient's chat
         reaches them."""
-        params: dict[str, object] = {"start": start, "end": end, "after": after, "limit": limit}
+        params: dict[str, object] = {"start": start, "end": end, "after": after, "limit": limit,
+                                     **channel_params(sms=sms, whatsapp=whatsapp)}
         if clinic_ids is None:
             return list((await self.conn.execute(_EVIDENCE, params)).all())
         return list((await self.conn.execute(_EVIDENCE_OF_CLINICS, {**params, "clinics": sorted(clinic_ids)})).all())

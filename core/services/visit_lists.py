@@ -27,6 +27,11 @@ class VisitLine:
     answered_at: dt.datetime | None
     attended_claim_at: dt.datetime | None
     patient_reachable: bool
+    patient_id: int = 0
+
+
+def visit_line_of(r: AnyRow) -> VisitLine:
+    return _line(r)
 
 
 def _line(r: AnyRow) -> VisitLine:
@@ -34,7 +39,7 @@ def _line(r: AnyRow) -> VisitLine:
                      doctor_name=r.doctor_name, patient_name=r.patient_name, start=r.start_at, mode=VisitMode(r.mode),
                      state=VisitState(r.state), verified_by=r.verified_by, answered_at=r.answered_at,
                      attended_claim_at=r.attended_claim_at,
-                     patient_reachable=r.chat_id is not None and not r.chat_blocked)
+                     patient_reachable=r.chat_id is not None and not r.chat_blocked, patient_id=r.patient_id)
 
 
 async def patient_visits(ctx: Context, patient_ids: list[int], days: int = PATIENT_HISTORY_DAYS) -> list[VisitLine]:

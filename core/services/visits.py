@@ -8,10 +8,28 @@ from dataclasses import dataclass
 from core.clock import to_local
 from core.db.uow import UnitOfWork
 from core.errors import IllegalTransition, NotFound
-from core.model import Actor, OutboxKind, OutboxMessage, Recipient, Visit, VisitEvent, VisitMode, VisitState, ensure_utc
+from core.model import (
+    Actor,
+    OutboxKind,
+    OutboxMessage,
+    OutboxStatus,
+    Recipient,
+    Visit,
+    VisitEvent,
+    VisitMode,
+    VisitState,
+    ensure_utc,
+)
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, check_doctor, check_visit
 from core.services.alerts import tell_watchers
+from core.services.dispute_answers import (
+    Audience,
+    check_reason_welcome,
+    dispute_audience,
+    dispute_key,
+    dispute_number,
+)
 from core.services.idempotency import IdempotentWrite
 
 
@@ -95,6 +113,12 @@ async def cancel_visit(ctx: Context, clinic_id: int, visit_id: int, reason: str 
         visit = check_visit(caller, await uow.visits.get(visit_id, clinic_id, lock=True))
         visit.cancel(actor, ctx.clock.now(), reason)
         await uow.visits.save(visit)
+        if any(r.status == OutboxStatus.SENT.value for r in await uow.queries.sent_code_messages(visit_id)):
+            # the patient holds a code for it: say the visit is off and mark the code messages void
+            await uow.outbox.add(OutboxMessage(
+                kind=OutboxKind.VISIT_CANCELLED, recipient_kind=Recipient.PATIENT, recipient_id=visit.patient_id,
+                visit_id=visit.id, due_at=ctx.clock.now(), payload={}, dedupe_key=f"visit_cancelled:{visit.id}"),
+                ctx.clock.now())
         await uow.commit()
     return visit
 
@@ -143,6 +167,7 @@ async def close_expired_windows(ctx: Context, limit: int = 500) -> int:
 class AnswerResult:
     visit: Visit
     changed: bool
+    told: Audience | None = None  # who really heard of a dispute (None for "yes")
 
 
 async def patient_visit(uow: UnitOfWork, visit_id: int, patient_ids: list[int]) -> Visit:
@@ -176,14 +201,16 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
         event = visit.dispute_by_patient(now, reason)
         await uow.visits.save(visit)
         if event is not None:
+            number = await dispute_number(uow, visit.id)  # a dispute again after a take-back is heard again
             await tell_watchers(uow, ctx.settings, clinic_id=visit.clinic_id, kind=OutboxKind.DISPUTE_NOTICE,
-                                key=f"dispute:{visit.id}", now=now, visit_id=visit.id,
-                                event=("visit.disputed", _dispute_data(visit)))
+                                key=dispute_key("dispute", visit.id, number), now=now, visit_id=visit.id,
+                                event=("visit.disputed", dispute_data(visit)))
+        told = await dispute_audience(uow, ctx.settings, visit.clinic_id)
         await uow.commit()
-    return AnswerResult(visit, event is not None)
+    return AnswerResult(visit, event is not None, told)
 
 
-def _dispute_data(visit: Visit) -> dict[str, object]:
+def dispute_data(visit: Visit) -> dict[str, object]:
     """What the payer's webhook hears of a dispute: the visit as billed, its evidence and the patient's words."""
     return {"visit_id": visit.id, "clinic_id": visit.clinic_id, "doctor_id": visit.doctor_id,
             "patient_id": visit.patient_id, "start": visit.start.isoformat(), "mode": visit.mode.value,
@@ -192,17 +219,21 @@ def _dispute_data(visit: Visit) -> dict[str, object]:
             "disputed_at": visit.answered_at.isoformat() if visit.answered_at else None, "reason": visit.dispute_reason}
 
 
-async def explain_dispute(ctx: Context, visit_id: int, patient_ids: list[int], reason: str) -> Visit:
+async def explain_dispute(ctx: Context, visit_id: int, patient_ids: list[int], reason: str) -> AnswerResult:
     """Store the patient's free-text reason for "I wasn't there" and pass it on to the clinic's admins and the
-    auditors watching it, who already got the dispute itself at once."""
+    auditors watching it, who already got the dispute itself at once. Taken only within ``dispute_reason_minutes``
+    of the dispute (:class:`core.services.dispute_answers.ReasonTooLate` after)."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         visit = await patient_visit(uow, visit_id, patient_ids)
+        check_reason_welcome(ctx.settings, visit, now)
         visit.add_dispute_reason(reason, now)
         await uow.visits.save(visit)
         if visit.dispute_reason:
+            number = await dispute_number(uow, visit.id)
             await tell_watchers(uow, ctx.settings, clinic_id=visit.clinic_id, kind=OutboxKind.DISPUTE_NOTICE,
-                                key=f"dispute-reason:{visit.id}", now=now, visit_id=visit.id,
-                                payload={"update": "reason"}, event=("visit.dispute_reason", _dispute_data(visit)))
+                                key=dispute_key("dispute-reason", visit.id, number), now=now, visit_id=visit.id,
+                                payload={"update": "reason"}, event=("visit.dispute_reason", dispute_data(visit)))
+        told = await dispute_audience(uow, ctx.settings, visit.clinic_id)
         await uow.commit()
-    return visit
+    return AnswerResult(visit, True, told)

@@ -134,3 +134,9 @@ async def link(world: BotWorld, user: User, phone: str, language: str) -> None:
     await world.send(user, "/start")
     await world.press(user, f"lang:{language}")
     await world.share_contact(user, phone)
+
+
+async def say_not_there(world: BotWorld, user: User, visit_id: int) -> dict:
+    """❌ and then «Yes, I wasn't there» on the one confirmation it asks for (issue 17); the second press's update."""
+    await world.press(user, f"ans:no:{visit_id}")
+    return await world.press(user, f"sure:yes:{visit_id}:0")

@@ -21,7 +21,7 @@ from core.services import auditors, flag_lists, registry
 from core.services.flags import FlagKind
 from core.services.visits import close_expired_windows, patient_disputes
 from core.signing import Signer, new_seed_b64
-from tests.bot.support import User, last_to, link, texts_to, visit
+from tests.bot.support import User, last_to, link, say_not_there, texts_to, visit
 from tests.conftest import patient_change_rows
 
 NOTICE = {"kk": "қабылдауда БОЛМАҒАНЫН айтады", "ru": "НЕ был на приёме"}
@@ -64,7 +64,7 @@ async def test_the_auditor_hears_a_dispute_at_once_and_its_reason(ctx, clinic_wo
     v = await visit(ctx, w, w.p1, -120)
     await close_expired_windows(ctx)
     await world.deliver()
-    await world.press(patient, f"ans:no:{v.id}")
+    await say_not_there(world, patient, v.id)
     await world.deliver()
     notice = last_to(standin, auditor.id).text
     assert NOTICE[language] in notice and f"№{v.id}" in notice and w.clinic.name in notice

@@ -13,19 +13,19 @@ from core.codes import CodeOutcome
 from core.db import tables as t
 from core.model import Actor, VerificationMethod, VisitState
 from core.services.codes import verify_code
-from tests.bot.support import User, buttons, callback_answers, last_to, link, markup_of, texts_to, visit
+from tests.bot.support import User, buttons, callback_answers, last_to, link, markup_of, say_not_there, texts_to, visit
 
 CODE = re.compile(r"<code>(\d{6})</code>")
 T = {  # a few words that prove which language a message is in
-    "kk": {"privacy": "Растау деректеріңізді", "linked": "сіз қосылдыңыз", "code": "Бір реттік кодыңыз",
-           "instead": "Суретке түсудің орнына", "ask": "Сіз қабылдауда болдыңыз ба", "yes": "Иә, мен болдым",
-           "no": "Мен болған жоқпын", "thanks": "Рақмет, жауабыңыз жазылды", "why": "Қаласаңыз, не болғанын",
-           "passed": "Түсініктемеңіз", "visits": "Соңғы 30 күнде сізде 2 қабылдау болды", "again": "бұрын жазылған",
+    "kk": {"privacy": "«Растау» боты не сақтайды", "linked": "сіз қосылдыңыз", "code": "Бір реттік кодыңыз",
+           "instead": "Суретке түскіңіз келмесе", "ask": "дәрігердің қабылдауында болдыңыз ба", "yes": "Иә, болды",
+           "no": "Жоқ, болған жоқ", "thanks": "Рақмет, жауабыңыз жазылды", "why": "Қаласаңыз, не болғанын",
+           "passed": "түсініктемеңіз жауабыңызға қосылды", "visits": "(2 ішінен 1–2)", "again": "бұрын жазылған",
            "confirmed": "сіз растадыңыз", "disputed": "сіз болмағаныңызды айттыңыз"},
-    "ru": {"privacy": "Как Растау использует", "linked": "вы подключены", "code": "Ваш одноразовый код",
-           "instead": "Вместо фотографирования", "ask": "Вы были на приёме", "yes": "Да, я был(а) там",
-           "no": "Меня там не было", "thanks": "Спасибо, ваш ответ записан", "why": "Если хотите, опишите",
-           "passed": "Ваше пояснение передано", "visits": "За последние 30 дней у вас 2 приёма",
+    "ru": {"privacy": "Что хранит бот «Растау»", "linked": "вы подключены", "code": "Ваш одноразовый код",
+           "instead": "Если не хотите фотографироваться", "ask": "Вы были у врача", "yes": "Да, приём был",
+           "no": "Нет, приёма не было", "thanks": "Спасибо, ваш ответ записан", "why": "Если хотите, опишите",
+           "passed": "пояснение добавлено", "visits": "Ваши приёмы, сначала новые (1–2 из 2)",
            "again": "уже записан", "confirmed": "вы подтвердили", "disputed": "вас там не было"},
 }
 
@@ -85,7 +85,7 @@ async def test_full_patient_journey(ctx, clinic_world, world, standin, lang):
     ctx.clock.advance(dt.timedelta(hours=2))
     await close_windows_job(ctx)
     await world.deliver()
-    await world.press(user, f"ans:no:{second.id}")
+    await say_not_there(world, user, second.id)
     assert words["why"] in last_to(standin, user.id).text
     assert await state_of(ctx, second.id) is VisitState.PATIENT_DISPUTED
     await world.deliver()
@@ -104,7 +104,7 @@ async def test_full_patient_journey(ctx, clinic_world, world, standin, lang):
     listing = last_to(standin, user.id)
     assert words["visits"] in listing.text
     assert listing.text.index(words["disputed"]) < listing.text.index(words["confirmed"])
-    assert [b[1] for b in buttons(markup_of(listing))] == [f"ans:dispute:{first.id}"]
+    assert [b[1] for b in buttons(markup_of(listing))] == [f"vl:open:0:{first.id}"]
     assert patient.iin not in "".join(texts_to(standin, user.id))
 
 
@@ -245,14 +245,17 @@ async def test_a_button_pressed_counts_as_writing_again_but_a_repeated_update_do
         assert (await uow.patients.get(clinic_world.p2.id)).chat_blocked is False
 
 
-async def test_visits_offers_dispute_only_where_it_is_still_possible(ctx, clinic_world, world, standin):
+async def test_visits_offers_one_button_per_visit_still_open_to_an_answer_on_every_page(ctx, clinic_world, world,
+                                                                                         standin):
+    """/visits: one button per visit that can still get an answer (not a column of identical ❌), on pages that
+    reach every such visit, even one older than the 30 days listed (issue 17)."""
     from core.services.visits import patient_confirms
     w = clinic_world
     user = User(7702)
     await link(world, user, w.p2.phone, "ru")
+    ancient = await visit(ctx, w, w.p2, -45 * 24 * 60)  # never answered: still open to an answer
     old = await visit(ctx, w, w.p2, -20 * 24 * 60)
-    for i in range(16):
-        await visit(ctx, w, w.p2, -10 * 24 * 60 + i * 60)
+    recent = [await visit(ctx, w, w.p2, -10 * 24 * 60 + i * 60) for i in range(16)]
     async with ctx.uow() as uow:
         v = await uow.visits.get(old.id, lock=True)
         v.verify(VerificationMethod.FACE, Actor.DOCTOR, ctx.clock.now() - dt.timedelta(days=20))
@@ -265,9 +268,17 @@ async def test_visits_offers_dispute_only_where_it_is_still_possible(ctx, clinic
     upcoming = await visit(ctx, w, w.p2, 120)
     await world.send(user, "/visits")
     listing = last_to(standin, user.id)
-    assert "За последние 30 дней у вас 18 приёмов" in listing.text
-    assert "…и ещё 3 более ранних приёма." in listing.text
-    data = [b[1] for b in buttons(markup_of(listing))]
-    assert len(data) == 14, "15 shown: the upcoming one has no button, the final one is beyond the 15"
-    assert f"ans:dispute:{upcoming.id}" not in data and f"ans:dispute:{old.id}" not in data
-    assert "запланирован" in listing.text
+    assert "Ваши приёмы, сначала новые (1–8 из 19)" in listing.text and "запланирован" in listing.text
+    opened, page, seen = set(), listing, 0
+    while True:
+        data = [b[1] for b in buttons(markup_of(page))]
+        opened |= {int(d.split(":")[-1]) for d in data if d.startswith("vl:open:")}
+        older = [d for d in data if d.startswith("vl:page:") and int(d.split(":")[2]) > seen]
+        if not older:
+            break
+        seen = int(older[0].split(":")[2])
+        await world.press(user, older[0], message_id=listing.message_id, text=page.text)
+        page = last_to(standin, user.id)
+        assert page.message_id == listing.message_id, "paging edits the list in place"
+    assert opened == {ancient.id, *(r.id for r in recent)}, "every visit open to an answer, and only those"
+    assert seen == 2 and upcoming.id not in opened and old.id not in opened

@@ -13,7 +13,7 @@ from bot.app import WEBHOOK_PATH, create_webhook_app
 from bot.scheduling import close_windows_job
 from core.config import Settings
 from core.db import tables as t
-from tests.bot.support import BotWorld, User, callback_answers, last_to, link, texts_to, visit
+from tests.bot.support import BotWorld, User, callback_answers, last_to, link, say_not_there, texts_to, visit
 
 STICKER = {"file_id": "CAAC", "file_unique_id": "u1", "type": "regular", "width": 512, "height": 512,
            "is_animated": False, "is_video": False}
@@ -56,7 +56,7 @@ async def test_dispute_reason_state_handles_odd_input(ctx, clinic_world, world, 
     await link(world, user, clinic_world.p2.phone, "ru")
     v = await visit(ctx, clinic_world, clinic_world.p2, -120)
     await close_windows_job(ctx)
-    await world.press(user, f"ans:no:{v.id}")
+    await say_not_there(world, user, v.id)
     await world.send_content(user, sticker=STICKER)
     assert "напишите причину текстом" in last_to(standin, user.id).text
     await world.send(user, "я " * 1500)
@@ -72,7 +72,7 @@ async def test_a_repeated_update_has_one_effect(ctx, clinic_world, world, standi
     await link(world, user, clinic_world.p2.phone, "ru")
     v = await visit(ctx, clinic_world, clinic_world.p2, -120)
     await close_windows_job(ctx)
-    update = await world.press(user, f"ans:no:{v.id}")
+    update = await say_not_there(world, user, v.id)
     sent = len(standin.messages_to(user.id))
     await world.feed(json.loads(json.dumps(update)))
     assert len(standin.messages_to(user.id)) == sent
@@ -112,9 +112,9 @@ async def test_two_bot_instances_share_fsm_state_through_redis(ctx, clinic_world
         await link(worlds[0], user, clinic_world.p2.phone, "ru")
         v = await visit(ctx, clinic_world, clinic_world.p2, -120)
         await close_windows_job(ctx)
-        await worlds[0].press(user, f"ans:no:{v.id}")
+        await say_not_there(worlds[0], user, v.id)
         await worlds[1].send(user, "Меня не было, я был в командировке")
-        assert "Ваше пояснение передано" in last_to(standin, user.id).text
+        assert "пояснение добавлено" in last_to(standin, user.id).text
         async with ctx.uow() as uow:
             assert (await uow.visits.get(v.id)).dispute_reason == "Меня не было, я был в командировке"
     finally:
@@ -135,7 +135,7 @@ async def test_a_failure_is_apologised_for_and_the_update_can_be_retried(ctx, cl
     async def broken(*_args, **_kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(patient_handlers, "patient_visits", broken)
+    monkeypatch.setattr(patient_handlers, "patient_visit_page", broken)
     update = await world.send(user, "/visits")
     assert "Извините, у нас что-то пошло не так" in last_to(standin, user.id).text
     assert "Кешіріңіз" in last_to(standin, user.id).text

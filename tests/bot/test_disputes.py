@@ -1,0 +1,228 @@
+""""I wasn't there" as the patient means it (issue 17), against the real aiogram Bot over HTTP: ❌ asks once before
+anything is recorded, the wait for a reason ends with any command, any button or time, the answer can be taken back
+for a while from the patient's own chat only, and the patient is told who really heard of it."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from bot.scheduling import close_windows_job
+from core.errors import NotFound
+from core.model import VerificationMethod, VisitState
+from core.services import auditors
+from core.services.dispute_answers import TakeBackClosed, withdraw_dispute
+from core.services.visits import patient_disputes
+from tests.bot.support import User, buttons, callback_answers, last_to, link, markup_of, visit
+
+AUDITOR_PHONE = "+7 701 999 00 11"
+
+
+async def state_of(ctx, visit_id) -> VisitState:
+    async with ctx.uow() as uow:
+        return (await uow.visits.get(visit_id)).state
+
+
+async def dispute_rows(ctx, visit_id) -> list:
+    async with ctx.uow() as uow:
+        return [r for r in await uow.outbox.pending(visit_id=visit_id) if r.kind == "dispute_notice"]
+
+
+def edits_of(standin, message_id: int) -> list:
+    return [m for m in standin.sent if m.message_id == message_id and m.method.lower().startswith("edit")]
+
+
+async def asked(ctx, world, standin, w, user, patient, *, verified: bool = False):
+    """A visit that is over, and the "were you there?" question in the patient's chat."""
+    v = await visit(ctx, w, patient, 5)
+    if verified:
+        async with ctx.uow() as uow:
+            row = await uow.visits.get(v.id, lock=True)
+            row.verify(VerificationMethod.CODE, "doctor", ctx.clock.now() + dt.timedelta(minutes=6))
+            await uow.visits.save(row)
+            await uow.commit()
+    ctx.clock.advance(dt.timedelta(hours=2))
+    await close_windows_job(ctx)
+    await world.deliver()
+    prompt = last_to(standin, user.id)
+    assert f"ans:no:{v.id}" in [b[1] for b in buttons(markup_of(prompt))]
+    return v, prompt
+
+
+async def dispute(world, standin, user, v, prompt):
+    """❌ on the question, then «Yes, I wasn't there» on the confirmation; the confirmation message."""
+    await world.press(user, f"ans:no:{v.id}", message_id=prompt.message_id, text=prompt.text)
+    check = last_to(standin, user.id)
+    sure = [b[1] for b in buttons(markup_of(check))]
+    assert sure == [f"sure:yes:{v.id}:{prompt.message_id}", f"sure:back:{v.id}:{prompt.message_id}"]
+    await world.press(user, sure[0], message_id=check.message_id, text=check.text)
+    return check
+
+
+async def test_cross_asks_once_before_anything_is_recorded(ctx, clinic_world, world, standin):
+    w = clinic_world
+    user, admin = User(7801), User(9801)
+    await link(world, admin, w.admin.phone.lstrip("+"), "ru")
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2)
+
+    await world.press(user, f"ans:no:{v.id}", message_id=prompt.message_id, text=prompt.text)
+    check = last_to(standin, user.id)
+    assert "вас НЕ было на этом приёме" in check.text and w.doctor.full_name in check.text
+    assert await state_of(ctx, v.id) is VisitState.UNVERIFIED and await dispute_rows(ctx, v.id) == []
+    back = buttons(markup_of(check))[1][1]
+    await world.press(user, back, message_id=check.message_id, text=check.text)
+    assert "ничего не записано" in edits_of(standin, check.message_id)[-1].text
+    assert await state_of(ctx, v.id) is VisitState.UNVERIFIED and await dispute_rows(ctx, v.id) == []
+    assert not edits_of(standin, prompt.message_id), "the question keeps its ✅/❌ after «go back»"
+
+    check = await dispute(world, standin, user, v, prompt)
+    assert await state_of(ctx, v.id) is VisitState.PATIENT_DISPUTED
+    recorded = edits_of(standin, check.message_id)[-1]
+    assert "Записано: вас не было" in recorded.text and "Администраторам клиники сообщено" in recorded.text
+    assert [b[1] for b in buttons(recorded.reply_markup)] == [f"undo:{v.id}"]
+    assert edits_of(standin, prompt.message_id)[-1].reply_markup is None, "the question's buttons are answered"
+    await world.deliver()
+    assert f"№{v.id}" in last_to(standin, admin.id).text
+
+
+async def test_a_double_tap_on_the_confirmation_records_one_dispute(ctx, clinic_world, world, standin):
+    w = clinic_world
+    user, admin = User(7802), User(9802)
+    await link(world, admin, w.admin.phone.lstrip("+"), "ru")
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2)
+    check = await dispute(world, standin, user, v, prompt)
+    await world.press(user, f"sure:yes:{v.id}:{prompt.message_id}", message_id=check.message_id)
+    assert "уже записан" in callback_answers(standin)[-1]
+    assert len(await dispute_rows(ctx, v.id)) == 1
+    await world.deliver()
+    assert sum(f"№{v.id}" in (m.text or "") for m in standin.messages_to(admin.id)) == 1
+
+
+@pytest.mark.parametrize("ender", ["/visits", "/help", "button"])
+async def test_a_command_or_a_button_ends_the_wait_for_a_reason(ctx, clinic_world, world, standin, ender):
+    w = clinic_world
+    user = User(7810)
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2)
+    await dispute(world, standin, user, v, prompt)
+    ask = last_to(standin, user.id)
+    assert "опишите одним сообщением" in ask.text and [b[1] for b in buttons(markup_of(ask))] == [f"noreason:{v.id}"]
+    if ender == "button":
+        await world.press(user, "vl:page:0:0")
+    else:
+        await world.send(user, ender)
+    assert edits_of(standin, ask.message_id)[-1].reply_markup is None, "«Skip» is taken off when the wait ends"
+    await world.send(user, "Здравствуйте, подскажите, когда мой следующий приём?")
+    async with ctx.uow() as uow:
+        assert (await uow.visits.get(v.id)).dispute_reason is None
+    assert not [r for r in await dispute_rows(ctx, v.id) if "reason" in r.payload]
+
+
+async def test_the_wait_for_a_reason_ends_with_time(ctx, clinic_world, world, standin):
+    w = clinic_world
+    user = User(7811)
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2)
+    await dispute(world, standin, user, v, prompt)
+    ask = last_to(standin, user.id)
+    assert "Я подожду 30 минут" in ask.text
+    ctx.clock.advance(dt.timedelta(minutes=ctx.settings.dispute_reason_minutes, seconds=1))
+    await world.send(user, "Подскажите, когда мой следующий приём?")
+    assert "Время для пояснения прошло" in last_to(standin, user.id).text
+    assert edits_of(standin, ask.message_id)[-1].reply_markup is None
+    async with ctx.uow() as uow:
+        assert (await uow.visits.get(v.id)).dispute_reason is None
+
+
+async def test_a_reason_in_time_is_filed_and_removes_skip(ctx, clinic_world, world, standin):
+    w = clinic_world
+    user = User(7812)
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2)
+    await dispute(world, standin, user, v, prompt)
+    ask = last_to(standin, user.id)
+    ctx.clock.advance(dt.timedelta(minutes=ctx.settings.dispute_reason_minutes - 1))
+    await world.send(user, "Я был на работе")
+    assert "пояснение добавлено" in last_to(standin, user.id).text
+    assert edits_of(standin, ask.message_id)[-1].reply_markup is None
+    async with ctx.uow() as uow:
+        assert (await uow.visits.get(v.id)).dispute_reason == "Я был на работе"
+
+
+async def test_the_patient_is_told_honestly_who_heard_of_the_dispute(ctx, clinic_world, world, standin):
+    """No linked admin: never "the administrators were told". An auditor watching the clinic: the auditors were."""
+    w = clinic_world
+    first, second = User(7820), User(7821)
+    await link(world, first, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, first, w.p2)
+    check = await dispute(world, standin, first, v, prompt)
+    alone = edits_of(standin, check.message_id)[-1].text
+    assert "Администраторам" not in alone and "ваш ответ только записан" in alone
+
+    await auditors.add_auditor(ctx, "Dana Auditor", AUDITOR_PHONE, clinic_ids=[w.clinic.id])
+    await link(world, User(9820), AUDITOR_PHONE, "ru")
+    await link(world, second, w.p1.phone, "kk")
+    v2, prompt2 = await asked(ctx, world, standin, w, second, w.p1)
+    check2 = await dispute(world, standin, second, v2, prompt2)
+    told = edits_of(standin, check2.message_id)[-1].text
+    assert "төлеушінің аудиторларына хабарланды" in told and "әкімшілері хабардар" not in told
+    await world.send(second, "Мен жұмыста болдым")
+    assert "төлеушінің аудиторларына" in last_to(standin, second.id).text
+
+
+async def test_the_patient_can_take_a_dispute_back_in_time_and_everyone_told_hears_of_it(ctx, clinic_world, world,
+                                                                                         standin):
+    w = clinic_world
+    user, admin = User(7830), User(9830)
+    await link(world, admin, w.admin.phone.lstrip("+"), "ru")
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2, verified=True)
+    check = await dispute(world, standin, user, v, prompt)
+    await world.deliver()
+    ctx.clock.advance(dt.timedelta(minutes=ctx.settings.dispute_undo_minutes - 1))
+    await world.press(user, f"undo:{v.id}", message_id=check.message_id)
+    assert "Отменено" in edits_of(standin, check.message_id)[-1].text
+    assert await state_of(ctx, v.id) is VisitState.VERIFIED
+    await world.deliver()
+    assert f"отозвал «Меня там не было» по приёму №{v.id}" in last_to(standin, admin.id).text
+    await world.press(user, f"undo:{v.id}", message_id=check.message_id)
+    assert "отменять нечего" in callback_answers(standin)[-1]
+    async with ctx.uow() as uow:
+        steps = [r.action for r in await uow.audit.records(f"clinic:{w.clinic.id}")
+                 if r.subject == f"visit:{v.id}"]
+    assert "visit.patient_dispute" in steps and "visit.patient_withdraw_dispute" in steps
+
+    # disputed again later: heard again (a key of its own), and now past the window it stays
+    await patient_disputes(ctx, v.id, [w.p2.id])
+    await world.deliver()
+    assert sum(f"НЕ был на приёме №{v.id}" in (m.text or "") or f"№{v.id}" in (m.text or "")
+               for m in standin.messages_to(admin.id)) == 3
+    ctx.clock.advance(dt.timedelta(minutes=ctx.settings.dispute_undo_minutes, seconds=1))
+    await world.press(user, f"undo:{v.id}")
+    assert "только в течение 15 минут" in callback_answers(standin)[-1]
+    assert await state_of(ctx, v.id) is VisitState.PATIENT_DISPUTED
+
+
+async def test_only_the_patients_own_chat_can_take_a_dispute_back(ctx, clinic_world, world, standin):
+    """A dishonest clinic cannot bury a dispute: not from another chat (its admin's, a chat it linked to another
+    patient), not with the patient's ids but another chat, not after the window."""
+    w = clinic_world
+    user, admin = User(7840), User(9840)
+    await link(world, admin, w.admin.phone.lstrip("+"), "ru")
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2)
+    await dispute(world, standin, user, v, prompt)
+    await world.press(admin, f"undo:{v.id}")
+    assert "нет среди ваших" in callback_answers(standin)[-1]
+    with pytest.raises(NotFound):
+        await withdraw_dispute(ctx, v.id, [w.p2.id], admin.id)
+    other = User(7841)
+    await link(world, other, w.p1.phone, "kk")
+    await world.press(other, f"undo:{v.id}")
+    assert await state_of(ctx, v.id) is VisitState.PATIENT_DISPUTED
+    ctx.clock.advance(dt.timedelta(minutes=ctx.settings.dispute_undo_minutes, seconds=1))
+    with pytest.raises(TakeBackClosed):
+        await withdraw_dispute(ctx, v.id, [w.p2.id], user.id)
+    assert await state_of(ctx, v.id) is VisitState.PATIENT_DISPUTED
