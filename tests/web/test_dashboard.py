@@ -224,7 +224,7 @@ async def test_the_timeline_shows_the_code_and_the_question_as_sent(web_client, 
     from core.db import tables as t
 
     visit = await visit_of(ctx, world.a)
-    sent = {"visit_code": T0_PLUS(clock, 1), "attendance_prompt": T0_PLUS(clock, 90)}
+    sent = {"visit_code": minutes_after(clock, 1), "attendance_prompt": minutes_after(clock, 90)}
     async with engine.begin() as conn:
         for kind, at in sent.items():
             await conn.execute(t.outbox.insert().values(
@@ -240,7 +240,7 @@ async def test_the_timeline_shows_the_code_and_the_question_as_sent(web_client, 
                      ("asked", "25.11.2026 10:30:00")]
 
 
-def T0_PLUS(clock, minutes: int) -> dt.datetime:  # noqa: N802
+def minutes_after(clock, minutes: int) -> dt.datetime:
     return clock.now() + dt.timedelta(minutes=minutes)
 
 
