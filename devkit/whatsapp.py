@@ -388,15 +388,23 @@ def _error(code: str, message: str | None = None) -> web.Response:
 
 # --- standalone ---------------------------------------------------------------------------------------------
 
+# Rastau's templates as approved (names and languages as in .env.example's defaults): (name, language, category,
+# body parameters)
+RASTAU_TEMPLATES = tuple((name, language, category, params) for name, category, params in (
+    ("rastau_code", "AUTHENTICATION", 1), ("rastau_visit_check", "UTILITY", 3), ("rastau_notice", "UTILITY", 1))
+    for language in ("kk", "ru"))
+
+
+def add_rastau_templates(api: WhatsAppStandIn) -> None:
+    for name, language, category, params in RASTAU_TEMPLATES:
+        api.add_template(name, language, category, params)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     api = WhatsAppStandIn(port=args.port, webhook_url=args.webhook, app_secret=args.app_secret,
                           access_token=args.access_token, phone_number_id=args.phone_number_id,
                           echo=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
-    for name, language, category, params in (("rastau_code", "kk", "AUTHENTICATION", 1),
-                                             ("rastau_code", "ru", "AUTHENTICATION", 1),
-                                             ("rastau_visit_check", "kk", "UTILITY", 3),
-                                             ("rastau_visit_check", "ru", "UTILITY", 3)):
-        api.add_template(name, language, category, params)
+    add_rastau_templates(api)
     await api.start()
     print(f"WhatsApp Cloud API stand-in on {api.base_url}; webhooks to {args.webhook}\n"
           f"Type 'WA_ID text' to write to the bot as that number, or 'WA_ID !tap PAYLOAD'.", flush=True)

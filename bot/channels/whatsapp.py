@@ -321,12 +321,14 @@ class WhatsAppRuntime:
         """The webhook on an app that is not started yet (the Telegram webhook app)."""
         add_whatsapp_webhook(app, self._ctx, wake=self.inbox.wake)
 
-    async def serve(self, host: str, port: int) -> None:
-        """The webhook alone on ``host:port`` (long-polling mode)."""
+    async def serve(self, host: str, port: int) -> int:
+        """The webhook alone on ``host:port`` (long-polling mode); the port it listens on (``port`` 0: any free one)."""
         self._runner = web.AppRunner(create_whatsapp_app(self._ctx, wake=self.inbox.wake), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
-        log.info("whatsapp webhook listening", host=host, port=port, path=self._ctx.settings.whatsapp_webhook_path)
+        bound = int(self._runner.addresses[0][1])
+        log.info("whatsapp webhook listening", host=host, port=bound, path=self._ctx.settings.whatsapp_webhook_path)
+        return bound
 
     def start_worker(self, stop: asyncio.Event) -> None:
         self._worker = asyncio.create_task(self.inbox.run_forever(stop))

@@ -17,13 +17,10 @@ from core.db import tables as t
 from core.db.uow import UnitOfWorkFactory
 from core.model import OutboxKind, OutboxMessage, Recipient
 from core.services import Context
-from devkit.whatsapp import WhatsAppStandIn
+from devkit.whatsapp import WhatsAppStandIn, add_rastau_templates
 from tests.conftest import test_settings
 
 VERIFY_TOKEN = "verify-token-0123456789"
-TEMPLATES = (("rastau_code", "kk", "AUTHENTICATION", 1), ("rastau_code", "ru", "AUTHENTICATION", 1),
-             ("rastau_visit_check", "kk", "UTILITY", 3), ("rastau_visit_check", "ru", "UTILITY", 3),
-             ("rastau_notice", "kk", "UTILITY", 1), ("rastau_notice", "ru", "UTILITY", 1))
 
 
 def wa_id(phone: str) -> str:
@@ -84,8 +81,7 @@ class WaWorld:
 
 async def start_world(db_url: str, engine: AsyncEngine, clock: ManualClock, **settings_overrides: object):
     api = WhatsAppStandIn(clock=lambda: clock.now().timestamp())
-    for name, language, category, params in TEMPLATES:
-        api.add_template(name, language, category, params)
+    add_rastau_templates(api)
     await api.start()
     settings = test_settings(db_url, whatsapp_phone_number_id=api.phone_number_id,
                              whatsapp_access_token=api.access_token, whatsapp_app_secret=api.app_secret,
