@@ -37,7 +37,7 @@ async def web_link(message: Message, profile: ChatProfile, ctx: Context) -> None
     lines = [_("Your sign-in link to the web dashboard. It works once, for {minutes} minutes. Do not forward it: "
                "whoever opens it first is signed in as you.").format(minutes=ctx.settings.web_link_minutes)]
     for link in links:
-        who = _("as an auditor") if link.role is Role.AUDITOR else _("as the admin of {clinic}").format(
+        who = _("As an auditor") if link.role is Role.AUDITOR else _("As the admin of {clinic}").format(
             clinic=hd.quote(link.label))
         lines.append(f"{who}:\n{hd.quote(base)}/web/signin/{link.token}")
     await message.answer("\n\n".join(lines), link_preview_options=LinkPreviewOptions(is_disabled=True))

@@ -47,6 +47,6 @@ async def test_an_auditor_gets_a_link_and_too_many_requests_are_refused(ctx, cli
     await link(world, auditor, "+7 707 100 20 40", "ru")
     for _ in range(2):
         await world.send(auditor, "/web")
-        assert "как аудитор" in last_to(standin, auditor.id).text and LINK.search(last_to(standin, auditor.id).text)
+        assert "Как аудитор" in last_to(standin, auditor.id).text and LINK.search(last_to(standin, auditor.id).text)
     await world.send(auditor, "/web")
     assert "слишком много ссылок" in last_to(standin, auditor.id).text
