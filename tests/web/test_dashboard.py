@@ -2,6 +2,7 @@
 the language, and the attacks a dishonest clinic or a stolen link would try."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -270,3 +271,17 @@ def test_htmx_is_the_pinned_file():
 
 
 HTMX_SHA256 = "e209dda5c8235479f3166defc7750e1dbcd5a5c1808b7792fc2e6733768fb447"  # htmx.org 2.0.4, dist/htmx.min.js
+
+
+async def test_two_browsers_racing_with_one_link_get_one_session(ctx, world):
+    link = (await web_sessions.request_links(ctx, ADMIN_A_CHAT))[0]
+    opened = await asyncio.gather(*(web_sessions.open_link(ctx, link.token) for _ in range(4)))
+    assert sum(token is not None for token in opened) == 1
+
+
+async def test_a_session_ends_when_its_hours_are_over(web_client, ctx, world, clock):
+    await sign_in(web_client, ctx, ADMIN_A_CHAT)
+    clock.advance(dt.timedelta(hours=ctx.settings.web_session_hours, seconds=-1))
+    assert (await web_client.get("/web/day", allow_redirects=False)).status == 200
+    clock.advance(dt.timedelta(seconds=1))
+    assert (await web_client.get("/web/day", allow_redirects=False)).status == 303
