@@ -113,3 +113,13 @@ def code_again_keyboard(visit_id: int) -> InlineKeyboardMarkup:
                              callback_data=CodeAgainCb(action="new", visit_id=visit_id).pack()),
         InlineKeyboardButton(text=_("Keep the one sent"),
                              callback_data=CodeAgainCb(action="keep", visit_id=visit_id).pack())]])
+
+
+def late_prompts_keyboard(visit_ids: list[int]) -> InlineKeyboardMarkup:
+    """One row per backdated visit of the one question: "n. ✅ …" and "n. ❌ …" (n as numbered in the text)."""
+    return InlineKeyboardMarkup(inline_keyboard=[[
+        InlineKeyboardButton(text=f"{n}. " + _("✅ Yes, I was there"),
+                             callback_data=AnswerCb(action="yes", visit_id=visit_id).pack()),
+        InlineKeyboardButton(text=f"{n}. " + _("❌ I wasn't there"),
+                             callback_data=AnswerCb(action="no", visit_id=visit_id).pack()),
+    ] for n, visit_id in enumerate(visit_ids, start=1)])

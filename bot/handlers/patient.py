@@ -82,10 +82,39 @@ async def answer(query: CallbackQuery, callback_data: AnswerCb, profile: ChatPro
     if not result.changed:
         await query.answer(_("Your answer is already recorded; nothing changed."))
         return
-    await query.answer(_("Thank you!"))
     footer = _("✅ Thank you, your answer is recorded: you were there.")
+    if await _drop_visit_row(query, callback_data.visit_id):  # one visit of several in one question
+        await query.answer(footer)
+        return
+    await query.answer(_("Thank you!"))
     if not await append_to_message(query, footer):
         await bot.send_message(query.from_user.id, footer)
+
+
+def _answer_visit(button: InlineKeyboardButton) -> int | None:
+    try:
+        return AnswerCb.unpack(button.callback_data or "").visit_id
+    except (TypeError, ValueError):
+        return None
+
+
+def _other_visits_asked(query: CallbackQuery, visit_id: int) -> list[list[InlineKeyboardButton]] | None:
+    """The rows of the other visits when the button's message asks about several (backdated visits), else None."""
+    if not isinstance(query.message, Message) or query.message.reply_markup is None:
+        return None
+    rows = query.message.reply_markup.inline_keyboard
+    others = [row for row in rows if all(_answer_visit(b) != visit_id for b in row)]
+    return others if any(_answer_visit(b) is not None for row in others for b in row) else None
+
+
+async def _drop_visit_row(query: CallbackQuery, visit_id: int) -> bool:
+    """Take the answered visit's row off a message that asks about several; False when it asks about one."""
+    others = _other_visits_asked(query, visit_id)
+    if others is None or not isinstance(query.message, Message):
+        return False
+    with suppress(TelegramAPIError):
+        await query.message.edit_reply_markup(reply_markup=InlineKeyboardMarkup(inline_keyboard=others))
+    return True
 
 
 async def _ask_to_confirm(query: CallbackQuery, visit_id: int, profile: ChatProfile, ctx: Context, bot: Bot) -> None:
@@ -102,7 +131,9 @@ async def _ask_to_confirm(query: CallbackQuery, visit_id: int, profile: ChatProf
         await query.answer(_("Your answer is already recorded; nothing changed."))
         return
     await query.answer()
-    origin = query.message.message_id if isinstance(query.message, Message) else 0
+    # the message the ❌ was on loses its buttons once the answer is recorded, unless it asks about other visits too
+    several = _other_visits_asked(query, visit_id) is not None
+    origin = query.message.message_id if isinstance(query.message, Message) and not several else 0
     await bot.send_message(query.from_user.id, dispute_texts.confirm_dispute(line, several=_several(profile)),
                            reply_markup=confirm_dispute_keyboard(visit_id, origin))
 

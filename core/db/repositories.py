@@ -815,6 +815,25 @@ class OutboxRepo(_Repo):
             status=OutboxStatus.PENDING.value, due_at=now, failures=0, attempts=0, last_error=None))
         return res.rowcount == 1
 
+    # chat-disputes (issue 17): backdated visits gathered into one "were you there?" per patient
+    async def open_prompt_batch(self, patient_id: int, now: dt.datetime) -> AnyRow | None:
+        """The patient's gathering question about backdated visits that is still waiting (pending, not due yet),
+        locked, or None."""
+        o = t.outbox
+        stmt = select(o.c.id, o.c.payload).where(and_(
+            o.c.kind == OutboxKind.ATTENDANCE_PROMPT.value, o.c.recipient_kind == Recipient.PATIENT.value,
+            o.c.recipient_id == patient_id, o.c.status == OutboxStatus.PENDING.value, o.c.due_at > now,
+            o.c.payload.like('{"visits": [%'))).order_by(o.c.id.desc()).limit(1)
+        return (await self.conn.execute(self._locked(stmt))).first()
+
+    async def extend_prompt_batch(self, message_id: int, visit_ids: list[int], now: dt.datetime) -> bool:
+        """Put the visits in the waiting question; False when it was claimed for sending meanwhile."""
+        o = t.outbox
+        res = await self.conn.execute(update(o).where(and_(
+            o.c.id == message_id, o.c.status == OutboxStatus.PENDING.value, o.c.due_at > now)).values(
+            payload=json.dumps({"visits": visit_ids}, sort_keys=True)))
+        return res.rowcount == 1
+
 
 
 def _change(row: AnyRow) -> PatientChange:

@@ -3,6 +3,7 @@ and the patient's own answer ("I was there" / "I wasn't there")."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 from core.clock import to_local
@@ -96,15 +97,35 @@ async def register_visit(ctx: Context, *, clinic_id: int, doctor_id: int, patien
                 visit_id=visit.id,
                 due_at=max(now, visit.start - dt.timedelta(minutes=settings.code_send_lead_minutes)),
                 payload={"reason": "scheduled"}, dedupe_key=f"code:{visit.id}:scheduled"), now)
-        await uow.outbox.add(OutboxMessage(
-            kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=patient_id,
-            visit_id=visit.id,
-            due_at=visit.end + dt.timedelta(minutes=settings.prompt_delay_minutes), payload={},
-            dedupe_key=f"prompt:{visit.id}"), now)
+        if visit.registered_late:
+            await queue_late_prompt(uow, ctx, visit, now)
+        else:
+            await uow.outbox.add(OutboxMessage(
+                kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=patient_id,
+                visit_id=visit.id,
+                due_at=visit.end + dt.timedelta(minutes=settings.prompt_delay_minutes), payload={},
+                dedupe_key=f"prompt:{visit.id}"), now)
         if idempotency is not None:
             await idempotency.store(uow, visit, now)
         await uow.commit()
     return visit
+
+
+async def queue_late_prompt(uow: UnitOfWork, ctx: Context, visit: Visit, now: dt.datetime) -> None:
+    """A backdated visit's "were you there?" joins the patient's question that is still gathering such visits, or
+    starts one due ``late_prompt_gather_minutes`` from now: a clinic registering a week of past visits at once sends
+    the patient one message listing them, not one each. The outbox row is still the one record of what is sent."""
+    assert visit.id is not None, "a visit is added before its prompt is queued"
+    batch = await uow.outbox.open_prompt_batch(visit.patient_id, now)
+    if batch is not None:
+        visits = [int(v) for v in json.loads(batch.payload).get("visits", [])]
+        if await uow.outbox.extend_prompt_batch(batch.id, [*visits, visit.id], now):
+            return
+    due = max(now + dt.timedelta(minutes=ctx.settings.late_prompt_gather_minutes),
+              visit.end + dt.timedelta(minutes=ctx.settings.prompt_delay_minutes))
+    await uow.outbox.add(OutboxMessage(
+        kind=OutboxKind.ATTENDANCE_PROMPT, recipient_kind=Recipient.PATIENT, recipient_id=visit.patient_id,
+        visit_id=visit.id, due_at=due, payload={"visits": [visit.id]}, dedupe_key=f"prompt:{visit.id}"), now)
 
 
 async def cancel_visit(ctx: Context, clinic_id: int, visit_id: int, reason: str | None = None,

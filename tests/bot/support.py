@@ -76,10 +76,13 @@ class BotWorld:
         contact = {"phone_number": phone, "first_name": user.first_name, "user_id": owner}
         return await self.send_content(user, contact=contact)
 
-    async def press(self, user: User, data: str, message_id: int | None = None, text: str = "…") -> dict:
+    async def press(self, user: User, data: str, message_id: int | None = None, text: str = "…",
+                    markup: dict | None = None) -> dict:
         message = self._message(user, text=text)
         if message_id is not None:
             message["message_id"] = message_id
+        if markup is not None:  # the buttons the message shows (the bot may keep some of them)
+            message["reply_markup"] = markup
         message["from"] = {"id": BOT_ID, "is_bot": True, "first_name": "Rastau"}
         return await self.feed({"callback_query": {"id": str(next(_update_ids)), "from": user.as_dict(),
                                                    "chat_instance": "ci", "data": data, "message": message}})

@@ -226,3 +226,43 @@ async def test_only_the_patients_own_chat_can_take_a_dispute_back(ctx, clinic_wo
     with pytest.raises(TakeBackClosed):
         await withdraw_dispute(ctx, v.id, [w.p2.id], user.id)
     assert await state_of(ctx, v.id) is VisitState.PATIENT_DISPUTED
+
+
+async def test_backdated_visits_are_asked_about_in_one_message(ctx, clinic_world, world, standin):
+    """A clinic registers a week of past visits at once: the patient gets one question listing them, a row of
+    ✅/❌ per visit, and answering one keeps the others' rows; a single backdated visit is asked as usual."""
+    w = clinic_world
+    user, other = User(7850), User(7851)
+    await link(world, user, w.p2.phone, "ru")
+    await link(world, other, w.p1.phone, "kk")
+    before = len(standin.messages_to(user.id))
+    late = [await visit(ctx, w, w.p2, -days * 24 * 60) for days in (2, 3, 4, 5)]
+    single = await visit(ctx, w, w.p1, -3 * 24 * 60)
+    await close_windows_job(ctx)
+    await world.deliver()
+    assert len(standin.messages_to(user.id)) == before, "gathered for a few minutes first"
+    ctx.clock.advance(dt.timedelta(minutes=ctx.settings.late_prompt_gather_minutes))
+    await world.deliver()
+    asked = standin.messages_to(user.id)[before:]
+    assert len(asked) == 1, [m.text for m in asked]
+    question = asked[0]
+    assert "Клиника внесла на ваше имя 4 прошедших приёма" in question.text
+    rows = [x for v in late for x in (f"ans:yes:{v.id}", f"ans:no:{v.id}")]
+    assert [b[1] for b in buttons(markup_of(question))] == rows
+    assert [b[1] for b in buttons(markup_of(last_to(standin, other.id)))] == [f"ans:yes:{single.id}",
+                                                                              f"ans:no:{single.id}"]
+    async with ctx.uow() as uow:
+        prompts = [r for r in await uow.outbox.by_recipient_kind("patient") if r.kind == "attendance_prompt"
+                   and r.recipient_id == w.p2.id]
+    assert len(prompts) == 1, "the outbox holds the one question that was sent"
+
+    await world.press(user, f"ans:yes:{late[0].id}", message_id=question.message_id, text=question.text,
+                      markup=question.reply_markup)
+    kept = edits_of(standin, question.message_id)[-1]
+    assert [b[1] for b in buttons(kept.reply_markup)] == rows[2:]
+    async with ctx.uow() as uow:
+        assert (await uow.visits.get(late[0].id)).attended_claim_at is not None
+    await world.press(user, f"ans:no:{late[1].id}", message_id=question.message_id, text=question.text,
+                      markup=kept.reply_markup)
+    check = last_to(standin, user.id)
+    assert buttons(markup_of(check))[0][1] == f"sure:yes:{late[1].id}:0", "the other visits keep their rows"
