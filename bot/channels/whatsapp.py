@@ -17,14 +17,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import html
 import json
 import math
+import re
 from contextlib import suppress
 from typing import Any
 
 from aiogram.utils.i18n import I18n
 from aiohttp import web
 
+from bot import dispute_texts
 from bot.channels.base import (
     Address,
     Answer,
@@ -42,10 +45,11 @@ from bot.channels.base import (
 from bot.channels.whatsapp_api import WhatsAppApi, WhatsAppApiError
 from bot.delivery.limits import Pacer, SendPacer
 from bot.delivery.shared_limits import SharedSendPacer
-from bot.i18n import when
+from bot.i18n import _, when
 from core.errors import DatabaseUnavailable
 from core.logs import get_logger
 from core.services import Context
+from core.services.dispute_answers import Audience
 from core.services.whatsapp import (
     LANGUAGE_PREFIX,
     Outcome,
@@ -78,8 +82,6 @@ REPLY_TEXTS = {
     # i18n: said in the language the patient just chose, so each translation names its own language
     Reply.LANGUAGE_SET: N_("Done: from now on I will write to you in this language."),
     Reply.ATTENDED: N_("✅ Thank you, your answer is recorded: you were there."),
-    Reply.DISPUTED: N_("Your answer is recorded: you were not at this visit. The clinic and the auditors have been "
-                       "told."),
     Reply.ALREADY: N_("Your answer is already recorded; nothing changed."),
     Reply.NOT_ANSWERABLE: N_("This answer can't be recorded for this visit."),
     Reply.BAD_BUTTON: N_("This visit is not among your visits; nothing was changed."),
@@ -91,6 +93,15 @@ LINKED_TEXT = N_("Your WhatsApp is connected: codes and questions about your vis
 UNKNOWN_TEXT = N_("This number is not registered at a clinic that uses Rastau. Ask your clinic to add your phone "
                   "number, then write here again.")
 LANGUAGE_BUTTONS = {"kk": "Қазақша", "ru": "Русский"}
+# i18n: a WhatsApp reply button: at most 18 characters (WhatsApp's limit is 20, and "❌ " goes before it)
+SURE_TEXT = N_("Yes, I wasn't there")
+ASK_REASON_TEXT = N_("If you want, write in one message what happened, for example: «I was at work that day».")
+
+
+def plain(html_text: str) -> str:
+    """Telegram's HTML as WhatsApp text: <b> becomes *bold*, other tags go, entities are unescaped."""
+    text = re.sub(r"</?b>", "*", html_text)
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
 
 
 class WhatsAppChannel:
@@ -140,8 +151,10 @@ class WhatsAppChannel:
         read = read_button(self._ctx, inbound.button_payload, inbound.sender)
         if read is None:
             return None
-        visit_id, attended = read
-        return Answer(AnswerKind.ATTENDED if attended else AnswerKind.NOT_ATTENDED,
+        visit_id, letter = read
+        if letter not in ("y", "x"):  # "n" only asks once more; "k" went back: neither is an answer
+            return None
+        return Answer(AnswerKind.ATTENDED if letter == "y" else AnswerKind.NOT_ATTENDED,
                       Address(ChannelName.WHATSAPP, inbound.sender), inbound.external_id, visit_id,
                       inbound.received_at)
 
@@ -160,8 +173,33 @@ class WhatsAppChannel:
                                                  "action": {"buttons": buttons}}, math.inf)
         elif outcome.reply is not None:
             locale = outcome.language.value if outcome.language else "ru"
-            await self._send(to, "text", {"body": self._i18n.gettext(REPLY_TEXTS[outcome.reply], locale=locale)},
-                             math.inf)
+            with self._i18n.context(), self._i18n.use_locale(locale):
+                content = self._worded(outcome)
+            await self._send(to, content[0], content[1], math.inf)
+
+    def _worded(self, outcome: Outcome) -> tuple[str, dict[str, Any]]:
+        """A reply in the current locale: ("text" | "interactive", its content)."""
+        if outcome.reply is Reply.CONFIRM_DISPUTE and outcome.visit is not None:
+            visit_id = outcome.visit.visit_id
+            buttons = [{"type": "reply", "reply": {"id": button_payload(self._ctx, visit_id, letter, outcome.wa_id),
+                                                   "title": title[:20]}}
+                       for letter, title in (("x", "❌ " + _(SURE_TEXT)), ("k", _("↩ No, go back")))]
+            return "interactive", {"type": "button", "body": {"text": plain(dispute_texts.confirm_dispute(
+                outcome.visit))[:1024]}, "action": {"buttons": buttons}}
+        if outcome.reply is Reply.DISPUTED:
+            audience = outcome.audience or Audience.RECORDED_ONLY
+            text = (_("❌ Recorded: you were not at this visit.") + " " + dispute_texts.told(audience) + "\n\n"
+                    + _(ASK_REASON_TEXT))
+        elif outcome.reply is Reply.REASON_ADDED:
+            text = dispute_texts.reason_passed(outcome.audience or Audience.RECORDED_ONLY)
+        elif outcome.reply is Reply.REASON_LATE:
+            text = dispute_texts.reason_too_late()
+        elif outcome.reply is Reply.KEPT:
+            text = dispute_texts.nothing_recorded()
+        else:
+            assert outcome.reply is not None
+            text = _(REPLY_TEXTS[outcome.reply])
+        return "text", {"body": plain(text)}
 
     # --- sending -------------------------------------------------------------------------------------------------
 
@@ -280,7 +318,7 @@ class WhatsAppInbox:
 
     async def drain(self, max_rounds: int = 100) -> int:
         total = 0
-        for _ in range(max_rounds):
+        for _round in range(max_rounds):
             handled = await self.run_once()
             total += handled
             if not handled:

@@ -124,3 +124,13 @@ class WhatsAppRepo:
         if patient_ids:
             await self.conn.execute(update(t.patients).where(t.patients.c.id.in_(patient_ids))
                                     .values(language=language, updated_at=now))
+
+    async def awaiting_reason(self, patient_ids: list[int], since: dt.datetime) -> int | None:
+        """The patients' newest visit disputed since ``since`` that has no reason yet."""
+        if not patient_ids:
+            return None
+        v = t.visits
+        row = (await self.conn.execute(select(v.c.id).where(and_(
+            v.c.patient_id.in_(patient_ids), v.c.state == "patient_disputed", v.c.dispute_reason.is_(None),
+            v.c.answered_at >= since)).order_by(v.c.answered_at.desc(), v.c.id.desc()).limit(1))).first()
+        return int(row.id) if row else None

@@ -4,7 +4,9 @@
   WhatsApp at once and asked to choose a language; an unknown number is answered politely and nothing is linked.
 - Every inbound message opens the 24-hour window (``patient_channels.last_inbound_at``).
 - "Were you there?" buttons carry the visit and the answer signed for the recipient's wa_id (:func:`button_payload`):
-  a forged or copied button answers nothing. The answer goes through the same visit services as Telegram's buttons.
+  a forged or copied button answers nothing. The answer goes through the same visit services as Telegram's buttons,
+  and the same rules: "I wasn't there" is asked once more before anything is recorded (issue 17), and the patient's
+  next message within ``dispute_reason_minutes`` is taken as the reason.
 - Statuses are recorded on the outbox row; a message that failed for the window (131047) or the recipient (131026)
   goes back to the queue to be sent as a template or on the next channel.
 """
@@ -19,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.db.whatsapp import whatsapp_repo
-from core.errors import DomainError, InvalidPhone
+from core.errors import DomainError, InvalidPhone, NotFound
 from core.logs import get_logger
 from core.model import Language
 from core.phone import normalise_phone
 from core.services import Context
-from core.services.visits import patient_confirms, patient_disputes
+from core.services.dispute_answers import Audience, ReasonTooLate, check_disputable, reason_window
+from core.services.visit_lists import VisitLine
+from core.services.visits import explain_dispute, patient_confirms, patient_disputes
 
 log = get_logger("rastau.whatsapp")
 
@@ -42,7 +46,11 @@ class Reply(str, enum.Enum):
     UNKNOWN_NUMBER = "unknown_number"  # no patient registered with this phone (kk and ru together)
     LANGUAGE_SET = "language_set"
     ATTENDED = "attended"
-    DISPUTED = "disputed"
+    CONFIRM_DISPUTE = "confirm_dispute"  # "you were NOT there, right?" with its two buttons
+    DISPUTED = "disputed"  # recorded; who heard of it; the patient may write why
+    KEPT = "kept"  # went back: nothing recorded
+    REASON_ADDED = "reason_added"
+    REASON_LATE = "reason_late"
     ALREADY = "already"  # the answer was recorded before; nothing changed
     NOT_ANSWERABLE = "not_answerable"  # the visit cannot take this answer now (not finished, final, ...)
     BAD_BUTTON = "bad_button"  # a forged, copied or unknown button: nothing changed
@@ -54,6 +62,13 @@ class Outcome:
     wa_id: str
     reply: Reply | None
     language: Language | None  # None: both languages (the sender is unknown)
+    visit: VisitLine | None = None  # the visit a CONFIRM_DISPUTE asks about
+    audience: Audience | None = None  # who heard of a dispute or its reason
+
+
+# The answers a button can carry: y "I was there", n "I wasn't there" (asks once more), x "yes, I really wasn't
+# there" (records it), k "no, go back" (records nothing).
+ANSWERS = ("y", "n", "x", "k")
 
 
 def _key(ctx: Context) -> bytes:
@@ -64,21 +79,24 @@ def _mac(ctx: Context, visit_id: int, answer: str, wa_id: str) -> str:
     return hmac.new(_key(ctx), f"{visit_id}:{answer}:{wa_id}".encode(), hashlib.sha256).hexdigest()[:24]
 
 
-def button_payload(ctx: Context, visit_id: int, attended: bool, wa_id: str) -> str:
-    """The quick-reply payload of one answer to one visit, for one recipient: ``v1:<visit>:<y|n>:<mac>``."""
-    answer = "y" if attended else "n"
-    return f"{ANSWER_PREFIX}:{visit_id}:{answer}:{_mac(ctx, visit_id, answer, wa_id)}"
+def button_payload(ctx: Context, visit_id: int, answer: bool | str, wa_id: str) -> str:
+    """The payload of one answer to one visit, for one recipient: ``v1:<visit>:<answer>:<mac>`` (``answer``: one of
+    ANSWERS; True/False for the question's y/n)."""
+    letter = answer if isinstance(answer, str) else ("y" if answer else "n")
+    if letter not in ANSWERS:
+        raise ValueError(f"unknown answer {letter!r}")
+    return f"{ANSWER_PREFIX}:{visit_id}:{letter}:{_mac(ctx, visit_id, letter, wa_id)}"
 
 
-def read_button(ctx: Context, payload: str, wa_id: str) -> tuple[int, bool] | None:
-    """(visit id, attended) from a payload signed for this wa_id; None for anything else."""
+def read_button(ctx: Context, payload: str, wa_id: str) -> tuple[int, str] | None:
+    """(visit id, answer letter) from a payload signed for this wa_id; None for anything else."""
     parts = payload.split(":")
-    if len(parts) != 4 or parts[0] != ANSWER_PREFIX or not parts[1].isdigit() or parts[2] not in ("y", "n"):
+    if len(parts) != 4 or parts[0] != ANSWER_PREFIX or not parts[1].isdigit() or parts[2] not in ANSWERS:
         return None
     visit_id = int(parts[1])
     if not hmac.compare_digest(parts[3].encode(), _mac(ctx, visit_id, parts[2], wa_id).encode()):
         return None
-    return visit_id, parts[2] == "y"
+    return visit_id, parts[2]
 
 
 def events_of(body: dict[str, Any], phone_number_id: str | None) -> list[tuple[str, dict[str, Any]]]:
@@ -191,7 +209,7 @@ async def _message(ctx: Context, event: dict[str, Any]) -> Outcome | None:
         return Outcome(wa_id, Reply.CHOOSE_LANGUAGE, language)
     payload = _button(event)
     if payload is None:
-        return Outcome(wa_id, Reply.HELP, language)
+        return await _maybe_reason(ctx, wa_id, ids, language, event)
     if payload.startswith(LANGUAGE_PREFIX):
         choice = payload[len(LANGUAGE_PREFIX):]
         if choice not in {lang.value for lang in Language}:
@@ -204,18 +222,47 @@ async def _message(ctx: Context, event: dict[str, Any]) -> Outcome | None:
     if answer is None:
         log.warning("whatsapp button refused: not signed for this sender")
         return Outcome(wa_id, Reply.BAD_BUTTON, language)
-    visit_id, attended = answer
+    visit_id, letter = answer
+    if letter == "k":
+        return Outcome(wa_id, Reply.KEPT, language)
     async with ctx.uow() as uow:
         proven = await whatsapp_repo(uow).patients_at(wa_id)
     try:
-        result = await (patient_confirms if attended else patient_disputes)(ctx, visit_id, proven)
+        if letter == "n":
+            line = await check_disputable(ctx, visit_id, proven)
+            if line is None:
+                return Outcome(wa_id, Reply.ALREADY, language)
+            return Outcome(wa_id, Reply.CONFIRM_DISPUTE, language, visit=line)
+        result = await (patient_confirms if letter == "y" else patient_disputes)(ctx, visit_id, proven)
     except DomainError as exc:
         log.info("whatsapp answer not recorded", visit_id=visit_id, reason=type(exc).__name__)
-        return Outcome(wa_id, Reply.BAD_BUTTON if type(exc).__name__ == "NotFound" else Reply.NOT_ANSWERABLE,
-                       language)
+        return Outcome(wa_id, Reply.BAD_BUTTON if isinstance(exc, NotFound) else Reply.NOT_ANSWERABLE, language)
     if not result.changed:
         return Outcome(wa_id, Reply.ALREADY, language)
-    return Outcome(wa_id, Reply.ATTENDED if attended else Reply.DISPUTED, language)
+    if letter == "y":
+        return Outcome(wa_id, Reply.ATTENDED, language)
+    return Outcome(wa_id, Reply.DISPUTED, language, audience=result.told)
+
+
+async def _maybe_reason(ctx: Context, wa_id: str, patient_ids: list[int], language: Language,
+                        event: dict[str, Any]) -> Outcome:
+    """A text from a linked patient: the reason for a dispute they made within the reason window, else help."""
+    text = str((event.get("text") or {}).get("body") or "").strip() if event.get("type") == "text" else ""
+    if not text:
+        return Outcome(wa_id, Reply.HELP, language)
+    async with ctx.uow() as uow:
+        proven = await whatsapp_repo(uow).patients_at(wa_id)
+        visit_id = await whatsapp_repo(uow).awaiting_reason(proven, ctx.clock.now() - reason_window(ctx.settings))
+    if visit_id is None:
+        return Outcome(wa_id, Reply.HELP, language)
+    try:
+        result = await explain_dispute(ctx, visit_id, proven, text)
+    except ReasonTooLate:
+        return Outcome(wa_id, Reply.REASON_LATE, language)
+    except DomainError as exc:
+        log.info("whatsapp reason not recorded", visit_id=visit_id, reason=type(exc).__name__)
+        return Outcome(wa_id, Reply.HELP, language)
+    return Outcome(wa_id, Reply.REASON_ADDED, language, audience=result.told)
 
 
 def _button(event: dict[str, Any]) -> str | None:

@@ -24,7 +24,7 @@ from bot.channels.base import (
     InboundMessage,
     Notice,
 )
-from bot.channels.whatsapp import WhatsAppRuntime
+from bot.channels.whatsapp import LANGUAGE_BUTTONS, SURE_TEXT, WhatsAppRuntime
 from bot.i18n import make_i18n
 from core.clock import ALMATY
 from core.model import VisitState
@@ -146,7 +146,10 @@ async def test_a_replayed_body_changes_nothing(wa, people):
         v.id, "Emhana No. 5", "Aidos S.", v.start, False, "ru"), not_after=math.inf)
     await wa.settle()
     question = wa.api.messages_to(ASEL)[-1]
-    no = question.button_payloads()[1]
+    await wa.api.user_taps(ASEL, question, question.button_payloads()[1])  # ❌: asked once more
+    await wa.settle()
+    confirm = wa.api.messages_to(ASEL)[-1]
+    sure = confirm.button_payloads()[0]
     replies_before = len(wa.api.messages_to(ASEL))
     # capture the exact signed body of the tap, then send it again as an attacker (or Meta's retry) would
     bodies: list[bytes] = []
@@ -158,7 +161,7 @@ async def test_a_replayed_body_changes_nothing(wa, people):
         return await original(body, **kwargs)
 
     wa.api.post_webhook = recording
-    await wa.api.user_taps(ASEL, question, no)
+    await wa.api.user_taps(ASEL, confirm, sure)
     wa.api.post_webhook = original
     await wa.settle()
     assert await visit_state(wa, v.id) is VisitState.PATIENT_DISPUTED
@@ -223,8 +226,50 @@ async def test_the_question_buttons_record_the_answer_through_the_visit_services
     assert str(v.id) in yes and yes != no
     await wa.api.user_taps(ASEL, question, no, "Меня там не было")
     await wa.settle()
+    confirm = wa.api.messages_to(ASEL)[-1]  # as in Telegram (issue 17): asked once more, nothing recorded yet
+    assert await visit_state(wa, v.id) is VisitState.SCHEDULED
+    assert confirm.type == "interactive" and "вас НЕ было на этом приёме?" in confirm.text
+    assert "*25 ноября 2026, 11:00*" in confirm.text and "<b>" not in confirm.text  # WhatsApp's bold, not HTML
+    await wa.api.user_taps(ASEL, confirm, confirm.button_payloads()[0])
+    await wa.settle()
     assert await visit_state(wa, v.id) is VisitState.PATIENT_DISPUTED
-    assert "вас не было на этом приёме" in wa.api.messages_to(ASEL)[-1].text
+    recorded = wa.api.messages_to(ASEL)[-1].text
+    assert recorded.startswith("❌") and "напишите одним сообщением" in recorded
+    await wa.api.user_writes(ASEL, "В тот день я был в Алматы")  # the reason, as its own message
+    await wa.settle()
+    async with wa.ctx.uow() as uow:
+        assert (await uow.visits.get(v.id)).dispute_reason == "В тот день я был в Алматы"
+    assert "объяснение" in wa.api.messages_to(ASEL)[-1].text or "Спасибо" in wa.api.messages_to(ASEL)[-1].text
+    wa.ctx.clock.advance(dt.timedelta(minutes=wa.ctx.settings.dispute_reason_minutes + 1))
+    await wa.api.user_writes(ASEL, "И ещё кое-что")  # too late to be a reason: only the help text
+    await wa.settle()
+    async with wa.ctx.uow() as uow:
+        assert (await uow.visits.get(v.id)).dispute_reason == "В тот день я был в Алматы"
+
+
+async def test_going_back_from_i_wasnt_there_records_nothing(wa, people):
+    await linked(wa, ASEL)
+    v = await visit_of(wa, people, people.asel)
+    await wa.channel.ask_attendance(Address(ChannelName.WHATSAPP, ASEL, people.asel.id), AttendanceQuestion(
+        v.id, "Emhana No. 5", "Aidos S.", v.start, False, "kk"), not_after=math.inf)
+    question = wa.api.messages_to(ASEL)[-1]
+    await wa.api.user_taps(ASEL, question, question.button_payloads()[1])
+    await wa.settle()
+    confirm = wa.api.messages_to(ASEL)[-1]
+    titles = [b["reply"]["title"] for b in confirm.body["interactive"]["action"]["buttons"]]
+    assert all(len(title) <= 20 for title in titles), titles  # WhatsApp refuses longer reply buttons
+    await wa.api.user_taps(ASEL, confirm, confirm.button_payloads()[1])  # ↩ no, go back
+    await wa.settle()
+    assert await visit_state(wa, v.id) is VisitState.SCHEDULED
+    assert wa.api.messages_to(ASEL)[-1].text == make_i18n().gettext("All right, nothing was recorded.", locale="ru")
+
+
+@pytest.mark.parametrize("lang", ["kk", "ru"])
+def test_whatsapp_reply_buttons_fit_in_20_characters(lang):
+    i18n = make_i18n()
+    for title in ("❌ " + i18n.gettext(SURE_TEXT, locale=lang), i18n.gettext("↩ No, go back", locale=lang),
+                  *LANGUAGE_BUTTONS.values()):
+        assert len(title) <= 20, title
 
 
 async def test_a_forged_or_copied_button_answers_nothing(wa, people):
@@ -242,6 +287,7 @@ async def test_a_forged_or_copied_button_answers_nothing(wa, people):
         asel_no.replace(f":{asel_visit.id}:", f":{ivan_visit.id}:"),  # another visit under Asel's signature
         f"v1:{ivan_visit.id}:n:" + "0" * 24,  # a guessed signature
         button_payload(wa.ctx, ivan_visit.id, False, ASEL),  # a genuine payload, but signed for Asel
+        button_payload(wa.ctx, ivan_visit.id, "x", ASEL),  # "yes, I really wasn't there", signed for Asel
         "v1:1:n", "lang:en",
     ]
     for payload in forged:
@@ -255,8 +301,11 @@ async def test_a_forged_or_copied_button_answers_nothing(wa, people):
     # and the channel's own parser agrees with the worker
     inbound = InboundMessage(ChannelName.WHATSAPP, IVAN, "wamid.x", button_payload=asel_no)
     assert wa.channel.parse_answer(inbound) is None
-    mine = InboundMessage(ChannelName.WHATSAPP, ASEL, "wamid.y", button_payload=asel_no)
-    assert wa.channel.parse_answer(mine).visit_id == asel_visit.id
+    assert wa.channel.parse_answer(InboundMessage(ChannelName.WHATSAPP, ASEL, "wamid.y",
+                                                  button_payload=asel_no)) is None  # asks once more: not an answer
+    sure = button_payload(wa.ctx, asel_visit.id, "x", ASEL)
+    assert wa.channel.parse_answer(InboundMessage(ChannelName.WHATSAPP, ASEL, "wamid.z",
+                                                  button_payload=sure)).visit_id == asel_visit.id
 
 
 # --- sending -------------------------------------------------------------------------------------------------------
