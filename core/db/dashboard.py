@@ -22,31 +22,61 @@ _ANSWERED = _v.c.state.in_([_CONFIRMED, _DISPUTED])
 def _in_clinics(column: ColumnElement[Any], clinic_ids: frozenset[int] | None) -> ColumnElement[bool]:
     """``column`` among ``clinic_ids`` (None: every clinic)."""
     return column.in_(sorted(clinic_ids)) if clinic_ids is not None else true()
+def _after(moment: ColumnElement[Any], key: ColumnElement[Any],
+           after: tuple[dt.datetime, int] | None) -> ColumnElement[bool]:
+    """(moment, key) after ``after`` in (moment, key) order (everything when None)."""
+    if after is None:
+        return true()
+    return or_(moment > after[0], and_(moment == after[0], key > after[1]))
+
+
 class DashboardQueries:
     """The dashboard's reads. A scope is the clinics a caller reads (None: every clinic); the service decides it."""
 
     def __init__(self, conn: AsyncConnection):
         self.conn = conn
 
-    async def disputed_visits(self, clinic_ids: frozenset[int] | None, *, limit: int) -> list[AnyRow]:
-        """Visits their patients said they were not at, the oldest answer first, with clinic, doctor and patient."""
+    async def disputed_visits(self, clinic_ids: frozenset[int] | None, *, limit: int,
+                              after: tuple[dt.datetime, int] | None = None,
+                              unreviewed_only: bool = False) -> list[AnyRow]:
+        """Visits their patients said they were not at, the oldest answer first (then by id), with clinic, doctor
+        and patient; ``after`` (answered_at, id): only those after it in that order."""
         stmt = (select(_v.c.id, _v.c.clinic_id, _c.c.name.label("clinic_name"), _v.c.doctor_id,
                        _d.c.full_name.label("doctor_name"), _v.c.patient_id, _p.c.iin, _v.c.start_at, _v.c.mode,
                        _v.c.service_code, _v.c.verified_by, _v.c.answered_at, _v.c.dispute_reason)
                 .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id)
                 .join(_c, _c.c.id == _v.c.clinic_id)
-                .where(_v.c.state == _DISPUTED, _in_clinics(_v.c.clinic_id, clinic_ids))
+                .where(_v.c.state == _DISPUTED, _in_clinics(_v.c.clinic_id, clinic_ids),
+                       _after(_v.c.answered_at, _v.c.id, after))
                 .order_by(_v.c.answered_at, _v.c.id).limit(limit))
+        if unreviewed_only:
+            stmt = stmt.where(~select(_dr.c.id).where(_dr.c.visit_id == _v.c.id).exists())
         return list((await self.conn.execute(stmt)).all())
 
-    async def disputed_changes(self, clinic_ids: frozenset[int] | None, *, limit: int) -> list[AnyRow]:
-        """Changes to patients' face, phone or consent their patients said were not theirs, oldest dispute first."""
+    async def disputed_changes(self, clinic_ids: frozenset[int] | None, *, limit: int,
+                               after: tuple[dt.datetime, int] | None = None,
+                               unreviewed_only: bool = False) -> list[AnyRow]:
+        """Changes to patients' face, phone or consent their patients said were not theirs, oldest dispute first
+        (then by id); ``after`` (disputed_at, id): only those after it in that order."""
         stmt = (select(_pc.c.id, _pc.c.clinic_id, _c.c.name.label("clinic_name"), _pc.c.kind, _pc.c.patient_id,
                        _p.c.iin, _pc.c.actor, _pc.c.at, _pc.c.disputed_at)
                 .join(_p, _p.c.id == _pc.c.patient_id).join(_c, _c.c.id == _pc.c.clinic_id)
-                .where(_pc.c.disputed_at.is_not(None), _in_clinics(_pc.c.clinic_id, clinic_ids))
+                .where(_pc.c.disputed_at.is_not(None), _in_clinics(_pc.c.clinic_id, clinic_ids),
+                       _after(_pc.c.disputed_at, _pc.c.id, after))
                 .order_by(_pc.c.disputed_at, _pc.c.id).limit(limit))
+        if unreviewed_only:
+            stmt = stmt.where(~select(_dr.c.id).where(_dr.c.change_id == _pc.c.id).exists())
         return list((await self.conn.execute(stmt)).all())
+
+    async def dispute_counts(self, clinic_ids: frozenset[int] | None) -> tuple[int, int]:
+        """How many disputes (visits and changes) the clinics have, and how many of them no one has reviewed."""
+        reviewed_visit = select(_dr.c.id).where(_dr.c.visit_id == _v.c.id).exists()
+        reviewed_change = select(_dr.c.id).where(_dr.c.change_id == _pc.c.id).exists()
+        visits = (await self.conn.execute(select(func.count(), _count(~reviewed_visit)).where(
+            _v.c.state == _DISPUTED, _in_clinics(_v.c.clinic_id, clinic_ids)))).one()
+        changes = (await self.conn.execute(select(func.count(), _count(~reviewed_change)).where(
+            _pc.c.disputed_at.is_not(None), _in_clinics(_pc.c.clinic_id, clinic_ids)))).one()
+        return int(visits[0]) + int(changes[0]), int(visits[1]) + int(changes[1])
 
     async def reviews(self, visit_ids: list[int], change_ids: list[int]) -> list[AnyRow]:
         """The reviews of these disputes, oldest first."""

@@ -360,7 +360,7 @@ service_rules = Table(
     Column("updated_at", UtcDateTime, nullable=False),
 )
 
-# --- web dashboard (issue 13, dashboard-web): one-time sign-in links and sessions ---------------------------------------
+# --- web dashboard (issue 13, dashboard-web): one-time sign-in links and sessions -------------------------------------
 # Both hold only the SHA-256 of their token: a copy of the database signs no one in. A link is for one chat and one
 # role row (a clinic admin's or an auditor's id), used once (used_at) before expires_at; a session ends at expires_at,
 # at sign-out (ended_at), or as soon as its admin or auditor is gone or moved to another chat (checked per request).
@@ -409,6 +409,9 @@ dispute_reviews = Table(
     CheckConstraint("(visit_id IS NULL) <> (change_id IS NULL)", name="one_dispute"),
     Index("ix_dispute_reviews_clinic_at", "clinic_id", "at"),
 )
+# The disputes queue reads one clinic's disputes oldest first, a page at a time.
+Index("ix_visits_clinic_state_answered", visits.c.clinic_id, visits.c.state, visits.c.answered_at)
+Index("ix_patient_changes_clinic_disputed", patient_changes.c.clinic_id, patient_changes.c.disputed_at)
 
 
 # --- channels (issue 14): how each patient is reached -----------------------------------------------------------------

@@ -30,9 +30,10 @@ from core.services.flags import Flag, FlagKind, find_flags
 from core.services.web_sessions import WebUser
 
 SCORECARD_DAYS = 30
-QUEUE_LIMIT = 500  # disputes of each kind on one page of the queue
+QUEUE_PAGE = 50  # disputes on one page of the queue (the next page starts after the last one's cursor)
 FLAG_VISITS_SHOWN = 20  # a flag's visits listed on a scorecard (every id stays in the flag and its CSV)
 NOTE_MAX = 2000
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
 
 
 class ReviewOutcome(str, enum.Enum):
@@ -139,16 +140,53 @@ class Dispute:
     def last_outcome(self) -> ReviewOutcome | None:
         return self.reviews[-1].outcome if self.reviews else None
 
+    @property
+    def cursor(self) -> str:
+        """Where the queue's next page starts: after this dispute (its time in microseconds, kind and id)."""
+        micros = int(self.disputed_at.timestamp()) * 1_000_000 + self.disputed_at.microsecond
+        return f"{micros}.{self.kind.value}.{self.id}"
 
-async def disputes_queue(ctx: Context, viewer: Viewer, clinic_id: int | None = None, *,
-                         limit: int = QUEUE_LIMIT) -> list[Dispute]:
-    """Every disputed visit and disputed change of the viewer's clinics, oldest dispute first, each with its reviews.
-    Up to ``limit`` of each kind (the oldest)."""
+
+def _parse_cursor(cursor: str) -> tuple[dt.datetime, DisputeKind, int]:
+    try:
+        micros, kind, dispute_id = cursor.split(".")
+        if len(micros) > 20 or not 0 < int(dispute_id) <= MAX_ID:
+            raise ValueError(cursor)
+        at = dt.datetime.fromtimestamp(int(micros) // 1_000_000, dt.UTC).replace(microsecond=int(micros) % 1_000_000)
+        return at, DisputeKind(kind), int(dispute_id)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidValue("the queue's page cursor is not one this server wrote") from None
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    disputes: int
+    unreviewed: int
+
+
+async def disputes_queue(ctx: Context, viewer: Viewer, clinic_id: int | None = None, *, after: str | None = None,
+                         unreviewed_only: bool = False, limit: int = QUEUE_PAGE) -> list[Dispute]:
+    """The disputed visits and disputed changes of the viewer's clinics, oldest dispute first (then visits after
+    changes of the same moment, then by id), each with its reviews: up to ``limit`` of them after the cursor
+    ``after`` (a :attr:`Dispute.cursor`); ``unreviewed_only``: those no one has reviewed yet."""
     scope = viewer.scope(clinic_id)
+    if not 1 <= limit <= 500:
+        raise InvalidValue("a page of the queue holds 1 to 500 disputes")
+    visits_after = changes_after = None
+    if after is not None:
+        at, kind, dispute_id = _parse_cursor(after)
+        # changes sort before visits of the same moment: after a change, every visit of that moment is still due
+        visits_after = (at, dispute_id if kind is DisputeKind.VISIT else 0)
+        changes_after = (at, dispute_id if kind is DisputeKind.CHANGE else MAX_ID)
     async with ctx.uow(read_only=True) as uow:
         q = _reads(uow)
-        visits = await q.disputed_visits(scope, limit=limit)
-        changes = await q.disputed_changes(scope, limit=limit)
+        visits = await q.disputed_visits(scope, limit=limit, after=visits_after, unreviewed_only=unreviewed_only)
+        changes = await q.disputed_changes(scope, limit=limit, after=changes_after, unreviewed_only=unreviewed_only)
+        first = sorted([(v.answered_at, DisputeKind.VISIT.value, v.id) for v in visits]
+                       + [(c.disputed_at, DisputeKind.CHANGE.value, c.id) for c in changes])[:limit]
+        keep = {(kind, i) for _, kind, i in first}
+        visits = [v for v in visits if (DisputeKind.VISIT.value, v.id) in keep]
+        changes = [c for c in changes if (DisputeKind.CHANGE.value, c.id) in keep]
         reviews = await q.reviews([v.id for v in visits], [c.id for c in changes])
     by_dispute: dict[tuple[DisputeKind, int], list[Review]] = {}
     for r in reviews:
@@ -164,6 +202,14 @@ async def disputes_queue(ctx: Context, viewer: Viewer, clinic_id: int | None = N
                                                                                           ())))
               for c in changes]
     return sorted(queue, key=lambda d: (d.disputed_at, d.kind.value, d.id))
+
+
+async def queue_counts(ctx: Context, viewer: Viewer, clinic_id: int | None = None) -> QueueCounts:
+    """How many disputes the viewer's clinics have, and how many no one has reviewed yet."""
+    scope = viewer.scope(clinic_id)
+    async with ctx.uow(read_only=True) as uow:
+        total, unreviewed = await _reads(uow).dispute_counts(scope)
+    return QueueCounts(total, unreviewed)
 
 
 async def review_dispute(ctx: Context, viewer: Viewer, kind: DisputeKind | str, dispute_id: int,

@@ -14,7 +14,7 @@ from multidict import MultiMapping
 
 from core import csvfile
 from core.clock import to_local
-from core.errors import InvalidValue
+from core.errors import InvalidValue, NotFound
 from core.model import Language, PatientAnswer, VerificationMethod
 from core.services import dashboard, web_day
 from core.services.dashboard import (
@@ -83,9 +83,17 @@ def _int(query: MultiMapping[str], name: str) -> int | None:
     value = query.get(name, "").strip()
     if not value:
         return None
-    if not value.isdigit() or len(value) > 12:
+    if not value.isdigit() or len(value) > 12 or int(value) > dashboard.MAX_ID:
         raise InvalidValue(f"{name} must be a number")
     return int(value)
+
+
+def _id(request: web.Request, name: str) -> int:
+    """A record's id from the path: one beyond what the database holds is a record that does not exist."""
+    value = int(request.match_info[name])
+    if value > dashboard.MAX_ID:
+        raise NotFound(f"{name} {value} not found")
+    return value
 
 
 def _last_day(request: web.Request) -> dt.date:
@@ -119,18 +127,33 @@ def _labels() -> dict[str, Any]:
 
 # --- the disputes queue -------------------------------------------------------------------------------------------
 
-async def _queue(request: web.Request) -> tuple[Viewer, list[dashboard.Dispute]]:
+def _queue_query(request: web.Request) -> dict[str, str]:
+    """The queue's own filters (clinic, not reviewed only), kept by its links and its CSV."""
+    clinic = _int(request.query, "clinic")
+    return {**({"clinic": str(clinic)} if clinic else {}), **({"open": "1"} if request.query.get("open") else {})}
+
+
+async def _queue(request: web.Request, *, limit: int = dashboard.QUEUE_PAGE) -> tuple[Viewer, list[dashboard.Dispute]]:
     viewer = Viewer.of(web_user(request))
-    return viewer, await dashboard.disputes_queue(request.config_dict[CTX], viewer, _int(request.query, "clinic"))
+    after = request.query.get("after", "").strip() or None
+    return viewer, await dashboard.disputes_queue(request.config_dict[CTX], viewer, _int(request.query, "clinic"),
+                                                  after=after, unreviewed_only=bool(request.query.get("open")),
+                                                  limit=limit)
 
 
 async def _disputes_page(request: web.Request, *, error: str | None = None, status: int = 200) -> web.Response:
     viewer, queue = await _queue(request)
-    clinic = _int(request.query, "clinic")
+    counts = await dashboard.queue_counts(request.config_dict[CTX], viewer, _int(request.query, "clinic"))
+    query, router = _queue_query(request), request.app.router
+    here = router["disputes"].url_for()
     return render("dd_disputes.html", request, {
-        "queue": queue, "viewer": viewer, "error": error, "open_count": sum(1 for d in queue if not d.reviews),
-        "csv_url": request.app.router["disputes_csv"].url_for().with_query({"clinic": str(clinic)} if clinic else {}),
-        **_labels()}, status=status)
+        "queue": queue, "viewer": viewer, "error": error, "counts": counts, "only_open": "open" in query,
+        "all_url": here.with_query({k: v for k, v in query.items() if k != "open"}),
+        "open_url": here.with_query({**query, "open": "1"}),
+        "first_url": here.with_query(query) if request.query.get("after") else None,
+        "next_url": here.with_query({**query, "after": queue[-1].cursor})
+        if len(queue) == dashboard.QUEUE_PAGE else None,
+        "csv_url": router["disputes_csv"].url_for().with_query(query), **_labels()}, status=status)
 
 
 @routes.get("/disputes", allow_head=False, name="disputes")
@@ -142,7 +165,7 @@ async def disputes(request: web.Request) -> web.Response:
 async def review(request: web.Request) -> web.Response:
     form = await request.post()
     viewer = Viewer.of(web_user(request))
-    kind, dispute_id = request.match_info["kind"], int(request.match_info["dispute_id"])
+    kind, dispute_id = request.match_info["kind"], _id(request, "dispute_id")
     try:
         await dashboard.review_dispute(request.config_dict[CTX], viewer, kind, dispute_id,
                                        str(form.get("outcome", "")), str(form.get("note", "")))
@@ -150,7 +173,8 @@ async def review(request: web.Request) -> web.Response:
         said = next((msgid for key, msgid in REVIEW_ERRORS.items() if key in str(exc)),
                     N_("The review was not recorded."))
         return await _disputes_page(request, error=said, status=400)
-    raise web.HTTPSeeOther(f"{request.app.router['disputes'].url_for()}#dispute-{kind}-{dispute_id}")
+    back = request.app.router["disputes"].url_for().with_query(_queue_query(request))
+    raise web.HTTPSeeOther(f"{back}#dispute-{kind}-{dispute_id}")
 
 
 QUEUE_HEADER = (N_("Dispute"), N_("Number"), N_("Clinic"), N_("Patient"), N_("Disputed at"), N_("What"),
@@ -160,7 +184,7 @@ QUEUE_HEADER = (N_("Dispute"), N_("Number"), N_("Clinic"), N_("Patient"), N_("Di
 
 @routes.get("/disputes.csv", allow_head=False, name="disputes_csv")
 async def disputes_csv(request: web.Request) -> web.Response:
-    _, queue = await _queue(request)
+    _, queue = await _queue(request, limit=500)  # the CSV: the oldest 500 (a later one: ?after=the 500th's cursor)
     lang = web_user(request).language
 
     def tr(msgid: str) -> str:
@@ -214,7 +238,7 @@ def _totals_rows(overview: Overview, lang: Language, *, ranked: bool = False) ->
 
 async def _scorecard(request: web.Request) -> Scorecard:
     return await dashboard.doctor_scorecard(request.config_dict[CTX], Viewer.of(web_user(request)),
-                                            int(request.match_info["doctor_id"]), _last_day(request))
+                                            _id(request, "doctor_id"), _last_day(request))
 
 
 def chart(card: Scorecard, lang: Language) -> Markup:

@@ -246,3 +246,38 @@ async def test_an_auditor_sees_their_clinics_ranked_by_flags(ctx, world):
     assert [(r["rank"], r["name"]) for r in rows] == [("1", "Third Clinic"), ("2", "Emhana No. 5")]
     with pytest.raises(NotAnAuditor):
         await dashboard.clinics_ranking(ctx, admins["honest"], DAY)
+
+
+async def test_the_queue_pages_through_every_dispute_once_in_order_and_can_hide_the_reviewed(ctx, clock, two_clinics):
+    a, _ = two_clinics
+    admin = Viewer.admin(a.admin.id, a.clinic.id)
+    # a visit and a change disputed at the same moment: the change sorts first, and paging must not skip either
+    clock.advance(dt.timedelta(minutes=1))
+    tied_visit = await register_visit(ctx, clinic_id=a.clinic.id, doctor_id=a.doctor.id,
+                                      patient_id=a.patients[0].id, start=clock.now() + dt.timedelta(hours=1),
+                                      duration=dt.timedelta(minutes=20), mode=VisitMode.IN_PERSON,
+                                      service_code="A01")
+    async with ctx.uow() as uow:
+        tied_change = await uow.patient_changes.add(patient_id=a.patients[0].id, clinic_id=a.clinic.id,
+                                                    kind="phone_changed", at=clock.now(), actor="key:clinic")
+        await uow.patient_changes.mark_disputed(tied_change, clock.now())
+        await uow.commit()
+    await patient_disputes(ctx, tied_visit.id, [a.patients[0].id])
+    whole = [d.key for d in await dashboard.disputes_queue(ctx, admin)]
+    assert whole == [f"visit-{a.first}", f"change-{a.change}", f"visit-{a.second}", f"change-{tied_change}",
+                     f"visit-{tied_visit.id}"]
+    for size in (1, 2, 3):
+        seen, after = [], None
+        while page := await dashboard.disputes_queue(ctx, admin, after=after, limit=size):
+            seen += [d.key for d in page]
+            after = page[-1].cursor
+        assert seen == whole, size
+    await dashboard.review_dispute(ctx, admin, "visit", a.first, "rejected")
+    await dashboard.review_dispute(ctx, admin, "change", tied_change, "upheld")
+    open_ones = await dashboard.disputes_queue(ctx, admin, unreviewed_only=True)
+    assert [d.key for d in open_ones] == [f"change-{a.change}", f"visit-{a.second}", f"visit-{tied_visit.id}"]
+    assert await dashboard.queue_counts(ctx, admin) == dashboard.QueueCounts(disputes=5, unreviewed=3)
+    for cursor in ("garbage", "1.visit", "99999999999999999999999.visit.1", "1.other.1", "1.visit.99999999999",
+                   "1.visit.-3"):
+        with pytest.raises(InvalidValue, match="cursor"):
+            await dashboard.disputes_queue(ctx, admin, after=cursor)

@@ -137,3 +137,18 @@ async def test_the_auditors_clinics_ranked_and_admins_have_no_such_page(web_clie
     rows = list(csv.reader(io.StringIO(body)))
     assert rows[0][:3] == ["Место", "Номер", "Имя или название"]
     assert [(r[0], r[1], r[2]) for r in rows[1:]] == [("1", str(world.a.clinic_id), "Polyclinic A")]
+
+
+async def test_the_queue_hides_the_reviewed_on_request_and_odd_addresses_answer_404_or_400(web_client, ctx, world):
+    first, second = await disputed(ctx, world.a), await disputed(ctx, world.a, patient=1)
+    token = await sign_in(web_client, ctx, AUDITOR_CHAT)
+    await web_client.post(f"/web/disputes/visit/{first}/review", data={"csrf": token, "outcome": "upheld"})
+    page = await (await web_client.get("/web/disputes?open=1")).text()
+    assert f"dispute-visit-{second}" in page and f"dispute-visit-{first}" not in page
+    assert "Споров: 2 · ещё не проверено: 1" in " ".join(page.split())
+    for url, status in (("/web/doctors/99999999999", 404), ("/web/doctors/2147483648/days.csv", 404),
+                        ("/web/disputes?clinic=99999999999", 400), ("/web/disputes?after=1.visit.99999999999", 400),
+                        ("/web/disputes?after=nonsense", 400), ("/web/clinics?day=yesterday", 400)):
+        assert (await web_client.get(url)).status == status, url
+    too_big = await web_client.post("/web/disputes/visit/99999999999/review", data={"csrf": token, "outcome": "upheld"})
+    assert too_big.status == 404

@@ -72,11 +72,16 @@ def upgrade() -> None:
     op.create_index('ix_dispute_reviews_clinic_at', 'dispute_reviews', ['clinic_id', 'at'])
     op.create_index(op.f('ix_dispute_reviews_visit_id'), 'dispute_reviews', ['visit_id'])
     op.create_index(op.f('ix_dispute_reviews_change_id'), 'dispute_reviews', ['change_id'])
+    # the disputes queue, oldest first, one clinic's page at a time (bench/dashboard.py)
+    op.create_index('ix_visits_clinic_state_answered', 'visits', ['clinic_id', 'state', 'answered_at'])
+    op.create_index('ix_patient_changes_clinic_disputed', 'patient_changes', ['clinic_id', 'disputed_at'])
     # dashboard-data end
 
 
 def downgrade() -> None:
     # dashboard-data: dispute reviews
+    op.drop_index('ix_patient_changes_clinic_disputed', table_name='patient_changes')
+    op.drop_index('ix_visits_clinic_state_answered', table_name='visits')
     op.drop_index(op.f('ix_dispute_reviews_change_id'), table_name='dispute_reviews')
     op.drop_index(op.f('ix_dispute_reviews_visit_id'), table_name='dispute_reviews')
     op.drop_index('ix_dispute_reviews_clinic_at', table_name='dispute_reviews')
