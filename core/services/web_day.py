@@ -111,8 +111,20 @@ def _visit(r: AnyRow) -> DayVisit:
                     answered_at=r.answered_at or r.attended_claim_at, fresh_reference=bool(r.fresh_reference))
 
 
+async def _record_auditor_read(ctx: Context, user: WebUser, clinic_id: int, details: dict[str, object]) -> None:
+    """An auditor's read of a clinic's records is a row of that clinic's audit chain, as their API exports are: the
+    clinic can see who from the payer read what, and when."""
+    if not user.is_auditor:
+        return
+    async with ctx.uow() as uow:
+        await uow.audit.append(ctx.clock.now(), user.caller.actor, "auditor.web_read", f"auditor:{user.subject_id}",
+                               details, clinic_id=clinic_id)
+        await uow.commit()
+
+
 async def day_page(ctx: Context, user: WebUser, clinic_id: int | None, day: dt.date,
-                   filters: DayFilters) -> DayPage:
+                   filters: DayFilters, *, export: bool = False) -> DayPage:
+    """The clinic's visits of the day (``export``: for the CSV file, so named in an auditor's audit row)."""
     clinic = await clinic_for(ctx, user, clinic_id)
     start, end = local_day_bounds(day, ALMATY)
     async with ctx.uow(read_only=True) as uow:
@@ -120,8 +132,13 @@ async def day_page(ctx: Context, user: WebUser, clinic_id: int | None, day: dt.d
             clinic.id, start, end, doctor_id=filters.doctor_id, mode=filters.mode.value if filters.mode else None,
             state=filters.state.value if filters.state else None, limit=DAY_LIMIT + 1)
         doctors = [(d.id, d.full_name) for d in await uow.doctors.list_by_clinic(clinic.id) if d.id is not None]
-    return DayPage(clinic, day, filters, [_visit(r) for r in rows[:DAY_LIMIT]], sorted(doctors, key=lambda d: d[1]),
+    page = DayPage(clinic, day, filters, [_visit(r) for r in rows[:DAY_LIMIT]], sorted(doctors, key=lambda d: d[1]),
                    truncated=len(rows) > DAY_LIMIT)
+    await _record_auditor_read(ctx, user, clinic.id, {
+        "page": "day.csv" if export else "day", "day": day.isoformat(), "visits": len(page.visits),
+        "doctor": filters.doctor_id, "mode": filters.mode.value if filters.mode else None,
+        "state": filters.state.value if filters.state else None})
+    return page
 
 
 _STEP_NAMES = {"register": "registered", "verify": "verified", "close_unverified": "closed_unverified",
@@ -144,4 +161,5 @@ async def timeline(ctx: Context, user: WebUser, clinic_id: int | None, visit_id:
     if visit.answer is PatientAnswer.CLAIMED_ATTENDED and row.attended_claim_at is not None:
         steps.append(TimelineStep(row.attended_claim_at, "claimed_attended"))
     steps.sort(key=lambda s: s.at)
+    await _record_auditor_read(ctx, user, clinic.id, {"page": "visit", "visit": visit_id})
     return Timeline(visit, clinic, steps)

@@ -51,11 +51,11 @@ def _filters(query: MultiMapping[str]) -> DayFilters:
         raise InvalidValue("mode or state is not one of the listed values") from exc
 
 
-async def _day_page(request: web.Request) -> DayPage:
+async def _day_page(request: web.Request, *, export: bool = False) -> DayPage:
     ctx = request.config_dict[CTX]
     today = to_local(ctx.clock.now()).date()
     return await web_day.day_page(ctx, web_user(request), _int(request.query, "clinic"), _day(request.query, today),
-                                  _filters(request.query))
+                                  _filters(request.query), export=export)
 
 
 def _query_of(page: DayPage) -> dict[str, str]:
@@ -96,7 +96,7 @@ CSV_COLUMNS = (N_("Visit"), N_("Time"), N_("Doctor"), N_("Patient"), N_("Mode"),
 
 @routes.get("/day.csv", allow_head=False, name="day_csv")
 async def day_csv(request: web.Request) -> web.Response:
-    page = await _day_page(request)
+    page = await _day_page(request, export=True)
     language = web_user(request).language
     out = io.StringIO()
     writer = csvfile.writer(out)  # names come from clinic systems: formulas stay text

@@ -285,3 +285,22 @@ async def test_a_session_ends_when_its_hours_are_over(web_client, ctx, world, cl
     assert (await web_client.get("/web/day", allow_redirects=False)).status == 200
     clock.advance(dt.timedelta(seconds=1))
     assert (await web_client.get("/web/day", allow_redirects=False)).status == 303
+
+
+async def test_an_auditors_reads_are_rows_of_the_clinics_audit_chain_and_an_admins_are_not(web_client, ctx, world):
+    from core import audit
+
+    visit = await visit_of(ctx, world.a)
+    await sign_in(web_client, ctx, ADMIN_A_CHAT)
+    await web_client.get("/web/day")
+    web_client.session.cookie_jar.clear()
+    await sign_in(web_client, ctx, AUDITOR_CHAT)  # its own sign_in already read the day once
+    await web_client.get(f"/web/day.csv?clinic={world.a.clinic_id}&state=scheduled")
+    await web_client.get(f"/web/visits/{visit.id}?clinic={world.a.clinic_id}")
+    async with ctx.uow(read_only=True) as uow:
+        rows = await uow.audit.records(audit.chain_of(world.a.clinic_id))
+    reads = [r for r in rows if r.action == "auditor.web_read"]
+    assert [r.details["page"] for r in reads] == ["day", "day.csv", "visit"]
+    assert all(r.actor == f"auditor:{world.auditor}:web" for r in reads)
+    assert reads[1].details["state"] == "scheduled" and reads[1].details["visits"] == 1
+    assert reads[2].details["visit"] == visit.id
