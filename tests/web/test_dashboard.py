@@ -304,3 +304,23 @@ async def test_an_auditors_reads_are_rows_of_the_clinics_audit_chain_and_an_admi
     assert all(r.actor == f"auditor:{world.auditor}:web" for r in reads)
     assert reads[1].details["state"] == "scheduled" and reads[1].details["visits"] == 1
     assert reads[2].details["visit"] == visit.id
+
+
+async def test_every_dashboard_route_but_sign_in_needs_a_session(web_client, world):
+    """Walks the web sub-application's route table, so a page added later without the session check fails here."""
+    from server.web.app import ANONYMOUS_ATTR, PREFIX, create_web_app
+
+    samples = {"token": "a" * 43, "name": "web.css", "kind": "visit"}
+    checked = 0
+    for route in create_web_app().router.routes():
+        if getattr(route.handler, ANONYMOUS_ATTR, False) or route.method == "HEAD":
+            continue
+        path = PREFIX + re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: samples.get(m.group(1), "1"),
+                               route.resource.canonical)
+        response = await web_client.request(route.method, path, allow_redirects=False)
+        if route.method == "GET":
+            assert (response.status, response.headers.get("Location")) == (303, "/web/signin"), path
+        else:
+            assert response.status == 403, path
+        checked += 1
+    assert checked >= 6
