@@ -64,7 +64,9 @@ class ReasonWaitMiddleware(BaseMiddleware):
             since = await waiting_since(state)
             expired = not reason_welcome(ctx.settings, since, ctx.clock.now())
             command = isinstance(event, Message) and (event.text or "").startswith("/")
-            other_button = isinstance(event, CallbackQuery) and not (event.data or "").startswith("noreason:")
+            # «Skip» ends the wait itself; a second tap on «Yes, I wasn't there» (a double tap) changes nothing
+            other_button = isinstance(event, CallbackQuery) and not (event.data or "").startswith(("noreason:",
+                                                                                                  "sure:yes:"))
             chat_id = _chat_of(event)
             if (expired or command or other_button) and chat_id is not None:
                 await end_wait(state, data["bot"], chat_id)

@@ -146,6 +146,8 @@ def answer_choices(line: VisitLine, now: dt.datetime) -> tuple[bool, bool]:
         no = False
     elif line.state is VisitState.PATIENT_CONFIRMED:
         no = line.answered_at is not None and now - line.answered_at <= ANSWER_CORRECTION_WINDOW
+    elif line.attended_claim_at is not None:  # "I was there" to an unverified visit: answered, as a confirmation is
+        no = now - line.attended_claim_at <= ANSWER_CORRECTION_WINDOW
     else:
         no = True
     return yes, no

@@ -96,8 +96,11 @@ async def test_a_double_tap_on_the_confirmation_records_one_dispute(ctx, clinic_
     await world.press(user, f"sure:yes:{v.id}:{prompt.message_id}", message_id=check.message_id)
     assert "уже записан" in callback_answers(standin)[-1]
     assert len(await dispute_rows(ctx, v.id)) == 1
+    await world.send(user, "Я был в командировке")
+    assert "пояснение добавлено" in last_to(standin, user.id).text, "a double tap does not end the wait"
     await world.deliver()
-    assert sum(f"№{v.id}" in (m.text or "") for m in standin.messages_to(admin.id)) == 1
+    notices = [m.text or "" for m in standin.messages_to(admin.id) if f"№{v.id}" in (m.text or "")]
+    assert [text[:2].strip() for text in notices] == ["⚠️", "📝"], "one dispute, then its reason"
 
 
 @pytest.mark.parametrize("ender", ["/visits", "/help", "button"])
@@ -266,3 +269,44 @@ async def test_backdated_visits_are_asked_about_in_one_message(ctx, clinic_world
                       markup=kept.reply_markup)
     check = last_to(standin, user.id)
     assert buttons(markup_of(check))[0][1] == f"sure:yes:{late[1].id}:0", "the other visits keep their rows"
+
+
+async def test_a_visit_opened_from_visits_offers_its_own_choices_and_a_double_tap_records_one_answer(
+        ctx, clinic_world, world, standin):
+    w = clinic_world
+    user = User(7860)
+    await link(world, user, w.p2.phone, "ru")
+    verified = await visit(ctx, w, w.p2, -3 * 24 * 60)
+    unverified = await visit(ctx, w, w.p2, -2 * 24 * 60)
+    async with ctx.uow() as uow:
+        row = await uow.visits.get(verified.id, lock=True)
+        row.verify(VerificationMethod.CODE, "doctor", ctx.clock.now() - dt.timedelta(days=3))
+        await uow.visits.save(row)
+        await uow.commit()
+    await close_windows_job(ctx)
+    await world.send(user, "/visits")
+    listing = last_to(standin, user.id)
+    assert [b[1] for b in buttons(markup_of(listing))] == [f"vl:open:0:{unverified.id}", f"vl:open:0:{verified.id}"]
+
+    await world.press(user, f"vl:open:0:{verified.id}", message_id=listing.message_id, text=listing.text)
+    view = edits_of(standin, listing.message_id)[-1]
+    assert "Вы были на этом приёме?" in view.text
+    assert [b[1] for b in buttons(view.reply_markup)] == [f"ans:yes:{verified.id}", f"ans:no:{verified.id}",
+                                                          "vl:page:0:0"]
+    for _ in range(2):  # a double tap
+        await world.press(user, f"ans:yes:{verified.id}", message_id=listing.message_id, text=view.text)
+    assert "уже записан" in callback_answers(standin)[-1]
+    async with ctx.uow() as uow:
+        steps = [e.step for e in await uow.visits.events(verified.id)]
+    assert steps.count("patient_confirm") == 1
+
+    await world.press(user, f"vl:open:0:{unverified.id}", message_id=listing.message_id, text=listing.text)
+    view = edits_of(standin, listing.message_id)[-1]
+    check = await dispute(world, standin, user, unverified, view)
+    assert await state_of(ctx, unverified.id) is VisitState.PATIENT_DISPUTED
+    assert edits_of(standin, listing.message_id)[-1].reply_markup is None, "the answered visit's buttons go"
+    await world.press(user, f"sure:yes:{unverified.id}:{listing.message_id}", message_id=check.message_id)
+    assert len(await dispute_rows(ctx, unverified.id)) == 1
+    await world.send(user, "/visits")
+    again = [b[1] for b in buttons(markup_of(last_to(standin, user.id)))]
+    assert f"vl:open:0:{unverified.id}" not in again, "an answered visit has no button any more"
