@@ -9,6 +9,7 @@ from bot.texts import MAX_TEXT, locale, q
 from core.services.patient_record import PatientRecord
 
 MAX_LOOKS = 10
+CHANNEL_NAMES = {"whatsapp": "WhatsApp", "sms": "SMS"}  # names, never translated
 
 EVIDENCE = {"face": __("face, single frame"), "face_live": __("face, live check"), "code": __("one-time code")}
 ANSWER = {"confirmed": __("you said you were there"), "disputed": __("you said you were not there"),
@@ -37,6 +38,9 @@ def record(r: PatientRecord, *, family: bool) -> str:
     lines.append(_("Phone: {phone}").format(phone=q(r.phone)))
     lines.append(_("Messages come to: this Telegram chat") if "telegram" in r.channels
                  else _("Messages come to: nowhere yet"))
+    others = [CHANNEL_NAMES.get(c, c) for c in r.channels if c != "telegram"]
+    if others:
+        lines.append(_("Also by: {channels}").format(channels=", ".join(others)))
     if r.face_photos:
         lines.append(_("Face: saved by {clinic}, {when}; photos: {n}. Only encrypted numbers computed from the "
                        "photos are kept, never the photos.").format(

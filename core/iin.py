@@ -70,3 +70,29 @@ def make_iin(birth: dt.date, male: bool, serial: int) -> str:
 def mask_iin(iin: str) -> str:
     """All but the last 4 digits hidden: enough for a clerk to match, useless to a thief."""
     return "*" * max(len(iin) - 4, 0) + iin[-4:]
+
+
+# --- reduced records (issue 16): after the billing-audit period the payer keeps the visit, not the person's number --
+_BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def reduce_iin(iin: str, patient_id: int) -> str:
+    """What a patient's IIN becomes after the billing-audit period: the birth date and the century-and-sex digit
+    (what the payer's rules on age and sex read) and a ``*``, then 4 characters of the patient's row id (base 36,
+    so two reduced patients of one clinic born on one day stay apart). The serial and check digit are gone."""
+    n, tail = patient_id % 36 ** 4, ""
+    for _ in range(4):
+        n, rest = divmod(n, 36)
+        tail = _BASE36[rest] + tail
+    return iin[:7] + "*" + tail
+
+
+def is_reduced(iin: str) -> bool:
+    return len(iin) == 12 and iin[7] == "*"
+
+
+def reduced_facts(iin: str) -> IinFacts:
+    """Birth date and sex of a reduced IIN (its first 7 digits)."""
+    century_digit = int(iin[6])
+    birth = dt.date(_CENTURY[century_digit] + int(iin[0:2]), int(iin[2:4]), int(iin[4:6]))
+    return IinFacts(iin=iin, birth_date=birth, sex="male" if century_digit % 2 else "female")

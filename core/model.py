@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import IllegalTransition, InvalidValue
-from core.iin import parse_iin
+from core.iin import is_reduced, parse_iin, reduced_facts
 from core.phone import normalise_phone
 
 
@@ -134,17 +134,27 @@ class Patient:
     consent_by: str | None = None
 
     def __post_init__(self) -> None:
-        self.iin = parse_iin(self.iin).iin
-        self.phone = normalise_phone(self.phone)
+        if self.reduced:  # issue 16: after the billing-audit period, no phone and the IIN masked (core.iin)
+            reduced_facts(self.iin)
+            if self.phone:
+                raise InvalidValue("a patient reduced after the billing-audit period keeps no phone number")
+        else:
+            self.iin = parse_iin(self.iin).iin
+            self.phone = normalise_phone(self.phone)
         self.language = Language(self.language)
 
     @property
+    def reduced(self) -> bool:
+        """Reduced by retention (issue 16): the IIN keeps birth date and sex only, the phone is gone."""
+        return is_reduced(self.iin)
+
+    @property
     def birth_date(self) -> dt.date:
-        return parse_iin(self.iin).birth_date
+        return (reduced_facts(self.iin) if self.reduced else parse_iin(self.iin)).birth_date
 
     @property
     def sex(self) -> str:
-        return parse_iin(self.iin).sex
+        return (reduced_facts(self.iin) if self.reduced else parse_iin(self.iin)).sex
 
     def record_consent(self, by: str, at: dt.datetime) -> None:
         if not by or not by.strip():

@@ -40,6 +40,13 @@ class RecordQueries:
             .select_from(pc.join(c, c.c.id == pc.c.clinic_id))
             .where(pc.c.patient_id.in_(patient_ids)).order_by(pc.c.at, pc.c.id))).all())
 
+    async def channels(self, patient_ids: list[int]) -> list[AnyRow]:
+        """The channels on file (issue 14): WhatsApp, SMS…, proven when, gone when."""
+        pc = t.patient_channels
+        return list((await self.conn.execute(select(pc.c.patient_id, pc.c.channel, pc.c.proven_at, pc.c.gone_at)
+                                             .where(pc.c.patient_id.in_(patient_ids))
+                                             .order_by(pc.c.patient_id, pc.c.channel))).all())
+
     async def last_visits(self, patient_ids: list[int], limit: int) -> list[AnyRow]:
         v, c = t.visits, t.clinics
         return list((await self.conn.execute(
@@ -143,6 +150,36 @@ class RetentionRepo:
             touched += (await self.conn.execute(update(o).where(o.c.chat_id == chat_id)
                                                 .values(chat_id=None, chat_message_id=None))).rowcount
         return touched
+
+    async def web_sessions(self, before: dt.datetime, dry_run: bool) -> int:
+        """The dashboard's sign-in links and sessions (issue 13) that expired before ``before``."""
+        removed = 0
+        for table in (t.web_sessions, t.web_links):
+            cond = table.c.expires_at < before
+            removed += await self._count(table, cond) if dry_run else \
+                (await self.conn.execute(delete(table).where(cond))).rowcount
+        return removed
+
+    async def to_reduce(self, before: dt.datetime) -> list[tuple[int, str]]:
+        """(id, IIN) of the patients registered before ``before``, not reduced yet, with no visit since."""
+        p, v = t.patients, t.visits
+        recent = exists().where(and_(v.c.patient_id == p.c.id, v.c.start_at >= before))
+        rows = (await self.conn.execute(select(p.c.id, p.c.iin).where(and_(
+            p.c.created_at < before, func.substr(p.c.iin, 8, 1) != "*", ~recent)).order_by(p.c.id))).all()
+        return [(r.id, r.iin) for r in rows]
+
+    async def reduce_patient(self, patient_id: int, reduced_iin: str, now: dt.datetime) -> None:
+        """What the payer must keep: the row (visits point to it), the name, the IIN reduced; no phone, no chat,
+        no channel addresses."""
+        await self.conn.execute(update(t.patients).where(t.patients.c.id == patient_id).values(
+            iin=reduced_iin, phone="", chat_id=None, chat_blocked=False, updated_at=now))
+        await self.conn.execute(delete(t.patient_channels).where(t.patient_channels.c.patient_id == patient_id))
+
+    async def stop_channels(self, patient_ids: list[int], now: dt.datetime) -> int:
+        """/unlink: every other channel of these patients (WhatsApp, SMS) is marked gone, so nothing more is sent."""
+        pc = t.patient_channels
+        return (await self.conn.execute(update(pc).where(and_(pc.c.patient_id.in_(patient_ids), pc.c.gone_at.is_(None)))
+                                        .values(gone_at=now, gone_reason="the patient unlinked in the chat"))).rowcount
 
     async def add_totals(self, counts: dict[str, int], now: dt.datetime) -> None:
         p = t.purge_totals

@@ -108,6 +108,7 @@ async def my_record(ctx: Context, chat_id: int) -> list[PatientRecord]:
         subjects = [f"patient:{i}" for i in ids] + [f"visit:{v}" for v in owners]
         about = await uow.record.audit_about(chains, subjects)
         reads = await uow.record.auditor_reads(chains)
+        channels = await uow.record.channels(ids)
     records = []
     for p in patients:
         assert p.id is not None, "a patient read from storage"
@@ -124,7 +125,8 @@ async def my_record(ctx: Context, chat_id: int) -> list[PatientRecord]:
         records.append(PatientRecord(
             patient_id=p.id, full_name=p.full_name, clinic=names.get(p.clinic_id, ""), phone=p.phone,
             registered_at=created, language=p.language.value,
-            channels=["telegram"] if p.chat_id is not None else [],
+            channels=(["telegram"] if p.chat_id is not None else [])
+            + [c.channel for c in channels if c.patient_id == p.id and c.gone_at is None and c.channel != "telegram"],
             face_photos=int(ref.photos) if ref else 0, face_stored_at=ref.stored_at if ref else None,
             face_enrolled_by=enrolments[-1].clinic if ref and enrolments else None,
             consent_at=p.consent_at, consent_by=p.consent_by,
@@ -228,6 +230,7 @@ async def unlink_chat(ctx: Context, chat_id: int) -> int:
         ids = [p.id for p in patients if p.id is not None]
         unlinked = await uow.patients.unlink_chat(chat_id)
         forgotten = await uow.retention.forget_chat(chat_id, ids)
+        await uow.retention.stop_channels(ids, now)  # "stop all messages": WhatsApp and SMS too (issue 14)
         await uow.audit.append(now, "chat_user", "chat.unlink", "chat:unlinked",
                                {"patients": unlinked, "messages_forgotten": forgotten}, clinic_id=None)
         for p in patients:

@@ -5,8 +5,9 @@ import datetime as dt
 from dataclasses import dataclass
 
 from core.db.uow import UnitOfWork
-from core.errors import ConsentMissing, InvalidValue, NotFound, StaffPhone
+from core.errors import ConsentMissing, InvalidIin, InvalidValue, NotFound, StaffPhone
 from core.face_references import MAX_REFERENCES, PATIENT_KEY
+from core.iin import is_reduced
 from core.model import Clinic, ClinicAdmin, Doctor, Language, Patient
 from core.names import clean_name
 from core.services import Context
@@ -96,6 +97,8 @@ async def upsert_patient(ctx: Context, clinic_id: int, iin: str, full_name: str,
 
 async def _upsert(uow: UnitOfWork, clinic_id: int, iin: str, full_name: str, phone: str,
                   language: Language | str | None, caller: Caller, now: dt.datetime) -> UpsertResult:
+    if isinstance(iin, str) and is_reduced(iin.strip()):  # only retention writes that form (issue 16)
+        raise InvalidIin("IIN must contain digits only (12 digits, no spaces or letters)")
     candidate = Patient(id=None, clinic_id=clinic_id, iin=iin, full_name=clean_name(full_name), phone=phone,
                         language=Language(language or Language.RU))
     if await _staff_phone(uow, clinic_id, candidate.phone):

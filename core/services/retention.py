@@ -8,6 +8,12 @@ settings (core/config.py, with its reason in .env.example and docs/privacy.md):
 - ``idempotency``: stored API responses older than RASTAU_RETAIN_IDEMPOTENCY_HOURS;
 - ``capture_sessions``: capture sessions that expired more than RASTAU_RETAIN_CAPTURE_DAYS ago (the visit's own
   events keep what came of them);
+- ``web_sessions``: the web dashboard's sign-in links and sessions that expired more than RASTAU_RETAIN_CAPTURE_DAYS
+  ago;
+- ``billing_reduced``: a patient registered more than RASTAU_RETAIN_BILLING_YEARS ago with no visit since keeps
+  only what the payer must: the row the visits point to, the name, the IIN reduced to birth date and sex
+  (core.iin.reduce_iin); the phone, the chat, the channel addresses and any face are gone. Visits and their
+  evidence stay whole;
 - ``face_idle``: the face references of a patient with no visit for RASTAU_RETAIN_FACE_IDLE_DAYS: their key is
   destroyed, the ciphertexts emptied, and the patient told (a ``face_revoked`` change by ``retention``);
 - ``orphan_keys``: patient keys that seal nothing any more (a withdrawal or a retention interrupted half-way);
@@ -23,12 +29,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from core.iin import reduce_iin
 from core.services import Context
 from core.services.access import Caller
 from core.services.face_keys import reseal_legacy
 from core.services.patient_changes import FACE_REVOKED, record_change
 
-KINDS = ("outbox_payload", "idempotency", "capture_sessions", "face_idle", "orphan_keys", "resealed")
+KINDS = ("outbox_payload", "idempotency", "capture_sessions", "web_sessions", "face_idle", "billing_reduced",
+         "orphan_keys", "resealed")
 RETENTION = Caller("retention")
 RESEAL_PER_RUN = 500
 
@@ -47,17 +55,22 @@ async def purge(ctx: Context, *, dry_run: bool = False) -> PurgeReport:
     s, now = ctx.settings, ctx.clock.now()
     counts = dict.fromkeys(KINDS, 0)
     face_before = now - dt.timedelta(days=s.retain_face_idle_days)
+    billing_before = now - dt.timedelta(days=365 * s.retain_billing_years + s.retain_billing_years // 4)
     async with ctx.uow(read_only=True) as uow:
         idle = await uow.retention.idle_enrolled(face_before)
+        reduce = await uow.retention.to_reduce(billing_before)
     if not dry_run:
-        await ctx.keys.destroy(idle)  # first: nothing of theirs opens from here on
+        await ctx.keys.destroy(idle + [pid for pid, _ in reduce])  # first: nothing of theirs opens from here on
     async with ctx.uow(read_only=dry_run) as uow:
         counts["outbox_payload"] = await uow.retention.outbox(now - dt.timedelta(days=s.retain_outbox_days), dry_run)
         counts["idempotency"] = await uow.retention.idempotency(
             now - dt.timedelta(hours=s.retain_idempotency_hours), dry_run)
         counts["capture_sessions"] = await uow.retention.capture_sessions(
             now - dt.timedelta(days=s.retain_capture_days), dry_run)
+        counts["web_sessions"] = await uow.retention.web_sessions(now - dt.timedelta(days=s.retain_capture_days),
+                                                                  dry_run)
         counts["face_idle"] = len(idle)
+        counts["billing_reduced"] = len(reduce)
         if not dry_run:
             for patient_id in idle:
                 patient = await uow.patients.get(patient_id)
@@ -66,7 +79,12 @@ async def purge(ctx: Context, *, dry_run: bool = False) -> PurgeReport:
                 await uow.audit.append(now, RETENTION.actor, "patient.revoke_enrolment", f"patient:{patient_id}",
                                        {"revoked": shredded, "change": change, "idle_days": s.retain_face_idle_days},
                                        clinic_id=patient.clinic_id)
-        if not dry_run:
+            for patient_id, iin in reduce:
+                patient = await uow.patients.get(patient_id)
+                await uow.templates.shred([patient_id], now)
+                await uow.retention.reduce_patient(patient_id, reduce_iin(iin, patient_id), now)
+                await uow.audit.append(now, RETENTION.actor, "patient.reduce", f"patient:{patient_id}",
+                                       {"billing_years": s.retain_billing_years}, clinic_id=patient.clinic_id)
             await uow.commit()
     keyed = await ctx.keys.patients()
     async with ctx.uow(read_only=True) as uow:

@@ -3,10 +3,12 @@ idempotent; a dry run counts the same and changes nothing; the audit chain verif
 import datetime as dt
 import random
 
+import pytest
 import sqlalchemy as sa
 
 from core.cli import main as rastau
 from core.db import tables as t
+from core.errors import InvalidIin
 from core.model import OutboxKind, OutboxMessage, Recipient, VisitMode
 from core.services import registry
 from core.services.chat import link_chat_by_phone
@@ -78,8 +80,8 @@ async def test_the_purge_removes_what_its_periods_say_and_nothing_else(ctx, clin
     done = await purge(ctx)
     assert done.counts == dry.counts
     old_outbox = sum(1 for r in before["outbox"] if r[2] < ctx.clock.now() - dt.timedelta(days=30))
-    assert done.counts == {"outbox_payload": old_outbox, "idempotency": 1, "capture_sessions": 1, "face_idle": 1,
-                           "orphan_keys": 0, "resealed": 0}
+    assert done.counts == {"outbox_payload": old_outbox, "idempotency": 1, "capture_sessions": 1, "web_sessions": 0,
+                           "face_idle": 1, "billing_reduced": 0, "orphan_keys": 0, "resealed": 0}
     after = await _dump(engine)
     async with engine.connect() as conn:
         outbox = (await conn.execute(sa.select(t.outbox).order_by(t.outbox.c.id))).all()
@@ -120,8 +122,10 @@ async def test_audit_verify_holds_after_a_purge_and_the_cli_dry_run_reports_coun
     before = await _dump(engine)
     dry = await run_command_async(rastau, "rastau", env, "purge", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert ("would purge idempotency: 1\nwould purge capture_sessions: 1\nwould purge face_idle: 1\n" in dry.stdout
-            and "(dry run: nothing changed)" in dry.stdout), dry.stdout
+    lines = set(dry.stdout.splitlines())
+    assert {"would purge idempotency: 1", "would purge capture_sessions: 1", "would purge face_idle: 1",
+            "would purge billing_reduced: 0"} <= lines, dry.stdout
+    assert "(dry run: nothing changed)" in dry.stdout
     assert await _dump(engine) == before
     await purge(ctx)
     verified = await run_command_async(rastau, "rastau", env, "audit-verify")
@@ -129,5 +133,32 @@ async def test_audit_verify_holds_after_a_purge_and_the_cli_dry_run_reports_coun
     async with ctx.uow(read_only=True) as uow:
         logged = [r for r in await uow.audit.records("operator") if r.action == "retention.purge"]
     assert len(logged) == 1 and logged[0].details["idempotency"] == 1
-    assert set(logged[0].details) == {"outbox_payload", "idempotency", "capture_sessions", "face_idle",
-                                      "orphan_keys", "resealed"}  # counts, never contents
+    assert set(logged[0].details) == {"outbox_payload", "idempotency", "capture_sessions", "web_sessions",
+                                      "face_idle", "billing_reduced", "orphan_keys", "resealed"}  # counts only
+
+
+async def test_after_the_billing_period_a_patient_keeps_what_the_payer_must(ctx, clinic_world, engine):
+    """Five years on, a patient with no visit since keeps the row, the name and birth date and sex; the phone, the
+    chat and the full IIN go. A patient with a recent visit, and every visit and its evidence, stay whole."""
+    w = clinic_world
+    await _world(ctx, w)
+    ctx.clock.advance(dt.timedelta(days=3 * 365 + 1))  # five years after T0 and a day; p2's visit was 3 years ago
+    assert (await purge(ctx, dry_run=True)).counts["billing_reduced"] == 1  # p1 only
+    await register_visit(ctx, clinic_id=w.clinic.id, doctor_id=w.doctor.id, patient_id=w.p2.id,
+                         start=ctx.clock.now() + dt.timedelta(hours=1), duration=dt.timedelta(minutes=20),
+                         mode=VisitMode.IN_PERSON, service_code="c")
+    ctx.clock.advance(dt.timedelta(days=2 * 365))  # p1: nothing for seven years; p2: a visit two years ago
+    before = await _dump(engine)
+    done = await purge(ctx)
+    assert done.counts["billing_reduced"] == 1
+    async with ctx.uow(read_only=True) as uow:
+        p1, p2 = await uow.patients.get(w.p1.id), await uow.patients.get(w.p2.id)
+    assert p1.reduced and p1.iin.startswith(w.p1.iin[:7]) and w.p1.iin not in p1.iin and p1.phone == ""
+    assert p1.chat_id is None and p1.full_name == w.p1.full_name and p1.birth_date == w.p1.birth_date
+    assert p1.sex == w.p1.sex
+    assert not p2.reduced and p2.phone == w.p2.phone and p2.chat_id == CHAT_2
+    after = await _dump(engine)
+    assert after["visits"] == before["visits"] and after["visit_events"] == before["visit_events"]
+    assert (await purge(ctx)).counts["billing_reduced"] == 0  # idempotent
+    with pytest.raises(InvalidIin):  # the reduced form is retention's alone: a clinic cannot register with it
+        await registry.upsert_patient(ctx, w.clinic.id, p1.iin, "Someone", "+7 701 555 66 77")

@@ -164,12 +164,13 @@ async def test_code_request_is_queued_and_never_answered(client, ctx, tenants):
 
 
 async def test_a_reference_sealed_under_another_key_is_409_not_500(client, ctx, tenants):
-    from core.face_references import TemplateCipher
+    from core.db.keystore import PatientKeyStore
 
     a, _ = tenants
     await enrol(ctx, a)
     visit = await add_visit(ctx, a)
-    ctx.cipher = TemplateCipher(b"k" * 32)  # e.g. RASTAU_TEMPLATE_KEY changed since enrolment
+    # e.g. RASTAU_TEMPLATE_KEY changed since enrolment: the patient's own key (issue 16) no longer unwraps
+    ctx.keys = PatientKeyStore(ctx.keys.url, b"k" * 32)
     response = await face(client, a, visit.id, fake_frame("face", "asel"))
     assert response.status == 409
     assert "re-enrol" in (await response.json())["detail"]
