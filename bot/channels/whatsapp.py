@@ -230,7 +230,7 @@ class WhatsAppChannel:
         if exc.code in GONE:
             return ChannelGone(reason)
         if exc.code in REFUSED or (exc.code and exc.status == 400 and exc.code // 1000 == 132):
-            log.error("whatsapp refused a message", code=exc.code, title=exc.title)
+            log.error("whatsapp refused a message", meta_error=exc.code)  # its title may quote what we sent
             return ChannelRefused(reason)
         if exc.code == 190:
             log.error("whatsapp refused the access token: check RASTAU_WHATSAPP_ACCESS_TOKEN")
