@@ -105,6 +105,15 @@ async def test_an_admin_uses_the_dashboard_in_a_browser(ctx, world, aiohttp_serv
             assert [r[0] for r in table[1:]] == [str(verified.id)]
             assert table[0][0] == "Қабылдау" and table[1][6] == "расталған"
 
+            # another day: the title follows the swap; "previous day" comes back with the filter kept
+            await page.fill("input[name=day]", "2026-11-26")
+            await page.wait_for_url("**day=2026-11-26**")
+            await page.wait_for_function("document.getElementById('day-title').textContent.includes('26.11.2026')")
+            assert await rows.count() == 0
+            await page.click("text=← Алдыңғы күн")
+            await page.wait_for_url("**day=2026-11-25**")
+            assert await rows.count() == 1 and "state=verified" in page.url
+
             # a visit's timeline
             await page.click(f"a[href*='/web/visits/{verified.id}']")
             await page.wait_for_selector("#timeline")
@@ -144,3 +153,34 @@ async def test_an_admin_uses_the_dashboard_in_a_browser(ctx, world, aiohttp_serv
         finally:
             await browser.close()
     assert not errors, errors
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium (scripts/bootstrap installs it)")
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_dashboard_reads_and_filters_without_javascript(ctx, world, aiohttp_server):  # noqa: F811
+    pytest.importorskip("playwright")
+    from playwright.async_api import async_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await busy_day(ctx, world)
+    server = await aiohttp_server(create_app(ctx.settings, ctx=ctx, face_pool=FakeAnalyser()))
+    base = str(server.make_url("")).rstrip("/")
+    link = (await web_sessions.request_links(ctx, ADMIN_A_CHAT))[0]
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            context = await browser.new_context(viewport={"width": 1200, "height": 800}, java_script_enabled=False)
+            page = await context.new_page()
+            await page.goto(f"{base}/web/signin/{link.token}")
+            await page.click("#signin")
+            await page.wait_for_url(f"{base}/web/day")
+            await page.select_option("select[name=mode]", "online")
+            await page.click(".filters button[type=submit]")  # no htmx: the form's own GET
+            await page.wait_for_url("**mode=online**")
+            assert await page.locator("table.visits tbody tr").count() == 1
+            await page.screenshot(path=str(SHOTS / "dashboard-day-no-js.png"), full_page=True)
+        finally:
+            await browser.close()
