@@ -18,7 +18,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -30,12 +30,25 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile
 
+from bot.channels.base import (
+    AttendanceQuestion,
+    Channel,
+    ChannelGone,
+    ChannelRefused,
+    ChannelRetry,
+    CodeMessage,
+    PatientMessage,
+    Sent,
+)
+from bot.channels.routing import NO_CHANNEL, ROUTED_KINDS
 from bot.delivery.limits import Pacer, SendPacer, TooLate
 from bot.delivery.types import OutboxItem, Outgoing, Renderer
+from core.channels import ChannelName
 from core.db.repositories import AnyRow
 from core.logs import get_logger
 from core.model import OutboxStatus, Recipient
 from core.services import Context
+from core.services.channels import record_gone
 
 log = get_logger("rastau.dispatcher")
 
@@ -74,10 +87,13 @@ class OutboxDispatcher:
     def __init__(self, ctx: Context, bot: Bot, renderer: Renderer, *, worker_id: str | None = None,
                  rate_global: float | None = None, rate_per_chat: float | None = None, batch: int = 100,
                  lease: dt.timedelta = dt.timedelta(seconds=60), concurrency: int = 32,
-                 pacer: Pacer | None = None):
+                 pacer: Pacer | None = None, channels: Mapping[ChannelName, Channel] | None = None):
         """``pacer``: a `SharedSendPacer` when several dispatchers share Telegram's limits; by default this
-        process keeps them alone (``rate_global`` and ``rate_per_chat`` per second)."""
+        process keeps them alone (``rate_global`` and ``rate_per_chat`` per second). ``channels``: the patients'
+        other channels (issue 14: SMS, WhatsApp); with any, a patient who blocked the bot is reached on the next."""
         self._ctx, self._bot, self._renderer = ctx, bot, renderer
+        self._channels: dict[ChannelName, Channel] = dict(channels or {})
+        self._patient_locks: dict[int, asyncio.Lock] = {}
         self.worker_id = worker_id or default_worker_id()
         self._pacer = pacer or SendPacer(rate_global or ctx.settings.send_rate_global,
                                          rate_per_chat or ctx.settings.send_rate_per_chat)
@@ -144,6 +160,10 @@ class OutboxDispatcher:
                 log.exception("rendering failed", outbox_id=item.id, kind=item.kind)
                 await self._reschedule(item, f"render: {type(exc).__name__}")
                 return
+            if isinstance(parts, PatientMessage):  # issue 14: a patient's code or question on another channel
+                async with self._patient_locks.setdefault(parts.patient_id, asyncio.Lock()):
+                    await self._send_on_channel(item, parts, send_by)
+                return
             if not parts:
                 await self._finish(item.id, OutboxStatus.SKIPPED,
                                    "nothing to send (no linked chat or no longer relevant)")
@@ -154,12 +174,14 @@ class OutboxDispatcher:
 
     async def _send_parts(self, item: OutboxItem, parts: list[Outgoing], already_sent: int,
                           send_by: float) -> None:
-        last_message_id = None
+        last_message_id = last_chat_id = None
         for index, part in enumerate(parts):
             if index < already_sent:
                 continue
             try:
-                last_message_id = await self._send_one(part, send_by)
+                sent_id = await self._send_one(part, send_by)
+                if part.edit_message_id is None:
+                    last_message_id, last_chat_id = sent_id, part.chat_id
                 if index + 1 < len(parts):  # a crash before the next part must not repeat this one
                     async with self._ctx.uow() as uow:
                         await uow.outbox.set_parts_sent(item.id, index + 1, worker_id=self.worker_id)
@@ -168,6 +190,11 @@ class OutboxDispatcher:
                 await self._hand_back(item, late.at)
                 return
             except TelegramForbiddenError as exc:
+                if self._channels and index == 0 and item.kind in ROUTED_KINDS \
+                        and item.recipient_kind is Recipient.PATIENT:  # nothing reached the patient: next channel
+                    await self._fall_back(item, item.recipient_id, ChannelName.TELEGRAM, str(part.chat_id),
+                                          "blocked the bot")
+                    return
                 await self._blocked(item, part.chat_id, exc)
                 return
             except (TelegramBadRequest, TelegramNotFound) as exc:
@@ -177,13 +204,15 @@ class OutboxDispatcher:
             except (TimeoutError, _Retry, TelegramAPIError) as exc:  # 5xx, network, timeouts
                 await self._reschedule(item, f"{type(exc).__name__}: {exc}"[:300])
                 return
-        await self._finish(item.id, OutboxStatus.SENT, None, last_message_id)
+        await self._finish(item.id, OutboxStatus.SENT, None, last_message_id, last_chat_id)
         log.info("message delivered", outbox_id=item.id, kind=item.kind, recipient_kind=item.recipient_kind)
 
     async def _send_one(self, part: Outgoing, send_by: float) -> int:
         for _ in range(MAX_RETRY_AFTER_IN_PLACE):
             async with self._pacer.turn(part.chat_id, not_after=send_by):
                 try:
+                    if part.edit_message_id is not None:
+                        return await self._edit(part)
                     if part.document is not None:
                         filename, data = part.document
                         sent = await self._bot.send_document(part.chat_id,
@@ -198,6 +227,16 @@ class OutboxDispatcher:
                     log.warning("telegram asked to slow down", retry_after=exc.retry_after)
                     await self._pacer.pause(exc.retry_after)
         raise _Retry("too many 429 answers in a row")
+
+    async def _edit(self, part: Outgoing) -> int:
+        """Replace an earlier message's text; one Telegram will not edit (deleted, too old) stays as it is."""
+        assert part.edit_message_id is not None, "only edits come here"
+        try:
+            await self._bot.edit_message_text(part.text, chat_id=part.chat_id, message_id=part.edit_message_id,
+                                              parse_mode=part.parse_mode, reply_markup=part.reply_markup)
+        except TelegramBadRequest as exc:
+            log.info("earlier message not edited", error=exc.message)
+        return part.edit_message_id
 
     async def _reschedule(self, item: OutboxItem, error: str) -> None:
         failures = item.failures + 1
@@ -230,11 +269,84 @@ class OutboxDispatcher:
                     recipient_kind=item.recipient_kind)
 
     async def _finish(self, message_id: int, status: OutboxStatus, error: str | None,
-                      chat_message_id: int | None = None) -> None:
+                      chat_message_id: int | None = None, chat_id: int | None = None) -> None:
         async with self._ctx.uow() as uow:
             ours = await uow.outbox.finish(message_id, status, self._ctx.clock.now(), error=error,
-                                           chat_message_id=chat_message_id, worker_id=self.worker_id)
+                                           chat_message_id=chat_message_id, worker_id=self.worker_id,
+                                           chat_id=chat_id)
             await uow.commit()
         if not ours:
             log.warning("claim lapsed before the outcome was recorded; another dispatcher owns the row now",
                         outbox_id=message_id, outcome=status)
+
+    # --- issue 14: a patient's code or question on a channel other than Telegram ----------------------------------
+
+    async def _send_on_channel(self, item: OutboxItem, message: PatientMessage, send_by: float) -> None:
+        """One channel per claim: the patient's first working one. Gone for good: recorded, and the row goes back at
+        once to be rendered for the next channel (bot/channels/routing.py)."""
+        if message.content is None or not message.routes:
+            await self._finish_on(item, OutboxStatus.SKIPPED, None, f"{NO_CHANNEL}: the patient has no working channel")
+            log.warning("patient has no working channel", outbox_id=item.id, kind=item.kind,
+                        patient_id=message.patient_id)
+            return
+        to = message.routes[0]
+        channel = self._channels.get(to.channel)
+        if channel is None:  # the renderer knows a channel this dispatcher was not given: a wiring mistake
+            await self._reschedule(item, f"{to.channel.value}: no sender for this channel in this dispatcher")
+            return
+        try:
+            content = message.content
+            if isinstance(content, CodeMessage):
+                sent = await channel.send_code(to, content, not_after=send_by)
+            elif isinstance(content, AttendanceQuestion):
+                sent = await channel.ask_attendance(to, content, not_after=send_by)
+            else:
+                sent = await channel.send_notice(to, content, not_after=send_by)
+        except TooLate as late:
+            await self._hand_back(item, late.at)
+        except ChannelGone as gone:
+            await self._fall_back(item, message.patient_id, to.channel, to.value, gone.reason)
+        except ChannelRefused as refused:
+            await self._finish_on(item, OutboxStatus.FAILED, to.channel, f"{to.channel.value}: {refused.reason}")
+            log.error("channel refused message", outbox_id=item.id, kind=item.kind, channel=to.channel.value,
+                      error=refused.reason)
+        except ChannelRetry as retry:
+            await self._reschedule(item, f"{to.channel.value}: {retry.reason}")
+        else:
+            await self._finish_on(item, OutboxStatus.SENT, to.channel, None, sent)
+            log.info("message delivered", outbox_id=item.id, kind=item.kind, recipient_kind=item.recipient_kind,
+                     channel=to.channel.value)
+
+    async def _fall_back(self, item: OutboxItem, patient_id: int, channel: ChannelName, address: str,
+                         reason: str) -> None:
+        """The channel can never reach the patient: say why on their channel row and on the outbox row, and queue
+        the row again now, for the next channel. Each fallback spends one unit of the retry budget, so a channel
+        that keeps claiming to be gone cannot loop."""
+        await record_gone(self._ctx, patient_id, channel, address, reason)
+        async with self._ctx.uow() as uow:
+            row = await uow.outbox.get(item.id)
+            earlier = row.channel_note if row is not None and row.channel_note else None
+            note = f"{earlier}; {channel.value}: {reason}" if earlier else f"{channel.value}: {reason}"
+            await uow.channels.set_outbox_channel(item.id, channel=channel.value, channel_message_id=None, note=note,
+                                                  worker_id=self.worker_id)
+            await uow.outbox.retry_later(item.id, self._ctx.clock.now(), f"fell back: {channel.value} {reason}",
+                                         worker_id=self.worker_id)
+            await uow.commit()
+        log.warning("channel gone; the message goes on the next channel", outbox_id=item.id, kind=item.kind,
+                    channel=channel.value)
+
+    async def _finish_on(self, item: OutboxItem, status: OutboxStatus, channel: ChannelName | None,
+                         error: str | None, sent: Sent | None = None) -> None:
+        now = self._ctx.clock.now()
+        async with self._ctx.uow() as uow:
+            row = await uow.outbox.get(item.id)
+            note = row.channel_note if row is not None else None
+            await uow.channels.set_outbox_channel(
+                item.id, channel=channel.value if channel else None,
+                channel_message_id=sent.message_id if sent else None, note=note, worker_id=self.worker_id)
+            ours = await uow.outbox.finish(item.id, status, now, error=error[:300] if error else None,
+                                           worker_id=self.worker_id)
+            await uow.commit()
+        if not ours:
+            log.warning("claim lapsed before the outcome was recorded; another dispatcher owns the row now",
+                        outbox_id=item.id, outcome=status)

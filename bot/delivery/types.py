@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bot.channels.base import PatientMessage
 from core.model import Recipient
 
 
@@ -26,8 +27,12 @@ class Outgoing:
     reply_markup: Any = None
     document: tuple[str, bytes] | None = None  # (filename, bytes), sent after the text
     parse_mode: str | None = "HTML"
+    # set: edit that earlier message of the chat instead of sending (best effort: a message Telegram no longer
+    # lets the bot edit is left as it is, and the row's other parts still go out)
+    edit_message_id: int | None = None
 
 
 class Renderer(Protocol):
-    async def render(self, message: OutboxItem) -> list[Outgoing] | None:
-        """What to send for this outbox row, in the recipient's language; None to skip it for good."""
+    async def render(self, message: OutboxItem) -> list[Outgoing] | PatientMessage | None:
+        """What to send for this outbox row, in the recipient's language; None to skip it for good. A
+        PatientMessage (issue 14): a patient's code or question for a channel other than Telegram."""
