@@ -17,11 +17,19 @@ ANSWER = {"confirmed": __("you said you were there"), "disputed": __("you said y
           "none": __("no answer")}
 ROLE = {"clinic_system": __("the clinic's information system"), "clinic_admin": __("a clinic administrator"),
         "doctor": __("a doctor"), "auditor": __("an auditor of the payer"), "operator": __("the Rastau operator"),
-        "patient": __("you"), "retention": __("Rastau, by its retention rules")}
-CHANGE = {"face_enrolled": __("face saved"), "face_replaced": __("face replaced"),
-          "face_revoked": __("face deleted"), "phone_changed": __("phone number changed"),
-          "consent_recorded": __("consent recorded"), "consent_withdrawn": __("consent withdrawn by you")}
-
+        "patient": __("you"), "retention": __("Rastau, by its retention rules"), "rastau": __("Rastau itself")}
+# what an audit row about the patient did, in plain words (an action not listed shows the role alone)
+ACTION = {"patient.create": __("registered you"), "patient.update": __("updated your name, phone or language"),
+          "patient.consent": __("consent recorded"), "patient.enrol": __("face saved"),
+          "patient.revoke_enrolment": __("face deleted"), "patient.withdraw_consent": __("consent withdrawn by you"),
+          "patient.unlink_chat": __("chat disconnected"), "patient_change.dispute": __("you disputed a change"),
+          "dispute.review": __("reviewed your dispute"), "visit.register": __("registered a visit"),
+          "visit.verify": __("confirmed that a visit took place"), "visit.cancel": __("cancelled a visit"),
+          "visit.close_unverified": __("closed a visit with no evidence"),
+          "visit.patient_confirm": __("you answered about a visit"),
+          "visit.patient_dispute": __("you answered about a visit"),
+          "visit.code_issued": __("sent you a visit's code"), "visit.face_attempt": __("checked your face at a visit")}
+AUDITOR_READ = __("read the clinic's visit records")
 
 def _when(moment: dt.datetime | None) -> str:
     return when(moment, locale()) if moment is not None else ""
@@ -68,17 +76,14 @@ def record(r: PatientRecord, *, family: bool) -> str:
     lines.append(_("<b>Who looked at or changed your record</b>"))
     looks = r.looks[-MAX_LOOKS:]
     for look in looks:
+        did = AUDITOR_READ if look.role == "auditor" and not look.action.startswith(("patient", "visit")) \
+            else ACTION.get(look.action)
         lines.append("• " + f"{_when(look.at)}: {ROLE.get(look.role, ROLE['clinic_system'])}"
-                     + (f" ({CHANGE[kind]})" if (kind := _change_of(look.action)) else ""))
+                     + (f" — {did}" if did else ""))
     if not looks:
         lines.append(_("Nobody yet."))
     text = "\n".join(lines)
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
-
-
-def _change_of(action: str) -> str | None:
-    return {"patient.enrol": "face_enrolled", "patient.consent": "consent_recorded",
-            "patient.revoke_enrolment": "face_revoked", "patient.withdraw_consent": "consent_withdrawn"}.get(action)
 
 
 def copy_offer() -> str:
