@@ -55,6 +55,11 @@ def ask_reason(minutes: int) -> str:
                     "will wait for {n} minutes. Or press «Skip».", minutes).format(n=minutes)
 
 
+def ask_reason_closed() -> str:
+    """The message that asked for a reason, once the wait is over by time (it loses «Skip»)."""
+    return _("The time for an explanation has passed. Your answer «I wasn't there» is recorded.")
+
+
 def reason_passed(audience: Audience) -> str:
     return _("Thank you, your explanation was added to your answer.") + " " + told(audience)
 

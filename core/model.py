@@ -316,6 +316,7 @@ class OutboxKind(str, enum.Enum):
     PAYER_EVENT = "payer_event"                       # to the payer's webhook: a dispute, a flag, a checkpoint
     CONSENT_WITHDRAWN_NOTICE = "consent_withdrawn"    # to the clinic's admins and auditors: the patient's /withdraw
     VISIT_CANCELLED = "visit_cancelled"               # to the patient: "the clinic cancelled it; the code is void"
+    REASON_WAIT_END = "reason_wait_end"               # to the patient: the wait for a dispute's reason is over
 
 
 class Recipient(str, enum.Enum):

@@ -34,6 +34,7 @@ from core.services.dispute_answers import (
     ReasonTooLate,
     TakeBackClosed,
     check_disputable,
+    end_reason_wait_on_time,
     patient_visit_choice,
     patient_visit_page,
     withdraw_dispute,
@@ -177,6 +178,7 @@ async def dispute_confirmed(query: CallbackQuery, callback_data: SureCb, profile
                                     reply_markup=skip_reason_keyboard(callback_data.visit_id))
     await start_wait(state, visit_id=callback_data.visit_id, disputed_at=result.visit.answered_at,
                      skip_message_id=prompt.message_id)
+    await end_reason_wait_on_time(ctx, callback_data.visit_id, profile.patient_ids, chat_id, prompt.message_id)
 
 
 async def dispute_taken_back(query: CallbackQuery, callback_data: UndoCb, profile: ChatProfile, ctx: Context,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from core.config import Settings
 from core.db.uow import UnitOfWork
 from core.errors import IllegalTransition, NotFound
-from core.model import ANSWER_CORRECTION_WINDOW, OutboxKind, Visit, VisitState
+from core.model import ANSWER_CORRECTION_WINDOW, OutboxKind, OutboxMessage, Recipient, Visit, VisitState
 from core.services import Context
 from core.services.alerts import tell_watchers
 from core.services.visit_lists import PATIENT_HISTORY_DAYS, VisitLine, patient_visits, visit_line, visit_line_of
@@ -200,3 +200,27 @@ async def check_disputable(ctx: Context, visit_id: int, patient_ids: list[int]) 
     if replace(visit, pending_events=[]).dispute_by_patient(ctx.clock.now()) is None:
         return None
     return await visit_line(ctx, visit_id)
+
+
+async def end_reason_wait_on_time(ctx: Context, visit_id: int, patient_ids: list[int], chat_id: int,
+                                  message_id: int) -> None:
+    """Queue the end of the wait for a reason, at the moment the service stops taking one: the message that asked for
+    it (``message_id`` in ``chat_id``) is then edited to say so and loses «Skip», whether or not the patient writes
+    again. Nothing is edited when a reason came in time (the renderer checks)."""
+    async with ctx.uow() as uow:
+        visit = await _patient_visit(uow, visit_id, patient_ids)
+        if visit.state is not VisitState.PATIENT_DISPUTED or visit.answered_at is None:
+            return
+        number = await dispute_number(uow, visit_id)
+        await uow.outbox.add(OutboxMessage(
+            kind=OutboxKind.REASON_WAIT_END, recipient_kind=Recipient.PATIENT, recipient_id=visit.patient_id,
+            visit_id=visit_id, due_at=visit.answered_at + reason_window(ctx.settings),
+            payload={"chat_id": chat_id, "message_id": message_id, "disputed_at": visit.answered_at.isoformat()},
+            dedupe_key=dispute_key("reason-wait-end", visit_id, number)), ctx.clock.now())
+        await uow.commit()
+
+
+async def _patient_visit(uow: UnitOfWork, visit_id: int, patient_ids: list[int]) -> Visit:
+    from core.services.visits import patient_visit
+
+    return await patient_visit(uow, visit_id, patient_ids)

@@ -310,3 +310,20 @@ async def test_a_visit_opened_from_visits_offers_its_own_choices_and_a_double_ta
     await world.send(user, "/visits")
     again = [b[1] for b in buttons(markup_of(last_to(standin, user.id)))]
     assert f"vl:open:0:{unverified.id}" not in again, "an answered visit has no button any more"
+
+
+async def test_the_skip_button_goes_when_the_wait_ends_by_time_even_if_the_patient_never_writes(ctx, clinic_world,
+                                                                                                world, standin):
+    w = clinic_world
+    user = User(7870)
+    await link(world, user, w.p2.phone, "kk")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2)
+    await dispute(world, standin, user, v, prompt)
+    ask = last_to(standin, user.id)
+    assert [b[1] for b in buttons(markup_of(ask))] == [f"noreason:{v.id}"]
+    await world.deliver()
+    assert not edits_of(standin, ask.message_id), "still waiting"
+    ctx.clock.advance(dt.timedelta(minutes=ctx.settings.dispute_reason_minutes))
+    await world.deliver()
+    closed = edits_of(standin, ask.message_id)[-1]
+    assert "Түсініктеме беретін уақыт өтті" in closed.text and closed.reply_markup is None
