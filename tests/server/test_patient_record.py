@@ -66,3 +66,22 @@ async def test_the_clinic_has_no_way_to_withdraw_for_the_patient_and_its_revocat
     refused = await client.post(f"{API}/visits/{visit.id}/face", data=fake_frame("face", "asel"),
                                 headers={**a.h("webcam"), **JPEG})
     assert (await refused.json())["code"] == "not_enrolled"
+
+
+async def test_metrics_count_every_purge(client, ctx, tenants):
+    import datetime as dt
+
+    from core.services.retention import purge
+
+    a, _ = tenants
+    async with ctx.uow() as uow:
+        await uow.idempotency.add(clinic_id=a.clinic_id, key="k1", request_hash="h", status=201, body="{}",
+                                  now=ctx.clock.now())
+        await uow.commit()
+    before = await (await client.get("/metrics")).text()
+    assert 'rastau_purged_rows_total{kind="idempotency"}' not in before
+    ctx.clock.advance(dt.timedelta(days=2))
+    await purge(ctx)
+    after = await (await client.get("/metrics")).text()
+    assert 'rastau_purged_rows_total{kind="idempotency"} 1.0' in after
+    assert 'rastau_purge_runs_total{kind="idempotency"} 1.0' in after
