@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from core.db.channels import ChannelRepo  # issue 14: patient channels, SMS budget, inbound dedupe
 from core.db.engine import READ_ONLY_OPTION
 from core.db.queries import FlagQueries, Queries
+from core.db.record import RecordQueries, RetentionRepo  # the patient's record and retention (issue 16)
 from core.db.repositories import (
     AdminRepo,
     ApiKeyRepo,
@@ -40,7 +41,6 @@ from core.db.repositories import (
     TemplateRepo,
     VisitRepo,
 )
-from core.db.record import RecordQueries, RetentionRepo  # the patient's record and retention (issue 16)
 from core.errors import ConcurrentWrite, DatabaseUnavailable
 
 
