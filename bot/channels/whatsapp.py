@@ -307,14 +307,16 @@ class WhatsAppInbox:
 
     async def run_once(self, limit: int = 100) -> int:
         events = await pending_events(self._ctx, limit)
+        handled = 0
         for external_id, event in events:
-            outcome = await handle_event(self._ctx, external_id, event)
+            mine, outcome = await handle_event(self._ctx, external_id, event)
+            handled += mine
             if outcome is not None and outcome.reply is not None:
                 try:
                     await self._channel.reply(outcome)
                 except (ChannelGone, ChannelRetry, ChannelRefused) as exc:
                     log.warning("whatsapp reply not sent", reason=exc.reason)
-        return len(events)
+        return handled
 
     async def drain(self, max_rounds: int = 100) -> int:
         total = 0

@@ -45,9 +45,15 @@ class WhatsAppRepo:
     async def pending(self, limit: int) -> list[AnyRow]:
         stmt = (select(_i).where(and_(_i.c.channel == CHANNEL, _i.c.handled_at.is_(None), _i.c.payload.is_not(None)))
                 .order_by(_i.c.received_at, _i.c.external_id).limit(limit))
+        return list((await self.conn.execute(stmt)).all())
+
+    async def lock_pending(self, external_id: str) -> bool:
+        """Lock the event for this transaction if it is still unhandled and nobody else holds it."""
+        stmt = select(_i.c.external_id).where(and_(_i.c.channel == CHANNEL, _i.c.external_id == external_id,
+                                                    _i.c.handled_at.is_(None)))
         if self.row_locks:
             stmt = stmt.with_for_update(skip_locked=True)
-        return list((await self.conn.execute(stmt)).all())
+        return (await self.conn.execute(stmt)).first() is not None
 
     async def mark_handled(self, external_id: str, now: dt.datetime) -> None:
         await self.conn.execute(update(_i).where(and_(_i.c.channel == CHANNEL, _i.c.external_id == external_id))

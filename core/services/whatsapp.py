@@ -136,17 +136,34 @@ async def pending_events(ctx: Context, limit: int = 100) -> list[tuple[str, dict
     return [(r.external_id, json.loads(r.payload)) for r in rows]
 
 
-async def handle_event(ctx: Context, external_id: str, event: dict[str, Any]) -> Outcome | None:
-    """Handle one queued event and mark it handled; what to answer, if anything."""
+async def handle_event(ctx: Context, external_id: str, event: dict[str, Any]) -> tuple[bool, Outcome | None]:
+    """Handle one queued event and mark it handled: (whether this worker handled it, what to answer, if anything).
+
+    At least once, and once per worker: on PostgreSQL the event's row stays locked (FOR UPDATE SKIP LOCKED) while it
+    is handled, so a second bot instance skips it; a crash before "handled" leaves it for the next round, and each
+    step is safe to repeat (linking, a language, an answer the visit already has, a status that does not move
+    forward). SQLite runs one bot process, which handles its queue in order."""
+    guard = ctx.uow()
+    if not guard.row_locks:
+        outcome = await _handle(ctx, event)
+        async with ctx.uow() as uow:
+            await whatsapp_repo(uow).mark_handled(external_id, ctx.clock.now())
+            await uow.commit()
+        return True, outcome
+    async with guard:
+        if not await whatsapp_repo(guard).lock_pending(external_id):
+            return False, None  # another worker holds it, or handled it already
+        outcome = await _handle(ctx, event)
+        await whatsapp_repo(guard).mark_handled(external_id, ctx.clock.now())
+        await guard.commit()
+    return True, outcome
+
+
+async def _handle(ctx: Context, event: dict[str, Any]) -> Outcome | None:
     if event.get("kind") == "status":
-        outcome = None
         await _status(ctx, event)
-    else:
-        outcome = await _message(ctx, event)
-    async with ctx.uow() as uow:
-        await whatsapp_repo(uow).mark_handled(external_id, ctx.clock.now())
-        await uow.commit()
-    return outcome
+        return None
+    return await _message(ctx, event)
 
 
 def _at(event: dict[str, Any], ctx: Context) -> dt.datetime:

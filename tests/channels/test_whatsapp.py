@@ -24,7 +24,7 @@ from bot.channels.base import (
     InboundMessage,
     Notice,
 )
-from bot.channels.whatsapp import LANGUAGE_BUTTONS, SURE_TEXT, WhatsAppRuntime
+from bot.channels.whatsapp import LANGUAGE_BUTTONS, SURE_TEXT, WhatsAppInbox, WhatsAppRuntime
 from bot.i18n import make_i18n
 from core.clock import ALMATY
 from core.model import VisitState
@@ -469,3 +469,17 @@ async def test_the_runtime_serves_the_webhook_on_the_telegram_app_and_its_worker
         stop.set()
         await runtime.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_two_bot_instances_handle_each_message_once(wa, people):
+    """Two inbox workers (two bot instances) on one queue: each message is handled, and answered, once."""
+    strangers = [f"7707999000{i}" for i in range(6)]
+    for number in strangers:
+        await wa.api.user_writes(number, "Hello")
+    await wa.api.user_writes(ASEL, "Сәлем")
+    second = WhatsAppInbox(wa.ctx, wa.channel)
+    await asyncio.gather(wa.inbox.drain(), second.drain())
+    await wa.settle()
+    assert [len(wa.api.messages_to(n)) for n in strangers] == [1] * 6
+    assert len(wa.api.messages_to(ASEL)) == 1  # one language choice, not two
