@@ -43,7 +43,7 @@ from bot.delivery.limits import Pacer, SendPacer
 from core.config import Settings
 from core.logs import get_logger
 from core.services import Context
-from core.services.channels import spend_sms
+from core.services.channels import refund_sms, spend_sms
 
 log = get_logger("rastau.sms")
 
@@ -217,13 +217,19 @@ class SmsChannel:
 
     async def send_text(self, to: Address, text: str, *, not_after: float = math.inf) -> Sent:
         segments = count_segments(text).count
+        spend = None
         if to.clinic_id is not None:
             spend = await spend_sms(self._ctx, to.clinic_id, segments)
             if not spend.allowed:
                 raise ChannelRefused(f"the clinic's daily SMS cap ({spend.cap}) is reached")
         request = self._provider.send_request(to=to.value, text=text, reference=f"p{to.patient_id or 0}")
-        async with self._pacer.turn(to.patient_id or 0, not_after=not_after):
-            message_id = await self._post(request)
+        try:
+            async with self._pacer.turn(to.patient_id or 0, not_after=not_after):
+                message_id = await self._post(request)
+        except BaseException:  # not taken (error, timeout, its turn too late): the segments go back to the day
+            if spend is not None and to.clinic_id is not None:
+                await refund_sms(self._ctx, to.clinic_id, spend, segments)
+            raise
         self.segments_sent += segments
         return Sent(message_id, segments=segments)
 

@@ -112,6 +112,11 @@ class ChannelRepo:
         total = res.scalar_one_or_none()
         return None if total is None else int(total)
 
+    async def sms_refund(self, clinic_id: int, day: dt.date, segments: int) -> None:
+        """Give back segments counted for an SMS the gateway did not take (so an outage does not eat the cap)."""
+        await self.conn.execute(update(_u).where(and_(_u.c.clinic_id == clinic_id, _u.c.day == day,
+                                                      _u.c.sent >= segments)).values(sent=_u.c.sent - segments))
+
     async def sms_warn_once(self, clinic_id: int, day: dt.date, now: dt.datetime) -> bool:
         """True the first time the clinic's day is warned about (the row exists: sms_spend made it)."""
         res = await self.conn.execute(update(_u).where(and_(

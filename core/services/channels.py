@@ -86,6 +86,7 @@ class SmsSpend:
     used: int  # segments counted for the clinic's day after this spend (before it, when not allowed)
     cap: int
     warned: bool = False  # this spend crossed the warning share: the operator was told
+    day: dt.date = dt.date.min  # the clinic's Asia/Almaty day it was counted on
 
 
 async def spend_sms(ctx: Context, clinic_id: int, segments: int) -> SmsSpend:
@@ -101,12 +102,19 @@ async def spend_sms(ctx: Context, clinic_id: int, segments: int) -> SmsSpend:
             await uow.commit()
             log.error("SMS daily cap reached: message not sent", clinic_id=clinic_id, day=day.isoformat(), used=used,
                       cap=cap, first_warning=first)
-            return SmsSpend(False, used, cap, warned=first)
+            return SmsSpend(False, used, cap, warned=first, day=day)
         warned = total >= settings.sms_warn_share * cap and await uow.channels.sms_warn_once(clinic_id, day, now)
         await uow.commit()
     if warned:
         log.warning("SMS daily cap nearly reached", clinic_id=clinic_id, day=day.isoformat(), used=total, cap=cap)
-    return SmsSpend(True, total, cap, warned=warned)
+    return SmsSpend(True, total, cap, warned=warned, day=day)
+
+
+async def refund_sms(ctx: Context, clinic_id: int, spent: SmsSpend, segments: int) -> None:
+    """The gateway did not take the SMS counted by :func:`spend_sms`: its segments go back to the clinic's day."""
+    async with ctx.uow() as uow:
+        await uow.channels.sms_refund(clinic_id, spent.day, segments)
+        await uow.commit()
 
 
 # --- answers by SMS --------------------------------------------------------------------------------------------------
