@@ -61,6 +61,7 @@ class DayPage:
     visits: list[DayVisit]
     doctors: list[tuple[int, str]]
     truncated: bool
+    clinics: list[ClinicChoice]  # every clinic the user reads, for the page's clinic choice
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,10 @@ async def clinics_of(ctx: Context, user: WebUser) -> list[ClinicChoice]:
 
 async def clinic_for(ctx: Context, user: WebUser, requested: int | None) -> ClinicChoice:
     """The clinic asked for (NotFound outside the user's clinics), or the user's first."""
-    clinics = await clinics_of(ctx, user)
+    return _chosen(await clinics_of(ctx, user), requested)
+
+
+def _chosen(clinics: list[ClinicChoice], requested: int | None) -> ClinicChoice:
     if requested is None:
         if not clinics:
             raise NotFound("no clinic to show")
@@ -125,7 +129,8 @@ async def _record_auditor_read(ctx: Context, user: WebUser, clinic_id: int, deta
 async def day_page(ctx: Context, user: WebUser, clinic_id: int | None, day: dt.date,
                    filters: DayFilters, *, export: bool = False) -> DayPage:
     """The clinic's visits of the day (``export``: for the CSV file, so named in an auditor's audit row)."""
-    clinic = await clinic_for(ctx, user, clinic_id)
+    clinics = await clinics_of(ctx, user)
+    clinic = _chosen(clinics, clinic_id)
     start, end = local_day_bounds(day, ALMATY)
     async with ctx.uow(read_only=True) as uow:
         rows = await web_queries(uow).day_visits(
@@ -133,7 +138,7 @@ async def day_page(ctx: Context, user: WebUser, clinic_id: int | None, day: dt.d
             state=filters.state.value if filters.state else None, limit=DAY_LIMIT + 1)
         doctors = [(d.id, d.full_name) for d in await uow.doctors.list_by_clinic(clinic.id) if d.id is not None]
     page = DayPage(clinic, day, filters, [_visit(r) for r in rows[:DAY_LIMIT]], sorted(doctors, key=lambda d: d[1]),
-                   truncated=len(rows) > DAY_LIMIT)
+                   truncated=len(rows) > DAY_LIMIT, clinics=clinics)
     await _record_auditor_read(ctx, user, clinic.id, {
         "page": "day.csv" if export else "day", "day": day.isoformat(), "visits": len(page.visits),
         "doctor": filters.doctor_id, "mode": filters.mode.value if filters.mode else None,

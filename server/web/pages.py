@@ -75,12 +75,10 @@ async def home(_request: web.Request) -> web.Response:
 
 @routes.get("/day", allow_head=False, name="day")
 async def day(request: web.Request) -> web.Response:
-    ctx = request.config_dict[CTX]
     page = await _day_page(request)
-    clinics = await web_day.clinics_of(ctx, web_user(request))
     query = _query_of(page)
     return render("day.html", request, {
-        "page": page, "clinics": clinics, "query": query,
+        "page": page, "clinics": page.clinics, "query": query,
         "csv_url": request.app.router["day_csv"].url_for().with_query(query),
         "prev_url": request.app.router["day"].url_for().with_query(
             {**query, "day": (page.day - dt.timedelta(days=1)).isoformat()}),

@@ -256,7 +256,7 @@ async def test_an_auditor_of_every_clinic_chooses_among_them(web_client, ctx, wo
     await link_chat_by_phone(ctx, 5004, "+77011234504", "ru")
     await sign_in(web_client, ctx, 5004)
     page = await (await web_client.get(f"/web/day?clinic={world.b.clinic_id}")).text()
-    assert "Polyclinic B" in re.search(r"<h1>(.*?)</h1>", page, re.S).group(1)
+    assert "Polyclinic B" in re.search(r"<h1[^>]*>(.*?)</h1>", page, re.S).group(1)
     assert re.findall(r'<option value="(\d+)"[^>]*>Polyclinic', page) == [str(world.a.clinic_id),
                                                                          str(world.b.clinic_id)]
 
