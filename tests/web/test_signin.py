@@ -21,3 +21,15 @@ async def test_a_link_signs_in_once_and_the_day_page_is_private(web_client, ctx,
     assert day.headers["X-Frame-Options"] == "DENY"
     again = await web_client.post(f"/web/signin/{link.token}", data={"proof": proof}, allow_redirects=False)
     assert again.status == 403
+
+
+async def test_a_chat_apps_preview_of_the_link_spends_nothing(web_client, ctx, world):
+    link = (await web_sessions.request_links(ctx, ADMIN_A_CHAT))[0]
+    for _ in range(3):  # Telegram's or a scanner's fetches of the link: GETs without the sign-in page's cookie
+        async with web_client.get(f"/web/signin/{link.token}") as preview:
+            assert preview.status == 200 and "rastau_web" not in preview.cookies
+    web_client.session.cookie_jar.clear()
+    page = await web_client.get(f"/web/signin/{link.token}")
+    proof = PROOF.search(await page.text()).group(1)
+    signed = await web_client.post(f"/web/signin/{link.token}", data={"proof": proof}, allow_redirects=False)
+    assert signed.status == 303 and "rastau_web" in signed.cookies
