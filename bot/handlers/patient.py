@@ -225,7 +225,8 @@ async def change_disputed(query: CallbackQuery, callback_data: ChangeCb, ctx: Co
         await query.answer(_("Your answer is already recorded; nothing changed."))
         return
     await query.answer()
-    footer = _("🚫 Recorded: you did not ask for this change. The clinic's administrators have been told.")
+    footer = _("🚫 Recorded: you did not ask for this change.") + " " + dispute_texts.told(
+        result.told or Audience.RECORDED_ONLY)
     if not await append_to_message(query, footer):
         await bot.send_message(query.from_user.id, footer)
 

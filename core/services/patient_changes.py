@@ -19,6 +19,7 @@ from core.model import OutboxKind, OutboxMessage, Patient, PatientChange, Recipi
 from core.services import Context
 from core.services.access import Caller
 from core.services.alerts import tell_watchers
+from core.services.dispute_answers import Audience, dispute_audience
 
 FACE_ENROLLED = "face_enrolled"
 FACE_REPLACED = "face_replaced"
@@ -69,6 +70,7 @@ def notice_key(change_id: int) -> str:
 class DisputeResult:
     change: PatientChange
     changed: bool
+    told: Audience | None = None  # who really heard of it (core.services.dispute_answers: one rule for all disputes)
 
 
 async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeResult:
@@ -82,8 +84,9 @@ async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeR
         told = ((await uow.outbox.payload(notice_key(change_id))) or {}).get("chat_id")
         if chat_id not in (told, patient.chat_id):
             raise NotFound(f"change {change_id} not found")
+        audience = await dispute_audience(uow, ctx.settings, change.clinic_id)
         if not await uow.patient_changes.mark_disputed(change_id, now):
-            return DisputeResult(change, changed=False)
+            return DisputeResult(change, changed=False, told=audience)
         await uow.audit.append(now, "patient", "patient_change.dispute", f"patient:{patient.id}",
                                {"change": change_id, "kind": change.kind, "by": change.actor},
                                clinic_id=change.clinic_id)
@@ -94,4 +97,4 @@ async def dispute_change(ctx: Context, change_id: int, chat_id: int) -> DisputeR
                                 "kind": change.kind, "changed_at": change.at.isoformat(), "changed_by": change.actor,
                                 "disputed_at": now.isoformat()}))
         await uow.commit()
-    return DisputeResult(dataclasses.replace(change, disputed_at=now), changed=True)
+    return DisputeResult(dataclasses.replace(change, disputed_at=now), changed=True, told=audience)

@@ -327,3 +327,20 @@ async def test_the_skip_button_goes_when_the_wait_ends_by_time_even_if_the_patie
     await world.deliver()
     closed = edits_of(standin, ask.message_id)[-1]
     assert "Түсініктеме беретін уақыт өтті" in closed.text and closed.reply_markup is None
+
+
+async def test_this_wasnt_me_about_a_change_names_who_really_heard_of_it(ctx, clinic_world, world, standin):
+    """The same rule for "this wasn't me" about a change to the patient's record: no linked admin, no claim that the
+    administrators were told."""
+    from core.services import registry
+    w = clinic_world
+    user = User(7880)
+    await link(world, user, w.p2.phone, "ru")
+    await registry.record_consent(ctx, w.clinic.id, w.p2.id, "registry desk")
+    await world.deliver()
+    notice = last_to(standin, user.id)
+    change = buttons(markup_of(notice))[0][1]
+    await world.press(user, change, message_id=notice.message_id, text=notice.text)
+    said = edits_of(standin, notice.message_id)[-1].text
+    assert "Записано: вы об этом не просили" in said and "Администратор" not in said
+    assert "ваш ответ только записан" in said
