@@ -80,11 +80,6 @@ def web_user(request: web.Request) -> WebUser:
     return request[USER]
 
 
-def csrf_checked(request: web.Request, form: Any) -> None:
-    """For handlers that read the form themselves: the middleware has already checked it (see _csrf_ok)."""
-    del request, form
-
-
 def secure_cookies(request: web.Request) -> bool:
     public_url = request.config_dict[SETTINGS].public_url
     return request.secure or bool(public_url and public_url.startswith("https://"))
