@@ -190,3 +190,20 @@ async def test_a_sender_restarted_under_its_id_resends_what_it_held_at_once(ctx,
     finally:
         await restarted.close()
     assert list(receiver.events) == [f"dispute:{v.id}"]
+
+
+async def test_a_dispute_taken_back_and_made_again_reaches_the_payer_each_time(ctx, clinic_world, sender, receiver):
+    """Issue 17: the payer hears the take-back as an event of its own, and a dispute made again after it is a new
+    event (not swallowed as a repeat of the first)."""
+    from core.services.chat import link_chat_by_phone
+    from core.services.dispute_answers import withdraw_dispute
+    w = clinic_world
+    await link_chat_by_phone(ctx, 7890, w.p1.phone, "kk")
+    v = await dispute(ctx, w)
+    await withdraw_dispute(ctx, v.id, [w.p1.id], 7890)
+    await patient_disputes(ctx, v.id, [w.p1.id])
+    assert await sender.drain() == 3
+    assert list(receiver.events) == [f"dispute:{v.id}", f"dispute-withdrawn:{v.id}", f"dispute:{v.id}:2"]
+    withdrawn = receiver.events[f"dispute-withdrawn:{v.id}"]
+    assert withdrawn["type"] == "visit.dispute_withdrawn" and withdrawn["data"]["visit_id"] == v.id
+    assert receiver.events[f"dispute:{v.id}:2"]["type"] == "visit.disputed"
