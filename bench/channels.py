@@ -18,6 +18,7 @@ import secrets
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -60,7 +61,8 @@ class ChannelRenderer:
 
 
 async def _queue(ctx: Context, per_channel: dict[str, int]) -> dict[str, list[str]]:
-    now, n, recipients = ctx.clock.now(), 0, {}
+    now, n = ctx.clock.now(), 0
+    recipients: dict[str, list[str]] = {}
     async with ctx.uow() as uow:
         for via, count in per_channel.items():
             recipients[via] = []
@@ -83,7 +85,7 @@ def _densest(times: list[float]) -> int:
     return best
 
 
-async def run(database_url: str, per_channel: dict[str, int]) -> dict:
+async def run(database_url: str, per_channel: dict[str, int]) -> dict[str, Any]:
     telegram = BotApiStandIn(enforce_limits=True, limit_global=30, limit_per_chat=1)
     whatsapp = WhatsAppStandIn(enforce_limits=True, limit_per_second=WA_RATE, auto_statuses=())
     add_rastau_templates(whatsapp)
@@ -114,7 +116,7 @@ async def run(database_url: str, per_channel: dict[str, int]) -> dict:
         pass
     elapsed = time.perf_counter() - started
     async with ctx.uow(read_only=True) as uow:
-        statuses = dict((await uow.conn.execute(sa.select(t.outbox.c.status, sa.func.count()).group_by(
+        statuses: dict[str, int] = dict((await uow.conn.execute(sa.select(t.outbox.c.status, sa.func.count()).group_by(
             t.outbox.c.status))).all())
     await bot.session.close()
     await wa_channel.api.close()
@@ -133,7 +135,7 @@ async def run(database_url: str, per_channel: dict[str, int]) -> dict:
     }
 
 
-def report(r: dict) -> str:
+def report(r: dict[str, Any]) -> str:
     lines = [
         "The real `OutboxDispatcher` with the real Telegram, WhatsApp and SMS senders, each against its stand-in on "
         "127.0.0.1 enforcing its limit (Telegram 30/s and 1/s per chat; WhatsApp "
