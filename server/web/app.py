@@ -129,6 +129,8 @@ async def web_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             request[SESSION_TOKEN] = token
     route_handler = request.match_info.handler
     if request.match_info.http_exception is not None:
+        if request.path == PREFIX:  # the address as people type it
+            raise web.HTTPSeeOther(PREFIX + "/day")
         return error_page(request, request.match_info.http_exception.status, N_("This page does not exist."))
     if USER not in request and not getattr(route_handler, ANONYMOUS_ATTR, False):
         if request.method == "GET":

@@ -33,3 +33,10 @@ async def test_a_chat_apps_preview_of_the_link_spends_nothing(web_client, ctx, w
     proof = PROOF.search(await page.text()).group(1)
     signed = await web_client.post(f"/web/signin/{link.token}", data={"proof": proof}, allow_redirects=False)
     assert signed.status == 303 and "rastau_web" in signed.cookies
+
+
+async def test_the_dashboard_address_as_typed_leads_to_sign_in(web_client, world):
+    for path in ("/web", "/web/"):
+        response = await web_client.get(path)
+        assert response.url.path == "/web/signin", path
+    assert (await web_client.get("/web/nope")).status == 404
