@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import random
 import re
 import secrets
@@ -23,11 +24,13 @@ import aiohttp
 from aiohttp import web
 
 from bot.app import create_bot, create_dispatcher
+from bot.channels.whatsapp import WhatsAppRuntime
 from bot.delivery.dispatcher import OutboxDispatcher
 from bot.delivery.webhook import PayerWebhookSender
 from bot.i18n import make_i18n
 from bot.rendering import OutboxRenderer
 from bot.scheduling import auditor_summary_job, close_windows_job, daily_digest_job
+from core.channels import ChannelName
 from core.clock import ALMATY, ManualClock
 from core.config import Settings
 from core.db.engine import create_engine
@@ -42,26 +45,35 @@ from devkit.botapi import BotApiStandIn, Sent
 from devkit.liveness_clips import Shot, camera_frame, shots
 from devkit.payer import PayerStandIn
 from devkit.phone import Phone, buttons, plain
+from devkit.whatsapp import WaSent, WhatsAppStandIn, add_rastau_templates
 from server.app import create_app
 
 PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "faces"
 BOT_TOKEN = "777000:rastau-demo-token"
 CODE = re.compile(r"\b(\d{6})\b")
+WEB_LINK = re.compile(r"https?://\S+/web/signin/[A-Za-z0-9_-]{43}")
 
 NARRATION = {
     "ru": {
         "title": "Растау — вся история за одну минуту (сервер, бот и лица настоящие; Telegram — локальная подмена)",
         "setup": "1. Клиника регистрирует врача, администратора и двух пациентов; лица пациентов — с фото",
         "link": "   Пациенты, врач, администратор и аудитор плательщика подключают бота",
-        "visits": "2. Клиника записывает на завтра очный приём, онлайн-консультацию и ещё один очный приём",
+        "visits": "2. Клиника записывает на завтра очный приём, онлайн-консультацию и ещё два очных приёма",
         "morning": "3. Завтра, 08:50: за 10 минут до приёма пациент получает код",
         "webcam": "   09:02, кабинет врача: веб-камера",
+        "whatsapp_link": "   Бауыржан пишет на номер поликлиники в WhatsApp: номер подтверждает сам WhatsApp, "
+                         "и бот подключает его сразу",
+        "whatsapp_code": "   09:20: код к приёму D приходит Бауыржану в WhatsApp — шаблон с кнопкой «Скопировать код»; "
+                         "WhatsApp сообщает, что код доставлен",
         "online": "4. 09:58: врач просит код для онлайн-консультации; пациент называет его",
         "answers": "5. После приёмов бот спрашивает: «Вы были на приёме?»",
         "digest": "6. Следующее утро, 08:00: администратор получает сводку за вчера",
         "auditor": "7. В то же утро аудитор плательщика видит свой день: спор о приёме C пришёл ему сразу, "
                    "а сводка — с красными флагами клиники (в демо доли считаются уже с 1 приёма, в жизни — с 20)",
         "payer": "   Система плательщика получила по вебхуку подписанные события",
+        "dashboard": "8. Администратор и аудитор пишут боту /web и открывают веб-панель по одноразовой ссылке",
+        "dashboard_link": "   Веб-панель, вход для {name}: {url}",
+        "serve": "Сервер работает: откройте ссылки выше в браузере. Нажмите Enter, чтобы остановить.",
         "summary": "Итог: чем подтверждён каждый приём",
         "single_frame": "один кадр от МИС (любое фото пациента прошло бы)",
         "capture_open": "страница проверки открыта на компьютере врача",
@@ -85,15 +97,22 @@ NARRATION = {
         "title": "Растау — бүкіл оқиға бір минутта (сервер, бот және беттер нақты; Telegram — жергілікті алмастырғыш)",
         "setup": "1. Емхана дәрігерді, әкімшіні және екі пациентті тіркейді; пациенттердің беті фотодан алынады",
         "link": "   Пациенттер, дәрігер, әкімші және төлеуші аудиторы ботқа қосылады",
-        "visits": "2. Емхана ертеңге бетпе-бет қабылдауды, онлайн-кеңесті және тағы бір бетпе-бет қабылдауды жазады",
+        "visits": "2. Емхана ертеңге бетпе-бет қабылдауды, онлайн-кеңесті және тағы екі бетпе-бет қабылдауды жазады",
         "morning": "3. Ертең, 08:50: қабылдаудан 10 минут бұрын пациент кодты алады",
         "webcam": "   09:02, дәрігер кабинеті: веб-камера",
+        "whatsapp_link": "   Бауыржан емхананың WhatsApp нөміріне жазады: нөмірін WhatsApp-тың өзі растайды, "
+                         "сондықтан бот оны бірден қосады",
+        "whatsapp_code": "   09:20: D қабылдауының коды Бауыржанға WhatsApp арқылы келеді — «Кодты көшіру» батырмасы "
+                         "бар үлгі; WhatsApp кодтың жеткенін хабарлайды",
         "online": "4. 09:58: дәрігер онлайн-кеңеске код сұрайды; пациент оны айтады",
         "answers": "5. Қабылдаудан кейін бот сұрайды: «Қабылдауда болдыңыз ба?»",
         "digest": "6. Келесі таң, 08:00: әкімші кешегі есепті алады",
         "auditor": "7. Сол таңда төлеуші аудиторы өз күнін көреді: C қабылдауы бойынша дау оған бірден жеткен, "
                    "ал қорытынды емхананың қызыл жалаушаларымен келді (демода үлестер 1 қабылдаудан, өмірде 20-дан)",
         "payer": "   Төлеушінің жүйесі вебхук арқылы қол қойылған оқиғаларды алды",
+        "dashboard": "8. Әкімші мен аудитор ботқа /web деп жазып, веб-тақтаға бір реттік сілтемемен кіреді",
+        "dashboard_link": "   Веб-тақта, {name} үшін кіру сілтемесі: {url}",
+        "serve": "Сервер жұмыс істеп тұр: жоғарыдағы сілтемелерді браузерде ашыңыз. Тоқтату үшін Enter басыңыз.",
         "summary": "Қорытынды: әр қабылдау немен расталды",
         "single_frame": "МАЖ-дан бір кадр (пациенттің кез келген суреті өтіп кетер еді)",
         "capture_open": "тексеру беті дәрігердің компьютерінде ашылды",
@@ -171,11 +190,20 @@ class Story:
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
+    web_links: list[tuple[str, str]]  # (who, sign-in URL) from /web, printed at the end
+
     async def __aenter__(self) -> Story:
+        self.web_links = []
         self.api = BotApiStandIn(bot_id=int(BOT_TOKEN.split(":")[0]), username="rastau_demo_bot")
         await self.api.start()
         self.payer = PayerStandIn(secrets.token_urlsafe(24))
         await self.payer.start()
+        self.wa = WhatsAppStandIn(access_token=secrets.token_urlsafe(24), app_secret=secrets.token_urlsafe(24),
+                                  clock=lambda: self.clock.now().timestamp())
+        add_rastau_templates(self.wa)
+        await self.wa.start()
+        self.wa_shown = 0
+        self.secrets += [self.wa.access_token, self.wa.app_secret]
         self.secrets.append(self.payer.secret)
         self.settings = Settings(_env_file=None, mode="dev", database_url=f"sqlite+aiosqlite:///{self._tmp.name}/demo.db",
                                  code_hmac_key=secrets.token_urlsafe(32), template_key=secrets.token_urlsafe(32),
@@ -183,7 +211,10 @@ class Story:
                                  telegram_api_base=self.api.base_url, face_workers=1, log_level="WARNING",
                                  liveness_stills=True,  # the fixture photos turn ~10-20°: see docs/liveness.md
                                  payer_webhook_url=self.payer.url, payer_webhook_secret=self.payer.secret,
-                                 flag_min_visits=1)  # a three-visit day raises the share flags (production: 20)
+                                 flag_min_visits=1,  # a short day raises the share flags (production: 20)
+                                 whatsapp_phone_number_id=self.wa.phone_number_id,
+                                 whatsapp_access_token=self.wa.access_token, whatsapp_app_secret=self.wa.app_secret,
+                                 whatsapp_verify_token=secrets.token_urlsafe(24), whatsapp_api_base=self.wa.base_url)
         self.engine = create_engine(self.settings.database_url)
         await upgrade_to_head(self.engine)
         self.ctx = Context.build(self.settings, UnitOfWorkFactory(self.engine), self.clock)
@@ -192,12 +223,18 @@ class Story:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         self.server_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self.ctx.settings = self.settings = self.settings.model_copy(update={"public_url": self.server_url})  # /web
         i18n = make_i18n()
         self.bot = create_bot(BOT_TOKEN, self.api.base_url, timeout=10)
         self.dp = create_dispatcher(self.ctx, i18n)
-        self.dispatcher = OutboxDispatcher(self.ctx, self.bot, OutboxRenderer(self.ctx, i18n), worker_id="demo",
+        self.whatsapp = WhatsAppRuntime(self.ctx, i18n)  # its webhook, channel and inbox, as the bot runs them
+        self.wa.webhook_url = (f"http://127.0.0.1:{await self.whatsapp.serve('127.0.0.1', 0)}"
+                               f"{self.settings.whatsapp_webhook_path}")
+        renderer = OutboxRenderer(self.ctx, i18n, channels=frozenset({ChannelName.TELEGRAM, ChannelName.WHATSAPP}))
+        self.dispatcher = OutboxDispatcher(self.ctx, self.bot, renderer, worker_id="demo",
                                            rate_global=self.settings.send_rate_global,
-                                           rate_per_chat=self.settings.send_rate_per_chat)
+                                           rate_per_chat=self.settings.send_rate_per_chat,
+                                           channels={ChannelName.WHATSAPP: self.whatsapp.channel})
         self.polling = asyncio.create_task(self.dp.start_polling(self.bot, handle_signals=False,
                                                                  close_bot_session=False, polling_timeout=1))
         self.http = aiohttp.ClientSession(self.server_url)
@@ -211,6 +248,8 @@ class Story:
         await self.dp.stop_polling()
         await asyncio.wait_for(self.polling, timeout=10)
         await self.bot.session.close()
+        await self.whatsapp.close()
+        await self.wa.stop()
         await self.runner.cleanup()
         await self.engine.dispose()
         await self.api.stop()
@@ -245,6 +284,32 @@ class Story:
                     asked.append(message["pose"])
                 await socket.send_bytes(frame_for(Pose(message["pose"])))
         return asked, message
+
+    async def whatsapp_settle(self, name: str) -> None:
+        """Every webhook answered and handled (the bot's inbox worker, run here by the story), then what reached
+        the patient's WhatsApp shown, with the delivery status WhatsApp reported."""
+        for _ in range(3):
+            await self.wa.settle()
+            await self.whatsapp.inbox.drain()
+        for message in self.wa.sent[self.wa_shown:]:
+            self.show_whatsapp(name, message)
+        self.wa_shown = len(self.wa.sent)
+
+    def show_whatsapp(self, name: str, message: WaSent) -> None:
+        ticks = {"delivered": " ✓✓", "read": " ✓✓ (прочитано)" if self.lang == "ru" else " ✓✓ (оқылды)"}
+        if message.template is not None:
+            what = f"📋 {message.template[0]} ({message.template[1]}): " + " · ".join(message.text.split(" ", 1)[1:])
+        else:
+            what = message.text.replace("\n\n", " / ")
+        self.line(f"   🟢 WhatsApp → {name}: {what}{ticks.get(message.status, '')}")
+        kinds = {"quick_reply": None, "url": "⧉"}
+        shown = [kinds.get(c.get("sub_type")) for c in message.body.get("template", {}).get("components", [])
+                 if c.get("type") == "button"]
+        if message.type == "interactive":
+            shown = [b["reply"]["title"] for b in message.body["interactive"]["action"]["buttons"]]
+        labels = [label or ("✅" if i == 0 else "❌") for i, label in enumerate(shown)]
+        if labels:
+            self.line(" " * (17 + len(name)) + "  ".join(f"[{label}]" for label in labels))
 
     async def run_jobs(self) -> None:
         """What the scheduler does after the clock moved: close windows, then deliver everything due."""
@@ -281,7 +346,10 @@ class Story:
         people = {"aigerim": ("Әйгерім Нұрланқызы", "+7 705 123 45 67", make_iin(dt.date(1990, 4, 12), False, 1),
                               "obama", ["obama1.jpg", "obama3.jpg"]),
                   "dmitry": ("Дмитрий Ковалев", "+7 707 765 43 21", make_iin(dt.date(1975, 9, 3), True, 77),
-                             "biden", ["biden1.jpg"])}
+                             "biden", ["biden1.jpg"]),
+                  # on WhatsApp only, no face enrolled: his visit is verified by the code
+                  "baurzhan": ("Бауыржан Сапаров", "+7 747 321 65 40", make_iin(dt.date(1958, 2, 20), True, 5),
+                               "", [])}
         patient_ids = {}
         self.secrets += [person[2] for person in people.values()]
         for name, (full_name, phone, iin, folder, photos) in people.items():
@@ -291,6 +359,9 @@ class Story:
             patient_ids[name] = patient["id"]
             await self.call("POST", f"/patients/{patient['id']}/consent", self.mis_key,
                             json={"recorded_by": "медбике Сәуле" if self.lang == "kk" else "медсестра Сауле"})
+            if not photos:
+                self.line(f"   МИС → POST /patients, /consent: {full_name}")
+                continue
             form = aiohttp.FormData()
             for photo in photos:
                 form.add_field("image", (PHOTOS / folder / photo).read_bytes(), filename=photo,
@@ -308,12 +379,21 @@ class Story:
         self.auditor = self.phone(4001, "Аудитор Сәуле", auditor.phone)
         for phone in (self.aigerim, self.dmitry, self.doctor, self.admin, self.auditor):
             await self.onboard(phone)
+        self.heading("whatsapp_link")
+        self.baurzhan = "".join(ch for ch in people["baurzhan"][1] if ch.isdigit())  # his wa_id
+        self.line("   👤 Бауыржан (WhatsApp): «Сәлеметсіз бе»")
+        await self.wa.user_writes(self.baurzhan, "Сәлеметсіз бе", name="Бауыржан")
+        await self.whatsapp_settle("Бауыржан")
+        choice = self.wa.messages_to(self.baurzhan)[-1]
+        self.line(f"   👤 Бауыржан: [{'Қазақша' if self.lang == 'kk' else 'Русский'}]")
+        await self.wa.user_taps(self.baurzhan, choice, f"lang:{self.lang}")
+        await self.whatsapp_settle("Бауыржан")
 
         self.heading("visits")
         visits = {}
         for label, patient, hour, mode in (("A", "aigerim", 9, "in_person"), ("B", "dmitry", 10, "online"),
-                                           ("C", "dmitry", 11, "in_person")):
-            start = dt.datetime.combine(self.day, dt.time(hour), tzinfo=ALMATY)
+                                           ("C", "dmitry", 11, "in_person"), ("D", "baurzhan", 9.5, "in_person")):
+            start = dt.datetime.combine(self.day, dt.time(int(hour), int(hour % 1 * 60)), tzinfo=ALMATY)
             status, visit = await self.call("POST", "/visits", self.mis_key,
                                             headers={"Idempotency-Key": f"demo-{label}"},
                                             json={"doctor_id": doctor.id, "patient_id": patient_ids[patient],
@@ -345,6 +425,16 @@ class Story:
             poses = ", ".join(self.say["poses"][pose] for pose in asked)
             self.line(f"   🎥 {self.say[what]}; {self.say['asked']}: {poses} → {outcome['outcome']}{reason}")
 
+        self.heading_at("whatsapp_code", self.day, 9, 20)
+        await self.move_to(self.day, 9, 20)
+        await self.whatsapp_settle("Бауыржан")
+        wa_code = self.wa.messages_to(self.baurzhan)[-1].body["template"]["components"][0]["parameters"][0]["text"]
+        self.secrets.append(wa_code)
+        self.clock.set(dt.datetime.combine(self.day, dt.time(9, 31), tzinfo=ALMATY))
+        self.line(f"   👤 Бауыржан → Dr Айдос: «{wa_code}»")
+        status, body = await self.call("POST", f"/visits/{visits['D']}/code", self.webcam_key, json={"code": wa_code})
+        self.line(f"   ⌨️  {self.say['clinic_enters']}: POST /visits/{visits['D']}/code → {status} {body}")
+
         self.heading_at("online", self.day, 9, 58)
         await self.move_to(self.day, 9, 58)
         self.doctor.type("/code")
@@ -374,6 +464,11 @@ class Story:
         await self.aigerim.wait_for(1)
         self.dmitry.press(self.with_button(prompts_d, f"ans:yes:{visits['B']}"), f"ans:yes:{visits['B']}")
         await self.dmitry.wait_for(1)
+        await self.whatsapp_settle("Бауыржан")  # visit D's question came to WhatsApp at 10:50
+        question = self.wa.messages_to(self.baurzhan)[-1]
+        self.line("   👤 Бауыржан: [✅]")
+        await self.wa.user_taps(self.baurzhan, question, question.button_payloads()[0])
+        await self.whatsapp_settle("Бауыржан")
         self.dmitry.press(self.with_button(prompts_d, f"ans:no:{visits['C']}"), f"ans:no:{visits['C']}")
         await self.dmitry.wait_for(2)  # the prompt edited to show the answer, and the question about why
         await self.deliver_until(self.admin)  # the admins hear of the dispute at once, and so does the auditor
@@ -402,7 +497,18 @@ class Story:
         self.line(f"{self.say['payer']}: {len(self.payer.events)} ({', '.join(kinds)}), "
                   f"X-Rastau-Signature ✓, {self.payer.forged} ✗")
 
+        await self.dashboard_links()
         return await self.summary(visits, {v: k for k, v in patient_ids.items()}, people)
+
+    async def dashboard_links(self) -> None:
+        """The web dashboard (issue 13): /web in the admin's and the auditor's chats answers their sign-in links."""
+        self.heading("dashboard")
+        for phone in (self.admin, self.auditor):
+            phone.type("/web")
+            answer, = await phone.wait_for(1)
+            for url in WEB_LINK.findall(plain(answer.text)):
+                self.secrets.append(url.rsplit("/", 1)[1])  # a sign-in token: never in a log
+                self.web_links.append((phone.name, url))
 
     @staticmethod
     def with_button(messages: list[Sent], data: str) -> Sent:
@@ -464,10 +570,16 @@ class DemoRun:
 
 
 async def play(lang: str = "ru", *, quick: bool = False, out=None, log_stream=None,
-               log_level: str = "WARNING") -> DemoRun:
+               log_level: str = "WARNING", serve: bool = False) -> DemoRun:
     configure_logging(log_level, "console", log_stream)
     async with Story(lang, out or sys.stdout, pace=0.0 if quick else 0.4) as story:
         evidence = await story.play()
+        story.line()
+        for name, url in story.web_links:
+            story.line(story.say["dashboard_link"].format(name=name, url=url))
+        if serve:  # keep the server (and the bot) up for a person with a browser, until Enter
+            story.line(story.say["serve"])
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         return DemoRun(evidence, list(story.secrets))
 
 
@@ -476,12 +588,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lang", choices=sorted(NARRATION), default="ru", help="language of the chats and story")
     parser.add_argument("--quick", action="store_true", help="no pauses (the test suite runs it this way)")
     parser.add_argument("--log-file", type=Path, help="write the server's and bot's INFO logs here")
+    parser.add_argument("--serve", action="store_true", default=os.environ.get("DEMO_SERVE") == "1",
+                        help="keep the server up for the dashboard's links until Enter (or DEMO_SERVE=1)")
     args = parser.parse_args(argv)
     if args.log_file:
         with args.log_file.open("w", encoding="utf-8") as logs:
-            asyncio.run(play(args.lang, quick=args.quick, log_stream=logs, log_level="INFO"))
+            asyncio.run(play(args.lang, quick=args.quick, log_stream=logs, log_level="INFO", serve=args.serve))
     else:
-        asyncio.run(play(args.lang, quick=args.quick))
+        asyncio.run(play(args.lang, quick=args.quick, serve=args.serve))
     return 0
 
 

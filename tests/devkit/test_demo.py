@@ -17,6 +17,8 @@ EXPECTED = [
     ("B", "online", "patient_confirmed", "code", "confirmed"),
     # the phantom visit: billed, never verified, and the patient says "I wasn't there"
     ("C", "in_person", "patient_disputed", None, "disputed"),
+    # on WhatsApp only (issue 14): the code came as a template, the clinic entered it, he said "yes" by its button
+    ("D", "in_person", "patient_confirmed", "code", "confirmed"),
 ]
 
 
@@ -38,6 +40,8 @@ async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lan
     assert "🤖 → Аудитор Сәуле: ⚠️" in disputed, "the phantom visit's dispute reached the auditor's chat at once"
     assert NARRATION[lang]["payer"] in auditor and "visit.disputed" in auditor and "flag.raised" in auditor
     assert NARRATION[lang]["summary"] in story
+    dashboard = story.split(NARRATION[lang]["dashboard"])[1]  # the web dashboard (issue 13)
+    assert dashboard.count("/web/signin/") == 4  # the admin's and the auditor's links in their chats, then printed
 
     captured = logs.getvalue()
     assert "request" in captured and "message delivered" in captured  # the logs were really captured
