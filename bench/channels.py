@@ -148,8 +148,8 @@ def report(r: dict[str, Any]) -> str:
     lines += ["", f"- outbox rows: {r['statuses']}; lost: {lost} (target 0); rate-limit refusals: "
                   f"{sum(r[v]['refused'] for v in ('telegram', 'whatsapp', 'sms'))} (target 0); "
                   f"all sent in {r['elapsed']:.1f} s",
-              "- what the limits alone allow is ~10 s (the slowest channel's share at its rate); the rest is rows waiting "
-              "for a slow channel's turn while they hold the dispatcher's concurrency slots (32, shared by all "
+              "- what the limits alone allow is ~10 s (the slowest channel's share at its rate); the rest is rows "
+              "waiting for a slow channel's turn while they hold the dispatcher's concurrency slots (32, shared by all "
               "channels): per-channel slots would remove it (not done)"]
     return "\n".join(lines)
 
