@@ -13,14 +13,16 @@ from aiogram.enums import ChatType
 from aiogram.exceptions import TelegramAPIError
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
-from aiogram.types import BotCommand, Chat, ErrorEvent, Update
+from aiogram.types import Chat, ErrorEvent, Update
 from aiogram.utils.i18n import I18n
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
 
 from bot.handlers import build_routers
-from bot.i18n import LANGUAGES, __
+from bot.i18n import LANGUAGES
+from bot.menus import UNLINKED, publish_default, registered_commands
 from bot.middlewares import ChatLanguageMiddleware, ProfileMiddleware
+from bot.reason_wait import ReasonWaitMiddleware
 from core.config import Settings
 from core.logs import get_logger
 from core.services import Context
@@ -29,18 +31,6 @@ from core.services.updates import claim_update, release_update
 log = get_logger("rastau.bot")
 
 WEBHOOK_PATH = "/telegram/webhook"
-COMMANDS = {
-    "start": __("connect this chat"),
-    "visits": __("my visits of the last 30 days"),
-    "code": __("doctors: send a code for an online consultation"),
-    "digest": __("clinic administrators: the daily digest"),
-    "language": __("change the language"),
-    "privacy": __("what we keep and what we never keep"),
-    "help": __("what this bot does"),
-    "stop": __("disconnect and receive no more messages"),
-}
-
-
 def create_bot(token: str, api_base: str | None = None, *, timeout: float = 30.0) -> Bot:
     """A Bot speaking HTML, against Telegram or any Bot API server at ``api_base`` (self-hosted, stand-in)."""
     api = TelegramAPIServer.from_base(api_base) if api_base else PRODUCTION
@@ -48,14 +38,11 @@ def create_bot(token: str, api_base: str | None = None, *, timeout: float = 30.0
                default=DefaultBotProperties(parse_mode="HTML"))
 
 
-async def publish_commands(bot: Bot, i18n: I18n) -> None:
-    """The command menu in each language; Telegram shows it by the user's app language."""
-    for code in LANGUAGES:
-        with i18n.context(), i18n.use_locale(code):
-            commands = [BotCommand(command=name, description=str(text)) for name, text in COMMANDS.items()]
-        await bot.set_my_commands(commands, language_code=code)
-        if code == i18n.default_locale:
-            await bot.set_my_commands(commands)
+async def publish_commands(bot: Bot, i18n: I18n, dp: Dispatcher | None = None) -> None:
+    """The default command menu, in each language: only what an unconnected chat can use (bot.menus); each
+    linked chat gets its own menu when it links."""
+    known = registered_commands(dp) if dp is not None else set(UNLINKED)
+    await publish_default(bot, i18n, known, LANGUAGES)
 
 
 def create_storage(settings: Settings) -> BaseStorage:
@@ -93,6 +80,9 @@ def create_dispatcher(ctx: Context, i18n: I18n, storage: BaseStorage | None = No
     dp = OncePerUpdateDispatcher(storage=storage or MemoryStorage(), ctx=ctx, i18n=i18n)
     dp.update.outer_middleware(ProfileMiddleware())
     dp.update.outer_middleware(ChatLanguageMiddleware(i18n))
+    wait = ReasonWaitMiddleware()  # chat-disputes: a command or another button ends the wait for a dispute's reason
+    dp.message.outer_middleware(wait)
+    dp.callback_query.outer_middleware(wait)
     private = F.chat.type == ChatType.PRIVATE
     for router in build_routers():
         router.message.filter(private)

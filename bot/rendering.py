@@ -11,10 +11,13 @@ from collections.abc import Awaitable, Callable
 
 from aiogram.utils.i18n import I18n
 
-from bot import auditor_texts, texts
+from bot import auditor_texts, dispute_texts, record_texts, texts
+from bot.channels.base import PatientMessage
+from bot.channels.routing import PatientRouting, Via
 from bot.delivery.types import OutboxItem, Outgoing
-from bot.i18n import DEFAULT_LOCALE
-from bot.keyboards import answer_keyboard, change_keyboard
+from bot.i18n import DEFAULT_LOCALE, when
+from bot.keyboards import answer_keyboard, change_keyboard, late_prompts_keyboard
+from core.channels import ChannelName
 from core.checkpoint import parse_checkpoint
 from core.errors import NotFound
 from core.iin import mask_iin
@@ -25,6 +28,7 @@ from core.model import (
     Doctor,
     Language,
     OutboxKind,
+    OutboxStatus,
     Patient,
     PatientChange,
     Recipient,
@@ -32,31 +36,42 @@ from core.model import (
     VisitMode,
     VisitState,
 )
+from core.names import short_name
 from core.services import Context
 from core.services.auditor_summary import build_auditor_summary
-from core.services.chat import chat_language, reachable_chat
+from core.services.chat import chat_language, chat_patients, is_family, reachable_chat
 from core.services.codes import issue_code
 from core.services.digest import Digest, build_digest
+from core.services.visit_lists import visit_line
 
 log = get_logger("rastau.renderer")
 
 
 class OutboxRenderer:
-    def __init__(self, ctx: Context, i18n: I18n):
+    def __init__(self, ctx: Context, i18n: I18n, channels: frozenset[ChannelName] | None = None):
+        """``channels``: the channels this deployment sends patients' codes and questions on (issue 14); None:
+        Telegram alone, as before channels existed."""
         self._ctx, self._i18n = ctx, i18n
+        self._routing = PatientRouting(ctx, channels) if channels is not None else None
         # keyed by the stored kind (OutboxKind is a str): a kind this version does not know finds nothing
         self._kinds: dict[str, Callable[[OutboxItem], Awaitable[list[Outgoing] | None]]] = {
             OutboxKind.VISIT_CODE: self._visit_code, OutboxKind.ATTENDANCE_PROMPT: self._prompt,
             OutboxKind.DISPUTE_NOTICE: self._dispute_notice, OutboxKind.DAILY_DIGEST: self._digest,
             OutboxKind.CHANGE_NOTICE: self._change_notice,
             OutboxKind.CHANGE_DISPUTE_NOTICE: self._change_dispute_notice,
-            OutboxKind.AUDITOR_SUMMARY: self._auditor_summary, OutboxKind.AUDIT_CHECKPOINT: self._checkpoint}
+            OutboxKind.AUDITOR_SUMMARY: self._auditor_summary, OutboxKind.AUDIT_CHECKPOINT: self._checkpoint,
+            OutboxKind.VISIT_CANCELLED: self._cancelled, OutboxKind.REASON_WAIT_END: self._reason_wait_end,
+            OutboxKind.CONSENT_WITHDRAWN_NOTICE: self._withdrawal_notice}  # issue 16
 
-    async def render(self, message: OutboxItem) -> list[Outgoing] | None:
+    async def render(self, message: OutboxItem) -> list[Outgoing] | PatientMessage | None:
         build = self._kinds.get(message.kind)
         if build is None:
             log.error("unknown outbox kind; skipped", outbox_id=message.id, kind=message.kind)
             return None
+        if self._routing is not None and self._routing.applies(message):  # issue 14: on the patient's channel
+            routed = await self._routing.route(message)
+            if routed is not Via.TELEGRAM:
+                return routed
         try:
             return await build(message)
         except NotFound:
@@ -105,6 +120,17 @@ class OutboxRenderer:
         chosen, stopped = await chat_language(self._ctx, auditor.chat_id)
         return None if stopped else (auditor.chat_id, (chosen or auditor.language).value)
 
+    async def _named(self, patient: Patient, chat_id: int) -> str | None:
+        """The patient's short name when the chat speaks for several people (a family phone), else None."""
+        return short_name(patient.full_name) if is_family(await chat_patients(self._ctx, chat_id)) else None
+
+    async def _code_messages(self, visit_id: int) -> list[tuple[int, int]]:
+        """(chat, message) of the visit's code messages that reached a chat, oldest first."""
+        async with self._ctx.uow(read_only=True) as uow:
+            rows = await uow.queries.sent_code_messages(visit_id)
+        return [(r.chat_id, r.chat_message_id) for r in rows
+                if r.status == OutboxStatus.SENT.value and r.chat_id is not None and r.chat_message_id is not None]
+
     async def _visit_facts(self, visit_id: int) -> tuple[Visit, Clinic, Doctor, Patient]:
         async with self._ctx.uow(read_only=True) as uow:
             visit = await uow.visits.get(visit_id)
@@ -119,30 +145,105 @@ class OutboxRenderer:
         recipient = await self._patient(message.recipient_id)
         if recipient is None or message.visit_id is None:
             return None
-        _patient, chat_id, locale = recipient
+        patient, chat_id, locale = recipient
         visit, clinic, doctor, _owner = await self._visit_facts(message.visit_id)
         if visit.state is not VisitState.SCHEDULED:
             return None
+        earlier = await self._code_messages(message.visit_id)
+        named = await self._named(patient, chat_id)
         issued = await issue_code(self._ctx, message.visit_id)
         if issued is None:
             return None
+        online = visit.mode is VisitMode.ONLINE
         with self._i18n.context(), self._i18n.use_locale(locale):
             text = texts.code_message(issued.code, clinic=clinic.name, doctor=doctor.full_name, start=visit.start,
-                                      expires=issued.expires_at, online=visit.mode is VisitMode.ONLINE)
-        return [Outgoing(chat_id=chat_id, text=text)]
+                                      expires=issued.expires_at, online=online, patient=named)
+            void = texts.code_void_message(replaced=True, clinic=clinic.name, doctor=doctor.full_name,
+                                           start=visit.start, online=online, patient=named)
+        parts = [Outgoing(chat_id=chat_id, text=text)]
+        if earlier:  # the code before this one stopped working when this one was issued: say so where it is
+            old_chat, old_message = earlier[-1]
+            parts.append(Outgoing(chat_id=old_chat, text=void, edit_message_id=old_message))
+        return parts
+
+    async def _cancelled(self, message: OutboxItem) -> list[Outgoing] | None:
+        """A visit cancelled after its code was sent: tell the patient, and turn every code message of it into
+        a note that the code is void (the code itself leaves the chat)."""
+        if message.visit_id is None:
+            return None
+        visit, clinic, doctor, patient = await self._visit_facts(message.visit_id)
+        if visit.state is not VisitState.CANCELLED or patient.id != message.recipient_id:
+            return None
+        sent = await self._code_messages(message.visit_id)
+        recipient = await self._patient(message.recipient_id)
+        chat_id = recipient[1] if recipient else None  # the notice: only to a chat that may be written to
+        where = chat_id if chat_id is not None else (sent[-1][0] if sent else None)
+        if where is None:
+            return None
+        chosen, _stopped = await chat_language(self._ctx, where)
+        locale = (chosen or patient.language).value
+        named = await self._named(patient, where)
+        online = visit.mode is VisitMode.ONLINE
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            notice = texts.cancelled_notice(clinic=clinic.name, doctor=doctor.full_name, start=visit.start,
+                                            online=online, patient=named)
+            void = texts.code_void_message(replaced=False, clinic=clinic.name, doctor=doctor.full_name,
+                                           start=visit.start, online=online, patient=named)
+        parts = [Outgoing(chat_id=chat_id, text=notice)] if chat_id is not None else []
+        parts += [Outgoing(chat_id=old_chat, text=void, edit_message_id=old_message) for old_chat, old_message in sent]
+        return parts or None
 
     async def _prompt(self, message: OutboxItem) -> list[Outgoing] | None:
         recipient = await self._patient(message.recipient_id)
         if recipient is None or message.visit_id is None:
             return None
-        _patient, chat_id, locale = recipient
+        if len(message.payload.get("visits", [])) > 1:  # chat-disputes: backdated visits gathered in one question
+            return await self._late_prompts(message, recipient)
+        patient, chat_id, locale = recipient
         visit, clinic, doctor, _owner = await self._visit_facts(message.visit_id)
         if visit.state in (VisitState.CANCELLED, VisitState.PATIENT_CONFIRMED, VisitState.PATIENT_DISPUTED):
             return None  # nothing to ask: cancelled, or already answered (e.g. from /visits)
+        named = await self._named(patient, chat_id)
         with self._i18n.context(), self._i18n.use_locale(locale):
             text = texts.attendance_question(clinic=clinic.name, doctor=doctor.full_name, start=visit.start,
-                                             online=visit.mode is VisitMode.ONLINE)
+                                             online=visit.mode is VisitMode.ONLINE, patient=named)
             markup = answer_keyboard(message.visit_id)
+        return [Outgoing(chat_id=chat_id, text=text, reply_markup=markup)]
+
+    async def _reason_wait_end(self, message: OutboxItem) -> list[Outgoing] | None:
+        """The wait for a dispute's reason is over by time: its message says so and loses «Skip» (issue 17). Not when
+        the reason came, the dispute was taken back, or the chat is no longer the patient's."""
+        if message.visit_id is None:
+            return None
+        visit, _clinic, _doctor, patient = await self._visit_facts(message.visit_id)
+        chat_id, message_id = message.payload.get("chat_id"), message.payload.get("message_id")
+        if (visit.state is not VisitState.PATIENT_DISPUTED or visit.dispute_reason or patient.chat_id != chat_id
+                or visit.answered_at is None or visit.answered_at.isoformat() != message.payload.get("disputed_at")
+                or not isinstance(message_id, int) or not isinstance(chat_id, int)):
+            return None
+        chosen, stopped = await chat_language(self._ctx, chat_id)
+        if stopped:
+            return None
+        with self._i18n.context(), self._i18n.use_locale((chosen or patient.language).value):
+            text = dispute_texts.ask_reason_closed()
+        return [Outgoing(chat_id=chat_id, text=text, edit_message_id=message_id)]
+
+    async def _late_prompts(self, message: OutboxItem, recipient: tuple[Patient, int, str]) -> list[Outgoing] | None:
+        """Several backdated visits of one patient: one message listing those still waiting for an answer, with a row
+        of ✅/❌ per visit (issue 17). Nothing when none is left to ask about."""
+        patient, chat_id, locale = recipient
+        lines = []
+        for visit_id in message.payload["visits"]:
+            line = await visit_line(self._ctx, int(visit_id))
+            if line is not None and line.patient_id == patient.id and line.state not in (
+                    VisitState.CANCELLED, VisitState.PATIENT_CONFIRMED, VisitState.PATIENT_DISPUTED):
+                lines.append(line)
+        if not lines:
+            return None
+        named = await self._named(patient, chat_id)
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            text = dispute_texts.late_visits_question(lines, several=named is not None)
+            markup = late_prompts_keyboard([line.visit_id for line in lines])
         return [Outgoing(chat_id=chat_id, text=text, reply_markup=markup)]
 
     async def _dispute_notice(self, message: OutboxItem) -> list[Outgoing] | None:
@@ -153,6 +254,12 @@ class OutboxRenderer:
         if recipient is None:
             return None
         chat_id, locale = recipient
+        if message.payload.get("update") == "withdrawn":  # chat-disputes: the patient took "I wasn't there" back
+            with self._i18n.context(), self._i18n.use_locale(locale):
+                text = dispute_texts.withdrawn_notice(visit_id=message.visit_id, clinic=clinic.name,
+                                                      patient=patient.full_name, iin_masked=mask_iin(patient.iin),
+                                                      when_=when(visit.start, locale))
+            return [Outgoing(chat_id=chat_id, text=text)]
         with self._i18n.context(), self._i18n.use_locale(locale):
             text = texts.dispute_notice(
                 visit_id=message.visit_id, clinic=clinic.name, doctor=doctor.full_name, patient=patient.full_name,
@@ -196,6 +303,18 @@ class OutboxRenderer:
             text = texts.change_dispute_notice(
                 change_id=change.id, kind=change.kind, clinic=clinic.name, patient=patient.full_name,
                 iin_masked=mask_iin(patient.iin), at=change.at, actor=change.actor, disputed_at=change.disputed_at)
+        return [Outgoing(chat_id=chat_id, text=text)]
+
+    async def _withdrawal_notice(self, message: OutboxItem) -> list[Outgoing] | None:
+        """Issue 16: the patient withdrew consent in the chat; to the clinic's admins and auditors."""
+        change, patient, clinic = await self._change_facts(int(message.payload["change_id"]))
+        recipient = await self._watcher(message, change.clinic_id)
+        if recipient is None:
+            return None
+        chat_id, locale = recipient
+        with self._i18n.context(), self._i18n.use_locale(locale):
+            text = record_texts.withdrawal_notice(patient=patient.full_name, iin_masked=mask_iin(patient.iin),
+                                                  clinic=clinic.name, at=change.at)
         return [Outgoing(chat_id=chat_id, text=text)]
 
     async def _digest(self, message: OutboxItem) -> list[Outgoing] | None:

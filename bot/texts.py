@@ -8,9 +8,10 @@ import io
 from aiogram.utils.i18n import get_i18n
 from aiogram.utils.text_decorations import html_decoration as hd
 
-from bot.i18n import _, __, day_name, ngettext, short_when, when
+from bot.i18n import _, __, day_and_time, day_name, ngettext, short_when, until, when
 from core import csvfile
 from core.model import VisitMode, VisitState
+from core.names import short_name
 from core.services.chat import ChatProfile
 from core.services.digest import Digest, DigestRow
 from core.services.patient_changes import CONSENT_RECORDED, FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED
@@ -40,7 +41,9 @@ STATE_FOR_ADMIN = {
     VisitState.CANCELLED.value: __("cancelled"),
 }
 ANSWER_FOR_ADMIN = {"confirmed": __("confirmed"), "disputed": __("wasn't there"),
-                    "claimed_attended": __("says they were there"), "none": __("no answer")}
+                    "claimed_attended": __("says they were there"), "none": __("no answer"),
+                    # issue 14: unanswered, and the patient has no working channel: nobody could ask
+                    "no_channel": __("no way to ask (no working channel)")}
 # A single frame from the clinic's system is the weaker kind of face evidence (any photo of the patient passes it).
 METHOD_FOR_ADMIN = {"face": __("face, single frame (weaker)"), "face_live": __("face, live check"), "code": __("code")}
 MODE_NAME = {VisitMode.IN_PERSON.value: __("in person"), VisitMode.ONLINE.value: __("online")}
@@ -71,35 +74,47 @@ def q(value: object) -> str:
 # --- onboarding ----------------------------------------------------------------------------------------------
 
 def greeting() -> str:
-    """Shown before a language is chosen: the same words in Kazakh and in Russian."""
+    """Shown before a language is chosen: the same short words once in Kazakh, once in Russian."""
     i18n = get_i18n()
     return "\n\n".join(i18n.gettext(
-        "Hello! This is Rastau, the bot of your polyclinic. It sends you the one-time code for your visits and "
-        "asks whether you really were at the doctor, so that nobody can bill a visit in your name.\n"
-        "Choose your language:", locale=code) for code in ("kk", "ru"))
+        "Hello! I am the Rastau bot of your polyclinic. I send you the one-time code for your visits and ask "
+        "afterwards whether the visit really took place.", locale=code) for code in ("kk", "ru")) + \
+        "\n\n" + " / ".join(i18n.gettext("Choose your language:", locale=code) for code in ("kk", "ru"))
 
 
 def privacy_notice(*, ask_to_connect: bool = True) -> str:
+    """What is really kept, and how to see it and withdraw: short enough for a phone screen."""
     text = _(
-        "<b>How Rastau uses your data</b>\n"
-        "• We keep your phone number, the chat id and your answers about your visits. Your clinic registered "
-        "your name, IIN and appointments.\n"
-        "• When the doctor turns the webcam to you, the photo is used only to recognise you and is deleted "
-        "at once. It is never stored.\n"
-        "• You may refuse the photo: give the doctor the six-digit code this bot sends you before the visit.\n"
-        "• You can stop at any time with /stop.")
+        "<b>What the Rastau bot keeps</b>\n"
+        "• Your phone number, this chat's number and your answers about visits.\n"
+        "• If your clinic saved your face for recognition: an encrypted reference of it, not the photo.\n"
+        "• The webcam's photo at a visit is deleted at once. You may refuse it and give the doctor the code.\n"
+        "/mydata shows what is kept, /withdraw takes your consent back, /stop disconnects.")
     if ask_to_connect:
-        text += "\n\n" + _("To connect, press the button below and share your phone number. By sharing it you "
-                            "agree to these terms.")
+        text += "\n\n" + _("To connect, press the button below. By sharing your number you agree to this.")
     return text
+
+
+def already_linked() -> str:
+    return _("You are already connected. /help shows what you can do here. If your clinic has registered someone "
+             "else on this number since, press the button below to connect them too.")
+
+
+def press_the_button() -> str:
+    return _("Please don't type the number: press the «📱 Share my phone number» button below. Only the button "
+             "shows Telegram's proof that the number is yours.")
 
 
 def linked_summary(profile: ChatProfile) -> str:
     lines = [_("Done, you are connected.")]
     if profile.patients:
         clinics = ", ".join(sorted({q(profile.clinic_names.get(p.clinic_id, "")) for p in profile.patients}))
-        lines.append(_("Patient of: {clinics}. Before each visit you will get its code here, and after it a "
-                       "question whether you were there.").format(clinics=clinics))
+        lines.append(_("Clinic: {clinics}. Before each visit its code comes here, and after it a question "
+                       "whether the visit took place.").format(clinics=clinics))
+        if profile.family:
+            names = ", ".join(sorted({q(short_name(p.full_name)) for p in profile.patients}))
+            lines.append(_("This number belongs to several patients: {names}. Every message says whom it is "
+                           "about.").format(names=names))
     if profile.doctors:
         lines.append(_("You are registered as a doctor. /code sends a code to a patient of your online "
                        "consultation."))
@@ -144,6 +159,9 @@ def help_text(profile: ChatProfile) -> str:
             "clinics you audit, reach you at once, whether or not the clinic's administrators read them.\n"
             "• Every morning: the previous day across your clinics, its red flags and a CSV file.\n"
             "• Signed checkpoints of the audit log: keep the files, they prove later that no record was changed."))
+    if profile.admins or profile.auditors:  # the web dashboard (issue 13)
+        parts.append(_("<b>Web dashboard</b>\n• /web — a one-time link to sign in: the visits of any day, the "
+                       "disputes and the doctors, with CSV files."))
     parts.append(_("/language — change the language\n/privacy — what we keep and what we never keep\n"
                    "/stop — disconnect and receive no more messages"))
     return "\n\n".join(parts)
@@ -159,14 +177,16 @@ def patient_status(line: VisitLine) -> str:
     return str(STATE_FOR_PATIENT[line.state])
 
 
-def visit_lines(lines: list[VisitLine], shown: int) -> str:
+def visit_lines(lines: list[VisitLine], shown: int, *, family: bool = False) -> str:
+    """The /visits list; with ``family`` (the chat speaks for several patients) every line names its patient."""
     loc = locale()
     header = ngettext("In the last {days} days you had {n} visit:", "In the last {days} days you had {n} visits:",
                       len(lines)).format(days=PATIENT_HISTORY_DAYS, n=len(lines))
     body = []
     for n, line in enumerate(lines[:shown], start=1):
         online = " · " + _("online") if line.mode is VisitMode.ONLINE else ""
-        body.append(f"{n}. <b>{q(when(line.start, loc))}</b>{online}\n   {q(line.clinic_name)}, "
+        whose = f"👤 {q(short_name(line.patient_name))} · " if family else ""
+        body.append(f"{n}. {whose}<b>{q(when(line.start, loc))}</b>{online}\n   {q(line.clinic_name)}, "
                     f"{q(line.doctor_name)}\n   {q(patient_status(line))}")
     text = header + "\n\n" + "\n".join(body)
     if len(lines) > shown:
@@ -181,28 +201,73 @@ def visit_button_label(n: int, line: VisitLine) -> str:
 
 # --- scheduled messages ----------------------------------------------------------------------------------------
 
-def code_message(code: str, *, clinic: str, doctor: str, start: dt.datetime, expires: dt.datetime, online: bool) -> str:
-    loc = locale()
-    if online:
-        text = _("Your online consultation: {doctor}, {clinic}, {when}.\n\n"
-                 "Your one-time code: <code>{code}</code>\n\n"
-                 "Tell it to the doctor when asked. It confirms that the consultation really took place.")
+def visit_heading(*, clinic: str, doctor: str, start: dt.datetime, online: bool, patient: str | None = None) -> str:
+    """"Your visit: …" / "Visit of Ковалева М. П.: …" (``patient`` when the chat speaks for several patients)."""
+    if online and patient:
+        text = _("Online consultation of {patient}: {when}, doctor {doctor}, {clinic}.")
+    elif online:
+        text = _("Your online consultation: {when}, doctor {doctor}, {clinic}.")
+    elif patient:
+        text = _("Visit of {patient}: {when}, doctor {doctor}, {clinic}.")
     else:
-        text = _("Your visit: {doctor}, {clinic}, {when}.\n\n"
-                 "Your one-time code: <code>{code}</code>\n\n"
-                 "You may give this code to the doctor instead of being photographed.")
-    text = text.format(doctor=q(doctor), clinic=q(clinic), when=q(when(start, loc)), code=code)
-    return text + "\n" + _("The code is valid until {time}. Never tell it to anyone except your doctor.").format(
-        time=q(short_when(expires, loc)))
+        text = _("Your visit: {when}, doctor {doctor}, {clinic}.")
+    return text.format(patient=q(patient or ""), when=q(when(start, locale())), doctor=q(doctor), clinic=q(clinic))
 
 
-def attendance_question(*, clinic: str, doctor: str, start: dt.datetime, online: bool) -> str:
-    loc = locale()
+def code_message(code: str, *, clinic: str, doctor: str, start: dt.datetime, expires: dt.datetime, online: bool,
+                 patient: str | None = None) -> str:
+    """The one-time code; ``patient`` (a short name) when the chat speaks for several patients (a family phone)."""
+    heading = visit_heading(clinic=clinic, doctor=doctor, start=start, online=online, patient=patient)
+    line = (_("One-time code: <code>{code}</code>") if patient else
+            _("Your one-time code: <code>{code}</code>")).format(code=code)
     if online:
-        return _("Did you have an online consultation with {doctor} ({clinic}) on {when}?").format(
-            doctor=q(doctor), clinic=q(clinic), when=q(when(start, loc)))
-    return _("Were you at {clinic}, {doctor}, {when}?").format(clinic=q(clinic), doctor=q(doctor),
-                                                               when=q(when(start, loc)))
+        hint = _("Tell it to the doctor when asked: it confirms that the consultation took place.")
+    elif patient:
+        hint = _("Instead of a photo, this code can be given to the doctor.")
+    else:
+        hint = _("If you would rather not be photographed, give this code to the doctor.")
+    valid = _("The code is valid {until}. Never tell it to anyone but the doctor.").format(
+        until=q(until(expires, locale(), since=start)))
+    return f"{heading}\n\n{line}\n\n{hint}\n{valid}"
+
+
+def code_void_message(*, replaced: bool, clinic: str, doctor: str, start: dt.datetime, online: bool,
+                      patient: str | None = None) -> str:
+    """What an old code message is edited into: the visit without the code, and why the code is gone."""
+    heading = visit_heading(clinic=clinic, doctor=doctor, start=start, online=online, patient=patient)
+    if replaced:
+        return heading + "\n\n" + _("🔁 This code was replaced: the doctor asked for a new one, sent in a later "
+                                     "message.")
+    return heading + "\n\n" + _("🚫 The clinic cancelled this visit, so its code no longer works.")
+
+
+def cancelled_notice(*, clinic: str, doctor: str, start: dt.datetime, online: bool, patient: str | None = None) -> str:
+    heading = visit_heading(clinic=clinic, doctor=doctor, start=start, online=online, patient=patient)
+    return "🚫 " + heading + "\n\n" + _("The clinic cancelled this visit. Its code no longer works; nothing needs to "
+                                         "be done.")
+
+
+def code_already_sent(sent_at: dt.datetime, patient: str) -> str:
+    """To the doctor who asks for a code again soon after one went out."""
+    return _("A code for this consultation ({patient}) was already sent at {time}. The patient may not have looked "
+             "yet. Send a new one? The earlier code will stop working.").format(
+        patient=q(patient), time=q(day_and_time(sent_at, locale())[1]))
+
+
+def attendance_question(*, clinic: str, doctor: str, start: dt.datetime, online: bool,
+                        patient: str | None = None) -> str:
+    """"Were you there?" as a sentence; about ``patient`` by name when the chat speaks for several patients."""
+    day, time = day_and_time(start, locale())
+    if online and patient:
+        text = _("Did the online consultation of {patient} on {day} at {time} take place?")
+    elif online:
+        text = _("Did your online consultation on {day} at {time} take place?")
+    elif patient:
+        text = _("Was {patient} at the doctor's on {day} at {time}?")
+    else:
+        text = _("Were you at the doctor's on {day} at {time}?")
+    return text.format(patient=q(patient or ""), day=q(day), time=q(time)) + "\n" + _(
+        "Doctor: {doctor}, {clinic}.").format(doctor=q(doctor), clinic=q(clinic))
 
 
 def dispute_notice(*, visit_id: int, clinic: str, doctor: str, patient: str, iin_masked: str, start: dt.datetime,
@@ -271,6 +336,9 @@ def digest_messages(digest: Digest) -> tuple[str, bool]:
         _("• disputed by the patient: {n}").format(n=tot["disputed"]),
         _("• no answer yet: {n}").format(n=tot["no_answer"]),
     ]
+    if tot.get("no_channel"):  # issue 14: "no answer" and "no way to ask" are not the same
+        lines.append(_("  of them, nobody could ask (no chat, WhatsApp or SMS reaches the patient): {n}").format(
+            n=tot["no_channel"]))
     if tot["cancelled"]:
         lines.append(_("• cancelled: {n}").format(n=tot["cancelled"]))
     if tot["unreachable"]:
@@ -347,10 +415,10 @@ def digest_caption(digest: Digest) -> str:
 
 
 def digest_csv(digest: Digest) -> bytes:
-    """The full list for spreadsheets: headers and values in the admin's language, IINs masked.
-    UTF-8 with a byte-order mark so Excel shows Cyrillic correctly."""
+    """The full list for spreadsheets: headers and values in the admin's language, IINs masked. ";"-separated
+    UTF-8 with a byte-order mark: what Excel under Russian or Kazakh regional settings opens by double-click."""
     out = io.StringIO()
-    writer = csvfile.writer(out)  # formulas in names and reasons stay text
+    writer = csvfile.spreadsheet_writer(out)  # formulas in names and reasons stay text
     writer.writerow([_("Visit"), _("Date and time"), _("Doctor"), _("Patient"), _("IIN"), _("Format"),
                      _("Service code"), _("Status"), _("Verified by"), _("Patient's answer"), _("Reason"),
                      _("Reachable in chat"), _("Registered at"), _("Registered after its time"), _("Verified at"),

@@ -37,3 +37,17 @@ class SafeWriter:
 
 def writer(out: IO[str], **fmt: Any) -> SafeWriter:
     return SafeWriter(out, **fmt)
+
+
+# Excel opens a .csv by double-click with the list separator of the computer's regional settings: ";" under Russian
+# and Kazakh settings (the decimal separator there is ","), so a ","-separated file lands in one column. The BOM
+# makes it read the bytes as UTF-8 (Cyrillic) instead of the ANSI code page. Files meant for people's
+# spreadsheets use both; files meant for programs (the API's CSV, signed exports) keep their documented format.
+SPREADSHEET_DELIMITER = ";"
+BOM = "\ufeff"
+
+
+def spreadsheet_writer(out: IO[str]) -> SafeWriter:
+    """A writer for a file people open in Excel with ru/kk settings: ";"-separated, CRLF, formulas kept as text.
+    Write :data:`BOM` first (or encode with ``utf-8-sig``)."""
+    return SafeWriter(out, delimiter=SPREADSHEET_DELIMITER, lineterminator="\r\n")

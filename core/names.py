@@ -25,3 +25,12 @@ def clean_name(value: str | None, field: str = "full_name") -> str:
         raise InvalidName(f"{field} contains the invisible or control character U+{ord(bad):04X}; send the name as "
                           "plain text without line breaks, tabs or direction marks", field)
     return name
+
+
+def short_name(full_name: str) -> str:
+    """The surname and initials, as a family chat tells its patients apart: "Ковалева Мария Петровна" →
+    "Ковалева М. П."; a name that is one word, or already in this form, is returned as it is."""
+    words = full_name.split()
+    if len(words) < 2:
+        return full_name.strip()
+    return " ".join([words[0], *(w if w.endswith(".") and len(w) <= 3 else w[0].upper() + "." for w in words[1:])])

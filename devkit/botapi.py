@@ -22,6 +22,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -99,6 +100,9 @@ class BotApiStandIn:
         self.requests: list[Attempt] = []
         self.calls: list[tuple[str, dict]] = []  # (lower-case method, params) of every request
         self.limit_violations = 0  # sends refused with 429 because they broke Telegram's limits
+        # the command menus set, by scope: ("default", None, language or ""), ("chat", chat_id, language or "");
+        # a deleteMyCommands removes its scope's entry, as Telegram falls back to the next wider scope
+        self.menus: dict[tuple[str, int | None, str], list[tuple[str, str]]] = {}
         self.base_url = ""
         self._bots: dict[str, dict] = {}
         self._faults: list[_Fault] = []
@@ -206,11 +210,42 @@ class BotApiStandIn:
             return _ok(await self._updates_after(params))
         if name == "getme":
             return _ok(bot)
+        if name in ("setmycommands", "deletemycommands"):
+            return self._menu(name, params)
         if name in SENDING:
             if chat_id is None:  # an inline message's edit has no chat; a send without a chat is refused
                 return _ok(True) if params.get("inline_message_id") else _error(400, "Bad Request: chat not found")
             return _ok(self._deliver(method, chat_id, params, document, bot))
         return _ok(_RESULTS.get(name, True))
+
+    def menu_for(self, chat_id: int, language: str | None = None) -> list[str]:
+        """The command names a chat's menu shows: its own scope's, else the default (for its language)."""
+        for key in (("chat", chat_id, language or ""), ("chat", chat_id, ""),
+                    ("default", None, language or ""), ("default", None, "")):
+            if key in self.menus:
+                return [name for name, _ in self.menus[key]]
+        return []
+
+    def _menu(self, name: str, params: dict[str, Any]) -> web.Response:
+        scope = params.get("scope") or {"type": "default"}
+        if isinstance(scope, str):
+            scope = json.loads(scope)
+        kind = scope.get("type", "default")
+        if kind not in ("default", "chat"):
+            return _ok(True)  # other scopes (all_private_chats …) are not used by the bot
+        key = (kind, _chat_id(scope.get("chat_id")), params.get("language_code") or "")
+        if name == "deletemycommands":
+            self.menus.pop(key, None)
+            return _ok(True)
+        commands = params.get("commands") or []
+        if isinstance(commands, str):
+            commands = json.loads(commands)
+        if len(commands) > 100 or any(
+                not 1 <= len(c.get("command", "")) <= 32 or not 1 <= len(c.get("description", "")) <= 256
+                for c in commands):
+            return _error(400, "Bad Request: BOT_COMMANDS_INVALID")
+        self.menus[key] = [(c["command"], c["description"]) for c in commands]
+        return _ok(True)
 
     def _bot_for(self, token: str) -> dict | None:
         if token in self._bots:

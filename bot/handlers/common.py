@@ -2,13 +2,15 @@
 Included last, so feature routers see every update first."""
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Bot, Dispatcher, F, Router
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
+from aiogram.utils.i18n import I18n
 
 from bot import texts
 from bot.i18n import _
+from bot.menus import set_chat_menu
 from core.services import Context
 from core.services.chat import ChatProfile, stop_chat
 
@@ -17,9 +19,11 @@ async def help_(message: Message, profile: ChatProfile) -> None:
     await message.answer(texts.help_text(profile))
 
 
-async def stop(message: Message, ctx: Context, state: FSMContext) -> None:
+async def stop(message: Message, ctx: Context, state: FSMContext, bot: Bot, dispatcher: Dispatcher,
+               i18n: I18n) -> None:
     await state.clear()
     await stop_chat(ctx, message.chat.id)
+    await set_chat_menu(bot, dispatcher, i18n, message.chat.id, None, i18n.current_locale)
     await message.answer(_("You are disconnected. Rastau will not write to you any more. If you change your "
                            "mind, press /start."), reply_markup=ReplyKeyboardRemove())
 

@@ -2,18 +2,19 @@
 The doctor never sees the code; the patient reads it out and the doctor enters it in the clinic system."""
 from __future__ import annotations
 
-from aiogram import Bot, Router
+from aiogram import Bot, F, Router
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from bot import texts
+from bot.handlers.util import drop_buttons
 from bot.i18n import _, clock_time, ngettext
-from bot.keyboards import CodeCb
+from bot.keyboards import CodeAgainCb, CodeCb, code_again_keyboard
 from core.errors import IllegalTransition, NotFound
 from core.services import Context
 from core.services.access import Caller
 from core.services.chat import ChatProfile
-from core.services.codes import CodeRequestsCapped, PatientUnreachable, request_code
+from core.services.codes import CodeRequestsCapped, PatientUnreachable, recent_code_sent_at, request_code
 from core.services.visit_lists import doctor_online_today, visit_line
 
 
@@ -38,11 +39,33 @@ async def code_menu(message: Message, profile: ChatProfile, ctx: Context) -> Non
 
 async def send_code(query: CallbackQuery, callback_data: CodeCb, profile: ChatProfile, ctx: Context,
                     bot: Bot) -> None:
+    """A code sent a short while ago is not replaced unasked: the doctor learns when it went out and decides."""
+    if profile.doctors:
+        sent_at = await recent_code_sent_at(ctx, callback_data.visit_id)
+        line = await visit_line(ctx, callback_data.visit_id) if sent_at is not None else None
+        if sent_at is not None and line is not None and any(d.id == line.doctor_id for d in profile.doctors):
+            await query.answer()
+            await bot.send_message(query.from_user.id, texts.code_already_sent(sent_at, line.patient_name),
+                                   reply_markup=code_again_keyboard(line.visit_id))
+            return
+    await _request(query, callback_data.visit_id, profile, ctx, bot)
+
+
+async def code_again(query: CallbackQuery, callback_data: CodeAgainCb, profile: ChatProfile, ctx: Context,
+                     bot: Bot) -> None:
+    await drop_buttons(query)
+    if callback_data.action != "new":
+        await query.answer(_("The code sent earlier stays valid."))
+        return
+    await _request(query, callback_data.visit_id, profile, ctx, bot)
+
+
+async def _request(query: CallbackQuery, visit_id: int, profile: ChatProfile, ctx: Context, bot: Bot) -> None:
     if not profile.doctors:
         await query.answer(_("/code is only for doctors registered by a clinic. Patients receive their "
                              "codes here automatically."), show_alert=True)
         return
-    line = await visit_line(ctx, callback_data.visit_id)
+    line = await visit_line(ctx, visit_id)
     doctor = next((d for d in profile.doctors if line is not None and d.id == line.doctor_id), None)
     if line is None or doctor is None:
         await query.answer(_("This consultation is not in your list."), show_alert=True)
@@ -83,4 +106,5 @@ def build_router() -> Router:
     router = Router(name="doctor")
     router.message.register(code_menu, Command("code"))
     router.callback_query.register(send_code, CodeCb.filter())
+    router.callback_query.register(code_again, CodeAgainCb.filter(F.action.in_({"new", "keep"})))
     return router

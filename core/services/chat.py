@@ -6,6 +6,7 @@ knows about aiogram.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.db.repositories import StoredAuditor
@@ -37,11 +38,28 @@ class ChatProfile:
         return [p.id for p in self.patients if p.id is not None]  # read from storage: every id is set
 
     @property
+    def family(self) -> bool:
+        """The chat speaks for more than one person (a family phone): every message must name whom it is about.
+        One person registered at two clinics is two rows with one IIN, and still one person."""
+        return is_family(self.patients)
+
+    @property
     def preferred_language(self) -> Language | None:
         """The chat's choice wins; a linked patient's stored language comes next."""
         if self.language is not None:
             return self.language
         return self.patients[0].language if self.patients else None
+
+
+def is_family(patients: Sequence[Patient]) -> bool:
+    """More than one person among these patient rows (told apart by IIN)."""
+    return len({p.iin for p in patients}) > 1
+
+
+async def chat_patients(ctx: Context, chat_id: int) -> list[Patient]:
+    """The patient rows linked to a chat (a family phone links several)."""
+    async with ctx.uow(read_only=True) as uow:
+        return await uow.patients.by_chat(chat_id)
 
 
 async def chat_profile(ctx: Context, chat_id: int) -> ChatProfile:

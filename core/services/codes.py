@@ -169,3 +169,21 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
 def _capped(policy: CodePolicy, attempts: int, by: str, now: dt.datetime) -> CodeCheck:
     return CodeCheck(CodeOutcome.LOCKED, max(policy.max_attempts - attempts, 0), capped_by=by,
                      retry_after=seconds_to_next_hour(now))
+
+
+CODE_RESEND_ASK_WITHIN = dt.timedelta(minutes=15)
+
+
+async def recent_code_sent_at(ctx: Context, visit_id: int,
+                              within: dt.timedelta = CODE_RESEND_ASK_WITHIN) -> dt.datetime | None:
+    """When the visit's latest code message went out, if within ``within`` of now (one still queued counts as
+    sent now); None otherwise. A doctor asking again so soon is asked first: the patient may simply not have
+    looked yet, and a new code makes the one they are reading out stop working."""
+    now = ctx.clock.now()
+    async with ctx.uow(read_only=True) as uow:
+        rows = await uow.queries.sent_code_messages(visit_id)
+    times = [r.sent_at if r.status == "sent" else now for r in rows
+             if (r.status == "sent" and r.sent_at is not None) or (r.status in ("pending", "sending")
+                                                                  and r.due_at <= now)]
+    latest = max(times, default=None)
+    return latest if latest is not None and now - latest <= within else None

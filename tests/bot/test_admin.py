@@ -72,7 +72,8 @@ async def test_digest_at_eight_with_counts_and_a_csv_matching_the_database(ctx, 
     assert "Сводка: Emhana No. 5, 25 ноября 2026" in text
     for line in ("5 приёмов", "подтверждено живой проверкой лица: 0",
                  "подтверждено по одному кадру лица (слабее): 1", "подтверждено кодом: 1", "не подтверждено: 3",
-                 "подтвердили пациенты: 1", "оспорили пациенты: 1", "пока без ответа: 3", "отменено: 1",
+                 "пациенты подтвердили: 1", "пациенты сообщили, что приёма не было: 1", "пока без ответа: 3",
+                 "отменено: 1",
                  "По 3 приёмам пациенты недоступны в чате", "Aidos Seitkali: 4 / 2 / 2 / 1",
                  "Bota Zhaksylyk: 1 / 0 / 1 / 0"):
         assert line in text, line
@@ -83,7 +84,7 @@ async def test_digest_at_eight_with_counts_and_a_csv_matching_the_database(ctx, 
     assert csv_msg.method == "sendDocument"
     filename, data = csv_msg.document
     assert filename == f"rastau-digest-{w.clinic.id}-2026-11-25.csv" and data.startswith(b"\xef\xbb\xbf")
-    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig")), delimiter=";"))
     assert rows[0][:5] == ["Приём", "Дата и время", "Врач", "Пациент", "ИИН"]
     async with ctx.uow() as uow:
         db = (await uow.conn.execute(
@@ -92,7 +93,7 @@ async def test_digest_at_eight_with_counts_and_a_csv_matching_the_database(ctx, 
     assert [int(r[0]) for r in rows[1:]] == [r.id for r in db]
     assert [r[4] for r in rows[1:]] == [mask_iin(r.iin) for r in db]
     labels = {"patient_confirmed": "подтверждён пациентом", "verified": "подтверждён", "unverified": "не подтверждён",
-              "patient_disputed": "оспорен пациентом", "cancelled": "отменён"}
+              "patient_disputed": "пациент сообщил, что приёма не было", "cancelled": "отменён"}
     assert [r[7] for r in rows[1:]] == [labels[r.state] for r in db]
     assert rows[4][10].startswith("'="), "a formula in a patient's reason is neutralised for spreadsheets"
     assert all(r[1].startswith("2026-11-25 ") for r in rows[1:])
@@ -116,7 +117,7 @@ async def test_quiet_day_is_one_line_not_silence(ctx, clinic_world, world, stand
     before = len(standin.messages_to(admin.id))
     await world.deliver()
     new = standin.messages_to(admin.id)[before:]
-    assert [m.text for m in new] == ["✅ Emhana No. 5, 25 қараша 2026: барлық қабылдау расталды."]
+    assert [m.text for m in new] == ["✅ Emhana No. 5, 2026 жылғы 25 қараша: барлық қабылдау расталды."]
 
 
 async def test_digest_on_demand_and_who_may_ask(ctx, clinic_world, world, standin):

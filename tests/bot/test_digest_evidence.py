@@ -50,7 +50,7 @@ def test_the_digest_names_late_registrations_and_fresh_references(lang, late, fr
     i18n = make_i18n()
     with i18n.context(), i18n.use_locale(lang):
         text, with_csv = texts.digest_messages(busy())
-        table = list(csv.reader(io.StringIO(texts.digest_csv(busy()).decode("utf-8-sig"))))
+        table = list(csv.reader(io.StringIO(texts.digest_csv(busy()).decode("utf-8-sig")), delimiter=";"))
     lines = text.splitlines()
     assert with_csv
     assert any(line.startswith("• #1 ") and late in line for line in lines), text
@@ -77,6 +77,6 @@ def test_a_single_frame_is_labelled_the_weaker_kind_beside_a_live_check(lang, li
     i18n = make_i18n()
     with i18n.context(), i18n.use_locale(lang):
         text, _ = texts.digest_messages(digest)
-        table = list(csv.reader(io.StringIO(texts.digest_csv(digest).decode("utf-8-sig"))))
+        table = list(csv.reader(io.StringIO(texts.digest_csv(digest).decode("utf-8-sig")), delimiter=";"))
     assert table[1][8] == live and table[2][8] == single
     assert any(line.endswith(": 1") and ("тірі" in line or "живой" in line) for line in text.splitlines()), text

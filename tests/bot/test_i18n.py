@@ -18,7 +18,7 @@ PLACEHOLDER = re.compile(r"\{[a-z_]+\}|%\([a-z_]+\)[sd]")
 CYRILLIC = re.compile(r"[А-Яа-яЁёӘәҒғҚқҢңӨөҰұҮүҺһІі]")
 LATIN_WORD = re.compile(r"\b[A-Za-z]{4,}\b")
 ALLOWED_LATIN = {"Telegram", "WhatsApp", "code", "help", "start", "stop", "visits", "digest", "language", "privacy",
-                 "CSV"}
+                 "CSV", "mydata", "withdraw"}
 
 
 def catalog(lang):
@@ -104,4 +104,65 @@ def test_mo_is_rebuilt_when_missing_or_older_than_po(tmp_path):
 def test_dates_are_local_and_localised():
     moment = dt.datetime(2026, 11, 25, 4, 30, tzinfo=dt.UTC)  # 09:30 in Almaty
     assert when(moment, "ru") == "25 ноября 2026, 09:30"
-    assert when(moment, "kk") == "25 қараша 2026, 09:30"
+    assert when(moment, "kk") == "2026 жылғы 25 қараша, 09:30"
+
+
+# --- Kazakh dates and times, against examples written out by hand -------------------------------------------------
+
+def _almaty(hour: int, minute: int, day: int = 30) -> dt.datetime:
+    return dt.datetime(2026, 11, day, hour, minute, tzinfo=dt.UTC) - dt.timedelta(hours=5)
+
+
+@pytest.mark.parametrize(("hour", "minute", "dative", "locative", "ablative"), [
+    (13, 39, "13:39-ға", "13:39-да", "13:39-дан"),    # тоғыз: back vowel, voiced
+    (13, 40, "13:40-қа", "13:40-та", "13:40-тан"),    # қырық: back vowel, voiceless
+    (13, 43, "13:43-ке", "13:43-те", "13:43-тен"),    # үш: front vowel, voiceless
+    (11, 23, "11:23-ке", "11:23-те", "11:23-тен"),    # үш
+    (9, 5, "09:05-ке", "09:05-те", "09:05-тен"),      # бес
+    (14, 6, "14:06-ға", "14:06-да", "14:06-дан"),     # алты: ends in a vowel
+    (8, 20, "08:20-ға", "08:20-да", "08:20-дан"),     # жиырма
+    (12, 50, "12:50-ге", "12:50-де", "12:50-ден"),    # елу: front, ends in a vowel
+    (10, 31, "10:31-ге", "10:31-де", "10:31-ден"),    # бір
+    (16, 42, "16:42-ге", "16:42-де", "16:42-ден"),    # екі
+    (17, 44, "17:44-ке", "17:44-те", "17:44-тен"),    # төрт
+    (18, 47, "18:47-ге", "18:47-де", "18:47-ден"),    # жеті
+    (19, 58, "19:58-ге", "19:58-де", "19:58-ден"),    # сегіз
+    (15, 10, "15:10-ға", "15:10-да", "15:10-нан"),    # он: nasal, so "-нан"
+    (15, 30, "15:30-ға", "15:30-да", "15:30-дан"),    # отыз
+    (10, 0, "10:00-ға", "10:00-да", "10:00-нан"),     # :00 is read by the hour: он
+    (13, 0, "13:00-ке", "13:00-те", "13:00-тен"),     # он үш
+    (18, 0, "18:00-ге", "18:00-де", "18:00-ден"),     # он сегіз
+    (0, 0, "00:00-ге", "00:00-де", "00:00-ден"),      # нөл
+])
+def test_kazakh_time_takes_the_case_ending_of_the_number_as_read_aloud(hour, minute, dative, locative, ablative):
+    from bot.i18n import kk_time
+    moment = _almaty(hour, minute)
+    assert (kk_time(moment, "dative"), kk_time(moment, "locative"), kk_time(moment, "ablative")) == \
+        (dative, locative, ablative)
+
+
+@pytest.mark.parametrize(("n", "dative", "locative"), [
+    (1, "-ге", "-де"), (2, "-ге", "-де"), (3, "-ке", "-те"), (6, "-ға", "-да"), (9, "-ға", "-да"),
+    (40, "-қа", "-та"), (60, "-қа", "-та"), (70, "-ке", "-те"), (80, "-ге", "-де"), (90, "-ға", "-да"),
+    (100, "-ге", "-де"), (2000, "-ға", "-да"), (2026, "-ға", "-да"), (2025, "-ке", "-те"),
+])
+def test_kazakh_case_ending_after_any_number(n, dative, locative):
+    from bot.i18n import kk_after_number
+    assert (kk_after_number(n, "dative"), kk_after_number(n, "locative")) == (dative, locative)
+
+
+def test_kazakh_dates_are_written_the_kazakh_way_without_abbreviations():
+    from bot.i18n import day_and_time, day_name, short_when, until
+    moment = _almaty(13, 39)
+    assert when(moment, "kk") == "2026 жылғы 30 қараша, 13:39"
+    assert short_when(moment, "kk") == "30 қараша, 13:39"
+    assert "." not in short_when(moment, "kk") and "." not in short_when(moment, "ru"), "no «қар.» / «нояб.»"
+    assert short_when(moment, "ru") == "30 ноября, 13:39"
+    assert day_name(dt.date(2026, 1, 5), "kk") == "2026 жылғы 5 қаңтар"
+    assert day_name(dt.date(2026, 1, 5), "ru") == "5 января 2026"
+    assert until(moment, "kk", since=_almaty(13, 0)) == "13:39-ға дейін"
+    assert until(moment, "ru", since=_almaty(13, 0)) == "до 13:39"
+    assert until(_almaty(0, 10, day=30), "kk", since=_almaty(23, 50, day=29)) == "30 қараша, 00:10-ға дейін"
+    assert until(_almaty(0, 10, day=30), "ru", since=_almaty(23, 50, day=29)) == "до 30 ноября, 00:10"
+    assert day_and_time(_almaty(11, 23, day=29), "kk") == ("29 қараша", "11:23-те")
+    assert day_and_time(_almaty(11, 23, day=29), "ru") == ("29 ноября", "11:23")

@@ -13,7 +13,7 @@ from tests.bot.support import User, buttons, callback_answers, last_to, link, ma
 from tests.conftest import VALID_IINS
 
 WORDS = {
-    "kk": {"about": "Растауда {name} туралы не сақталған", "face": "суреттер саны: 2", "ask": "қайтарып аласыз ба",
+    "kk": {"about": "«Растау» боты {name} туралы не сақтайды", "face": "суреттер саны: 2", "ask": "қайтарып аласыз ба",
            "kept": "ештеңе өзгерген жоқ", "done": "келісіміңіз қайтарылды", "unlink": "ажыратасыз ба",
            "unlinked": "чат ажыратылды", "told": "келісімін қайтарып алды", "destroyed": "жойылды"},
     "ru": {"about": "Что Растау хранит о человеке: {name}", "face": "фотографий: 2", "ask": "Отозвать согласие",
