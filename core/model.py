@@ -269,8 +269,10 @@ class Visit:
         self.pending_events.append(event)
         return event
 
-    def dispute_by_patient(self, at: dt.datetime, reason: str | None = None) -> VisitEvent | None:
-        """Patient says "I wasn't there". Returns None when already disputed (a second press changes nothing)."""
+    def dispute_by_patient(self, at: dt.datetime, reason: str | None = None, *,
+                           via: str | None = None) -> VisitEvent | None:
+        """Patient says "I wasn't there". Returns None when already disputed (a second press changes nothing).
+        ``via`` (e.g. ``chat:<id>``) is kept in the event's detail: only that chat may take the dispute back."""
         at = ensure_utc(at)
         if self.state is VisitState.PATIENT_DISPUTED:
             return None
@@ -283,7 +285,7 @@ class Visit:
                                         "the answer became final 48 hours after it was given")
         self.answered_at = at
         self.dispute_reason = (reason or "").strip()[:1000] or None
-        return self._move("patient_dispute", VisitState.PATIENT_DISPUTED, Actor.PATIENT, at)
+        return self._move("patient_dispute", VisitState.PATIENT_DISPUTED, Actor.PATIENT, at, detail=via)
 
     def withdraw_dispute(self, at: dt.datetime, back_to: VisitState, answered_before: dt.datetime | None) -> VisitEvent:
         """The patient takes "I wasn't there" back: the visit returns to the state it was disputed from (with that

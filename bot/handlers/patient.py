@@ -153,7 +153,7 @@ async def dispute_confirmed(query: CallbackQuery, callback_data: SureCb, profile
             await bot.send_message(query.from_user.id, dispute_texts.nothing_recorded())
         return
     try:
-        result = await patient_disputes(ctx, callback_data.visit_id, profile.patient_ids)
+        result = await patient_disputes(ctx, callback_data.visit_id, profile.patient_ids, chat_id=query.from_user.id)
     except NotFound:
         await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
         return

@@ -101,7 +101,8 @@ def dispute_key(prefix: str, visit_id: int | None, number: int) -> str:
 
 async def withdraw_dispute(ctx: Context, visit_id: int, patient_ids: list[int], chat_id: int) -> tuple[Visit, bool,
                                                                                                          Audience]:
-    """"I was there after all": only the chat the patient is linked to, only within the take-back window. Returns
+    """"I was there after all": only the chat the dispute was given in, while it is still the patient's, only within
+    the take-back window. Returns
     (visit, changed, who hears of it); a repeat (nothing to take back any more) changes nothing."""
     from core.services.visits import dispute_data, patient_visit  # visits imports this module
 
@@ -120,6 +121,8 @@ async def withdraw_dispute(ctx: Context, visit_id: int, patient_ids: list[int], 
                                  f"an answer can be taken back for {ctx.settings.dispute_undo_minutes} minutes")
         events = await uow.visits.events(visit_id)
         disputed = [e for e in events if e.step == DISPUTE_STEP][-1]
+        if disputed.detail != f"chat:{chat_id}":  # the patient's chat now, but not the one that said it: a clinic
+            raise NotFound(f"visit {visit_id} not found")  # relinking the number to its own chat gains nothing
         back_to = disputed.from_state or VisitState.SCHEDULED
         confirmed = [e.at for e in events if e.step == "patient_confirm"]
         answered_before = confirmed[-1] if back_to is VisitState.PATIENT_CONFIRMED and confirmed else None

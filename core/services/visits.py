@@ -214,12 +214,12 @@ async def patient_confirms(ctx: Context, visit_id: int, patient_ids: list[int]) 
 
 
 async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
-                           reason: str | None = None) -> AnswerResult:
+                           reason: str | None = None, *, chat_id: int | None = None) -> AnswerResult:
     """"I wasn't there": record the dispute and tell the clinic's admins and its auditors at once."""
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         visit = await patient_visit(uow, visit_id, patient_ids)
-        event = visit.dispute_by_patient(now, reason)
+        event = visit.dispute_by_patient(now, reason, via=f"chat:{chat_id}" if chat_id is not None else None)
         await uow.visits.save(visit)
         if event is not None:
             number = await dispute_number(uow, visit.id)  # a dispute again after a take-back is heard again

@@ -231,6 +231,23 @@ async def test_only_the_patients_own_chat_can_take_a_dispute_back(ctx, clinic_wo
     assert await state_of(ctx, v.id) is VisitState.PATIENT_DISPUTED
 
 
+async def test_a_clinic_relinking_the_patients_number_to_its_own_chat_cannot_take_the_dispute_back(
+        ctx, clinic_world, world, standin):
+    """The number now reaches a chat the clinic holds (a phone swapped, a contact shared from the clinic's phone):
+    that chat is the patient's now, but not the one that said "I wasn't there", so it cannot take it back."""
+    w = clinic_world
+    user, clinics_phone = User(7842), User(7843)
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, w.p2)
+    await dispute(world, standin, user, v, prompt)
+    await link(world, clinics_phone, w.p2.phone, "ru")
+    async with ctx.uow() as uow:
+        assert (await uow.patients.get(w.p2.id)).chat_id == clinics_phone.id
+    await world.press(clinics_phone, f"undo:{v.id}")
+    assert "нет среди ваших" in callback_answers(standin)[-1]
+    assert await state_of(ctx, v.id) is VisitState.PATIENT_DISPUTED
+
+
 async def test_backdated_visits_are_asked_about_in_one_message(ctx, clinic_world, world, standin):
     """A clinic registers a week of past visits at once: the patient gets one question listing them, a row of
     ✅/❌ per visit, and answering one keeps the others' rows; a single backdated visit is asked as usual."""

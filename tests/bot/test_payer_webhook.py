@@ -199,7 +199,9 @@ async def test_a_dispute_taken_back_and_made_again_reaches_the_payer_each_time(c
     from core.services.dispute_answers import withdraw_dispute
     w = clinic_world
     await link_chat_by_phone(ctx, 7890, w.p1.phone, "kk")
-    v = await dispute(ctx, w)
+    v = await visit(ctx, w, w.p1, -120)
+    await close_expired_windows(ctx)
+    await patient_disputes(ctx, v.id, [w.p1.id], chat_id=7890)
     await withdraw_dispute(ctx, v.id, [w.p1.id], 7890)
     await patient_disputes(ctx, v.id, [w.p1.id])
     assert await sender.drain() == 3
