@@ -117,7 +117,9 @@ async def test_enrol_obama_then_match_reject_and_refuse(real_client, ctx, tenant
         assert await response.json() == {"decision": "match"}, name
 
     assert list(worker_tmp.iterdir()) == []  # the workers wrote nothing to disk
-    assert {p for p in tmp_path.iterdir()} - data_files <= {tmp_path / "rastau.db-wal", tmp_path / "rastau.db-shm"}
+    # the database's own files, and the key store of the patients' keys (issue 16) beside it: no image anywhere
+    allowed = {tmp_path / f"{db}{suffix}" for db in ("rastau.db", "rastau.keys.db") for suffix in ("", "-wal", "-shm")}
+    assert {p for p in tmp_path.iterdir()} - data_files <= allowed
 
 
 async def test_enrolment_refuses_a_group_photo_naming_it(real_client, ctx, tenants):
