@@ -1,0 +1,140 @@
+"""Write locales/README.md: every message of the bot's catalog (locales/*/LC_MESSAGES/messages.po) with what it is
+for, its Kazakh and Russian text, and who reviewed it.
+
+    .venv/bin/python scripts/locale_review.py            # rewrite locales/README.md from the catalogs
+
+"What it is for" is the function the text is used in (found in the source through the catalog's locations) and
+any "i18n:" comment the developer left for translators. Who reviewed a text is kept in locales/reviews.txt, one
+line per review: ``<reviewer> | <msgid's first 60 characters>``; a message nobody listed there is marked
+"machine-drafted, awaiting native review", which is the honest state of a text no native speaker has read.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from babel.messages.frontend import CommandLineInterface
+from babel.messages.pofile import read_po
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCALES = ROOT / "locales"
+REVIEWS = LOCALES / "reviews.txt"
+NOT_REVIEWED = "machine-drafted, awaiting native review"
+
+
+@functools.cache
+def _functions(path: str) -> list[tuple[int, int, str]]:
+    """(first line, last line, qualified name) of every function and class in a source file."""
+    file = ROOT / path
+    if not file.exists():
+        return []
+    found: list[tuple[int, int, str]] = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                found.append((child.lineno, child.end_lineno or child.lineno, name))
+                walk(child, name + ".")
+            elif isinstance(child, (ast.Assign, ast.AnnAssign)) and not prefix:  # a module's table of texts
+                targets = child.targets if isinstance(child, ast.Assign) else [child.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name)]
+                if names:
+                    found.append((child.lineno, child.end_lineno or child.lineno, names[0]))
+            else:
+                walk(child, prefix)
+    walk(ast.parse(file.read_text(encoding="utf-8")), "")
+    return found
+
+
+def purpose(locations: Sequence[tuple[str, int | None]], comments: Sequence[str]) -> str:
+    where = []
+    for path, line in locations:
+        inside = [name for first, last, name in _functions(path) if line is not None and first <= line <= last]
+        where.append(f"{Path(path).name}: {inside[-1] if inside else 'module level'}")
+    text = ", ".join(dict.fromkeys(where)) or "—"
+    if comments:
+        text += " — " + " ".join(c.removeprefix("i18n:").strip() for c in comments)
+    return text
+
+
+def _cell(value: object) -> str:
+    parts = tuple(value) if isinstance(value, (tuple, list)) else (str(value or ""),)
+    text = " ‖ ".join(parts)
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def reviews() -> dict[str, str]:
+    if not REVIEWS.exists():
+        return {}
+    out = {}
+    for line in REVIEWS.read_text(encoding="utf-8").splitlines():
+        if "|" in line and not line.startswith("#"):
+            who, key = (part.strip() for part in line.split("|", 1))
+            out[key] = who
+    return out
+
+
+def fresh_locations() -> dict[object, list[tuple[str, int | None]]]:
+    """Where each msgid is in the source now (the catalog's own references date from its last merge)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pot = Path(tmp) / "messages.pot"
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            CommandLineInterface().run(["pybabel", "--quiet", "extract", "-F", "babel.cfg", "-o", str(pot), "bot"])
+        finally:
+            os.chdir(cwd)
+        with pot.open("rb") as fh:
+            return {m.id: list(m.locations) for m in read_po(fh) if m.id}
+
+
+def table() -> str:
+    where = fresh_locations()
+    with (LOCALES / "kk" / "LC_MESSAGES" / "messages.po").open("rb") as fh:
+        kk = read_po(fh, locale="kk")
+    with (LOCALES / "ru" / "LC_MESSAGES" / "messages.po").open("rb") as fh:
+        ru = read_po(fh, locale="ru")
+    reviewed = reviews()
+    rows = ["| # | Purpose (where it is used) | Source (English msgid) | Kazakh | Russian | Reviewed by |",
+            "|---|---|---|---|---|---|"]
+    for n, message in enumerate((m for m in kk if m.id), start=1):
+        key = message.id if isinstance(message.id, str) else message.id[0]
+        other = ru.get(message.id)
+        used = purpose(where.get(message.id, message.locations), message.auto_comments)
+        rows.append(f"| {n} | {_cell(used)} | {_cell(message.id)} "
+                    f"| {_cell(message.string)} "
+                    f"| {_cell(other.string if other else '')} | {reviewed.get(key[:60], NOT_REVIEWED)} |")
+    return "\n".join(rows)
+
+
+HEADER = """# The bot's texts: Kazakh and Russian, for review
+
+Generated by `scripts/locale_review.py` from `locales/*/LC_MESSAGES/messages.po`; run it again after changing a
+catalog. Each row: what the message is for (the function that shows it), its Kazakh and Russian text (plural forms
+separated by ‖), and who reviewed it. A review is recorded in `locales/reviews.txt` as
+`<reviewer> | <the msgid's first 60 characters>`.
+
+Rules the texts follow (issue 17): Kazakh dates as "2026 жылғы 30 қараша" and times with the case ending of the
+number as read aloud ("13:39-ға дейін", "11:23-те"; `bot/i18n.py`, tested against hand-written examples), no
+abbreviated months, no calques, no legal "даулау" for patients, the bot's name as «Растау» боты (never declined like
+the word "confirmation"); Russian questions as sentences, neutral forms instead of "был(а)", nothing that suggests
+the patient paid. `tests/bot/test_i18n.py` proves both catalogs hold every text of the code.
+
+**Honest state:** every text below was drafted by the development team's AI helpers (fluent, not native). None has
+been read by a native speaker yet: each is "machine-drafted, awaiting native review" until a person signs it off in
+`locales/reviews.txt`.
+
+"""
+
+
+def main() -> None:
+    (LOCALES / "README.md").write_text(HEADER + table() + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
