@@ -18,6 +18,10 @@ async def test_an_admin_gets_a_link_that_signs_in_once(ctx, clinic_world, world,
     admin, patient = User(8101), User(8102)
     await link(world, admin, w.admin.phone, "kk")
     await link(world, patient, w.p2.phone, "ru")
+    await world.send(admin, "/help")
+    assert "/web" in last_to(standin, admin.id).text
+    await world.send(patient, "/help")
+    assert "/web" not in last_to(standin, patient.id).text
     await world.send(admin, "/web")
     assert "мекенжайы әлі бапталмаған" in last_to(standin, admin.id).text  # no RASTAU_PUBLIC_URL: no link
     ctx.settings = ctx.settings.model_copy(update={"public_url": "https://rastau.example.kz"})
