@@ -59,7 +59,8 @@ def _refusal(exc: IllegalTransition) -> str:
 
 
 def _several(profile: ChatProfile) -> bool:
-    return len(profile.patients) > 1
+    """A family number (several people, told apart by IIN): every visit shown names its patient."""
+    return profile.family
 
 
 async def answer(query: CallbackQuery, callback_data: AnswerCb, profile: ChatProfile, ctx: Context, bot: Bot) -> None:

@@ -353,3 +353,20 @@ async def test_the_admins_csv_opens_in_excel_with_russian_or_kazakh_settings(ctx
     assert len({len(r) for r in rows}) == 1 and len(rows) == 3, "every visit one row, every row whole"
     assert [r[3] for r in rows[1:]] == ["Asel N.", "'=HYPERLINK(\"http://x\";\"a\")"], "formulas stay text"
     assert "2026 жылғы 24 қараша" in document.text
+
+
+async def test_visits_on_a_family_number_names_each_patient_and_one_person_is_not_named(ctx, clinic_world, world,
+                                                                                       standin):
+    w = clinic_world
+    kid = await add_to_the_family(ctx, w)
+    family, alone = User(7814), User(7815)
+    await link(world, family, w.p2.phone, "ru")
+    await link(world, alone, w.p1.phone, "kk")
+    await visit(ctx, w, kid, -120)
+    await visit(ctx, w, w.p2, -60)
+    await visit(ctx, w, w.p1, -60)
+    await world.send(family, "/visits")
+    listing = last_to(standin, family.id).text
+    assert KOVALEVA in listing and "Ivan P." in listing
+    await world.send(alone, "/visits")
+    assert "Asel N." not in last_to(standin, alone.id).text, "one person: no names"
