@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
+import hmac
 from dataclasses import dataclass, replace
 
 from core.config import Settings
@@ -66,6 +68,13 @@ async def dispute_audience(uow: UnitOfWork, settings: Settings, clinic_id: int) 
 async def _chat_live(uow: UnitOfWork, chat_id: int) -> bool:
     row = await uow.queries.chat_user(chat_id)
     return row is None or not row.stopped
+
+
+def chat_mark(settings: Settings, chat_id: int) -> str:
+    """What the dispute's event keeps of the chat that said it: a keyed hash (the visit's history is shown to the
+    clinic, which must not learn the patient's chat id from it), enough to check a take-back comes from that chat."""
+    digest = hmac.new(settings.code_key_bytes(), f"dispute-chat:{chat_id}".encode(), hashlib.sha256).hexdigest()
+    return f"chat:{digest[:24]}"
 
 
 def reason_window(settings: Settings) -> dt.timedelta:
@@ -121,8 +130,8 @@ async def withdraw_dispute(ctx: Context, visit_id: int, patient_ids: list[int], 
                                  f"an answer can be taken back for {ctx.settings.dispute_undo_minutes} minutes")
         events = await uow.visits.events(visit_id)
         disputed = [e for e in events if e.step == DISPUTE_STEP][-1]
-        if disputed.detail != f"chat:{chat_id}":  # the patient's chat now, but not the one that said it: a clinic
-            raise NotFound(f"visit {visit_id} not found")  # relinking the number to its own chat gains nothing
+        if disputed.detail != chat_mark(ctx.settings, chat_id):  # the patient's chat now, but not the one that said
+            raise NotFound(f"visit {visit_id} not found")  # it: a clinic relinking the number to its chat gains nothing
         back_to = disputed.from_state or VisitState.SCHEDULED
         confirmed = [e.at for e in events if e.step == "patient_confirm"]
         answered_before = confirmed[-1] if back_to is VisitState.PATIENT_CONFIRMED and confirmed else None

@@ -26,6 +26,7 @@ from core.services.access import CLINIC_SYSTEM, Caller, check_doctor, check_visi
 from core.services.alerts import tell_watchers
 from core.services.dispute_answers import (
     Audience,
+    chat_mark,
     check_reason_welcome,
     dispute_audience,
     dispute_key,
@@ -219,7 +220,8 @@ async def patient_disputes(ctx: Context, visit_id: int, patient_ids: list[int],
     now = ctx.clock.now()
     async with ctx.uow() as uow:
         visit = await patient_visit(uow, visit_id, patient_ids)
-        event = visit.dispute_by_patient(now, reason, via=f"chat:{chat_id}" if chat_id is not None else None)
+        via = chat_mark(ctx.settings, chat_id) if chat_id is not None else None  # only this chat may take it back
+        event = visit.dispute_by_patient(now, reason, via=via)
         await uow.visits.save(visit)
         if event is not None:
             number = await dispute_number(uow, visit.id)  # a dispute again after a take-back is heard again

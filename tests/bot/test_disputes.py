@@ -246,6 +246,9 @@ async def test_a_clinic_relinking_the_patients_number_to_its_own_chat_cannot_tak
     await world.press(clinics_phone, f"undo:{v.id}")
     assert "нет среди ваших" in callback_answers(standin)[-1]
     assert await state_of(ctx, v.id) is VisitState.PATIENT_DISPUTED
+    async with ctx.uow() as uow:
+        marks = [e.detail or "" for e in await uow.visits.events(v.id)]
+    assert not any(str(user.id) in mark for mark in marks), "the clinic sees the visit's history: no chat id in it"
 
 
 async def test_backdated_visits_are_asked_about_in_one_message(ctx, clinic_world, world, standin):
