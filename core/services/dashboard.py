@@ -136,9 +136,10 @@ class Dispute:
     def key(self) -> str:
         return f"{self.kind.value}-{self.id}"
 
-    @property
-    def last_outcome(self) -> ReviewOutcome | None:
-        return self.reviews[-1].outcome if self.reviews else None
+    def latest(self, reviewer_kind: str) -> Review | None:
+        """The latest review by a clinic admin ("admin") or by an auditor ("auditor"). Kept apart: a clinic that
+        reviews again after an auditor does not push the auditor's outcome out of sight."""
+        return next((r for r in reversed(self.reviews) if r.reviewer_kind == reviewer_kind), None)
 
     @property
     def cursor(self) -> str:
@@ -274,7 +275,8 @@ async def _may_review(uow: UnitOfWork, viewer: Viewer, clinic_id: int) -> None:
 
 
 QUEUE_COLUMNS = ("kind", "id", "clinic_id", "clinic", "patient_id", "patient", "disputed_at", "what", "happened_at",
-                 "by", "evidence", "reason", "reviews", "last_outcome", "last_note")
+                 "by", "evidence", "reason", "reviews", "clinic_outcome", "clinic_note", "auditor_outcome",
+                 "auditor_note")
 
 
 def disputes_csv(queue: Iterable[Dispute]) -> str:
@@ -283,10 +285,10 @@ def disputes_csv(queue: Iterable[Dispute]) -> str:
     writer = csvfile.writer(out)
     writer.writerow(QUEUE_COLUMNS)
     for d in queue:
-        last = d.reviews[-1] if d.reviews else None
+        clinic, auditor = d.latest("admin"), d.latest("auditor")
         writer.writerow([d.kind.value, d.id, d.clinic_id, d.clinic_name, d.patient_id, d.patient, _local(d.disputed_at),
                          d.what, _local(d.happened_at), d.by, d.evidence, d.reason, len(d.reviews),
-                         last.outcome.value if last else "", last.note if last else ""])
+                         *(cell for r in (clinic, auditor) for cell in ((r.outcome.value, r.note) if r else ("", "")))])
     return out.getvalue()
 
 

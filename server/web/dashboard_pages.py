@@ -179,7 +179,8 @@ async def review(request: web.Request) -> web.Response:
 
 QUEUE_HEADER = (N_("Dispute"), N_("Number"), N_("Clinic"), N_("Patient"), N_("Disputed at"), N_("What"),
                 N_("When"), N_("Doctor or made by"), N_("Verified by"), N_("Patient's words"), N_("Reviews"),
-                N_("Last outcome"), N_("Last note"))
+                N_("The clinic's outcome"), N_("The clinic's note"), N_("The auditor's outcome"),
+                N_("The auditor's note"))
 
 
 @routes.get("/disputes.csv", allow_head=False, name="disputes_csv")
@@ -192,12 +193,12 @@ async def disputes_csv(request: web.Request) -> web.Response:
 
     rows = []
     for d in queue:
-        last = d.reviews[-1] if d.reviews else None
         what = d.what if d.kind is DisputeKind.VISIT else tr(CHANGE_KIND.get(d.what, d.what))
         evidence = tr(METHOD[VerificationMethod(d.evidence)]) if d.evidence else ""
         rows.append([tr(DISPUTE_KIND[d.kind]), d.id, d.clinic_name, d.patient, _local(d.disputed_at), what,
                      _local(d.happened_at), d.by, evidence, d.reason, len(d.reviews),
-                     tr(OUTCOME[last.outcome]) if last else "", last.note if last else ""])
+                     *(cell for r in (d.latest("admin"), d.latest("auditor"))
+                       for cell in ((tr(OUTCOME[r.outcome]), r.note) if r else ("", "")))])
     return _csv("rastau-disputes.csv", QUEUE_HEADER, rows, lang)
 
 

@@ -94,7 +94,7 @@ async def test_the_auditor_sees_the_admins_review_and_the_csv_keeps_words_as_tex
     assert rows[0][:3] == ["Спор", "Номер", "Поликлиника"]
     (row,) = rows[1:]
     assert row[1] == str(visit_id) and row[9] == "'=HYPERLINK(\"http://evil\",\"x\")"
-    assert row[-2:] == ["пациент прав", "Doctor was on leave"]
+    assert row[-4:] == ["пациент прав", "Doctor was on leave", "", ""]  # the clinic's outcome; none by an auditor
 
 
 async def test_a_scorecard_with_its_chart_and_table_and_no_other_clinics_doctor(web_client, ctx, world, clock):
@@ -152,3 +152,23 @@ async def test_the_queue_hides_the_reviewed_on_request_and_odd_addresses_answer_
         assert (await web_client.get(url)).status == status, url
     too_big = await web_client.post("/web/disputes/visit/99999999999/review", data={"csrf": token, "outcome": "upheld"})
     assert too_big.status == 404
+
+
+async def test_a_clinic_reviewing_again_does_not_bury_the_auditors_outcome(web_client, ctx, world):
+    visit_id = await disputed(ctx, world.a)
+    token = await sign_in(web_client, ctx, AUDITOR_CHAT)
+    await web_client.post(f"/web/disputes/visit/{visit_id}/review",
+                          data={"csrf": token, "outcome": "upheld", "note": "No camera check, no answer from doctor"})
+    await web_client.post("/web/signout", data={"csrf": token})
+    token = await sign_in(web_client, ctx, ADMIN_A_CHAT)
+    for _ in range(3):  # the clinic piles later reviews on top
+        await web_client.post(f"/web/disputes/visit/{visit_id}/review",
+                              data={"csrf": token, "outcome": "rejected", "note": "The patient was there"})
+    page = await (await web_client.get("/web/disputes")).text()
+    badges = dict(re.findall(r'data-reviewer="(\w+)">([^<]+)</span>', page))
+    assert badges == {"auditor": "аудитор: пациенттің сөзі рас", "admin": "емхана әкімшісі: пациент қабылдауда болған"}
+    assert page.count("No camera check, no answer from doctor") == 1  # the auditor's note is still listed
+    body = (await (await web_client.get("/web/disputes.csv")).read()).decode("utf-8-sig")
+    (row,) = list(csv.reader(io.StringIO(body)))[1:]
+    assert row[-5:] == ["4", "пациент қабылдауда болған", "The patient was there", "пациенттің сөзі рас",
+                        "No camera check, no answer from doctor"]
