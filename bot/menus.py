@@ -25,6 +25,7 @@ DESCRIPTIONS: dict[str, LazyProxy] = {
     "visits": __("my visits of the last 30 days"),
     "mydata": __("what Rastau keeps about me"),
     "withdraw": __("take back my consent to face recognition"),
+    "unlink": __("disconnect this chat and have it forgotten"),  # issue 16
     "code": __("send a code for an online consultation"),
     "digest": __("the clinic's daily digest"),
     "language": __("change the language"),
@@ -47,7 +48,7 @@ def command_names(profile: ChatProfile | None) -> list[str]:
         return list(UNLINKED)
     names: list[str] = []
     if profile.patients:
-        names += ["visits", "mydata", "withdraw"]
+        names += ["visits", "mydata", "withdraw", "unlink"]
     if profile.doctors:
         names.append("code")
     if profile.admins:
