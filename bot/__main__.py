@@ -11,6 +11,7 @@ from aiogram import Bot, Dispatcher
 from aiohttp import web
 
 from bot.app import WEBHOOK_PATH, create_bot, create_dispatcher, create_storage, create_webhook_app, publish_commands
+from bot.channels.wiring import ChannelRuntime
 from bot.delivery.dispatcher import OutboxDispatcher
 from bot.delivery.shared_limits import SharedSendPacer
 from bot.delivery.webhook import PayerWebhookSender
@@ -39,18 +40,22 @@ async def run(settings: Settings) -> None:
     storage = create_storage(settings)
     dp = create_dispatcher(ctx, i18n, storage)
     pacer = shared_pacer(settings)
-    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n), worker_id=settings.dispatcher_id, pacer=pacer)
-    await publish_commands(bot, i18n)
+    channels = ChannelRuntime(ctx, i18n)  # issue 14: SMS and WhatsApp when configured; Telegram is the dispatcher's
+    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n, channels=channels.enabled),
+                                  worker_id=settings.dispatcher_id, pacer=pacer, channels=channels.senders)
+    await publish_commands(bot, i18n, dp)
     payer = PayerWebhookSender(ctx, worker_id=settings.dispatcher_id) if settings.payer_webhook_url else None
     scheduler = await start_scheduler(ctx, dispatcher, signer=Signer.from_settings(settings), payer=payer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    channels.start_workers(stop)
     try:
         if settings.bot_mode == "webhook":
-            await _serve_webhook(settings, dp, bot, stop)
+            await _serve_webhook(settings, dp, bot, stop, channels)
         else:
+            await channels.serve(settings.webhook_host, settings.webhook_port)
             polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, close_bot_session=False))
             await stop.wait()
             await dp.stop_polling()
@@ -58,6 +63,7 @@ async def run(settings: Settings) -> None:
     finally:
         log.info("bot stopping")
         scheduler.shutdown(wait=True)
+        await channels.close()
         await storage.close()
         if payer is not None:
             await payer.close()
@@ -76,10 +82,13 @@ def shared_pacer(settings: Settings) -> SharedSendPacer | None:
     return SharedSendPacer.from_url(settings.redis_url, settings.send_rate_global, settings.send_rate_per_chat)
 
 
-async def _serve_webhook(settings: Settings, dp: Dispatcher, bot: Bot, stop: asyncio.Event) -> None:
+async def _serve_webhook(settings: Settings, dp: Dispatcher, bot: Bot, stop: asyncio.Event,
+                         channels: ChannelRuntime) -> None:
     assert settings.webhook_secret is not None, "require_secrets(bot=True) demands or invents it in webhook mode"
     secret = settings.webhook_secret.get_secret_value()
-    runner = web.AppRunner(create_webhook_app(dp, bot, secret))
+    app = create_webhook_app(dp, bot, secret)
+    channels.mount(app)  # issue 14: the SMS gateway's and WhatsApp's webhooks beside Telegram's
+    runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, settings.webhook_host, settings.webhook_port).start()
     if settings.webhook_url:

@@ -49,7 +49,10 @@ def _clinic_line(c: ClinicDay) -> str:
     return _("• {clinic}: visits {visits} (live face {face_live}, single frame {face}, code {code}, unverified "
              "{unverified}); disputed {disputed}, no answer {no_answer}, registered late {late}").format(
         clinic=q(c.clinic_name), visits=c.visits, face_live=c.face_live, face=c.face, code=c.code,
-        unverified=c.unverified, disputed=c.disputed, no_answer=c.no_answer, late=c.registered_late)
+        unverified=c.unverified, disputed=c.disputed, no_answer=c.no_answer, late=c.registered_late) + (
+        # issue 14: of the unanswered, those nobody could ask
+        _("; nobody could ask {n} of the unanswered (no working channel)").format(n=c.no_channel)
+        if c.no_channel else "")
 
 
 def _doctor(summary: AuditorSummary, flag: Flag) -> str:
@@ -106,9 +109,10 @@ def summary_csv(summary: AuditorSummary) -> bytes:
     out = io.StringIO()
     writer = csvfile.writer(out)
     writer.writerow([_("Clinic"), _("Clinic name"), _("Visits"), _("Live face"), _("Single frame"), _("Code"),
-                     _("Unverified"), _("Disputed"), _("No answer"), _("Registered late")])
+                     _("Unverified"), _("Disputed"), _("No answer"), _("Registered late"),
+                     _("No way to ask")])  # issue 14
     writer.writerows([c.clinic_id, c.clinic_name, c.visits, c.face_live, c.face, c.code, c.unverified, c.disputed,
-                      c.no_answer, c.registered_late] for c in summary.clinics)
+                      c.no_answer, c.registered_late, c.no_channel] for c in summary.clinics)
     writer.writerow([])
     writer.writerow([_("Clinic"), _("Doctor"), _("Flag"), _("Rule"), _("Value"), _("Threshold"), _("Visits"),
                      _("Visit numbers")])

@@ -85,9 +85,8 @@ _DIGEST_COUNTS = (
            _count(_v.c.state == _CONFIRMED).label("patient_confirmed"),
            _count(_disputed).label("disputed"),
            # core.model.patient_answer(...) is NONE, counted in SQL
-           # issue 14: "no answer" only where someone could ask; "no_channel" where nobody could
-           _count(and_(_UNANSWERED, ANY_CHANNEL)).label("no_answer"),
-           _count(and_(_UNANSWERED, ~ANY_CHANNEL)).label("no_channel"),
+           _count(_UNANSWERED).label("no_answer"),
+           _count(and_(_UNANSWERED, ~ANY_CHANNEL)).label("no_channel"),  # issue 14: of those, nobody could ask
            _count(~_billed).label("cancelled"),
            _count(and_(_billed, ~ANY_CHANNEL)).label("unreachable"),
            _count(and_(_billed, _v.c.registered_late)).label("registered_late"),

@@ -28,6 +28,7 @@ from core.iin import mask_iin
 from core.model import PatientAnswer, VisitState, patient_answer
 from core.services import Context
 from core.services.access import Caller, audited_clinics
+from core.services.digest import channels_on
 from core.services.flags import Flag, find_flags, flags_csv
 from core.signed_file import JSONL, SignedWriter
 from core.signing import Signer
@@ -146,7 +147,8 @@ async def export_visits(ctx: Context, caller: Caller, period: Period, *, clinic_
     async with ctx.uow(read_only=True) as uow:
         if clinic_id is not None:
             await uow.clinics.get(clinic_id)
-        found = await uow.queries.evidence_page(clinics, start, end, after=cursor, limit=limit + 1)
+        found = await uow.queries.evidence_page(clinics, start, end, after=cursor, limit=limit + 1,
+                                                **channels_on(ctx.settings))
     page = found[:limit]
     next_cursor = page[-1].id if len(found) > limit else None
     now = ctx.clock.now()

@@ -26,6 +26,7 @@ class ClinicDay:
     disputed: int
     no_answer: int
     registered_late: int
+    no_channel: int = 0  # issue 14: of no_answer, visits whose patient nobody could ask (no working channel)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ async def build_auditor_summary(ctx: Context, auditor_id: int, day: dt.date) -> 
         tot = digest.totals
         clinics.append(ClinicDay(clinic_id, digest.clinic_name, tot["visits"], tot["face_live_verified"],
                                  tot["face_verified"], tot["code_verified"], tot["unverified"], tot["disputed"],
-                                 tot["no_answer"], tot["registered_late"]))
+                                 tot["no_answer"], tot["registered_late"], tot.get("no_channel", 0)))
     scope = set(clinic_ids)
     flags = [f for f in await find_flags(ctx, day, day) if f.clinic_id in scope] if scope else []
     async with ctx.uow(read_only=True) as uow:

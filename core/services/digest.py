@@ -5,15 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import io
 from dataclasses import dataclass, field
+from typing import Any
 
 from core import csvfile
 from core.clock import ALMATY, local_day_bounds, to_local
+from core.config import Settings
 from core.db.repositories import AnyRow
 from core.iin import mask_iin
 from core.model import (
     EVIDENCE_STRENGTH,
     OutboxKind,
     OutboxMessage,
+    PatientAnswer,
     Recipient,
     VerificationMethod,
     VisitState,
@@ -120,7 +123,16 @@ def _flag(value: bool) -> str:
 
 
 TOTAL_KEYS = ("visits", "face_verified", "face_live_verified", "code_verified", "unverified", "patient_confirmed",
-              "disputed", "no_answer", "cancelled", "unreachable", "registered_late", "fresh_reference")
+              "disputed", "no_answer", "cancelled", "unreachable", "registered_late", "fresh_reference",
+              "no_channel")  # issue 14: of no_answer, those nobody could ask (no working channel)
+
+
+NO_CHANNEL = "no_channel"
+
+
+def channels_on(settings: Settings) -> dict[str, bool]:
+    """Which of the patients' other channels are on, for the queries that say who could be asked (issue 14)."""
+    return {"sms": settings.sms_enabled, "whatsapp": settings.whatsapp_enabled}
 
 
 def _dispute(r: AnyRow) -> EnrolmentDispute:
@@ -136,12 +148,19 @@ def _row(row: AnyRow) -> DigestRow:
                      mode=r["mode"], service_code=r["service_code"], state=r["state"], verified_by=r["verified_by"],
                      evidence_strength=EVIDENCE_STRENGTH[VerificationMethod(r["verified_by"])]
                      if r["verified_by"] else None,
-                     answer=patient_answer(VisitState(r["state"]), r["attended_claim_at"]).value,
+                     answer=_answer(r),
                      dispute_reason=r["dispute_reason"],
-                     patient_reachable=r["chat_id"] is not None and not r["chat_blocked"],
+                     patient_reachable=bool(r["reachable"]),
                      registered_at=to_local(r["created_at"]), registered_late=r["registered_late"],
                      verified_at=_local(r["verified_at"]), verified_enrolment_id=r["verified_enrolment_id"],
                      enrolled_at=_local(r["enrolled_at"]), fresh_reference=bool(r["fresh_reference"]))
+
+
+def _answer(r: Any) -> str:
+    """The patient's answer; an unanswered visit whose patient has no working channel is "no_channel" (issue 14):
+    nobody could ask, which is not the same as no answer."""
+    said = patient_answer(VisitState(r["state"]), r["attended_claim_at"]).value
+    return NO_CHANNEL if said == PatientAnswer.NONE.value and not r["reachable"] else said
 
 
 def _local(moment: dt.datetime | None) -> dt.datetime | None:
@@ -154,13 +173,14 @@ async def build_digest(ctx: Context, clinic_id: int, day: dt.date, *, with_rows:
     fresh reference), the changes patients disputed that day, and every row only when asked (the CSV needs them, a
     summary does not). A query that the counts show would find nothing is not made."""
     start, end = local_day_bounds(day, ALMATY)
+    on = channels_on(ctx.settings)
     async with ctx.uow(read_only=True) as uow:
-        counts = await uow.queries.digest_counts(clinic_id, start, end)
+        counts = await uow.queries.digest_counts(clinic_id, start, end, **on)
         clinic_name = counts[0].clinic_name if counts else (await uow.clinics.get(clinic_id)).name
         # the counts see every flagged visit: a fresh-reference match is never cancelled (only scheduled visits are)
-        flagged_rows = (await uow.queries.digest_visits(clinic_id, start, end, flagged_only=True)
+        flagged_rows = (await uow.queries.digest_visits(clinic_id, start, end, flagged_only=True, **on)
                         if any(c.unverified or c.disputed or c.fresh_reference for c in counts) else [])
-        all_rows = await uow.queries.digest_visits(clinic_id, start, end) if with_rows and counts else []
+        all_rows = await uow.queries.digest_visits(clinic_id, start, end, **on) if with_rows and counts else []
         disputes = (await uow.queries.disputed_changes(clinic_id, start, end)
                     if not counts or counts[0].disputed_changes else [])
     totals = {key: sum(getattr(c, key) for c in counts) for key in TOTAL_KEYS}

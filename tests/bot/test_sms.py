@@ -223,6 +223,9 @@ async def test_gateway_errors_and_timeouts_are_retried_without_a_duplicate(rig, 
         rig.ctx.clock.advance(dt.timedelta(seconds=30))
     assert [o for _to, o in gateway.attempts] == ["500", "429", "ok"]
     assert len(gateway.sent) == 1 and (await outbox_row(rig.ctx, row_id)).status == "sent"
+    async with rig.ctx.uow(read_only=True) as uow:
+        used = (await uow.conn.execute(sa.select(t.sms_daily_usage.c.sent))).scalar_one()
+    assert used == 1, "sends the gateway did not take are not counted against the clinic's cap"
 
 
 async def test_the_daily_cap_stops_sending_warns_first_and_records_why(engine, db_url, gateway, clock, telegram,
@@ -358,3 +361,58 @@ def test_sms_refuses_to_start_without_its_secrets(db_url):
         make_settings(db_url, sms_gateway_url="http://127.0.0.1:1", sms_login="a", sms_password="b",
                       sms_inbound_secret="short")
     assert not make_settings(db_url).sms_enabled
+
+
+# --- no_channel: "no answer" and "no way to ask" are never confused ------------------------------------------------
+
+async def digest_answers(ctx, world) -> tuple[dict[int, str], dict[str, int]]:
+    from core.services.digest import build_digest
+    digest = await build_digest(ctx, world.clinic.id, ctx.clock.now().date())
+    return {r.visit_id: r.answer for r in digest.rows}, digest.totals
+
+
+async def test_a_visit_whose_patient_has_no_channel_reads_no_channel(ctx, clinic_world):
+    """Telegram only (SMS and WhatsApp off): the patient with a linked chat has no answer yet; the one without has
+    no way to be asked, in the digest, its CSV and chat text, and the auditors' export."""
+    w = clinic_world
+    async with ctx.uow() as uow:
+        await uow.patients.set_chat(w.p1.phone, 9101)
+        await uow.commit()
+    asked, unasked = [(await register_visit(ctx, clinic_id=w.clinic.id, doctor_id=w.doctor.id, patient_id=p.id,
+                                            start=ctx.clock.now() + dt.timedelta(minutes=5),
+                                            duration=dt.timedelta(minutes=15), mode="in_person",
+                                            service_code="A01")).id for p in (w.p1, w.p2)]
+    answers, totals = await digest_answers(ctx, w)
+    assert answers == {asked: "none", unasked: "no_channel"}
+    assert totals["no_answer"] == 2 and totals["no_channel"] == 1
+    from core.services.digest import build_digest
+    digest = await build_digest(ctx, w.clinic.id, ctx.clock.now().date())
+    from bot import texts
+    with I18N.context(), I18N.use_locale("ru"):
+        text, _with_csv = texts.digest_messages(digest)
+        table = texts.digest_csv(digest).decode("utf-8-sig")
+    assert "из них спросить было негде (пациенту не доходят ни чат, ни WhatsApp, ни SMS): 1" in text
+    assert "спросить было негде (нет рабочего канала)" in table and "нет ответа" in table
+    assert "no_channel" in digest.to_csv()
+    async with ctx.uow(read_only=True) as uow:
+        start = ctx.clock.now() - dt.timedelta(days=1)
+        rows = {r.id: bool(r.reachable) for r in await uow.queries.evidence_page(
+            None, start, start + dt.timedelta(days=2), after=0, limit=10)}
+    assert rows == {asked: True, unasked: False}, "the auditors' export says no_channel by the same rule"
+
+
+async def test_with_sms_on_a_registered_phone_is_a_channel_until_it_fails(sms_ctx, sms_world):
+    from core.services.channels import record_gone
+    visit = await register_visit(sms_ctx, clinic_id=sms_world.clinic.id, doctor_id=sms_world.doctor.id,
+                                 patient_id=sms_world.p2.id, start=sms_ctx.clock.now() + dt.timedelta(minutes=5),
+                                 duration=dt.timedelta(minutes=15), mode="in_person", service_code="A01")
+    answers, _totals = await digest_answers(sms_ctx, sms_world)
+    assert answers[visit.id] == "none", "SMS can ask: no answer yet, not no_channel"
+    await record_gone(sms_ctx, sms_world.p2.id, ChannelName.SMS, "+77057654321", "sms gateway: invalid_number")
+    answers, totals = await digest_answers(sms_ctx, sms_world)
+    assert answers[visit.id] == "no_channel" and totals["no_channel"] == 1
+    from core.services import registry
+    await registry.upsert_patient(sms_ctx, sms_world.clinic.id, sms_world.p2.iin, sms_world.p2.full_name,
+                                  "+7 705 000 11 22", "ru")
+    answers, _totals = await digest_answers(sms_ctx, sms_world)
+    assert answers[visit.id] == "none", "a new phone is a new SMS channel"
