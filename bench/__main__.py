@@ -154,10 +154,22 @@ async def bench_dashboard(smoke: bool, workdir: str) -> None:
     write_section("Web dashboard: its pages with 1,000,000 visits stored", dashboard.report(results), smoke=smoke)
 
 
+async def bench_whatsapp(smoke: bool, workdir: str) -> None:
+    """Issue 14: WhatsApp's limits held by the real dispatcher and channel (bench/whatsapp.py)."""
+    from bench import whatsapp
+    url = f"sqlite+aiosqlite:///{os.path.join(workdir, f'whatsapp-{uuid.uuid4().hex[:6]}.db')}"
+    sizes = dict(count=40, recipients=20, rate=80.0, pair_span=1.0) if smoke else dict(
+        count=4000, recipients=2000, rate=80.0, pair_span=6.0)
+    result = await whatsapp.run(url, **sizes)
+    write_section("WhatsApp: the business number's rate and the per-patient pace held", whatsapp.report(result),
+                  smoke=smoke)
+
+
 BENCHES = {"face": bench_face_latency, "face_load": bench_face_load, "liveness": bench_liveness,
            "codes": bench_code_http,
            "dispatcher": bench_dispatcher, "digest": bench_digest, "flags": bench_flags, "export": bench_export,
-           "soak": bench_soak, "dashboard": bench_dashboard}
+           "soak": bench_soak, "dashboard": bench_dashboard,
+           "whatsapp": bench_whatsapp}  # issue 14
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # a minute or less alone; several benchmarks start servers of their own
 @pytest.mark.parametrize("name", ["face", "face_load", "liveness", "codes", "dispatcher", "digest", "flags",
-                                  "export", "soak", "dashboard"])
+                                  "export", "soak", "dashboard", "whatsapp"])
 def test_benchmark_runs_in_smoke_mode(name, tmp_path, capsys):
     """``python -m bench --smoke NAME``, its main() in this process: the processes a benchmark starts are its
     own business, a Python start and the project's imports per benchmark were only the test's."""
