@@ -9,7 +9,7 @@ from core.cli import main as rastau
 
 COMMANDS = ["migrate", "audit-verify", "audit-checkpoint", "add-clinic", "add-doctor", "add-admin", "add-api-key",
             "list-api-keys", "revoke-api-key", "add-auditor", "list-auditors", "remove-auditor", "payer-events",
-            "verify-export", "import-deaths", "service-rules", "flags"]
+            "verify-export", "import-deaths", "service-rules", "flags", "purge"]
 
 
 def test_help_lists_the_commands_in_the_order_an_operator_meets_them():
