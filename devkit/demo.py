@@ -58,6 +58,8 @@ NARRATION = {
         "title": "Растау — вся история за одну минуту (сервер, бот и лица настоящие; Telegram — локальная подмена)",
         "setup": "1. Клиника регистрирует врача, администратора и двух пациентов; лица пациентов — с фото",
         "link": "   Пациенты, врач, администратор и аудитор плательщика подключают бота",
+        "family": "   Номер Дмитрия — семейный: на него записана и его мать, Мария Ковалева. Каждое сообщение в этом "
+                  "чате называет, о ком оно",
         "visits": "2. Клиника записывает на завтра очный приём, онлайн-консультацию и ещё два очных приёма",
         "morning": "3. Завтра, 08:50: за 10 минут до приёма пациент получает код",
         "webcam": "   09:02, кабинет врача: веб-камера",
@@ -85,6 +87,9 @@ NARRATION = {
         "clinic_enters": "клиника вводит код в МИС",
         "never_came": "пациент на третий приём не пришёл; код не введён, окно закрылось",
         "reason": "Меня в этот день не было в городе",
+        "stray": "Подскажите, когда мой следующий приём?",
+        "stray_note": "   Позже Дмитрий пишет боту вопрос — это не причина спора, и администраторам он не уходит "
+                      "(им и аудитору пришло сообщений: {n})",
         "headers": ("приём", "пациент", "формат", "состояние", "доказательство", "ответ пациента"),
         "values": {"in_person": "очно", "online": "онлайн", "patient_confirmed": "подтверждён пациентом",
                    "patient_disputed": "оспорен пациентом", "unverified": "не подтверждён", "verified": "подтверждён",
@@ -97,6 +102,8 @@ NARRATION = {
         "title": "Растау — бүкіл оқиға бір минутта (сервер, бот және беттер нақты; Telegram — жергілікті алмастырғыш)",
         "setup": "1. Емхана дәрігерді, әкімшіні және екі пациентті тіркейді; пациенттердің беті фотодан алынады",
         "link": "   Пациенттер, дәрігер, әкімші және төлеуші аудиторы ботқа қосылады",
+        "family": "   Дмитрийдің нөмірі — отбасылық: оған анасы Мария Ковалева да тіркелген. Бұл чаттағы әр "
+                  "хабарлама кім туралы екенін атайды",
         "visits": "2. Емхана ертеңге бетпе-бет қабылдауды, онлайн-кеңесті және тағы екі бетпе-бет қабылдауды жазады",
         "morning": "3. Ертең, 08:50: қабылдаудан 10 минут бұрын пациент кодты алады",
         "webcam": "   09:02, дәрігер кабинеті: веб-камера",
@@ -124,6 +131,9 @@ NARRATION = {
         "clinic_enters": "емхана кодты МАЖ-ға енгізеді",
         "never_came": "пациент үшінші қабылдауға келмеді; код енгізілмеді, терезе жабылды",
         "reason": "Мен ол күні қалада болмадым",
+        "stray": "Келесі қабылдауым қашан екенін айтып бересіз бе?",
+        "stray_note": "   Кейін Дмитрий ботқа сұрақ жазады — бұл себеп емес, әкімшілерге жіберілмейді "
+                      "(оларға және аудиторға келген хабарлама саны: {n})",
         "headers": ("қабылдау", "пациент", "түрі", "күйі", "дәлел", "пациенттің жауабы"),
         "values": {"in_person": "бетпе-бет", "online": "онлайн", "patient_confirmed": "пациент растады",
                    "patient_disputed": "пациент дауласты", "unverified": "расталмаған", "verified": "расталған",
@@ -347,6 +357,9 @@ class Story:
                               "obama", ["obama1.jpg", "obama3.jpg"]),
                   "dmitry": ("Дмитрий Ковалев", "+7 707 765 43 21", make_iin(dt.date(1975, 9, 3), True, 77),
                              "biden", ["biden1.jpg"]),
+                  # issue 17: his mother on his phone, a family number; every message there names its patient
+                  "maria": ("Ковалева Мария Петровна", "+7 707 765 43 21", make_iin(dt.date(1950, 1, 15), False, 8),
+                            "", []),
                   # on WhatsApp only, no face enrolled: his visit is verified by the code
                   "baurzhan": ("Бауыржан Сапаров", "+7 747 321 65 40", make_iin(dt.date(1958, 2, 20), True, 5),
                                "", [])}
@@ -379,6 +392,7 @@ class Story:
         self.auditor = self.phone(4001, "Аудитор Сәуле", auditor.phone)
         for phone in (self.aigerim, self.dmitry, self.doctor, self.admin, self.auditor):
             await self.onboard(phone)
+        self.heading("family")
         self.heading("whatsapp_link")
         self.baurzhan = "".join(ch for ch in people["baurzhan"][1] if ch.isdigit())  # his wa_id
         self.line("   👤 Бауыржан (WhatsApp): «Сәлеметсіз бе»")
@@ -470,17 +484,24 @@ class Story:
         await self.wa.user_taps(self.baurzhan, question, question.button_payloads()[0])
         await self.whatsapp_settle("Бауыржан")
         self.dmitry.press(self.with_button(prompts_d, f"ans:no:{visits['C']}"), f"ans:no:{visits['C']}")
-        await self.dmitry.wait_for(2)  # the prompt edited to show the answer, and the question about why
+        confirm, = await self.dmitry.wait_for(1)  # ❌ records nothing yet: one question to make sure (issue 17)
+        self.dmitry.press(confirm, next(d for label, d in buttons(confirm) if label.startswith("❌")))
+        await self.dmitry.settle()  # recorded (with who was told and the take-back), and the question about why
         await self.deliver_until(self.admin)  # the admins hear of the dispute at once, and so does the auditor
         await self.admin.wait_for(1)
         await self.deliver_until(self.auditor)
         await self.auditor.wait_for(1)
         self.dmitry.type(self.say["reason"])
-        await self.dmitry.wait_for(1)
+        await self.dmitry.settle()
         await self.deliver_until(self.admin)
         await self.admin.wait_for(1)
         await self.deliver_until(self.auditor)
         await self.auditor.wait_for(1)
+        self.dmitry.type(self.say["stray"])  # meant as a question, not as a reason: it stays in his chat (issue 17)
+        await self.dmitry.settle()
+        await self.run_jobs()
+        heard = await self.admin.settle() + await self.auditor.settle()
+        self.line(self.say["stray_note"].format(n=len(heard)))
 
         self.heading_at("digest", self.day + dt.timedelta(days=1), 8, 0)
         self.clock.set(dt.datetime.combine(self.day + dt.timedelta(days=1), dt.time(8, 0), tzinfo=ALMATY))
