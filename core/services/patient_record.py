@@ -24,9 +24,10 @@ from core.model import OutboxKind, Patient, VisitState, patient_answer
 from core.services import Context
 from core.services.access import Caller
 from core.services.alerts import tell_watchers
-from core.services.patient_changes import CONSENT_WITHDRAWN, record_change
+from core.services.patient_changes import CONSENT_WITHDRAWN, PHONE_CHANGED, record_change
 
 LAST_VISITS = 10
+RECENT_PHONE_CHANGE = dt.timedelta(days=30)  # a withdrawal this soon after a phone change is pointed out
 PATIENT = Caller("patient")
 
 
@@ -213,13 +214,20 @@ async def withdraw_consent(ctx: Context, chat_id: int) -> Withdrawal:
             p.consent_at, p.consent_by = None, None
             await uow.patients.save(p, now)
             change = await record_change(uow, p, CONSENT_WITHDRAWN, PATIENT, now, None)
-            await uow.audit.append(now, PATIENT.actor, "patient.withdraw_consent", f"patient:{p.id}",
-                                   {"references": count, "had_consent": had_consent, "change": change},
+            # a clinic that moved the patient's phone to a number it holds could /withdraw from its own chat: the
+            # auditors and the payer see how recent the phone change was (the old chat was told of it)
+            moved = await uow.patient_changes.last_at(p.id, PHONE_CHANGED)
+            recent = moved is not None and now - moved < RECENT_PHONE_CHANGE
+            details: dict[str, object] = {"references": count, "had_consent": had_consent, "change": change}
+            if recent:
+                details["phone_changed_at"] = moved.isoformat() if moved else None
+            await uow.audit.append(now, PATIENT.actor, "patient.withdraw_consent", f"patient:{p.id}", details,
                                    clinic_id=p.clinic_id)
             await tell_watchers(uow, ctx.settings, clinic_id=p.clinic_id, kind=OutboxKind.CONSENT_WITHDRAWN_NOTICE,
                                 key=f"consent-withdrawn:{change}", now=now, payload={"change_id": change},
                                 event=("consent.withdrawn", {"change_id": change, "clinic_id": p.clinic_id,
-                                                             "patient_id": p.id, "references": count}))
+                                                             "patient_id": p.id, "references": count,
+                                                             "after_phone_change": recent}))
         await uow.commit()
     return Withdrawal(len(ids), shredded, keys)
 

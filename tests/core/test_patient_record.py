@@ -213,3 +213,21 @@ async def test_unlink_forgets_the_chat_and_keeps_the_visits(ctx, clinic_world):
         payloads = [m.payload for m in await uow.outbox.by_recipient_kind("patient")]
     assert all(str(CHAT) not in p for p in payloads)
     assert await my_record(ctx, CHAT) == []
+
+
+async def test_a_withdrawal_soon_after_a_phone_change_is_pointed_out_to_the_payer(ctx, clinic_world):
+    """A clinic moves the patient's phone to a number it holds, links its own chat and withdraws, to bury the face
+    evidence: the old chat was told of the move, and the payer's event says the withdrawal followed it."""
+    w = clinic_world
+    paid = Context.build(ctx.settings.model_copy(update={"payer_webhook_url": "https://payer.example/hook",
+                                                          "payer_webhook_secret": "s" * 32}), ctx.uow, ctx.clock)
+    await _enrolled(ctx, w, w.p1)
+    await registry.upsert_patient(ctx, w.clinic.id, w.p1.iin, w.p1.full_name, "+7 707 123 45 67")
+    await link_chat_by_phone(ctx, CHAT, "+7 707 123 45 67", "ru")
+    await withdraw_consent(paid, CHAT)
+    async with ctx.uow(read_only=True) as uow:
+        events = [json.loads(m.payload) for m in await uow.outbox.pending(kind=OutboxKind.PAYER_EVENT)]
+        rows = await uow.audit.records(f"clinic:{w.clinic.id}")
+    withdrawn = [e for e in events if e.get("type") == "consent.withdrawn" or "consent.withdrawn" in json.dumps(e)]
+    assert withdrawn and '"after_phone_change": true' in json.dumps(withdrawn[-1])
+    assert "phone_changed_at" in rows[-1].details
