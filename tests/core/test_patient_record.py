@@ -2,9 +2,11 @@
 open them), a clinic can neither withdraw for the patient nor re-enrol without a new consent the patient hears of,
 and /mydata shows the chat's own patients and nobody else."""
 
+import asyncio
 import datetime as dt
 import json
 import random
+import re
 import sqlite3
 
 import pytest
@@ -94,6 +96,43 @@ async def test_a_backup_taken_before_withdrawal_cannot_open_the_references(ctx, 
         assert all(blob == b"" for blob, _ in await _sealed(engine, w.p1.id))
     finally:
         await on_copy.uow.engine.dispose()
+
+
+async def test_on_postgresql_a_dump_taken_before_withdrawal_cannot_open_the_references(ctx, clinic_world, db_url,
+                                                                                         tmp_path):
+    """The same on PostgreSQL, with the key store apart (RASTAU_KEYSTORE_URL, as production must set it): pg_dump
+    of the schema before the withdrawal, restored into a schema of its own, opened through the real code path."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite's copy is the test above")
+    import uuid
+
+    from tests.conftest import _pg_dump_schema, _pg_execute
+
+    apart = Context.build(ctx.settings.model_copy(update={"keystore_url": f"sqlite+aiosqlite:///{tmp_path}/k.db"}),
+                          ctx.uow, ctx.clock)
+    w = clinic_world
+    await _enrolled(apart, w, w.p1)
+    await link_chat_by_phone(apart, CHAT, w.p1.phone, "kk")
+    schema = re.search(r"search_path=(\w+)", db_url).group(1)
+    restored = f"t_{uuid.uuid4().hex[:12]}"
+    dump = await asyncio.to_thread(_pg_dump_schema, schema)
+    lines = [line for line in dump.splitlines() if not line.startswith("\\")]
+    await _pg_execute(f'CREATE SCHEMA IF NOT EXISTS "{restored}"')
+    try:
+        await _pg_execute("\n".join(lines).replace(f"{schema}.", f"{restored}.").replace(
+            f"CREATE SCHEMA {schema};", "").replace(f"'{schema}'", f"'{restored}'"))
+        copy_url = re.sub(r"search_path=\w+", f"search_path={restored}", db_url)
+        on_copy = _on_copy(apart, copy_url)
+        try:
+            assert len(await registry.face_references(on_copy, w.p1.id)) == 2  # the dump could, before
+            await withdraw_consent(apart, CHAT)
+            held = await _sealed(on_copy.uow.engine, w.p1.id)
+            assert len(held) == 2 and all(blob for blob, _ in held)
+            assert await registry.face_references(on_copy, w.p1.id) == []
+        finally:
+            await on_copy.uow.engine.dispose()
+    finally:
+        await _pg_execute(f'DROP SCHEMA "{restored}" CASCADE')
 
 
 async def test_legacy_references_are_resealed_then_shredded(ctx, clinic_world, db_url, engine):
