@@ -69,8 +69,9 @@ async def signin(request: web.Request) -> web.Response:
 
 @routes.post("/signout")
 async def signout(request: web.Request) -> web.Response:
-    await web_sessions.sign_out(request.config_dict[CTX], web_user(request))
-    response = web.HTTPSeeOther(PREFIX + "/signin")
+    user = web_user(request)
+    await web_sessions.sign_out(request.config_dict[CTX], user)
+    response = web.HTTPSeeOther(f"{PREFIX}/signin?lang={user.language.value}")  # still in the user's language
     clear_session_cookie(request, response)
     raise response
 

@@ -146,7 +146,8 @@ async def test_an_admin_uses_the_dashboard_in_a_browser(ctx, world, aiohttp_serv
 
             # sign out: back to the sign-in page, and the day is closed
             await page.click("#signout")
-            await page.wait_for_url(f"{base}/web/signin")
+            await page.wait_for_url(f"{base}/web/signin?lang=ru")
+            assert "Пароль не нужен" in await page.inner_text("main")
             await shot("signed-out")
             await page.goto(f"{base}/web/day")
             assert page.url == f"{base}/web/signin"
