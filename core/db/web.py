@@ -64,6 +64,16 @@ class WebRepo:
                                                             _s.c.ended_at.is_(None))).values(ended_at=now))
         return res.rowcount
 
+    async def prune(self, links_before: dt.datetime, sessions_before: dt.datetime) -> int:
+        """Forget links that expired before ``links_before`` and sessions that expired before ``sessions_before``,
+        but each admin's or auditor's newest session, which remembers their language (the audit log keeps every
+        sign-in)."""
+        links = await self.conn.execute(_l.delete().where(_l.c.expires_at < links_before))
+        newest = select(func.max(_s.c.id)).group_by(_s.c.role, _s.c.subject_id)  # keeps each user's language
+        sessions = await self.conn.execute(_s.delete().where(_s.c.expires_at < sessions_before,
+                                                             _s.c.id.not_in(newest.scalar_subquery())))
+        return int(links.rowcount) + int(sessions.rowcount)
+
     async def set_language(self, session_id: int, language: str) -> None:
         await self.conn.execute(update(_s).where(_s.c.id == session_id).values(language=language))
 

@@ -26,6 +26,9 @@ from core.model import Language
 from core.services import Context
 from core.services.access import Caller
 
+LINKS_KEPT = dt.timedelta(days=1)
+SESSIONS_KEPT = dt.timedelta(days=30)
+
 
 class Role(str, enum.Enum):
     ADMIN = "admin"
@@ -92,6 +95,9 @@ async def request_links(ctx: Context, chat_id: int) -> list[SignInLink]:
             raise NotDashboardUser("this chat is neither a clinic admin's nor an auditor's")
         if await web_repo(uow).links_since(chat_id, now - dt.timedelta(hours=1)) >= ctx.settings.web_links_per_hour:
             raise TooManyLinks("too many sign-in links asked for in the last hour")
+        # nothing kept longer than it is needed: a spent or expired link after a day (the hourly limit counts the
+        # last hour), a session after a month (the language it chose is remembered by the newest one)
+        await web_repo(uow).prune(now - LINKS_KEPT, now - SESSIONS_KEPT)
         names = await uow.queries.clinic_names({a.clinic_id for a in admins})
         links = []
         for role, subject_id, label in ([(Role.ADMIN, a.id, names.get(a.clinic_id, "")) for a in admins

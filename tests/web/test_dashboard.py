@@ -11,7 +11,7 @@ import re
 import pytest
 
 from core.errors import NotFound
-from core.model import VisitMode
+from core.model import Language, VisitMode
 from core.services import auditors, codes, registry, visits, web_day, web_sessions
 from core.services.chat import link_chat_by_phone, stop_chat
 from tests.web.conftest import ADMIN_A_CHAT, ADMIN_B_CHAT, AUDITOR_CHAT, CSRF, PROOF, sign_in
@@ -324,3 +324,20 @@ async def test_every_dashboard_route_but_sign_in_needs_a_session(web_client, wor
             assert response.status == 403, path
         checked += 1
     assert checked >= 6
+
+
+async def test_old_links_and_sessions_are_forgotten_but_the_language_is_not(ctx, world, clock, engine):
+    from sqlalchemy import text
+
+    for _ in range(2):  # two sign-ins: the second chooses Kazakh
+        link = (await web_sessions.request_links(ctx, ADMIN_B_CHAT))[0]
+        user = await web_sessions.session_user(ctx, await web_sessions.open_link(ctx, link.token))
+    await web_sessions.set_language(ctx, user, Language.KK)
+    clock.advance(web_sessions.SESSIONS_KEPT + dt.timedelta(days=1))
+    fresh = (await web_sessions.request_links(ctx, ADMIN_B_CHAT))[0]  # asking prunes
+    async with engine.connect() as conn:
+        links = (await conn.execute(text("SELECT count(*) FROM web_links"))).scalar_one()
+        sessions = (await conn.execute(text("SELECT count(*) FROM web_sessions"))).scalar_one()
+    assert (links, sessions) == (1, 1)  # the fresh link; of the sessions, the newest, which holds the language
+    user = await web_sessions.session_user(ctx, await web_sessions.open_link(ctx, fresh.token))
+    assert user.language is Language.KK
