@@ -235,8 +235,9 @@ _SCHEMAS = {
     "CodeRequested": {
         "type": "object", "required": ["status", "channel", "requests_left"],
         "properties": {"status": {"const": "queued"},
-                       "channel": {"const": "telegram", "description": "what will carry the code: the patient's "
-                                                                      "linked chat"},
+                       "channel": {"enum": ["telegram", "whatsapp", "sms"],
+                                   "description": "what will carry the code: the patient's first working channel "
+                                                  "(the linked chat, WhatsApp, or SMS to the registered phone)"},
                        "requests_left": {"type": "integer", "minimum": 0,
                                          "description": "further code requests this visit may make"}}},
     "Digest": {
@@ -278,7 +279,11 @@ _SCHEMAS = {
                        "verified_enrolment_id": {"type": ["integer", "null"]}, "enrolled_at": _NULLABLE_DATETIME,
                        "fresh_reference": {"type": "boolean"},
                        "iin_masked": {"type": "string", "pattern": r"^\*{8}\d{4}$"},
-                       "state": {"type": "string"}, "answer": {"type": "string"}}},
+                       "state": {"type": "string"}, "answer": {"type": "string"},
+                       "code_delivery": {"enum": ["delivered", "sent", None],  # issue 14
+                                         "description": "delivered: WhatsApp or SMS reported the code arrived; "
+                                                        "sent: it went out, arrival unknown (Telegram never "
+                                                        "says); null: no code message went out"}}},
     "SigningKey": {
         "type": "object", "required": ["algorithm", "public_key", "key_id", "ephemeral"],
         "properties": {"algorithm": {"const": "Ed25519"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from core.channels import ChannelName
 from core.clock import hour_start, seconds_to_next_hour
 from core.codes import CodeOutcome, CodePolicy, generate_code, looks_like_code
 from core.db.uow import UnitOfWork
@@ -11,7 +12,7 @@ from core.errors import Conflict, DomainError, IllegalTransition, InvalidValue
 from core.model import Actor, OutboxKind, OutboxMessage, Recipient, VerificationMethod, VisitEvent, VisitState
 from core.services import Context
 from core.services.access import CLINIC_SYSTEM, Caller, check_visit
-from core.services.chat import reachable_chat
+from core.services.channels import enabled_channels, patient_routes
 from core.services.visits import RegisteredLate, evidence_refusal, window_end
 
 
@@ -44,11 +45,8 @@ async def issue_code(ctx: Context, visit_id: int) -> IssuedCode | None:
     return IssuedCode(code, expires)
 
 
-CHANNEL_TELEGRAM = "telegram"
-
-
 class PatientUnreachable(Conflict):
-    """No chat can carry a code to this patient: queueing one would only tell the doctor a comforting lie."""
+    """No channel can carry a code to this patient: queueing one would only tell the doctor a comforting lie."""
     code = "patient_unreachable"
 
 
@@ -78,12 +76,13 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, *, caller: C
         refusal = evidence_refusal(ctx, visit, now, "send a code")
         if refusal is not None:
             raise refusal
-        channel = await _channel(uow, visit.patient_id)
+        channel = await _channel(uow, visit.patient_id, enabled_channels(ctx.settings))
         if channel is None:
             raise PatientUnreachable(
-                f"the patient of visit {visit_id} has no chat with the Rastau bot (never linked, blocked or stopped), "
-                "so no code can reach them and none was queued; verify the patient by face (in person), or ask "
-                "them to open the bot and share their phone number, then request the code again")
+                f"the patient of visit {visit_id} has no working channel (no chat with the Rastau bot, no WhatsApp "
+                "or SMS that reaches them), so no code can reach them and none was queued; verify the patient by "
+                "face (in person), or ask them to open the bot and share their phone number, then request the code "
+                "again")
         taken = await uow.visits.take_code_request(visit_id, cap)
         if taken is None:
             raise CodeRequestsCapped(
@@ -99,10 +98,11 @@ async def request_code(ctx: Context, clinic_id: int, visit_id: int, *, caller: C
     return CodeRequest(message_id, channel, cap - taken)
 
 
-async def _channel(uow: UnitOfWork, patient_id: int) -> str | None:
-    """The channel that will carry the code: the patient's chat when the sender can reach it, else none."""
-    reachable = await reachable_chat(uow, await uow.patients.get(patient_id))
-    return CHANNEL_TELEGRAM if reachable is not None else None
+async def _channel(uow: UnitOfWork, patient_id: int, enabled: frozenset[ChannelName]) -> str | None:
+    """The channel that will carry the code: the patient's first working one, as the sender picks it (issue 14:
+    Telegram, WhatsApp or SMS), else none."""
+    routes = await patient_routes(uow, await uow.patients.get(patient_id), enabled)
+    return routes[0].channel.value if routes else None
 
 
 @dataclass(frozen=True)

@@ -416,3 +416,20 @@ async def test_with_sms_on_a_registered_phone_is_a_channel_until_it_fails(sms_ct
                                   "+7 705 000 11 22", "ru")
     answers, _totals = await digest_answers(sms_ctx, sms_world)
     assert answers[visit.id] == "none", "a new phone is a new SMS channel"
+
+
+async def test_a_doctor_can_request_a_code_for_a_patient_reached_only_by_sms(rig, sms_world, gateway):
+    """An online consultation: the clinic asks for a code for a patient with no messenger; it goes by SMS (with SMS
+    off the same request is refused as patient_unreachable, tests/server/test_code_requests.py)."""
+    from core.services.codes import request_code
+    visit = await register_visit(rig.ctx, clinic_id=sms_world.clinic.id, doctor_id=sms_world.doctor.id,
+                                 patient_id=sms_world.p2.id, start=rig.ctx.clock.now() + dt.timedelta(minutes=2),
+                                 duration=dt.timedelta(minutes=15), mode="online", service_code="A01")
+    async with rig.ctx.uow() as uow:  # the scheduled code went out already: only the requested one is under test
+        await uow.conn.execute(sa.update(t.outbox).where(t.outbox.c.visit_id == visit.id).values(status="skipped"))
+        await uow.commit()
+    requested = await request_code(rig.ctx, sms_world.clinic.id, visit.id)
+    assert requested.channel == "sms"
+    await rig.dispatcher.drain()
+    sent = gateway.to("+77057654321")
+    assert len(sent) == 1 and re.search(r"Код \d{6}", sent[0].text)
