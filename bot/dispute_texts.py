@@ -6,6 +6,7 @@ from __future__ import annotations
 from bot.i18n import _, ngettext, short_when, when
 from bot.texts import locale, patient_status, q
 from core.model import VisitMode
+from core.names import short_name
 from core.services.dispute_answers import Audience
 from core.services.visit_lists import VisitLine
 
@@ -25,7 +26,7 @@ def told(audience: Audience) -> str:
 def visit_summary(line: VisitLine, *, several: bool = False) -> str:
     """One visit in a line or two: when, online or not, clinic and doctor (and whose visit on a family number)."""
     online = " · " + _("online") if line.mode is VisitMode.ONLINE else ""
-    whose = f"{q(line.patient_name)}: " if several else ""
+    whose = f"{q(short_name(line.patient_name))}: " if several else ""
     return f"{whose}<b>{q(when(line.start, locale()))}</b>{online}\n{q(line.clinic_name)}, {q(line.doctor_name)}"
 
 

@@ -364,3 +364,20 @@ async def test_this_wasnt_me_about_a_change_names_who_really_heard_of_it(ctx, cl
     said = edits_of(standin, notice.message_id)[-1].text
     assert "Записано: вы об этом не просили" in said and "Администратор" not in said
     assert "ваш ответ только записан" in said
+
+
+async def test_on_a_family_number_the_check_and_the_list_name_whose_visit_it_is(ctx, clinic_world, world, standin):
+    """A mother's phone also registered for her son: "you were NOT at this visit?" names the son's visit, so the
+    mother does not dispute it by mistake for herself; /visits names each line's patient."""
+    from core.services import registry
+    from tests.conftest import VALID_IINS
+    w = clinic_world
+    son = (await registry.upsert_patient(ctx, w.clinic.id, VALID_IINS[3], "Ковалев Артём Петрович",
+                                         w.p2.phone, "ru")).patient
+    user = User(7890)
+    await link(world, user, w.p2.phone, "ru")
+    v, prompt = await asked(ctx, world, standin, w, user, son)
+    await world.press(user, f"ans:no:{v.id}", message_id=prompt.message_id, text=prompt.text)
+    assert "Ковалев А. П.:" in last_to(standin, user.id).text
+    await world.send(user, "/visits")
+    assert "Ковалев А. П.:" in last_to(standin, user.id).text
