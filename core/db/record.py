@@ -151,11 +151,15 @@ class RetentionRepo:
                                                 .values(chat_id=None, chat_message_id=None))).rowcount
         return touched
 
-    async def web_sessions(self, before: dt.datetime, dry_run: bool) -> int:
-        """The dashboard's sign-in links and sessions (issue 13) that expired before ``before``."""
+    async def web_sessions(self, links_before: dt.datetime, sessions_before: dt.datetime, dry_run: bool) -> int:
+        """The dashboard's sign-in links and sessions (issue 13), by the dashboard's own rule (core.db.web's prune):
+        links expired before ``links_before``, sessions expired before ``sessions_before`` except each user's newest
+        (it remembers their language)."""
+        s = t.web_sessions
+        newest = select(func.max(s.c.id)).group_by(s.c.role, s.c.subject_id).scalar_subquery()
         removed = 0
-        for table in (t.web_sessions, t.web_links):
-            cond = table.c.expires_at < before
+        for table, cond in ((t.web_links, t.web_links.c.expires_at < links_before),
+                            (s, and_(s.c.expires_at < sessions_before, s.c.id.not_in(newest)))):
             removed += await self._count(table, cond) if dry_run else \
                 (await self.conn.execute(delete(table).where(cond))).rowcount
         return removed

@@ -8,8 +8,8 @@ settings (core/config.py, with its reason in .env.example and docs/privacy.md):
 - ``idempotency``: stored API responses older than RASTAU_RETAIN_IDEMPOTENCY_HOURS;
 - ``capture_sessions``: capture sessions that expired more than RASTAU_RETAIN_CAPTURE_DAYS ago (the visit's own
   events keep what came of them);
-- ``web_sessions``: the web dashboard's sign-in links and sessions that expired more than RASTAU_RETAIN_CAPTURE_DAYS
-  ago;
+- ``web_sessions``: the web dashboard's sign-in links a day after they expired, its sessions a month after, but each
+  user's newest (core/services/web_sessions.py's rule, which the dashboard also applies when links are asked for);
 - ``billing_reduced``: a patient registered more than RASTAU_RETAIN_BILLING_YEARS ago with no visit since keeps
   only what the payer must: the row the visits point to, the name, the IIN reduced to birth date and sex
   (core.iin.reduce_iin); the phone, the chat, the channel addresses and any face are gone. Visits and their
@@ -34,6 +34,7 @@ from core.services import Context
 from core.services.access import Caller
 from core.services.face_keys import reseal_legacy
 from core.services.patient_changes import FACE_REVOKED, record_change
+from core.services.web_sessions import LINKS_KEPT, SESSIONS_KEPT
 
 KINDS = ("outbox_payload", "idempotency", "capture_sessions", "web_sessions", "face_idle", "billing_reduced",
          "orphan_keys", "resealed")
@@ -67,8 +68,7 @@ async def purge(ctx: Context, *, dry_run: bool = False) -> PurgeReport:
             now - dt.timedelta(hours=s.retain_idempotency_hours), dry_run)
         counts["capture_sessions"] = await uow.retention.capture_sessions(
             now - dt.timedelta(days=s.retain_capture_days), dry_run)
-        counts["web_sessions"] = await uow.retention.web_sessions(now - dt.timedelta(days=s.retain_capture_days),
-                                                                  dry_run)
+        counts["web_sessions"] = await uow.retention.web_sessions(now - LINKS_KEPT, now - SESSIONS_KEPT, dry_run)
         counts["face_idle"] = len(idle)
         counts["billing_reduced"] = len(reduce)
         if not dry_run:

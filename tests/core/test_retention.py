@@ -162,3 +162,24 @@ async def test_after_the_billing_period_a_patient_keeps_what_the_payer_must(ctx,
     assert (await purge(ctx)).counts["billing_reduced"] == 0  # idempotent
     with pytest.raises(InvalidIin):  # the reduced form is retention's alone: a clinic cannot register with it
         await registry.upsert_patient(ctx, w.clinic.id, p1.iin, "Someone", "+7 701 555 66 77")
+
+
+async def test_dashboard_links_and_sessions_go_by_the_dashboards_rule(ctx, clinic_world, engine):
+    """Links a day after they expired; sessions a month after, but each user's newest, which keeps their language."""
+    now, w = ctx.clock.now(), clinic_world
+    old, recent = now - dt.timedelta(days=40), now - dt.timedelta(hours=2)
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(t.web_links), [
+            dict(token_hash="l1" * 32, chat_id=1, role="admin", subject_id=w.admin.id, created_at=old,
+                 expires_at=old + dt.timedelta(minutes=15)),
+            dict(token_hash="l2" * 32, chat_id=1, role="admin", subject_id=w.admin.id, created_at=recent,
+                 expires_at=recent + dt.timedelta(minutes=15))])
+        await conn.execute(sa.insert(t.web_sessions), [
+            dict(token_hash=f"s{i}" * 32, chat_id=1, role="admin", subject_id=w.admin.id, language="kk",
+                 created_at=old, expires_at=old + dt.timedelta(hours=i)) for i in (1, 2)])
+    assert (await purge(ctx, dry_run=True)).counts["web_sessions"] == 2
+    assert (await purge(ctx)).counts["web_sessions"] == 2
+    async with engine.connect() as conn:
+        links = [r.token_hash[:2] for r in await conn.execute(sa.select(t.web_links))]
+        sessions = [r.token_hash[:2] for r in await conn.execute(sa.select(t.web_sessions))]
+    assert links == ["l2"] and sessions == ["s2"]  # the newest session stays: it remembers the language
