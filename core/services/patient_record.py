@@ -27,7 +27,8 @@ from core.services.alerts import tell_watchers
 from core.services.patient_changes import CONSENT_WITHDRAWN, PHONE_CHANGED, record_change
 
 LAST_VISITS = 10
-RECENT_PHONE_CHANGE = dt.timedelta(days=30)  # a withdrawal this soon after a phone change is pointed out
+RECENT_PHONE_CHANGE = dt.timedelta(days=30)
+UNLINKED = "the patient unlinked in the chat"  # a withdrawal this soon after a phone change is pointed out
 PATIENT = Caller("patient")
 
 
@@ -242,6 +243,9 @@ async def unlink_chat(ctx: Context, chat_id: int) -> int:
         unlinked = await uow.patients.unlink_chat(chat_id)
         forgotten = await uow.retention.forget_chat(chat_id, ids)
         await uow.retention.stop_channels(ids, now)  # "stop all messages": WhatsApp and SMS too (issue 14)
+        for p in patients:  # a registered phone is an SMS channel until marked gone at that number
+            if p.id is not None and p.phone:
+                await uow.channels.mark_gone(p.id, "sms", p.phone, now, UNLINKED)
         await uow.audit.append(now, "chat_user", "chat.unlink", "chat:unlinked",
                                {"patients": unlinked, "messages_forgotten": forgotten}, clinic_id=None)
         for p in patients:

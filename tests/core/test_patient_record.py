@@ -20,6 +20,7 @@ from core.errors import ConsentMissing, NotFound
 from core.face_references import MASTER_KEY, PATIENT_KEY
 from core.model import OutboxKind, VisitMode
 from core.services import Context, registry
+from core.services.channels import ChannelName, patient_routes
 from core.services.chat import link_chat_by_phone
 from core.services.face_keys import reseal_legacy
 from core.services.faces import NoReference, reserve_face_attempt
@@ -251,6 +252,10 @@ async def test_unlink_forgets_the_chat_and_keeps_the_visits(ctx, clinic_world):
         assert (await uow.visits.get(visit.id)).id == visit.id
         payloads = [m.payload for m in await uow.outbox.by_recipient_kind("patient")]
     assert all(str(CHAT) not in p for p in payloads)
+    # "stop all messages": no channel is left, SMS to the registered phone included (issue 14's routing)
+    async with ctx.uow(read_only=True) as uow:
+        patient = await uow.patients.get(w.p1.id)
+        assert await patient_routes(uow, patient, frozenset(ChannelName)) == []
     assert await my_record(ctx, CHAT) == []
 
 
