@@ -113,7 +113,7 @@ def linked_summary(profile: ChatProfile) -> str:
                        "whether the visit took place.").format(clinics=clinics))
         if profile.family:
             names = ", ".join(sorted({q(short_name(p.full_name)) for p in profile.patients}))
-            lines.append(_("This number belongs to several patients: {names}. Every message says whom it is "
+            lines.append(_("Several patients share this number ({names}); every message says whom it is "
                            "about.").format(names=names))
     if profile.doctors:
         lines.append(_("You are registered as a doctor. /code sends a code to a patient of your online "
@@ -404,6 +404,8 @@ def _flagged_line(row: DigestRow) -> str:
         mark = _("face matched a photo saved less than 24 hours earlier; the patient has no chat to hear of it")
     elif row.registered_late:
         mark = _("registered after its time had passed")
+    elif row.code_delivery == "delivered":  # issue 14: WhatsApp or SMS said the code arrived
+        mark = _("unverified, although the code reached the patient")
     else:
         mark = _("unverified")
     return (f"• #{row.visit_id} {row.start_local.strftime('%H:%M')}, {q(row.doctor_name)}, "
@@ -422,7 +424,8 @@ def digest_csv(digest: Digest) -> bytes:
     writer.writerow([_("Visit"), _("Date and time"), _("Doctor"), _("Patient"), _("IIN"), _("Format"),
                      _("Service code"), _("Status"), _("Verified by"), _("Patient's answer"), _("Reason"),
                      _("Reachable in chat"), _("Registered at"), _("Registered after its time"), _("Verified at"),
-                     _("Face photo record"), _("Face photo saved at"), _("Face photo saved < 24 h before")])
+                     _("Face photo record"), _("Face photo saved at"), _("Face photo saved < 24 h before"),
+                     _("One-time code")])
     for r in digest.rows:
         writer.writerow([r.visit_id, r.start_local.strftime("%Y-%m-%d %H:%M"), r.doctor_name, r.patient_name,
                          r.iin_masked, str(MODE_NAME.get(r.mode, r.mode)), r.service_code,
@@ -430,7 +433,7 @@ def digest_csv(digest: Digest) -> bytes:
                          str(ANSWER_FOR_ADMIN[r.answer]), r.dispute_reason or "",
                          _yes_no(r.patient_reachable), _minute(r.registered_at),
                          _yes_no(r.registered_late), _minute(r.verified_at), r.verified_enrolment_id or "",
-                         _minute(r.enrolled_at), _yes_no(r.fresh_reference)])
+                         _minute(r.enrolled_at), _yes_no(r.fresh_reference), _code_delivery(r.code_delivery)])
     if digest.enrolment_disputes:  # a second table under the visits
         writer.writerow([])
         writer.writerow([_("Change"), _("What changed"), _("Changed at"), _("Disputed at"), _("Made by"),
@@ -444,6 +447,15 @@ def digest_csv(digest: Digest) -> bytes:
 
 def _minute(moment: dt.datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
+def _code_delivery(value: str | None) -> str:
+    """Issue 14: how far the visit's code got (WhatsApp and SMS report arrival; Telegram does not)."""
+    if value == "delivered":
+        return _("delivered to the patient")
+    if value == "sent":
+        return _("sent, delivery unknown")
+    return ""
 
 
 def _yes_no(value: bool) -> str:

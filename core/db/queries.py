@@ -68,6 +68,15 @@ _SMS_OK = and_(bindparam("sms_on", False, type_=Boolean), ~select(_pch.c.patient
     _pch.c.patient_id == _p.c.id, _pch.c.channel == "sms", _pch.c.gone_at.is_not(None),
     _pch.c.address == _p.c.phone)).exists())
 ANY_CHANNEL = or_(_TELEGRAM_OK, _WHATSAPP_OK, _SMS_OK)
+# issue 14 (whatsapp): how far the visit's code got. "delivered": a channel that reports delivery (WhatsApp, SMS) said
+# it arrived (or was read); "sent": it went out, arrival unknown (Telegram never says) or not yet reported; NULL: no
+# code message went out.
+_o = t.outbox
+_CODE_ROWS = and_(_o.c.visit_id == _v.c.id, _o.c.kind == OutboxKind.VISIT_CODE.value)
+CODE_DELIVERY = case(
+    (select(_o.c.id).where(and_(_CODE_ROWS, _o.c.delivery_status.in_(["delivered", "read"]))).exists(), "delivered"),
+    (select(_o.c.id).where(and_(_CODE_ROWS, _o.c.status == "sent")).exists(), "sent"),
+    else_=None)
 _UNANSWERED = and_(_billed, _v.c.state.not_in([_CONFIRMED, _DISPUTED]), _v.c.attended_claim_at.is_(None))
 
 
@@ -101,7 +110,7 @@ _DIGEST_VISITS = (
            _d.c.full_name.label("doctor_name"), _p.c.full_name.label("patient_name"), _p.c.iin,
            _p.c.chat_id, _p.c.chat_blocked, _v.c.created_at, _v.c.registered_late, _v.c.verified_at,
            _v.c.verified_enrolment_id, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"),
-           ANY_CHANNEL.label("reachable"))
+           ANY_CHANNEL.label("reachable"), CODE_DELIVERY.label("code_delivery"))
     .join(_d, _d.c.id == _v.c.doctor_id).join(_p, _p.c.id == _v.c.patient_id).where(_DAY)
     .order_by(_v.c.start_at, _v.c.id))
 _DIGEST_FLAGGED = _DIGEST_VISITS.where(or_(_unverified, _disputed, FRESH))

@@ -48,6 +48,8 @@ class DigestRow:
     verified_enrolment_id: int | None
     enrolled_at: dt.datetime | None
     fresh_reference: bool  # matched a reference enrolled < 24 h before, the patient with no chat to hear of it
+    # issue 14: "delivered" (WhatsApp or SMS said the code arrived), "sent" (out, arrival unknown), None (no code sent)
+    code_delivery: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,14 @@ class Digest:
         writer.writerow(["visit_id", "start_local", "doctor", "patient", "iin", "mode", "service_code", "state",
                          "verified_by", "evidence_strength", "patient_answer", "dispute_reason", "registered_at",
                          "registered_late",
-                         "verified_at", "enrolment_id", "enrolled_at", "fresh_reference"])
+                         "verified_at", "enrolment_id", "enrolled_at", "fresh_reference", "code_delivery"])
         for r in self.rows:
             writer.writerow([r.visit_id, r.start_local.strftime("%Y-%m-%d %H:%M"), r.doctor_name, r.patient_name,
                              r.iin_masked, r.mode, r.service_code, r.state, r.verified_by or "",
                              r.evidence_strength or "", r.answer,
                              r.dispute_reason or "", _minute(r.registered_at), _flag(r.registered_late),
                              _minute(r.verified_at), r.verified_enrolment_id or "", _minute(r.enrolled_at),
-                             _flag(r.fresh_reference)])
+                             _flag(r.fresh_reference), r.code_delivery or ""])
         if self.enrolment_disputes:  # a second table under the visits: changes the patients say they did not ask for
             writer.writerow([])
             writer.writerow(["change_id", "kind", "changed_at_local", "disputed_at_local", "actor", "patient", "iin"])
@@ -153,7 +155,8 @@ def _row(row: AnyRow) -> DigestRow:
                      patient_reachable=bool(r["reachable"]),
                      registered_at=to_local(r["created_at"]), registered_late=r["registered_late"],
                      verified_at=_local(r["verified_at"]), verified_enrolment_id=r["verified_enrolment_id"],
-                     enrolled_at=_local(r["enrolled_at"]), fresh_reference=bool(r["fresh_reference"]))
+                     enrolled_at=_local(r["enrolled_at"]), fresh_reference=bool(r["fresh_reference"]),
+                     code_delivery=r["code_delivery"])
 
 
 def _answer(r: Any) -> str:

@@ -10,6 +10,7 @@ import re
 import pytest
 from sqlalchemy import select
 
+from bot import texts
 from bot.app import create_bot
 from bot.delivery.dispatcher import OutboxDispatcher
 from bot.i18n import make_i18n
@@ -19,7 +20,8 @@ from core.clock import ALMATY
 from core.db import tables as t
 from core.model import VisitState
 from core.services import registry
-from core.services.visits import register_visit
+from core.services.digest import build_digest
+from core.services.visits import close_expired_windows, register_visit
 from devkit.botapi import BotApiStandIn
 from tests.channels.test_whatsapp import linked
 from tests.channels.whatsapp_support import start_world, wa_id
@@ -137,3 +139,27 @@ async def test_a_number_with_no_whatsapp_is_not_counted_as_reached(both):
     [row] = await rows_of(both, visit.id, "visit_code")
     assert row.status != "sent" and row.last_error.startswith("no_channel")
     assert row.delivery_status == "failed"
+
+
+@pytest.mark.parametrize("statuses, expected", [(("sent", "delivered"), "delivered"), (("sent",), "sent")])
+async def test_the_digest_says_whether_the_code_reached_the_patient(both, statuses, expected):
+    """WhatsApp reports arrival: the admin's digest tells "the code reached the patient" from "sent, arrival
+    unknown" — an unverified visit whose patient had the code reads differently from one whose code may be lost."""
+    both.api.auto_statuses = statuses
+    await linked(both, ASEL)
+    visit = await a_visit(both)
+    await at_code_time(both)
+    both.ctx.clock.set(START + dt.timedelta(hours=3))
+    await close_expired_windows(both.ctx)  # never verified at the clinic
+    digest = await build_digest(both.ctx, both.people.clinic.id, START.date(), with_rows=True)
+    [row] = [r for r in digest.rows if r.visit_id == visit.id]
+    assert row.state == "unverified" and row.code_delivery == expected
+    assert digest.to_csv().splitlines()[0].endswith(",code_delivery")
+    assert digest.to_csv().splitlines()[1].endswith("," + expected)
+    i18n = make_i18n()
+    with i18n.context(), i18n.use_locale("ru"):
+        text, _ = texts.digest_messages(digest)
+        csv = texts.digest_csv(digest).decode("utf-8-sig")
+    flagged = "не подтверждён, хотя код дошёл до пациента"
+    assert (flagged in text) is (expected == "delivered")
+    assert ("доставлен пациенту" if expected == "delivered" else "отправлен, доставка неизвестна") in csv
