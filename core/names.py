@@ -29,8 +29,9 @@ def clean_name(value: str | None, field: str = "full_name") -> str:
 
 def short_name(full_name: str) -> str:
     """The surname and initials, as a family chat tells its patients apart: "Ковалева Мария Петровна" →
-    "Ковалева М. П."; a name that is one word, or already in this form, is returned as it is."""
+    "Ковалева М. П.". Only the official three-part form (surname, name, patronymic) is shortened: in a two-word name
+    nobody can tell the surname from the given name ("Дмитрий Ковалев"), so it stays whole, as does one word."""
     words = full_name.split()
-    if len(words) < 2:
-        return full_name.strip()
+    if len(words) < 3:
+        return " ".join(words)
     return " ".join([words[0], *(w if w.endswith(".") and len(w) <= 3 else w[0].upper() + "." for w in words[1:])])

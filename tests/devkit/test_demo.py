@@ -38,6 +38,13 @@ async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lan
     assert "📎 rastau-auditor-" in auditor and "🚩" in auditor  # the summary with the clinic's red flags, and its CSV
     disputed = story.split(NARRATION[lang]["answers"])[1].split(NARRATION[lang]["digest"])[0]
     assert "🤖 → Аудитор Сәуле: ⚠️" in disputed, "the phantom visit's dispute reached the auditor's chat at once"
+    # issue 17: a family number (Dmitry and his mother) names the patient in every message to that chat, and a
+    # question typed after the reason was given is not filed: nothing more reaches the admins or the auditor
+    assert "Ковалева М. П." in story.split(NARRATION[lang]["family"])[0]
+    dmitry = [line for line in story.splitlines() if line.startswith("   🤖 → Дмитрий: ") and line[17:].strip()]
+    about_visits = [line for line in dmitry if "10:00" in line or "11:00" in line]  # B's and C's codes, questions
+    assert len(about_visits) >= 4 and all("Дмитрий Ковалев" in line for line in about_visits)
+    assert NARRATION[lang]["stray_note"].format(n=0) in disputed
     assert NARRATION[lang]["payer"] in auditor and "visit.disputed" in auditor and "flag.raised" in auditor
     assert NARRATION[lang]["summary"] in story
     dashboard = story.split(NARRATION[lang]["dashboard"])[1]  # the web dashboard (issue 13)
