@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import random
 import secrets
 import sys
 import time
@@ -132,6 +133,7 @@ class WhatsAppStandIn:
         self.users: set[str] = set()  # wa_ids that have WhatsApp
         self._last_inbound: dict[str, float] = {}
         self._faults: list[_Fault] = []
+        self._chaos: tuple[random.Random, list[tuple[str, float]]] | None = None
         self._recent: deque[float] = deque()
         self._recent_by_pair: dict[str, deque[float]] = defaultdict(deque)
         self._ids = itertools.count(1)
@@ -180,6 +182,28 @@ class WhatsAppStandIn:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; one of {FAULT_KINDS}")
         self._faults.extend([_Fault(kind)] * n)
+
+    def random_faults(self, seed: int, **odds: float) -> None:
+        """Chaos: each send independently fails with these odds, reproducibly from ``seed``; keys are fault kinds
+        ("500", "slow", "drop", "130429", ...), e.g. ``random_faults(7, **{"500": 0.1, "130429": 0.05})``. No odds
+        turns it off."""
+        unknown = set(odds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; kinds are {FAULT_KINDS}")
+        if sum(odds.values()) > 1:
+            raise ValueError("fault probabilities add up to more than 1")
+        self._chaos = (random.Random(seed), list(odds.items())) if any(odds.values()) else None
+
+    def _draw(self) -> _Fault | None:
+        if self._chaos is None:
+            return None
+        rng, odds = self._chaos
+        roll = rng.random()
+        for kind, p in odds:
+            if roll < p:
+                return _Fault(kind)
+            roll -= p
+        return None
 
     def in_window(self, wa_id: str) -> bool:
         last = self._last_inbound.get(_digits(wa_id))
@@ -281,7 +305,7 @@ class WhatsAppStandIn:
         to, kind = _digits(str(body.get("to", ""))), body.get("type", "text")
         if body.get("messaging_product") != "whatsapp" or not to or kind not in ("text", "template", "interactive"):
             return _error("100")
-        fault = self._faults.pop(0) if self._faults else None
+        fault = self._faults.pop(0) if self._faults else self._draw()
         if fault is not None:
             if fault.kind == "slow":
                 await self._sleep(self.slow_seconds)

@@ -60,3 +60,21 @@ async def test_unpaced_the_same_burst_is_refused_and_each_refusal_is_a_retry(db_
         assert len(world.api.sent) + len(refused) == 12
     finally:
         await stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_under_random_faults_every_send_is_accepted_once_or_handed_back_for_a_retry(db_url, engine, clock):
+    """Seeded chaos at the stand-in (5xx, rate limits, dropped connections): each send either reaches WhatsApp once
+    or comes back as ChannelRetry (the dispatcher reschedules it); none is lost silently, none accepted twice."""
+    world, stop = await start_world(db_url, engine, clock)
+    try:
+        for number in RECIPIENTS:
+            world.api.add_user(number)
+        world.api.random_faults(2026, **{"500": 0.2, "130429": 0.1, "131056": 0.1, "drop": 0.1})
+        outcomes = await burst(world, clock, per_recipient=5)
+        retried = sum(o is not None for o in outcomes)
+        assert 0 < retried < len(outcomes)
+        assert len(world.api.sent) == len(outcomes) - retried  # every other send accepted, once
+        assert all(o.reason.startswith("whatsapp ") for o in outcomes if o is not None)
+    finally:
+        await stop()
