@@ -287,9 +287,10 @@ class OutboxRenderer:
         chosen, stopped = await chat_language(self._ctx, chat_id)
         if stopped:
             return None
+        named = await self._named(patient, chat_id)
         with self._i18n.context(), self._i18n.use_locale((chosen or patient.language).value):
             text = texts.change_notice(kind=change.kind, clinic=clinic.name, at=change.at,
-                                       phone_tail=patient.phone[-4:])
+                                       phone_tail=patient.phone[-4:], patient=named)
             markup = change_keyboard(change.id)
         return [Outgoing(chat_id=chat_id, text=text, reply_markup=markup)]
 

@@ -291,10 +291,12 @@ def dispute_notice(*, visit_id: int, clinic: str, doctor: str, patient: str, iin
 
 # --- changes to what identifies a patient ---------------------------------------------------------------------
 
-def change_notice(*, kind: str, clinic: str, at: dt.datetime, phone_tail: str) -> str:
-    """To the patient (the old chat for a new phone): what changed, where and when, and the way to object."""
+def change_notice(*, kind: str, clinic: str, at: dt.datetime, phone_tail: str, patient: str | None = None) -> str:
+    """To the patient (the old chat for a new phone): what changed, where and when, and the way to object;
+    ``patient`` (a short name) on a family number, so nobody objects to a change made for someone else."""
     what = str(CHANGE_FOR_PATIENT[kind]).format(last=q(phone_tail))
-    return (f"🔔 <b>{q(clinic)}</b>, {q(when(at, locale()))}\n\n{what}\n\n"
+    whose = f"\n👤 <b>{q(patient)}</b>" if patient else ""
+    return (f"🔔 <b>{q(clinic)}</b>, {q(when(at, locale()))}{whose}\n\n{what}\n\n"
             + _("If you did not ask for this, press «This wasn't me»: the clinic's administrators will know at "
                 "once."))
 

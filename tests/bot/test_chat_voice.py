@@ -370,3 +370,15 @@ async def test_visits_on_a_family_number_names_each_patient_and_one_person_is_no
     assert KOVALEVA in listing and "Ivan P." in listing
     await world.send(alone, "/visits")
     assert "Asel N." not in last_to(standin, alone.id).text, "one person: no names"
+
+
+async def test_a_change_notice_on_a_family_number_names_whose_record_changed(ctx, clinic_world, world, standin):
+    """The mother must not press «This wasn't me» about a consent recorded for her son: the notice names him."""
+    w = clinic_world
+    kid = await add_to_the_family(ctx, w)
+    user = User(7816)
+    await link(world, user, w.p2.phone, "ru")
+    await registry.record_consent(ctx, w.clinic.id, kid.id, "медсестра Сауле")
+    await world.deliver()
+    notice = last_to(standin, user.id).text
+    assert "Записано ваше согласие" in notice and "👤 <b>Ковалева М. П.</b>" in notice.split("\n\n")[0]
