@@ -172,3 +172,13 @@ async def test_a_clinic_reviewing_again_does_not_bury_the_auditors_outcome(web_c
     (row,) = list(csv.reader(io.StringIO(body)))[1:]
     assert row[-5:] == ["4", "пациент қабылдауда болған", "The patient was there", "пациенттің сөзі рас",
                         "No camera check, no answer from doctor"]
+
+
+async def test_what_patients_and_reviewers_write_stays_text_in_the_page(web_client, ctx, world):
+    visit_id = await disputed(ctx, world.a, '<img src=x onerror="alert(1)">')
+    token = await sign_in(web_client, ctx, ADMIN_A_CHAT)
+    await web_client.post(f"/web/disputes/visit/{visit_id}/review",
+                          data={"csrf": token, "outcome": "rejected", "note": "</li><script>alert(2)</script>"})
+    page = await (await web_client.get("/web/disputes")).text()
+    assert "<script>alert(2)" not in page and "&lt;script&gt;alert(2)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=" in page
