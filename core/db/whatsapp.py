@@ -61,21 +61,25 @@ class WhatsAppRepo:
 
     # --- patients' WhatsApp channel rows ------------------------------------------------------------------------
 
-    async def link(self, patient_id: int, wa_id: str, now: dt.datetime) -> bool:
+    async def link(self, patient_id: int, wa_id: str, now: dt.datetime) -> str:
         """The patient proved this wa_id by writing from it: their WhatsApp channel, working again if it had
-        gone, its window open from now. True when it was not linked to this address before."""
+        gone, its window open from now. Answers "new" (not linked to this address before), "same", or "held": the
+        patient's WhatsApp at another number still works, so this one is not linked (a phone number changed in the
+        clinic's records does not move a working channel to it: the clinic could otherwise take it over)."""
         row = (await self.conn.execute(select(_c).where(and_(_c.c.patient_id == patient_id,
                                                              _c.c.channel == CHANNEL)))).first()
         if row is None:
             await self.conn.execute(_c.insert().values(patient_id=patient_id, channel=CHANNEL, address=wa_id,
                                                        proven_at=now, last_inbound_at=now))
-            return True
+            return "new"
+        if row.address != wa_id and row.gone_at is None:
+            return "held"
         values: dict[str, object] = dict(last_inbound_at=now, gone_at=None, gone_reason=None)
         if row.address != wa_id:
             values.update(address=wa_id, proven_at=now)
         await self.conn.execute(update(_c).where(and_(_c.c.patient_id == patient_id, _c.c.channel == CHANNEL))
                                 .values(**values))
-        return bool(row.address != wa_id)
+        return "new" if row.address != wa_id else "same"
 
     async def patients_at(self, wa_id: str) -> list[int]:
         """The patients whose working WhatsApp channel is this wa_id."""

@@ -214,14 +214,23 @@ async def _message(ctx: Context, event: dict[str, Any]) -> Outcome | None:
         if not ids:
             await uow.commit()
             return Outcome(wa_id, Reply.UNKNOWN_NUMBER, None)
-        newly = [pid for pid in ids if await whatsapp_repo(uow).link(pid, wa_id, at)]
-        if newly:
-            for clinic_id in sorted({p.clinic_id for p in patients if p.id in newly}):
-                await uow.audit.append(now, "patient", "whatsapp.link", "patients:" + ",".join(
-                    str(p.id) for p in patients if p.id in newly and p.clinic_id == clinic_id),
-                    {"proof": "wa_id of the sender equals the registered phone"}, clinic_id=clinic_id)
+        links = {pid: await whatsapp_repo(uow).link(pid, wa_id, at) for pid in ids}
+        newly = [pid for pid, how in links.items() if how == "new"]
+        held = [pid for pid, how in links.items() if how == "held"]
+        for action, chosen, details in (
+                ("whatsapp.link", newly, {"proof": "wa_id of the sender equals the registered phone"}),
+                ("whatsapp.link_refused", held, {"why": "the patient's WhatsApp at another number still works"})):
+            for clinic_id in sorted({p.clinic_id for p in patients if p.id in chosen}):
+                await uow.audit.append(now, "patient", action, "patients:" + ",".join(
+                    str(p.id) for p in patients if p.id in chosen and p.clinic_id == clinic_id), details,
+                    clinic_id=clinic_id)
         await uow.commit()
-    language = patients[0].language
+    if held:
+        log.warning("whatsapp link refused: the patient's WhatsApp at another number still works", patients=len(held))
+    ids = [pid for pid in ids if pid not in held]
+    if not ids:
+        return Outcome(wa_id, None, None)  # nothing to say to a number that is not the patient's channel
+    language = next(p.language for p in patients if p.id in ids)
     if newly:
         return Outcome(wa_id, Reply.CHOOSE_LANGUAGE, language)
     payload = _button(event)

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from bot.channels.base import (
     Address,
@@ -27,6 +28,7 @@ from bot.channels.base import (
 from bot.channels.whatsapp import LANGUAGE_BUTTONS, SURE_TEXT, WhatsAppInbox, WhatsAppRuntime
 from bot.i18n import make_i18n
 from core.clock import ALMATY
+from core.db import tables as t
 from core.model import VisitState
 from core.services import registry
 from core.services.visits import register_visit
@@ -483,3 +485,26 @@ async def test_two_bot_instances_handle_each_message_once(wa, people):
     await wa.settle()
     assert [len(wa.api.messages_to(n)) for n in strangers] == [1] * 6
     assert len(wa.api.messages_to(ASEL)) == 1  # one language choice, not two
+
+
+async def test_a_phone_changed_in_the_records_does_not_move_a_working_whatsapp(wa, people):
+    """A dishonest clinic changes the patient's phone to a number it holds and writes from it, to receive her codes
+    and answer her questions itself: her working WhatsApp stays hers, the other number is told nothing, and the
+    refusal is in the clinic's audit chain. Only once her own WhatsApp is gone (131026) can a new number take over."""
+    await linked(wa, ASEL)
+    await registry.upsert_patient(wa.ctx, people.clinic.id, VALID_IINS[0], "Asel N.", "+7 707 999 00 00", "ru")
+    await wa.api.user_writes(STRANGER, "Сәлем")
+    await wa.settle()
+    assert (await wa.channel_row(people.asel.id)).address == ASEL
+    assert wa.api.messages_to(STRANGER) == []
+    async with wa.ctx.uow() as uow:
+        actions = [r.action for r in (await uow.conn.execute(select(t.audit_log))).all()]
+    assert "whatsapp.link_refused" in actions
+    wa.api.users.discard(ASEL)  # her account is gone: WhatsApp fails the next message with 131026
+    sent = await wa.channel.send_code(Address(ChannelName.WHATSAPP, ASEL, people.asel.id), CodeMessage(
+        1, "777888", "C", "D", wa.ctx.clock.now(), wa.ctx.clock.now(), False, "ru"), not_after=math.inf)
+    await wa.outbox_row_sent_as(sent.message_id, people.asel.id)
+    await wa.settle()
+    await wa.api.user_writes(STRANGER, "Сәлем")
+    await wa.settle()
+    assert (await wa.channel_row(people.asel.id)).address == STRANGER
