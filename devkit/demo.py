@@ -24,6 +24,8 @@ import aiohttp
 from aiohttp import web
 
 from bot.app import create_bot, create_dispatcher
+from bot.channels.sms import SmsChannel
+from bot.channels.sms_webhook import SmsWebhook
 from bot.channels.whatsapp import WhatsAppRuntime
 from bot.delivery.dispatcher import OutboxDispatcher
 from bot.delivery.webhook import PayerWebhookSender
@@ -45,6 +47,7 @@ from devkit.botapi import BotApiStandIn, Sent
 from devkit.liveness_clips import Shot, camera_frame, shots
 from devkit.payer import PayerStandIn
 from devkit.phone import Phone, buttons, plain
+from devkit.sms_gateway import SmsGatewayStandIn
 from devkit.whatsapp import WaSent, WhatsAppStandIn, add_rastau_templates
 from server.app import create_app
 
@@ -60,7 +63,7 @@ NARRATION = {
         "link": "   Пациенты, врач, администратор и аудитор плательщика подключают бота",
         "family": "   Номер Дмитрия — семейный: на него записана и его мать, Мария Ковалева. Каждое сообщение в этом "
                   "чате называет, о ком оно",
-        "visits": "2. Клиника записывает на завтра очный приём, онлайн-консультацию и ещё два очных приёма",
+        "visits": "2. Клиника записывает на завтра очный приём, онлайн-консультацию и ещё три очных приёма",
         "morning": "3. Завтра, 08:50: за 10 минут до приёма пациент получает код",
         "webcam": "   09:02, кабинет врача: веб-камера",
         "whatsapp_link": "   Бауыржан пишет на номер поликлиники в WhatsApp: номер подтверждает сам WhatsApp, "
@@ -90,7 +93,9 @@ NARRATION = {
         "stray": "Подскажите, когда мой следующий приём?",
         "stray_note": "   Позже Дмитрий пишет боту вопрос — это не причина спора, и администраторам он не уходит "
                       "(им и аудитору пришло сообщений: {n})",
-        "headers": ("приём", "пациент", "формат", "состояние", "доказательство", "ответ пациента"),
+        "headers": ("приём", "пациент", "формат", "состояние", "доказательство", "ответ пациента", "канал"),
+        "sms_code": "   09:35: у Гүлжан нет мессенджера — код к приёму E приходит ей по SMS (один сегмент)",
+        "sms_answer": "   Вопрос о приёме E пришёл Гүлжан по SMS; она отвечает цифрой",
         "values": {"in_person": "очно", "online": "онлайн", "patient_confirmed": "подтверждён пациентом",
                    "patient_disputed": "оспорен пациентом", "unverified": "не подтверждён", "verified": "подтверждён",
                    "scheduled": "запланирован", "cancelled": "отменён", "face": "лицо, один кадр",
@@ -104,7 +109,7 @@ NARRATION = {
         "link": "   Пациенттер, дәрігер, әкімші және төлеуші аудиторы ботқа қосылады",
         "family": "   Дмитрийдің нөмірі — отбасылық: оған анасы Мария Ковалева да тіркелген. Бұл чаттағы әр "
                   "хабарлама кім туралы екенін атайды",
-        "visits": "2. Емхана ертеңге бетпе-бет қабылдауды, онлайн-кеңесті және тағы екі бетпе-бет қабылдауды жазады",
+        "visits": "2. Емхана ертеңге бетпе-бет қабылдауды, онлайн-кеңесті және тағы үш бетпе-бет қабылдауды жазады",
         "morning": "3. Ертең, 08:50: қабылдаудан 10 минут бұрын пациент кодты алады",
         "webcam": "   09:02, дәрігер кабинеті: веб-камера",
         "whatsapp_link": "   Бауыржан емхананың WhatsApp нөміріне жазады: нөмірін WhatsApp-тың өзі растайды, "
@@ -134,7 +139,9 @@ NARRATION = {
         "stray": "Келесі қабылдауым қашан екенін айтып бересіз бе?",
         "stray_note": "   Кейін Дмитрий ботқа сұрақ жазады — бұл себеп емес, әкімшілерге жіберілмейді "
                       "(оларға және аудиторға келген хабарлама саны: {n})",
-        "headers": ("қабылдау", "пациент", "түрі", "күйі", "дәлел", "пациенттің жауабы"),
+        "headers": ("қабылдау", "пациент", "түрі", "күйі", "дәлел", "пациенттің жауабы", "арна"),
+        "sms_code": "   09:35: Гүлжанда мессенджер жоқ — E қабылдауының коды оған SMS арқылы келеді (бір сегмент)",
+        "sms_answer": "   E қабылдауы туралы сұрақ Гүлжанға SMS арқылы келді; ол цифрмен жауап береді",
         "values": {"in_person": "бетпе-бет", "online": "онлайн", "patient_confirmed": "пациент растады",
                    "patient_disputed": "пациент дауласты", "unverified": "расталмаған", "verified": "расталған",
                    "scheduled": "жоспарланған", "cancelled": "болдырылмаған", "face": "бет, бір кадр",
@@ -154,6 +161,7 @@ class Evidence:
     state: str
     verified_by: str | None
     answer: str
+    channel: str = "telegram"  # issue 14: the channel that reached the patient (their code's or question's row)
 
 
 
@@ -213,6 +221,10 @@ class Story:
         add_rastau_templates(self.wa)
         await self.wa.start()
         self.wa_shown = 0
+        self.sms_gateway = SmsGatewayStandIn(password=secrets.token_urlsafe(16))  # issue 14: SMS for no messenger
+        await self.sms_gateway.start()
+        sms_secret = secrets.token_urlsafe(24)
+        self.secrets += [self.sms_gateway.password, sms_secret]
         self.secrets += [self.wa.access_token, self.wa.app_secret]
         self.secrets.append(self.payer.secret)
         self.settings = Settings(_env_file=None, mode="dev", database_url=f"sqlite+aiosqlite:///{self._tmp.name}/demo.db",
@@ -224,7 +236,9 @@ class Story:
                                  flag_min_visits=1,  # a short day raises the share flags (production: 20)
                                  whatsapp_phone_number_id=self.wa.phone_number_id,
                                  whatsapp_access_token=self.wa.access_token, whatsapp_app_secret=self.wa.app_secret,
-                                 whatsapp_verify_token=secrets.token_urlsafe(24), whatsapp_api_base=self.wa.base_url)
+                                 whatsapp_verify_token=secrets.token_urlsafe(24), whatsapp_api_base=self.wa.base_url,
+                                 sms_gateway_url=self.sms_gateway.base_url, sms_login=self.sms_gateway.login,
+                                 sms_password=self.sms_gateway.password, sms_inbound_secret=sms_secret)
         self.engine = create_engine(self.settings.database_url)
         await upgrade_to_head(self.engine)
         self.ctx = Context.build(self.settings, UnitOfWorkFactory(self.engine), self.clock)
@@ -240,11 +254,22 @@ class Story:
         self.whatsapp = WhatsAppRuntime(self.ctx, i18n)  # its webhook, channel and inbox, as the bot runs them
         self.wa.webhook_url = (f"http://127.0.0.1:{await self.whatsapp.serve('127.0.0.1', 0)}"
                                f"{self.settings.whatsapp_webhook_path}")
-        renderer = OutboxRenderer(self.ctx, i18n, channels=frozenset({ChannelName.TELEGRAM, ChannelName.WHATSAPP}))
+        self.sms = SmsChannel(self.ctx, i18n)
+        sms_app = web.Application()
+        SmsWebhook(self.ctx).register(sms_app, self.settings.sms_inbound_path)  # replies "1"/"0", signed
+        self.sms_runner = web.AppRunner(sms_app, access_log=None, handle_signals=False)
+        await self.sms_runner.setup()
+        sms_site = web.TCPSite(self.sms_runner, "127.0.0.1", 0)
+        await sms_site.start()
+        self.sms_inbound = (f"http://127.0.0.1:{sms_site._server.sockets[0].getsockname()[1]}"
+                            f"{self.settings.sms_inbound_path}")
+        self.sms_secret = sms_secret
+        renderer = OutboxRenderer(self.ctx, i18n, channels=frozenset(ChannelName))
         self.dispatcher = OutboxDispatcher(self.ctx, self.bot, renderer, worker_id="demo",
                                            rate_global=self.settings.send_rate_global,
                                            rate_per_chat=self.settings.send_rate_per_chat,
-                                           channels={ChannelName.WHATSAPP: self.whatsapp.channel})
+                                           channels={ChannelName.WHATSAPP: self.whatsapp.channel,
+                                                     ChannelName.SMS: self.sms})
         self.polling = asyncio.create_task(self.dp.start_polling(self.bot, handle_signals=False,
                                                                  close_bot_session=False, polling_timeout=1))
         self.http = aiohttp.ClientSession(self.server_url)
@@ -260,6 +285,9 @@ class Story:
         await self.bot.session.close()
         await self.whatsapp.close()
         await self.wa.stop()
+        await self.sms.close()
+        await self.sms_runner.cleanup()
+        await self.sms_gateway.stop()
         await self.runner.cleanup()
         await self.engine.dispose()
         await self.api.stop()
@@ -362,7 +390,9 @@ class Story:
                             "", []),
                   # on WhatsApp only, no face enrolled: his visit is verified by the code
                   "baurzhan": ("Бауыржан Сапаров", "+7 747 321 65 40", make_iin(dt.date(1958, 2, 20), True, 5),
-                               "", [])}
+                               "", []),
+                  # issue 14: no messenger at all, no face enrolled: SMS to her registered phone
+                  "gulzhan": ("Гүлжан Әбенова", "+7 701 555 12 34", make_iin(dt.date(1949, 6, 1), False, 6), "", [])}
         patient_ids = {}
         self.secrets += [person[2] for person in people.values()]
         for name, (full_name, phone, iin, folder, photos) in people.items():
@@ -395,6 +425,7 @@ class Story:
         self.heading("family")
         self.heading("whatsapp_link")
         self.baurzhan = "".join(ch for ch in people["baurzhan"][1] if ch.isdigit())  # his wa_id
+        self.gulzhan = "+" + "".join(ch for ch in people["gulzhan"][1] if ch.isdigit())  # E.164, as SMS is sent
         self.line("   👤 Бауыржан (WhatsApp): «Сәлеметсіз бе»")
         await self.wa.user_writes(self.baurzhan, "Сәлеметсіз бе", name="Бауыржан")
         await self.whatsapp_settle("Бауыржан")
@@ -406,7 +437,8 @@ class Story:
         self.heading("visits")
         visits = {}
         for label, patient, hour, mode in (("A", "aigerim", 9, "in_person"), ("B", "dmitry", 10, "online"),
-                                           ("C", "dmitry", 11, "in_person"), ("D", "baurzhan", 9.5, "in_person")):
+                                           ("C", "dmitry", 11, "in_person"), ("D", "baurzhan", 9.5, "in_person"),
+                                           ("E", "gulzhan", 9.75, "in_person")):
             start = dt.datetime.combine(self.day, dt.time(int(hour), int(hour % 1 * 60)), tzinfo=ALMATY)
             status, visit = await self.call("POST", "/visits", self.mis_key,
                                             headers={"Idempotency-Key": f"demo-{label}"},
@@ -449,6 +481,17 @@ class Story:
         status, body = await self.call("POST", f"/visits/{visits['D']}/code", self.webcam_key, json={"code": wa_code})
         self.line(f"   ⌨️  {self.say['clinic_enters']}: POST /visits/{visits['D']}/code → {status} {body}")
 
+        self.heading_at("sms_code", self.day, 9, 35)
+        await self.move_to(self.day, 9, 35)
+        sms = self.sms_gateway.to(self.gulzhan)[-1]
+        sms_code = CODE.search(sms.text).group(1)  # type: ignore[union-attr]
+        self.secrets.append(sms_code)
+        self.line(f"   📱 SMS {sms.sender} → Гүлжан: {sms.text}")
+        self.clock.set(dt.datetime.combine(self.day, dt.time(9, 47), tzinfo=ALMATY))
+        self.line(f"   👤 Гүлжан → Dr Айдос: «{sms_code}»")
+        status, body = await self.call("POST", f"/visits/{visits['E']}/code", self.webcam_key, json={"code": sms_code})
+        self.line(f"   ⌨️  {self.say['clinic_enters']}: POST /visits/{visits['E']}/code → {status} {body}")
+
         self.heading_at("online", self.day, 9, 58)
         await self.move_to(self.day, 9, 58)
         self.doctor.type("/code")
@@ -483,6 +526,13 @@ class Story:
         self.line("   👤 Бауыржан: [✅]")
         await self.wa.user_taps(self.baurzhan, question, question.button_payloads()[0])
         await self.whatsapp_settle("Бауыржан")
+        self.heading("sms_answer")
+        question_sms = self.sms_gateway.to(self.gulzhan)[-1]
+        self.line(f"   📱 SMS {question_sms.sender} → Гүлжан: {question_sms.text}")
+        self.line("   👤 Гүлжан → SMS: «1»")
+        status, answer = await self.sms_gateway.reply(self.sms_inbound, self.sms_secret, self.gulzhan, "1",
+                                                      timestamp=int(self.clock.now().timestamp()))
+        self.line(f"   ↪ POST {self.settings.sms_inbound_path} (X-Rastau-Signature ✓) → {status} {answer}")
         self.dmitry.press(self.with_button(prompts_d, f"ans:no:{visits['C']}"), f"ans:no:{visits['C']}")
         confirm, = await self.dmitry.wait_for(1)  # ❌ records nothing yet: one question to make sure (issue 17)
         self.dmitry.press(confirm, next(d for label, d in buttons(confirm) if label.startswith("❌")))
@@ -520,6 +570,18 @@ class Story:
 
         await self.dashboard_links()
         return await self.summary(visits, {v: k for k, v in patient_ids.items()}, people)
+
+    async def channel_of(self, visit_id: int) -> str:
+        """The channel that reached the patient about this visit: its last code or question sent (issue 14)."""
+        import sqlalchemy as sa
+
+        from core.db import tables as t
+        o = t.outbox
+        async with self.ctx.uow(read_only=True) as uow:
+            used = (await uow.conn.execute(sa.select(o.c.channel).where(
+                o.c.visit_id == visit_id, o.c.status == "sent", o.c.recipient_kind == "patient")
+                .order_by(o.c.id.desc()).limit(1))).scalar_one_or_none()
+        return used or "telegram"
 
     async def dashboard_links(self) -> None:
         """The web dashboard (issue 13): /web in the admin's and the auditor's chats answers their sign-in links."""
@@ -559,12 +621,12 @@ class Story:
             visit = visit.get("visit", visit)
             patient = people[names[visit["patient_id"]]][0]
             rows.append(Evidence(label, patient, visit["mode"], visit["state"], visit["verified_by"],
-                                 visit["patient_answer"]["answer"]))
+                                 visit["patient_answer"]["answer"], await self.channel_of(visit_id)))
         self.line()
         self.line(f"── {self.say['summary']}")
         word = self.say["values"]
         self.line(render_table(self.say["headers"], [(r.label, r.patient, word[r.mode], word[r.state],
-                                                      word[r.verified_by], word[r.answer]) for r in rows]))
+                                                      word[r.verified_by], word[r.answer], r.channel) for r in rows]))
         return rows
 
 

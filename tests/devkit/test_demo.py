@@ -19,6 +19,8 @@ EXPECTED = [
     ("C", "in_person", "patient_disputed", None, "disputed"),
     # on WhatsApp only (issue 14): the code came as a template, the clinic entered it, he said "yes" by its button
     ("D", "in_person", "patient_confirmed", "code", "confirmed"),
+    # no messenger at all (issue 14): the code came by SMS, the clinic entered it, she replied "1" by SMS
+    ("E", "in_person", "patient_confirmed", "code", "confirmed"),
 ]
 
 
