@@ -19,7 +19,7 @@ from core.config import Settings
 from core.db.uow import UnitOfWork
 from core.errors import IllegalTransition, InvalidPhone, NotFound
 from core.logs import get_logger
-from core.model import Patient, VisitState
+from core.model import Actor, Patient, VisitEvent, VisitState
 from core.phone import normalise_phone
 from core.services import Context
 from core.services.chat import reachable_chat
@@ -160,6 +160,14 @@ async def record_sms_answer(ctx: Context, *, sender: str, external_id: str, atte
                   else await patient_disputes(ctx, visit_id, patient_ids))
     except (IllegalTransition, NotFound):
         return InboundOutcome("unchanged", visit_id)
+    if result.changed:  # the visit's timeline (and audit chain) says the answer came by SMS: a phone the clinic
+        # registered, weaker than a chat the patient linked, so an auditor can weigh it
+        async with ctx.uow() as uow:
+            visit = await uow.visits.get(visit_id, lock=True)
+            await uow.visits.record_event(visit, VisitEvent(visit_id, ctx.clock.now(), "answer_channel", visit.state,
+                                                            visit.state, Actor.PATIENT, "sms",
+                                                            "attended" if attended else "not attended"))
+            await uow.commit()
     log.info("answer recorded from SMS", visit_id=visit_id, attended=attended)
     return InboundOutcome("recorded" if result.changed else "unchanged", visit_id)
 

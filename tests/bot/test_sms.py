@@ -285,6 +285,10 @@ async def test_a_reply_0_disputes_the_visit_asked_by_sms_and_a_replay_changes_no
     assert await visit_state(rig.ctx, visit_id) is VisitState.PATIENT_DISPUTED
     async with rig.ctx.uow(read_only=True) as uow:
         notices = len(await uow.outbox.pending(kind=OutboxKind.DISPUTE_NOTICE))
+        events = (await uow.conn.execute(sa.select(t.visit_events).where(t.visit_events.c.visit_id == visit_id)
+                                         .order_by(t.visit_events.c.id))).all()
+    assert (events[-1].step, events[-1].method, events[-1].actor) == ("answer_channel", "sms", "patient"), \
+        "the timeline says the answer came by SMS"
     status, body = await gateway.reply(inbound, SECRET, "+77057654321", " 0 ", message_id="in-1", timestamp=now)
     assert status == 200 and json.loads(body)["outcome"] == "replay"
     async with rig.ctx.uow(read_only=True) as uow:
