@@ -41,6 +41,10 @@ STATE_CASE = f"""CASE (x / {CLINICS}) % 10
 METHOD_CASE = (f"CASE WHEN (x / {CLINICS}) % 10 IN (4, 5) THEN 'code' WHEN (x / {CLINICS}) % 10 IN (6, 7, 8) THEN NULL "
                "ELSE 'face' END")
 
+# Whether the patient can be asked at all: with WhatsApp and SMS off (the bench's settings), a linked chat that is
+# neither blocked nor stopped (the digest's rule, core/db/queries.py ANY_CHANNEL).
+TELEGRAM_OK = ("(p.chat_id IS NOT NULL AND NOT p.chat_blocked AND NOT EXISTS (SELECT 1 FROM chat_users cu "
+               "WHERE cu.chat_id = p.chat_id AND cu.stopped))")
 BASELINE = text("""
 SELECT v.doctor_id, d.full_name,
   SUM(CASE WHEN v.state <> 'cancelled' THEN 1 ELSE 0 END) AS visits,
@@ -54,7 +58,9 @@ SELECT v.doctor_id, d.full_name,
   SUM(CASE WHEN v.state NOT IN ('cancelled', 'patient_confirmed', 'patient_disputed')
            AND v.attended_claim_at IS NULL THEN 1 ELSE 0 END) AS no_answer,
   SUM(CASE WHEN v.state = 'cancelled' THEN 1 ELSE 0 END) AS cancelled,
-  SUM(CASE WHEN v.state <> 'cancelled' AND (p.chat_id IS NULL OR p.chat_blocked) THEN 1 ELSE 0 END) AS unreachable,
+  SUM(CASE WHEN v.state NOT IN ('cancelled', 'patient_confirmed', 'patient_disputed')
+           AND v.attended_claim_at IS NULL AND NOT """ + TELEGRAM_OK + """ THEN 1 ELSE 0 END) AS no_channel,
+  SUM(CASE WHEN v.state <> 'cancelled' AND NOT """ + TELEGRAM_OK + """ THEN 1 ELSE 0 END) AS unreachable,
   SUM(CASE WHEN v.state <> 'cancelled' AND v.registered_late THEN 1 ELSE 0 END) AS registered_late,
   SUM(CASE WHEN v.state <> 'cancelled' AND EXISTS (SELECT 1 FROM visit_events e WHERE e.visit_id = v.id
            AND e.step = 'verify' AND e.detail = 'fresh_reference') THEN 1 ELSE 0 END) AS fresh_reference
@@ -77,7 +83,12 @@ SELECT v.id, v.start_at, v.doctor_id, v.mode, v.service_code, v.state, v.verifie
   v.created_at, v.registered_late, v.verified_at, v.verified_enrolment_id,
   (SELECT c.at FROM patient_changes c WHERE c.id = v.verified_enrolment_id) AS enrolled_at,
   EXISTS (SELECT 1 FROM visit_events e WHERE e.visit_id = v.id AND e.step = 'verify'
-          AND e.detail = 'fresh_reference') AS fresh_reference
+          AND e.detail = 'fresh_reference') AS fresh_reference,
+  """ + TELEGRAM_OK + """ AS reachable,
+  CASE WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.visit_id = v.id AND o.kind = 'visit_code'
+                    AND o.delivery_status IN ('delivered', 'read')) THEN 'delivered'
+       WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.visit_id = v.id AND o.kind = 'visit_code'
+                    AND o.status = 'sent') THEN 'sent' END AS code_delivery
 FROM visits v JOIN doctors d ON d.id = v.doctor_id JOIN patients p ON p.id = v.patient_id
 WHERE v.clinic_id = :clinic AND v.start_at >= :start AND v.start_at < :end
   AND ((v.state NOT IN ('cancelled', 'scheduled') AND v.verified_by IS NULL) OR v.state = 'patient_disputed'

@@ -147,12 +147,15 @@ async def test_digest_on_demand_and_who_may_ask(ctx, clinic_world, world, standi
 async def test_scheduler_jobs_are_defined_in_code(ctx, world):
     scheduler = build_scheduler(ctx, world.dispatcher)
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"close_windows", "deliver", "daily_digest", "auditor_summary", "prune_updates"}
+    assert set(jobs) == {"close_windows", "deliver", "daily_digest", "auditor_summary", "prune_updates", "retention"}
     for daily in ("daily_digest", "auditor_summary"):
         cron = jobs[daily].trigger
         assert str(cron.timezone) == "Asia/Almaty"
         assert {f.name: str(f) for f in cron.fields}["hour"] == "8"
         assert {f.name: str(f) for f in cron.fields}["minute"] == "0"
+    retention = {f.name: str(f) for f in jobs["retention"].trigger.fields}
+    assert str(jobs["retention"].trigger.timezone) == "Asia/Almaty"
+    assert (retention["hour"], retention["minute"]) == ("3", "30")  # at night, away from the morning digests
 
 
 async def test_digest_catch_up_after_a_missed_morning(ctx, clinic_world):
