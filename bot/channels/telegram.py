@@ -63,11 +63,13 @@ class TelegramChannel:
         self._bot, self._pacer, self._i18n = bot, pacer, i18n
 
     async def send_outgoing(self, part: Outgoing, not_after: float = math.inf) -> int:
-        """One part, paced; Telegram's own errors escape as aiogram raises them (the dispatcher reads them for parts)
-        but for 429s in a row, which end as ChannelRetry."""
+        """One part (or an edit of an earlier message), paced; the message's id. Telegram's own errors escape as
+        aiogram raises them (the dispatcher reads them for parts) but for 429s in a row, which end as ChannelRetry."""
         for _ in range(MAX_RETRY_AFTER_IN_PLACE):
             async with self._pacer.turn(part.chat_id, not_after=not_after):
                 try:
+                    if part.edit_message_id is not None:
+                        return await self._edit(part)
                     if part.document is not None:
                         filename, data = part.document
                         sent = await self._bot.send_document(part.chat_id,
@@ -82,6 +84,16 @@ class TelegramChannel:
                     log.warning("telegram asked to slow down", retry_after=exc.retry_after)
                     await self._pacer.pause(exc.retry_after)
         raise ChannelRetry("too many 429 answers in a row")
+
+    async def _edit(self, part: Outgoing) -> int:
+        """Replace an earlier message's text; one Telegram will not edit (deleted, too old) stays as it is."""
+        assert part.edit_message_id is not None, "only edits come here"
+        try:
+            await self._bot.edit_message_text(part.text, chat_id=part.chat_id, message_id=part.edit_message_id,
+                                              parse_mode=part.parse_mode, reply_markup=part.reply_markup)
+        except TelegramBadRequest as exc:
+            log.info("earlier message not edited", error=exc.message)
+        return part.edit_message_id
 
     async def _send(self, part: Outgoing, not_after: float) -> Sent:
         try:

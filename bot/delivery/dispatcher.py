@@ -26,9 +26,7 @@ from aiogram.exceptions import (
     TelegramBadRequest,
     TelegramForbiddenError,
     TelegramNotFound,
-    TelegramRetryAfter,
 )
-from aiogram.types import BufferedInputFile
 
 from bot.channels.base import (
     AttendanceQuestion,
@@ -41,6 +39,7 @@ from bot.channels.base import (
     Sent,
 )
 from bot.channels.routing import NO_CHANNEL, ROUTED_KINDS
+from bot.channels.telegram import TelegramChannel
 from bot.delivery.limits import Pacer, SendPacer, TooLate
 from bot.delivery.types import OutboxItem, Outgoing, Renderer
 from core.channels import ChannelName
@@ -54,7 +53,6 @@ log = get_logger("rastau.dispatcher")
 
 MAX_FAILURES = 12  # failed sends (5xx, timeouts, render errors) before a message is given up
 MAX_CLAIMS = 60  # claims without an outcome (dispatchers dying on it) before it is given up as poison
-MAX_RETRY_AFTER_IN_PLACE = 5  # 429s absorbed in place before the row is rescheduled
 LEASE_SLACK = 2.0  # seconds a claim must outlast a send's timeout, to mark the row done while still ours
 
 
@@ -79,10 +77,6 @@ async def drain(run_once: Callable[[], Awaitable[int]], max_rounds: int) -> int:
     return total
 
 
-class _Retry(Exception):
-    pass
-
-
 class OutboxDispatcher:
     def __init__(self, ctx: Context, bot: Bot, renderer: Renderer, *, worker_id: str | None = None,
                  rate_global: float | None = None, rate_per_chat: float | None = None, batch: int = 100,
@@ -97,6 +91,7 @@ class OutboxDispatcher:
         self.worker_id = worker_id or default_worker_id()
         self._pacer = pacer or SendPacer(rate_global or ctx.settings.send_rate_global,
                                          rate_per_chat or ctx.settings.send_rate_per_chat)
+        self._telegram = TelegramChannel(bot, self._pacer)  # every Telegram part goes out through it
         self._batch, self._lease = batch, lease
         self._send_window = lease.total_seconds() - bot.session.timeout - LEASE_SLACK
         if self._send_window <= 0:
@@ -179,7 +174,7 @@ class OutboxDispatcher:
             if index < already_sent:
                 continue
             try:
-                sent_id = await self._send_one(part, send_by)
+                sent_id = await self._telegram.send_outgoing(part, send_by)
                 if part.edit_message_id is None:
                     last_message_id, last_chat_id = sent_id, part.chat_id
                 if index + 1 < len(parts):  # a crash before the next part must not repeat this one
@@ -201,42 +196,11 @@ class OutboxDispatcher:
                 await self._finish(item.id, OutboxStatus.FAILED, f"bad request: {exc.message}"[:300])
                 log.error("telegram refused message", outbox_id=item.id, kind=item.kind, error=exc.message)
                 return
-            except (TimeoutError, _Retry, TelegramAPIError) as exc:  # 5xx, network, timeouts
+            except (TimeoutError, ChannelRetry, TelegramAPIError) as exc:  # 5xx, network, timeouts, 429s in a row
                 await self._reschedule(item, f"{type(exc).__name__}: {exc}"[:300])
                 return
         await self._finish(item.id, OutboxStatus.SENT, None, last_message_id, last_chat_id)
         log.info("message delivered", outbox_id=item.id, kind=item.kind, recipient_kind=item.recipient_kind)
-
-    async def _send_one(self, part: Outgoing, send_by: float) -> int:
-        for _ in range(MAX_RETRY_AFTER_IN_PLACE):
-            async with self._pacer.turn(part.chat_id, not_after=send_by):
-                try:
-                    if part.edit_message_id is not None:
-                        return await self._edit(part)
-                    if part.document is not None:
-                        filename, data = part.document
-                        sent = await self._bot.send_document(part.chat_id,
-                                                             BufferedInputFile(data, filename=filename),
-                                                             caption=part.text or None, parse_mode=part.parse_mode,
-                                                             reply_markup=part.reply_markup)
-                    else:
-                        sent = await self._bot.send_message(part.chat_id, part.text, parse_mode=part.parse_mode,
-                                                            reply_markup=part.reply_markup)
-                    return sent.message_id
-                except TelegramRetryAfter as exc:
-                    log.warning("telegram asked to slow down", retry_after=exc.retry_after)
-                    await self._pacer.pause(exc.retry_after)
-        raise _Retry("too many 429 answers in a row")
-
-    async def _edit(self, part: Outgoing) -> int:
-        """Replace an earlier message's text; one Telegram will not edit (deleted, too old) stays as it is."""
-        assert part.edit_message_id is not None, "only edits come here"
-        try:
-            await self._bot.edit_message_text(part.text, chat_id=part.chat_id, message_id=part.edit_message_id,
-                                              parse_mode=part.parse_mode, reply_markup=part.reply_markup)
-        except TelegramBadRequest as exc:
-            log.info("earlier message not edited", error=exc.message)
-        return part.edit_message_id
 
     async def _reschedule(self, item: OutboxItem, error: str) -> None:
         failures = item.failures + 1
