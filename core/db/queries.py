@@ -398,12 +398,15 @@ class FlagQueries:
         return await self._rows(_scoped(stmt, _v.c.clinic_id, _v.c.doctor_id, clinic_id, doctor_id),
                                 {"start": start, "end": end, "wide_start": start - dt.timedelta(hours=12)})
 
-    async def code_shares(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None) -> list[AnyRow]:
+    async def code_shares(self, start: dt.datetime, end: dt.datetime, clinic_id: int | None,
+                          doctor_id: int | None = None) -> list[AnyRow]:
         """Per doctor, the billed in-person visits with evidence and how many of them rest on a code (all the
-        clinic's doctors: the service compares each with the clinic's median)."""
+        clinic's doctors: the service compares each with the clinic's median). With ``doctor_id``, only that
+        doctor's row carries its ids (the others are counted for the median; their ids would go unread)."""
         by_code = _v.c.verified_by == VerificationMethod.CODE.value
+        listed = by_code if doctor_id is None else and_(by_code, _v.c.doctor_id == doctor_id)
         stmt = (select(_v.c.clinic_id, _v.c.doctor_id, func.count().label("verified"), _count(by_code).label("code"),
-                       _IdList(case((by_code, _v.c.id))).label("visit_ids"))
+                       _IdList(case((listed, _v.c.id))).label("visit_ids"))
                 .where(_FLAG_BILLED, _v.c.mode == VisitMode.IN_PERSON.value, _v.c.verified_by.is_not(None))
                 .group_by(_v.c.clinic_id, _v.c.doctor_id))
         return await self._rows(_scoped(stmt, _v.c.clinic_id, None, clinic_id, None), {"start": start, "end": end})

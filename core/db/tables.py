@@ -412,6 +412,9 @@ dispute_reviews = Table(
 # The disputes queue reads one clinic's disputes oldest first, a page at a time.
 Index("ix_visits_clinic_state_answered", visits.c.clinic_id, visits.c.state, visits.c.answered_at)
 Index("ix_patient_changes_clinic_disputed", patient_changes.c.clinic_id, patient_changes.c.disputed_at)
+# scorecard-speed: what a scorecard's red flags read of a clinic-month, in one index (0012; the id is SQLite's rowid).
+Index("ix_visits_clinic_start_evidence", visits.c.clinic_id, visits.c.start_at, visits.c.doctor_id, visits.c.mode,
+      visits.c.state, visits.c.verified_by, postgresql_include=["id"])
 
 
 # --- channels (issue 14): how each patient is reached -----------------------------------------------------------------

@@ -26,7 +26,7 @@ from core.iin import mask_iin
 from core.model import PatientAnswer, VisitState, patient_answer
 from core.services import Context
 from core.services.access import Caller, audited_clinics
-from core.services.flags import Flag, FlagKind, find_flags
+from core.services.flags import Flag, FlagKind, find_flags, flags_in
 from core.services.web_sessions import WebUser
 
 SCORECARD_DAYS = 30
@@ -376,9 +376,10 @@ async def doctor_scorecard(ctx: Context, viewer: Viewer, doctor_id: int, last_da
         if not viewer.sees(doctor.clinic_id):
             raise NotFound(f"doctor {doctor_id} not found")
         rows = await _reads(uow).doctor_days(doctor_id, start, end)
-    flags = await find_flags(ctx, first_day, last_day, clinic_id=doctor.clinic_id, doctor_id=doctor_id)
-    shown = sorted({i for f in flags for i in f.visit_ids[:FLAG_VISITS_SHOWN]})
-    async with ctx.uow(read_only=True) as uow:
+        # one read for the counts, the flags and their visits (one snapshot on SQLite, one connection either way)
+        flags = await flags_in(uow, ctx.settings, first_day, last_day, clinic_id=doctor.clinic_id,
+                               doctor_id=doctor_id)
+        shown = sorted({i for f in flags for i in f.visit_ids[:FLAG_VISITS_SHOWN]})
         briefs = {b.id: b for b in map(_brief, await _reads(uow).visit_briefs(shown))}
     counted = {_as_date(r.day): DayCounts(_as_date(r.day), **{n: int(getattr(r, n)) for n in (*METHODS, *ANSWERS)})
                for r in rows}

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 from core import csvfile
 from core.clock import ALMATY, local_day_bounds
+from core.config import Settings
 from core.db.repositories import AnyRow
+from core.db.uow import UnitOfWork
 from core.services import Context
 from core.services.flag_lists import rule_of
 
@@ -156,61 +158,66 @@ async def find_flags(ctx: Context, first_day: dt.date, last_day: dt.date, *, cli
     """Every flag raised by visits starting on the Asia/Almaty days ``first_day`` to ``last_day`` (both included),
     for one clinic or all, one doctor or all (with a doctor, the flags about a whole clinic are left out), ordered
     by clinic, kind, doctor and day. One read: a snapshot on SQLite, a statement's snapshot each on PostgreSQL."""
+    async with ctx.uow(read_only=True) as uow:
+        return await flags_in(uow, ctx.settings, first_day, last_day, clinic_id=clinic_id, doctor_id=doctor_id)
+
+
+async def flags_in(uow: UnitOfWork, s: Settings, first_day: dt.date, last_day: dt.date, *,
+                   clinic_id: int | None = None, doctor_id: int | None = None) -> list[Flag]:
+    """:func:`find_flags` inside a read the caller holds open (a scorecard reads its counts, flags and the flags'
+    visits in one snapshot on SQLite)."""
     start, end = local_day_bounds(first_day, ALMATY)[0], local_day_bounds(last_day, ALMATY)[1]
-    s = ctx.settings
     flags: list[Flag] = []
     clinic_wide = doctor_id is None
-    async with ctx.uow(read_only=True) as uow:
-        q = uow.flag_queries
-        above = int(s.flag_daily_visit_norm * s.flag_daily_visit_factor)
-        flags += [Flag(FlagKind.DAY_VOLUME, r.clinic_id, r.doctor_id, _day(r.day), r.value, above, _ids(r.visit_ids),
-                       {"norm": s.flag_daily_visit_norm})
-                  for r in await q.day_volume(start, end, clinic_id, doctor_id, above=above)]
-        flags += [Flag(FlagKind.CLOSE_VISITS, r.clinic_id, r.doctor_id, _day(r.day), r.value,
-                       s.flag_close_visits_per_day, _ids(r.visit_ids), {"gap_minutes": s.flag_min_visit_gap_minutes})
-                  for r in await q.close_visits(start, end, clinic_id, doctor_id,
-                                                gap_seconds=s.flag_min_visit_gap_minutes * 60,
-                                                at_least=s.flag_close_visits_per_day)]
-        flags += [Flag(FlagKind.TWO_CLINICS, r.clinic_id, r.doctor_id, _day(r.day), r.value, 0, _ids(r.visit_ids),
-                       {"other_clinic_id": r.other_clinic_id, "other_clinics": r.other_clinics})
-                  for r in await q.two_clinics(start, end, clinic_id, doctor_id)]
-        flags += _code_share_flags(ctx, await q.code_shares(start, end, clinic_id), doctor_id)
-        flags += _answer_flags(ctx, await q.answer_shares(start, end, clinic_id, doctor_id))
-        misfits = await q.service_mismatches(start, end, clinic_id, doctor_id)
-        rules = {r.service_code: rule_of(r).describe() for r in await uow.service_rules.list()} if misfits else {}
-        flags += [Flag(FlagKind.SERVICE_MISFIT, r.clinic_id, r.doctor_id, None, r.value, 0, _ids(r.visit_ids),
-                       {"service_code": r.service_code, "rule": rules[r.service_code]}) for r in misfits]
-        flags += [Flag(FlagKind.AFTER_DEATH, r.clinic_id, r.doctor_id, None, r.value, 0, _ids(r.visit_ids),
-                       {"earliest_death": str(r.earliest_death)})
-                  for r in await q.after_death(start, end, clinic_id, doctor_id)]
-        if clinic_wide:
-            flags += [Flag(FlagKind.FACE_REPLACEMENTS, r.clinic_id, None, None, r.value, s.flag_face_replacements,
-                           _ids(r.visit_ids))
-                      for r in await q.face_replacements(start, end, clinic_id, at_least=s.flag_face_replacements)]
-            flags += [Flag(FlagKind.ENROLMENT_DISPUTES, r.clinic_id, None, None, r.value, 0, _ids(r.visit_ids))
-                      for r in await q.enrolment_disputes(start, end, clinic_id)]
-            flags += [Flag(FlagKind.SHARED_PHONE, r.clinic_id, None, None, r.value, s.flag_patients_per_phone,
-                           _ids(r.visit_ids), {"phone": _mask_phone(r.phone)})
-                      for r in await q.shared_phones(start, end, clinic_id, above=s.flag_patients_per_phone)]
-            cap = s.clinic_code_failures_per_hour
-            flags += [Flag(FlagKind.CODE_CAP_HOURS, r.clinic_id, None, None, r.value, s.flag_cap_hours,
-                           _ids(r.visit_ids), {"cap": cap})
-                      for r in await q.code_cap_hours(start, end, clinic_id, cap=cap, at_least=s.flag_cap_hours)]
-            face_cap = s.clinic_face_failures_per_hour
-            flags += [Flag(FlagKind.FACE_CAP_HOURS, r.clinic_id, None, None, r.value, s.flag_cap_hours,
-                           _ids(r.visit_ids), {"cap": face_cap})
-                      for r in await q.face_cap_hours(start, end, clinic_id, cap=face_cap,
-                                                      at_least=s.flag_cap_hours)]
+    q = uow.flag_queries
+    above = int(s.flag_daily_visit_norm * s.flag_daily_visit_factor)
+    flags += [Flag(FlagKind.DAY_VOLUME, r.clinic_id, r.doctor_id, _day(r.day), r.value, above, _ids(r.visit_ids),
+                   {"norm": s.flag_daily_visit_norm})
+              for r in await q.day_volume(start, end, clinic_id, doctor_id, above=above)]
+    flags += [Flag(FlagKind.CLOSE_VISITS, r.clinic_id, r.doctor_id, _day(r.day), r.value,
+                   s.flag_close_visits_per_day, _ids(r.visit_ids), {"gap_minutes": s.flag_min_visit_gap_minutes})
+              for r in await q.close_visits(start, end, clinic_id, doctor_id,
+                                            gap_seconds=s.flag_min_visit_gap_minutes * 60,
+                                            at_least=s.flag_close_visits_per_day)]
+    flags += [Flag(FlagKind.TWO_CLINICS, r.clinic_id, r.doctor_id, _day(r.day), r.value, 0, _ids(r.visit_ids),
+                   {"other_clinic_id": r.other_clinic_id, "other_clinics": r.other_clinics})
+              for r in await q.two_clinics(start, end, clinic_id, doctor_id)]
+    flags += _code_share_flags(s, await q.code_shares(start, end, clinic_id, doctor_id), doctor_id)
+    flags += _answer_flags(s, await q.answer_shares(start, end, clinic_id, doctor_id))
+    misfits = await q.service_mismatches(start, end, clinic_id, doctor_id)
+    rules = {r.service_code: rule_of(r).describe() for r in await uow.service_rules.list()} if misfits else {}
+    flags += [Flag(FlagKind.SERVICE_MISFIT, r.clinic_id, r.doctor_id, None, r.value, 0, _ids(r.visit_ids),
+                   {"service_code": r.service_code, "rule": rules[r.service_code]}) for r in misfits]
+    flags += [Flag(FlagKind.AFTER_DEATH, r.clinic_id, r.doctor_id, None, r.value, 0, _ids(r.visit_ids),
+                   {"earliest_death": str(r.earliest_death)})
+              for r in await q.after_death(start, end, clinic_id, doctor_id)]
+    if clinic_wide:
+        flags += [Flag(FlagKind.FACE_REPLACEMENTS, r.clinic_id, None, None, r.value, s.flag_face_replacements,
+                       _ids(r.visit_ids))
+                  for r in await q.face_replacements(start, end, clinic_id, at_least=s.flag_face_replacements)]
+        flags += [Flag(FlagKind.ENROLMENT_DISPUTES, r.clinic_id, None, None, r.value, 0, _ids(r.visit_ids))
+                  for r in await q.enrolment_disputes(start, end, clinic_id)]
+        flags += [Flag(FlagKind.SHARED_PHONE, r.clinic_id, None, None, r.value, s.flag_patients_per_phone,
+                       _ids(r.visit_ids), {"phone": _mask_phone(r.phone)})
+                  for r in await q.shared_phones(start, end, clinic_id, above=s.flag_patients_per_phone)]
+        cap = s.clinic_code_failures_per_hour
+        flags += [Flag(FlagKind.CODE_CAP_HOURS, r.clinic_id, None, None, r.value, s.flag_cap_hours,
+                       _ids(r.visit_ids), {"cap": cap})
+                  for r in await q.code_cap_hours(start, end, clinic_id, cap=cap, at_least=s.flag_cap_hours)]
+        face_cap = s.clinic_face_failures_per_hour
+        flags += [Flag(FlagKind.FACE_CAP_HOURS, r.clinic_id, None, None, r.value, s.flag_cap_hours,
+                       _ids(r.visit_ids), {"cap": face_cap})
+                  for r in await q.face_cap_hours(start, end, clinic_id, cap=face_cap,
+                                                  at_least=s.flag_cap_hours)]
     order = list(FlagKind)
     return sorted(flags, key=lambda f: (f.clinic_id, order.index(f.kind), f.doctor_id or 0, f.day or dt.date.min,
                                         f.visit_ids))
 
 
-def _code_share_flags(ctx: Context, rows: Iterable[AnyRow], doctor_id: int | None) -> list[Flag]:
+def _code_share_flags(s: Settings, rows: Iterable[AnyRow], doctor_id: int | None) -> list[Flag]:
     """Each doctor against the clinic's median share of code-verified in-person visits (over its doctors with
     enough visits), and each clinic against the absolute cap: a clinic that verifies everything by code has a
     median of 100% and no doctor stands out, so the clinic itself is flagged."""
-    s = ctx.settings
     by_clinic: dict[int, list[AnyRow]] = defaultdict(list)
     for r in rows:
         by_clinic[r.clinic_id].append(r)
@@ -229,8 +236,7 @@ def _code_share_flags(ctx: Context, rows: Iterable[AnyRow], doctor_id: int | Non
     return flags
 
 
-def _answer_flags(ctx: Context, rows: Iterable[AnyRow]) -> list[Flag]:
-    s = ctx.settings
+def _answer_flags(s: Settings, rows: Iterable[AnyRow]) -> list[Flag]:
     shares = ((FlagKind.UNVERIFIED_SHARE, "unverified", s.flag_unverified_share),
               (FlagKind.DISPUTED_SHARE, "disputed", s.flag_disputed_share),
               (FlagKind.NO_ANSWER_SHARE, "no_answer", s.flag_no_answer_share))

@@ -244,6 +244,25 @@ async def test_each_rule_raises_exactly_its_flags_and_none_on_the_honest_clinic(
     assert "after their date of death" in dead["explanation"]
 
 
+async def test_one_doctors_flags_are_the_clinics_flags_about_that_doctor(ctx):
+    """A scorecard asks for one doctor (the rules then read that doctor's visits, and the code-share rule lists only
+    that doctor's ids while it still measures every doctor for the clinic's median): it must show what the whole
+    clinic's run says about that doctor, ids and thresholds included, for every doctor of every clinic."""
+    w = await build_world(ctx)
+    everything = await find_flags(ctx, DAY, DAY)
+    assert {f.kind for f in everything} >= {FlagKind.DOCTOR_CODE_SHARE, FlagKind.TWO_CLINICS, FlagKind.DAY_VOLUME}
+    for c in (w.honest, w.phantom, w.third):
+        for doctor_id in c.doctors.values():
+            alone = await find_flags(ctx, DAY, DAY, clinic_id=c.id, doctor_id=doctor_id)
+            expected = [f for f in everything if f.clinic_id == c.id and f.doctor_id == doctor_id]
+            assert [(f, f.detail) for f in alone] == [(f, f.detail) for f in expected], (c.id, doctor_id)
+    coder = await find_flags(ctx, DAY, DAY, clinic_id=w.third.id, doctor_id=w.third.doctors["coder"])
+    assert [(f.kind, f.visit_ids) for f in coder] == [(FlagKind.DOCTOR_CODE_SHARE, tuple(w.third.visits["coder"]))]
+    another = next(d for name, d in w.third.doctors.items() if name != "coder")  # the coder raises the median
+    assert await find_flags(ctx, DAY, DAY, clinic_id=w.third.id, doctor_id=another) == [
+        f for f in everything if f.doctor_id == another]
+
+
 async def test_a_visit_verified_by_code_in_an_hour_at_the_cap_is_listed(ctx):
     """The guess that hit: a visit verified by code while the clinic sat at its wrong-code cap."""
     b = await clinic(ctx, "Guessers", {"doc": "+77016000001"})
