@@ -52,7 +52,7 @@ class OutboxRenderer:
         """``channels``: the channels this deployment sends patients' codes and questions on (issue 14); None:
         Telegram alone, as before channels existed."""
         self._ctx, self._i18n = ctx, i18n
-        self._routing = PatientRouting(ctx, channels) if channels is not None else None
+        self._routing = PatientRouting(ctx, channels, i18n) if channels is not None else None
         # keyed by the stored kind (OutboxKind is a str): a kind this version does not know finds nothing
         self._kinds: dict[str, Callable[[OutboxItem], Awaitable[list[Outgoing] | None]]] = {
             OutboxKind.VISIT_CODE: self._visit_code, OutboxKind.ATTENDANCE_PROMPT: self._prompt,

@@ -69,10 +69,12 @@ class AttendanceQuestion:
 
 @dataclass(frozen=True)
 class Notice:
-    """Free-form text to a patient. ``text`` is plain; ``html`` the same with Telegram's HTML when it differs."""
+    """Free-form text to a patient. ``text`` is plain; ``html`` the same with Telegram's HTML when it differs;
+    ``short`` a wording that fits one SMS segment where it can (the SMS channel sends it instead of ``text``)."""
     text: str
     locale: str
     html: str | None = None
+    short: str | None = None
 
 
 PatientContent = CodeMessage | AttendanceQuestion | Notice

@@ -206,7 +206,7 @@ class SmsChannel:
         return await self.send_text(to, text, not_after=not_after)
 
     async def send_notice(self, to: Address, notice: Notice, *, not_after: float) -> Sent:
-        return await self.send_text(to, notice.text, not_after=not_after)
+        return await self.send_text(to, notice.short or notice.text, not_after=not_after)
 
     def parse_answer(self, inbound: InboundMessage) -> Answer | None:
         kind = parse_reply(inbound.text)

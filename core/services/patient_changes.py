@@ -28,6 +28,7 @@ PHONE_CHANGED = "phone_changed"
 CONSENT_RECORDED = "consent_recorded"
 CONSENT_WITHDRAWN = "consent_withdrawn"  # by the patient in the chat (/withdraw): references shredded (issue 16)
 KINDS = (FACE_ENROLLED, FACE_REPLACED, FACE_REVOKED, PHONE_CHANGED, CONSENT_RECORDED, CONSENT_WITHDRAWN)
+OWN_ACTS = frozenset({CONSENT_WITHDRAWN})  # the patient's own doing in the chat: told there, not here
 
 
 class ReplacementLimited(DomainError):
@@ -49,16 +50,19 @@ async def check_replacement_allowed(uow: UnitOfWork, settings: Settings, patient
 
 
 async def record_change(uow: UnitOfWork, patient: Patient, kind: str, caller: Caller, now: dt.datetime,
-                        chat_id: int | None) -> int:
-    """Write the change and queue its notice for ``chat_id`` (the chat the patient had before this change;
-    None: nobody to tell). The caller writes the audit row naming the returned change id."""
+                        chat_id: int | None, *, phone: str | None = None) -> int:
+    """Write the change and queue its notice for ``chat_id`` (the chat the patient had before this change) and, on
+    the patient's other channels (issue 14: WhatsApp, SMS to ``phone``, the number they had before this change, by
+    default their number), whichever the dispatcher finds working: a patient with no Telegram hears of it too. The
+    caller writes the audit row naming the returned change id."""
     assert patient.id is not None, "a patient read from storage"
     change_id = await uow.patient_changes.add(patient_id=patient.id, clinic_id=patient.clinic_id, kind=kind, at=now,
                                               actor=caller.actor)
-    if chat_id is not None:
+    if chat_id is not None or kind not in OWN_ACTS:
         await uow.outbox.add(OutboxMessage(
             kind=OutboxKind.CHANGE_NOTICE, recipient_kind=Recipient.PATIENT, recipient_id=patient.id, due_at=now,
-            payload={"change_id": change_id, "chat_id": chat_id}, dedupe_key=notice_key(change_id)), now)
+            payload={"change_id": change_id, "chat_id": chat_id, "phone": phone or patient.phone},
+            dedupe_key=notice_key(change_id)), now)
     return change_id
 
 

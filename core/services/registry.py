@@ -113,7 +113,7 @@ async def _upsert(uow: UnitOfWork, clinic_id: int, iin: str, full_name: str, pho
         raise NotFound("a patient with this IIN exists but has no visit with this key's doctor; a doctor-bound key "
                        "may update only its doctor's patients")
     details: dict[str, object] = {"clinic": clinic_id}
-    old_chat = existing.chat_id
+    old_chat, old_phone = existing.chat_id, existing.phone
     moved = existing.phone != candidate.phone
     if moved:
         refuse_doctor_key(caller, "change a patient's phone number")
@@ -123,7 +123,8 @@ async def _upsert(uow: UnitOfWork, clinic_id: int, iin: str, full_name: str, pho
         existing.language = candidate.language
     await uow.patients.save(existing, now)
     if moved:
-        details["change"] = await record_change(uow, existing, PHONE_CHANGED, caller, now, old_chat)
+        details["change"] = await record_change(uow, existing, PHONE_CHANGED, caller, now, old_chat,
+                                                phone=old_phone)
     await uow.audit.append(now, caller.actor, "patient.update", f"patient:{existing.id}", details,
                            clinic_id=clinic_id)
     return UpsertResult(existing, False)

@@ -127,8 +127,10 @@ async def test_every_change_notifies_the_patients_chat_and_names_the_key(client,
     assert {c.actor for c in made} == {f"key:{key}"} and {c.clinic_id for c in made} == {a.clinic_id}
     assert all(c.disputed_at is None for c in made)
     sent = await notices(ctx)
-    assert sent == [("patient", patient, {"change_id": c.id, "chat_id": CHAT}) for c in made], \
-        "each change, the phone change too, goes to the chat the patient had (the old one for a new phone)"
+    assert sent == [("patient", patient, {"change_id": c.id, "chat_id": CHAT, "phone": "+77051110000"})
+                    for c in made], \
+        "each change, the phone change too, goes to the chat and the number the patient had (the old ones for a " \
+        "new phone)"
 
     audited = await audit_rows(ctx, "patient.")
     changed = [r for r in audited if r.details.get("change") is not None]
