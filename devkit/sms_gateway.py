@@ -19,6 +19,7 @@ import itertools
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -46,6 +47,7 @@ class SmsGatewayStandIn:
         self.attempts: list[tuple[str, str]] = []  # (to, outcome): "ok" or a fault kind
         self.invalid_numbers: set[str] = set()
         self.rate_limited = 0
+        self.echo: Callable[[Sms], None] | None = None  # called with each SMS accepted (the crash harness kills then)
         self._faults: deque[str] = deque()
         self._slow = slow_seconds
         self._max_rate = max_rate
@@ -108,6 +110,8 @@ class SmsGatewayStandIn:
         sms = Sms(id=f"sms-{next(self._ids)}", to=to, text=text, sender=str(body.get("from", "")),
                   reference=str(body.get("reference", "")))
         self.sent.append(sms)
+        if self.echo is not None:
+            self.echo(sms)
         return web.json_response({"id": sms.id}, status=201)
 
     def _over_rate(self) -> bool:

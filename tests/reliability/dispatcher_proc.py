@@ -1,7 +1,9 @@
 """The outbox dispatcher in a process of its own, for the crash harness (tests/reliability/test_crash_delivery.py).
 
 Configuration comes from the environment variable ``RASTAU_CRASH_CONFIG`` (JSON: settings values, the Bot API
-base url and token, the client timeout, the send rates and the batch size). Two ways to start it:
+base url and token, the client timeout, the send rates and the batch size). The settings may turn on WhatsApp and
+SMS (their stand-ins' URLs and credentials): the dispatcher then gets the channels as bot/channels/wiring.py gives
+them to the bot's own dispatcher. Two ways to start it:
 
     python tests/reliability/dispatcher_proc.py run --worker-id w-main --lease 60 --offset 0 [--until-drained]
     python tests/reliability/dispatcher_proc.py serve
@@ -46,9 +48,11 @@ from aiogram import Bot  # noqa: E402
 from aiogram.client.session.aiohttp import AiohttpSession  # noqa: E402
 from aiogram.client.telegram import TelegramAPIServer  # noqa: E402
 
+from bot.channels.wiring import ChannelRuntime  # noqa: E402
 from bot.delivery.dispatcher import OutboxDispatcher  # noqa: E402
 from bot.i18n import make_i18n  # noqa: E402
 from bot.rendering import OutboxRenderer  # noqa: E402
+from core.channels import ChannelName  # noqa: E402
 from core.clock import ShiftedClock  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.db import tables as t  # noqa: E402
@@ -70,9 +74,14 @@ async def dispatch(config: dict, i18n, worker_id: str, lease: float, offset: flo
     ctx = Context.build(settings, UnitOfWorkFactory(engine), ShiftedClock(offset))
     session = AiohttpSession(api=TelegramAPIServer.from_base(config["base_url"]), timeout=config["timeout"])
     bot = Bot(config["token"], session=session)
-    dispatcher = OutboxDispatcher(ctx, bot, OutboxRenderer(ctx, i18n), worker_id=worker_id,
+    channels = ChannelRuntime(ctx, i18n)  # as the bot's process wires them: SMS and WhatsApp when configured
+    whatsapp = channels.senders.get(ChannelName.WHATSAPP)
+    if whatsapp is not None:  # a send must not outlast the 3.5 s lease of the alt workers
+        whatsapp.api.timeout = config["timeout"]  # type: ignore[attr-defined]
+    renderer = OutboxRenderer(ctx, i18n, channels=channels.enabled) if channels.senders else OutboxRenderer(ctx, i18n)
+    dispatcher = OutboxDispatcher(ctx, bot, renderer, worker_id=worker_id,
                                   rate_global=config["rate_global"], rate_per_chat=config["rate_per_chat"],
-                                  batch=config["batch"], lease=dt.timedelta(seconds=lease))
+                                  batch=config["batch"], lease=dt.timedelta(seconds=lease), channels=channels.senders)
     _say(f"ready {os.getpid()}")
     watchdog = asyncio.create_task(_exit_when_orphaned(os.getppid()))
     try:
@@ -92,6 +101,7 @@ async def dispatch(config: dict, i18n, worker_id: str, lease: float, offset: flo
         raise SystemExit("outbox not drained before the deadline")
     finally:
         watchdog.cancel()
+        await channels.close()
         await session.close()
         await engine.dispose()
 
