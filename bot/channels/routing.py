@@ -53,6 +53,8 @@ class PatientRouting:
             async with self._ctx.uow(read_only=True) as uow:
                 patient = await uow.patients.get(item.recipient_id)
                 routes = await patient_routes(uow, patient, self._enabled)
+                if routes and routes[0].channel is ChannelName.TELEGRAM:
+                    return Via.TELEGRAM  # the Telegram builder reads and checks the visit itself: no second read
                 visit = await uow.visits.get(item.visit_id)
                 clinic = await uow.clinics.get(visit.clinic_id)
                 doctor = await uow.doctors.get(visit.doctor_id)
@@ -68,8 +70,6 @@ class PatientRouting:
             return None
         if not routes:
             return PatientMessage(item.recipient_id, None, ())
-        if routes[0].channel is ChannelName.TELEGRAM:
-            return Via.TELEGRAM
         addresses = tuple(Address(r.channel, r.address, patient_id=item.recipient_id, clinic_id=visit.clinic_id)
                           for r in routes)
         locale, online = patient.language.value, visit.mode is VisitMode.ONLINE
