@@ -145,7 +145,7 @@ async def test_digest_counts_and_csv_match_the_database(ctx, clinic_world):
     assert d.totals == {"visits": 3, "face_verified": 1, "face_live_verified": 0, "code_verified": 1, "unverified": 1,
                         "patient_confirmed": 1, "disputed": 1, "no_answer": 1, "cancelled": 1, "unreachable": 3,
                         "registered_late": 0, "fresh_reference": 0,
-                        "no_channel": 1}  # the unanswered visit's patient has no chat, WhatsApp or SMS: nobody could ask
+                        "no_channel": 1}  # the unanswered visit's patient has no channel at all: nobody could ask
     assert [r.visit_id for r in d.flagged] == [phantom.id]
     assert d.flagged[0].iin_masked == "********0017"
     assert [(c.doctor_name, c.total, c.verified, c.disputed) for c in d.per_doctor] == [("Aidos Seitkali", 3, 2, 1)]
