@@ -197,7 +197,8 @@ class MemoryPaceStore:
         now = self._clock()
         until = self._times.get(key, 0.0)
         if seconds > 0 and now + seconds > until:
-            until = self._times[key] = now + seconds
+            self._times[key] = now + seconds
+            return seconds  # exactly: (now + seconds) - now can round an ulp above it
         return max(until - now, 0.0)
 
     async def take(self, window: str, cap: int, member: str, hold: float) -> float | None:
