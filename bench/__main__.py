@@ -27,30 +27,28 @@ async def _pg_schema(create: bool, schema: str) -> None:
         await conn.close()
 
 
-async def bench_digest(smoke: bool, workdir: str) -> None:
-    visits, rounds = (20_000, 5) if smoke else (1_000_000, 200)
-    results = {}
-    sqlite_path = os.path.join(workdir, f"digest-{uuid.uuid4().hex[:6]}.db")
-    results["SQLite"] = await digest.run(f"sqlite+aiosqlite:///{sqlite_path}", visits=visits, rounds=rounds)
+async def _on_both_databases(name: str, run, workdir: str, **kwargs) -> dict:
+    """``run(url, **kwargs)`` on a fresh SQLite file, then in a PostgreSQL schema of its own (dropped after)."""
+    sqlite_path = os.path.join(workdir, f"{name}-{uuid.uuid4().hex[:6]}.db")
+    results = {"SQLite": await run(f"sqlite+aiosqlite:///{sqlite_path}", **kwargs)}
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     await _pg_schema(True, schema)
     try:
-        results["PostgreSQL"] = await digest.run(f"{PG_URL}?search_path={schema}", visits=visits, rounds=rounds)
+        results["PostgreSQL"] = await run(f"{PG_URL}?search_path={schema}", **kwargs)
     finally:
         await _pg_schema(False, schema)
+    return results
+
+
+async def bench_digest(smoke: bool, workdir: str) -> None:
+    visits, rounds = (20_000, 5) if smoke else (1_000_000, 200)
+    results = await _on_both_databases("digest", digest.run, workdir, visits=visits, rounds=rounds)
     write_section("Digest: one clinic-day out of a large table", digest.report(results), smoke=smoke)
 
 
 async def bench_flags(smoke: bool, workdir: str) -> None:
     visits, rounds = (20_000, 4) if smoke else (1_000_000, 12)
-    sqlite_path = os.path.join(workdir, f"flags-{uuid.uuid4().hex[:6]}.db")
-    results = {"SQLite": await flags.run(f"sqlite+aiosqlite:///{sqlite_path}", visits=visits, rounds=rounds)}
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    await _pg_schema(True, schema)
-    try:
-        results["PostgreSQL"] = await flags.run(f"{PG_URL}?search_path={schema}", visits=visits, rounds=rounds)
-    finally:
-        await _pg_schema(False, schema)
+    results = await _on_both_databases("flags", flags.run, workdir, visits=visits, rounds=rounds)
     write_section("Red flags: one clinic-month and all clinics, against hand-written SQL", flags.report(results),
                   smoke=smoke)
 
@@ -143,14 +141,7 @@ async def bench_soak(smoke: bool, workdir: str) -> None:
 
 async def bench_dashboard(smoke: bool, workdir: str) -> None:
     visits, rounds = (20_000, 5) if smoke else (1_000_000, 40)
-    sqlite_path = os.path.join(workdir, f"dashboard-{uuid.uuid4().hex[:6]}.db")
-    results = {"SQLite": await dashboard.run(f"sqlite+aiosqlite:///{sqlite_path}", visits=visits, rounds=rounds)}
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    await _pg_schema(True, schema)
-    try:
-        results["PostgreSQL"] = await dashboard.run(f"{PG_URL}?search_path={schema}", visits=visits, rounds=rounds)
-    finally:
-        await _pg_schema(False, schema)
+    results = await _on_both_databases("dashboard", dashboard.run, workdir, visits=visits, rounds=rounds)
     write_section("Web dashboard: its pages with 1,000,000 visits stored", dashboard.report(results), smoke=smoke)
 
 
