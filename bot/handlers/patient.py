@@ -46,7 +46,10 @@ PER_PAGE = 8
 MAX_REASON = 1000
 
 
-def _refusal(exc: IllegalTransition) -> str:
+def _refusal(exc: NotFound | IllegalTransition) -> str:
+    """Why an answer about this visit was not recorded, in the patient's words."""
+    if isinstance(exc, NotFound):
+        return _("This visit is not among your visits; nothing was changed.")
     if exc.state == VisitState.CANCELLED.value:
         return _("This visit was cancelled by the clinic, so it was not billed.")
     if exc.state == VisitState.SCHEDULED.value:
@@ -75,10 +78,7 @@ async def answer(query: CallbackQuery, callback_data: AnswerCb, profile: ChatPro
         return
     try:
         result = await patient_confirms(ctx, callback_data.visit_id, profile.patient_ids)
-    except NotFound:
-        await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
-        return
-    except IllegalTransition as exc:
+    except (NotFound, IllegalTransition) as exc:
         await query.answer(_refusal(exc), show_alert=True)
         return
     if not result.changed:
@@ -123,10 +123,7 @@ async def _ask_to_confirm(query: CallbackQuery, visit_id: int, profile: ChatProf
     """❌ records nothing yet: one question with the visit spelled out, whose «yes» records the dispute."""
     try:
         line = await check_disputable(ctx, visit_id, profile.patient_ids)
-    except NotFound:
-        await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
-        return
-    except IllegalTransition as exc:
+    except (NotFound, IllegalTransition) as exc:
         await query.answer(_refusal(exc), show_alert=True)
         return
     if line is None:
@@ -155,10 +152,7 @@ async def dispute_confirmed(query: CallbackQuery, callback_data: SureCb, profile
         return
     try:
         result = await patient_disputes(ctx, callback_data.visit_id, profile.patient_ids, chat_id=query.from_user.id)
-    except NotFound:
-        await query.answer(_("This visit is not among your visits; nothing was changed."), show_alert=True)
-        return
-    except IllegalTransition as exc:
+    except (NotFound, IllegalTransition) as exc:
         await query.answer(_refusal(exc), show_alert=True)
         return
     if not result.changed:
