@@ -75,7 +75,7 @@ async def bench_face_latency(smoke: bool, workdir: str) -> None:
 async def bench_liveness(smoke: bool, workdir: str) -> None:
     result = await asyncio.to_thread(liveness.run, rounds=1 if smoke else 9)
     server = await liveness.run_server(workdir, at_once=[1] if smoke else [2, 4, 8], waves=1 if smoke else 2,
-                                       workers=1 if smoke else 2)
+                                       workers=1 if smoke else 2, idle_seconds=1.0 if smoke else 10.0)
     write_section("Liveness: capture decision vs. the single-frame check", liveness.report(result, server),
                   smoke=smoke)
 
@@ -96,7 +96,7 @@ async def bench_dispatcher(smoke: bool, workdir: str) -> None:
 
 
 async def bench_code_http(smoke: bool, workdir: str) -> None:
-    requests, pgbench_seconds = (200, 2) if smoke else (4000, 20)
+    requests, pgbench_seconds = (200, 1) if smoke else (4000, 20)
     load_before = code_http.load_average()
     floors = [await code_http.pgbench(PG_URL, pgbench_seconds)]
     results = {"SQLite": await code_http.run(
@@ -122,10 +122,11 @@ async def bench_face_load(smoke: bool, workdir: str) -> None:
 
 
 async def bench_soak(smoke: bool, workdir: str) -> None:
-    duration = 10.0 if smoke else float(os.environ.get("RASTAU_SOAK_SECONDS", 300))
+    duration = 4.0 if smoke else float(os.environ.get("RASTAU_SOAK_SECONDS", 300))
+    chat_patients = 10 if smoke else soak.CHAT_PATIENTS  # the smoke's few chat visits need few linked chats
     results = {"SQLite": await soak.run(
         workdir, f"sqlite+aiosqlite:///{os.path.join(workdir, f'soak-{uuid.uuid4().hex[:6]}.db')}",
-        duration=duration)}
+        duration=duration, chat_patients=chat_patients)}
     if not smoke:
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         await _pg_schema(True, schema)

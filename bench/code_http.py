@@ -4,12 +4,13 @@ The real server (`python -m server`, with one or several processes) runs as its 
 generator process sends correct codes for distinct visits, CONCURRENCY in flight, so every request ends in a
 committed verification (attempt counted, code used, state change, its event, its audit row). pgbench's built-in
 TPC-B-like transaction (five statements and a commit) runs at the same concurrency against the same PostgreSQL
-in a scratch database: the floor to compare against. A bare aiohttp handler parsing the same JSON is the ceiling
+in a scratch schema: the floor to compare against. A bare aiohttp handler parsing the same JSON is the ceiling
 of HTTP alone.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import aiohttp
 from sqlalchemy import text
@@ -136,26 +138,33 @@ async def _wait_warm(base: str, process: subprocess.Popen) -> None:
     raise RuntimeError("the server's face workers did not become ready")
 
 
-async def _serve_and_load(argv: list[str], env: dict[str, str], port: int, codes: list[tuple[int, str, str]]) -> dict:
-    """Start the server, wait for it, load it; with the CPU the server and the load generator spent per request."""
+@contextlib.asynccontextmanager
+async def _serving(argv: list[str], env: dict[str, str], port: int) -> AsyncIterator[subprocess.Popen]:
+    """The server started, waited for until warm, and stopped after the block."""
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as session:
             await wait_healthy(session, f"http://127.0.0.1:{port}", process)
         await _wait_warm(f"http://127.0.0.1:{port}", process)
-        server_before, client_before = cpu_seconds(process.pid), sum(os.times()[:2])
-        result = await load(f"http://127.0.0.1:{port}", codes)
-        result["server_cpu_ms"] = (cpu_seconds(process.pid) - server_before) * 1000 / result["requests"]
-        result["client_cpu_ms"] = (sum(os.times()[:2]) - client_before) * 1000 / result["requests"]
-        return result
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=60)
 
 
+async def _measured_load(process: subprocess.Popen, port: int, codes: list[tuple[int, str, str]]) -> dict:
+    """Load the running server; with the CPU the server and the load generator spent per request."""
+    server_before, client_before = cpu_seconds(process.pid), sum(os.times()[:2])
+    result = await load(f"http://127.0.0.1:{port}", codes)
+    result["server_cpu_ms"] = (cpu_seconds(process.pid) - server_before) * 1000 / result["requests"]
+    result["client_cpu_ms"] = (sum(os.times()[:2]) - client_before) * 1000 / result["requests"]
+    return result
+
+
 async def run(database_url: str, *, requests: int, setups: list[tuple[int, int]]) -> dict:
     """The server in each setup (server processes, clinics) in turn, `requests` fresh visits each spread evenly
-    over the setup's clinics, then the bare handler."""
+    over the setup's clinics, then the bare handler. Setups with the same number of server processes load one
+    server, started and warmed once, one after another (each load measures its own CPU)."""
     most = max(clinics for _, clinics in setups)
     needed = [sum(requests // clinics for _, clinics in setups if n < clinics) for n in range(most)]
     keys, codes = await seed(database_url, needed)
@@ -163,28 +172,33 @@ async def run(database_url: str, *, requests: int, setups: list[tuple[int, int]]
     for visit in codes:
         unused.setdefault(visit[2], []).append(visit)
     queues = list(unused.values())
-    results = {}
-    for count, clinics in setups:
-        per_clinic = requests // clinics
-        mine = sorted(visit for queue in queues[:clinics] for visit in queue[:per_clinic])  # clinics interleaved
-        for queue in queues[:clinics]:
-            del queue[:per_clinic]
+    measured = {}
+    for count in dict.fromkeys(count for count, _ in setups):
         port = free_port()
         env = server_env(database_url, keys, RASTAU_SERVER_PORT=str(port), RASTAU_FACE_WORKERS="1",
                          RASTAU_SERVER_PROCESSES=str(count))
-        result = await _serve_and_load([sys.executable, "-m", "server"], env, port, mine)
-        if result["outcomes"] != {"200 verified": len(mine)}:
-            raise AssertionError(f"not every code verified: {result['outcomes']}")
-        results[(count, clinics)] = result
+        async with _serving([sys.executable, "-m", "server"], env, port) as process:
+            for clinics in [clinics for n, clinics in setups if n == count]:
+                per_clinic = requests // clinics
+                mine = sorted(visit for queue in queues[:clinics] for visit in queue[:per_clinic])  # interleaved
+                for queue in queues[:clinics]:
+                    del queue[:per_clinic]
+                result = await _measured_load(process, port, mine)
+                if result["outcomes"] != {"200 verified": len(mine)}:
+                    raise AssertionError(f"not every code verified: {result['outcomes']}")
+                measured[(count, clinics)] = result
+    results: dict = {setup: measured[setup] for setup in setups}
     port = free_port()
-    results["bare"] = await _serve_and_load([sys.executable, "-m", "bench.bare_server", str(port)],
-                                            server_env(database_url, keys), port, codes[:requests])
+    async with _serving([sys.executable, "-m", "bench.bare_server", str(port)], server_env(database_url, keys),
+                        port) as process:
+        results["bare"] = await _measured_load(process, port, codes[:requests])
     return results
 
 
 async def pgbench(database_url: str, seconds: int) -> dict:
-    """pgbench's TPC-B-like transaction at CONCURRENCY clients for `seconds`, in a scratch database created and
-    dropped here. {"skipped": reason} when pgbench is not installed."""
+    """pgbench's TPC-B-like transaction at CONCURRENCY clients for `seconds`, on its tables in a scratch schema
+    created and dropped here (a scratch database's CREATE and DROP wait on checkpoints, for seconds on a busy
+    machine). {"skipped": reason} when pgbench is not installed."""
     binary = shutil.which("pgbench")
     if binary is None:
         return {"skipped": "pgbench is not installed (Debian: apt-get install postgresql-client)"}
@@ -195,14 +209,16 @@ async def pgbench(database_url: str, seconds: int) -> dict:
     scratch = f"rastau_pgbench_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(admin_dsn)
     try:
-        await conn.execute(f'CREATE DATABASE "{scratch}"')
+        await conn.execute(f'CREATE SCHEMA "{scratch}"')
         args = ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
-        env = {**os.environ, "PGPASSWORD": url.password} if url.password else None
-        subprocess.run([binary, *args, "-i", "-q", scratch], check=True, capture_output=True, env=env)
+        env = {**os.environ, "PGOPTIONS": f"-c search_path={scratch}",
+               **({"PGPASSWORD": url.password} if url.password else {})}
+        subprocess.run([binary, *args, "-i", "-q", url.database or "postgres"], check=True, capture_output=True,
+                       env=env)
         done = subprocess.run([binary, *args, "-c", str(CONCURRENCY), "-j", str(PGBENCH_THREADS), "-T", str(seconds),
-                               scratch], check=True, capture_output=True, text=True, env=env)
+                               url.database or "postgres"], check=True, capture_output=True, text=True, env=env)
     finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{scratch}" CASCADE')
         await conn.close()
     tps = re.search(r"tps = ([0-9.]+)", done.stdout)
     latency = re.search(r"latency average = ([0-9.]+) ms", done.stdout)

@@ -247,8 +247,10 @@ async def _captures(base: str, api_key: str, visit_ids: list[int], at_once: int,
             "session_s": median([s["seconds"] for s in sessions]), "outcomes": outcomes, "healthz": samples}
 
 
-async def run_server(workdir: str, *, at_once: list[int], waves: int, workers: int = 2) -> dict:
-    """The real server (dev mode: the stills thresholds, as above), idle /healthz before and after the captures."""
+async def run_server(workdir: str, *, at_once: list[int], waves: int, workers: int = 2,
+                     idle_seconds: float = 10.0) -> dict:
+    """The real server (dev mode: the stills thresholds, as above), idle /healthz for ``idle_seconds`` before and
+    after the captures."""
     url = f"sqlite+aiosqlite:///{os.path.join(workdir, f'captures-{time.time_ns()}.db')}"
     load_before = load_average()
     keys, api_key, visit_ids = await _seed_captures(url, sum(at_once) * waves)
@@ -267,7 +269,6 @@ async def run_server(workdir: str, *, at_once: list[int], waves: int, workers: i
                     if response.status == 200:
                         break
                 await asyncio.sleep(0.1)
-        idle_seconds = 3.0 if waves == 1 else 10.0
         idle = await _idle(base, idle_seconds)
         loads = []
         for count in at_once:

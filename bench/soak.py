@@ -83,7 +83,7 @@ EXPECTED = {"code": {"200 verified"}, "face": {"200 match", "200 no_match"}, "ch
             "delivery": {"delivered"}}
 
 
-async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict:
+async def seed(database_url: str, *, code_visits: int, face_visits: int, chat_patients: int) -> dict:
     """Doctors, patients (some with a linked chat, one with an enrolled face), visits with known codes for the
     code kind, in-person visits for the face kind, and one API key for the load generator."""
     from server.face.pipeline import analyse_frame
@@ -97,7 +97,7 @@ async def seed(database_url: str, *, code_visits: int, face_visits: int) -> dict
     reference = analyse_frame((ROOT / "tests/fixtures/faces/obama/obama1.jpg").read_bytes())
     await registry.enrol_face(ctx, clinic.id, face_patient.id, [reference.encoding])
     chats = {}
-    for n in range(CHAT_PATIENTS):
+    for n in range(chat_patients):
         phone = f"+7705{2000000 + n}"
         iin = make_iin(dt.date(1985, 1, 1 + n % 28), False, n)  # equal birth days are 28 serials apart
         patient = (await registry.upsert_patient(ctx, clinic.id, iin, f"Chat Patient {n}", phone,
@@ -145,10 +145,11 @@ async def _open_loop(kind: Kind, duration: float, fire) -> None:
 
 
 async def run(workdir: str, database_url: str, *, duration: float, code_rate: float = 100.0,
-              face_rate: float = 2.0, chat_rate: float = 1.0, warm_up: float = 30.0) -> dict:
+              face_rate: float = 2.0, chat_rate: float = 1.0, warm_up: float = 30.0,
+              chat_patients: int = CHAT_PATIENTS) -> dict:
     code_visits = int(code_rate * duration * 1.05) + 10
     face_visits = int(face_rate * duration * 1.05) + 10
-    world = await seed(database_url, code_visits=code_visits, face_visits=face_visits)
+    world = await seed(database_url, code_visits=code_visits, face_visits=face_visits, chat_patients=chat_patients)
     frames = {name: data for name, data in webcam_frames() if name.startswith(("obama/obama", "biden/"))
               and "240p" not in name}
     matching = [data for name, data in sorted(frames.items()) if name.startswith("obama/")]
