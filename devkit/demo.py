@@ -50,6 +50,7 @@ from devkit.phone import Phone, buttons, plain
 from devkit.sms_gateway import SmsGatewayStandIn
 from devkit.whatsapp import WaSent, WhatsAppStandIn, add_rastau_templates
 from server.app import create_app
+from server.appkeys import FaceAnalyser
 
 PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "faces"
 BOT_TOKEN = "777000:rastau-demo-token"
@@ -168,9 +169,10 @@ class Evidence:
 class Story:
     """Everything the demo runs, started in order and stopped in reverse."""
 
-    def __init__(self, lang: str, out, pace: float):
+    def __init__(self, lang: str, out, pace: float, face_pool: FaceAnalyser | None = None):
         self.lang, self.say, self.pace = lang, NARRATION[lang], pace
         self.out = out
+        self.face_pool = face_pool  # None: the server starts its own face worker, as `python -m server` does
         self._tmp = tempfile.TemporaryDirectory(prefix="rastau-demo-")
         local_today = dt.datetime.now(ALMATY).date()
         self.day = local_today + dt.timedelta(days=1)
@@ -242,7 +244,8 @@ class Story:
         self.engine = create_engine(self.settings.database_url)
         await upgrade_to_head(self.engine)
         self.ctx = Context.build(self.settings, UnitOfWorkFactory(self.engine), self.clock)
-        self.runner = web.AppRunner(create_app(self.settings, ctx=self.ctx), access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(create_app(self.settings, ctx=self.ctx, face_pool=self.face_pool), access_log=None,
+                                    handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
@@ -653,9 +656,11 @@ class DemoRun:
 
 
 async def play(lang: str = "ru", *, quick: bool = False, out=None, log_stream=None,
-               log_level: str = "WARNING", serve: bool = False) -> DemoRun:
+               log_level: str = "WARNING", serve: bool = False, face_pool: FaceAnalyser | None = None) -> DemoRun:
+    """The story in ``lang``; ``face_pool``: face workers already warm, which the story uses and leaves running
+    (the tests share one between the languages: a worker loading dlib costs seconds)."""
     configure_logging(log_level, "console", log_stream)
-    async with Story(lang, out or sys.stdout, pace=0.0 if quick else 0.4) as story:
+    async with Story(lang, out or sys.stdout, pace=0.0 if quick else 0.4, face_pool=face_pool) as story:
         evidence = await story.play()
         story.line()
         for name, url in story.web_links:

@@ -2,11 +2,13 @@
 must hold none of the secrets the story used."""
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
 
 from devkit.demo import NARRATION, play
+from server.face.pool import FacePool
 
 pytestmark = pytest.mark.slow  # the whole story with real server, bot and stand-in
 
@@ -24,10 +26,19 @@ EXPECTED = [
 ]
 
 
+@pytest.fixture(scope="module")
+def face_pool():
+    """One real face worker for both languages' stories: each would otherwise spawn its own and load dlib."""
+    pool = FacePool(1)
+    asyncio.run(pool.start())
+    yield pool
+    asyncio.run(pool.close())
+
+
 @pytest.mark.parametrize("lang", ["ru", "kk"])
-async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lang):
+async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lang, face_pool):
     out, logs = io.StringIO(), io.StringIO()
-    run = await play(lang, quick=True, out=out, log_stream=logs, log_level="INFO")
+    run = await play(lang, quick=True, out=out, log_stream=logs, log_level="INFO", face_pool=face_pool)
 
     assert [(e.label, e.mode, e.state, e.verified_by, e.answer) for e in run.evidence] == EXPECTED
     story = out.getvalue()
