@@ -1,9 +1,12 @@
 """The capture page in a real browser: Debian's chromium, driven by playwright (executable_path, never `playwright
 install`), its fake camera fed from .y4m clips built here from devkit.liveness_clips' genuine and attack
 sequences, against a real `python -m server` with real face workers. A genuine clip verifies the visit face_live; a
-photo tilted toward each asked side is not_live; in Kazakh and in Russian; screenshots under the test's tmp dir."""
+photo tilted toward each asked side is not_live; in Kazakh and in Russian; screenshots under the test's tmp dir.
+One playwright driver for the test and one chromium per clip (the fake camera's file is a launch argument), each
+language's page in a fresh context of its own."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
@@ -14,11 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
+from core.cli import main as rastau
 from core.liveness import Pose
 from devkit.liveness_clips import Shot, genuine_clip, photo_clip
+from tests.commands import run_command_async
 from tests.server.test_real_server import (
     READY_TIMEOUT_S,
-    clinic_with_key,
     enrolled_patient,
     free_port,
     running_server,
@@ -46,53 +50,77 @@ def write_y4m(path: Path, clip: list[tuple[float, bytes]], frames_per_step: int)
     return path
 
 
-async def capture_in_browser(url: str, clip: Path, shot: Path) -> str:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}"])
-        try:
-            page = await browser.new_page(viewport={"width": 1000, "height": 1100})
-            await page.goto(url)
-            await page.click("#start")
-            await page.wait_for_selector("body[data-outcome]", timeout=90_000)
-            await page.screenshot(path=str(shot), full_page=True)
-            return await page.evaluate("document.body.dataset.outcome + '|' + document.body.innerText")
-        finally:
-            await browser.close()
+@contextlib.asynccontextmanager
+async def chromium_with_camera(playwright, clip: Path):
+    """Debian's chromium whose fake camera plays ``clip`` (Chromium loops it) to every page it opens."""
+    browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}"])
+    try:
+        yield browser
+    finally:
+        await browser.close()
 
 
-async def capture_round(tmp_path: Path, clips: dict[str, Path], **settings: str) -> dict:
-    """A real server on a fresh database; for each clip and language, a visit, a capture session, the page in
-    chromium, and the visit as the API then shows it."""
+async def capture_in_browser(browser, url: str, shot: Path) -> str:
+    page = await browser.new_page(viewport={"width": 1000, "height": 1100})  # in a new context of its own
+    try:
+        await page.goto(url)
+        await page.click("#start")
+        await page.wait_for_selector("body[data-outcome]", timeout=90_000)
+        await page.screenshot(path=str(shot), full_page=True)
+        return await page.evaluate("document.body.dataset.outcome + '|' + document.body.innerText")
+    finally:
+        await page.close()
+
+
+async def clinic_with_key(env: dict, cwd: Path, label: str) -> str:
+    """The operator's commands, run in this process (tests/server/test_real_server.py runs the installed script):
+    a migrated database, clinic 1 with doctor 1, and a clinic_system + webcam key."""
+    settings = {name: value for name, value in env.items() if name.startswith("RASTAU_")}
+
+    async def command(*args: str) -> str:
+        done = await run_command_async(rastau, "rastau", settings, *args, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+    await command("migrate")
+    await command("add-clinic", "Polyclinic No. 5")
+    await command("add-doctor", "--clinic", "1", "--name", "Aidos Seitkali", "--phone", "8 701 111 22 33")
+    printed = await command("add-api-key", "--clinic", "1", "--scope", "clinic_system", "--scope", "webcam",
+                            "--label", label)
+    return next(word for word in printed.split() if word.startswith("rk_"))
+
+
+async def capture_round(playwright, tmp_path: Path, clips: dict[str, Path], **settings: str) -> dict:
+    """A real server on a fresh database; for each clip a chromium, and for each language a visit, a capture
+    session, the page, and the visit as the API then shows it."""
     tmp_path.mkdir()
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port), RASTAU_SINGLE_FRAME_FACE="0",
                      RASTAU_CAPTURE_CHALLENGE=",".join(p.value for p in CHALLENGE), **settings)
-    key, _ = clinic_with_key(env, tmp_path, "desk")
+    key = await clinic_with_key(env, tmp_path, "desk")
     base, h = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     seen: dict = {}
     async with running_server(env, tmp_path) as ended, aiohttp.ClientSession() as session:
         await wait_for(session, f"{base}/readyz", 200, READY_TIMEOUT_S)
         patient = await enrolled_patient(session, base, h, language="kk")
-        for lang in ("kk", "ru"):
-            for name, clip in clips.items():
-                start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
-                async with session.post(f"{base}/api/v1/visits", headers=h, json={
-                        "doctor_id": 1, "patient_id": patient, "start": start, "duration_minutes": 20,
-                        "service_code": "A01", "mode": "in_person"}) as r:
-                    visit = (await r.json())["id"]
-                async with session.post(f"{base}/api/v1/visits/{visit}/capture-sessions", headers=h) as r:
-                    assert r.status == 201
-                    url = (await r.json())["url"]
-                shot = tmp_path / f"capture-{name}-{lang}.png"
-                outcome = await capture_in_browser(f"{url}?lang={lang}", clip, shot)
-                assert shot.stat().st_size > 10_000
-                async with session.get(f"{base}/api/v1/visits/{visit}", headers=h) as r:
-                    seen[(name, lang)] = (outcome, await r.json())
+        for name, clip in clips.items():
+            async with chromium_with_camera(playwright, clip) as browser:
+                for lang in ("kk", "ru"):
+                    start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
+                    async with session.post(f"{base}/api/v1/visits", headers=h, json={
+                            "doctor_id": 1, "patient_id": patient, "start": start, "duration_minutes": 20,
+                            "service_code": "A01", "mode": "in_person"}) as r:
+                        visit = (await r.json())["id"]
+                    async with session.post(f"{base}/api/v1/visits/{visit}/capture-sessions", headers=h) as r:
+                        assert r.status == 201
+                        url = (await r.json())["url"]
+                    shot = tmp_path / f"capture-{name}-{lang}.png"
+                    outcome = await capture_in_browser(browser, f"{url}?lang={lang}", shot)
+                    assert shot.stat().st_size > 10_000
+                    async with session.get(f"{base}/api/v1/visits/{visit}", headers=h) as r:
+                        seen[(name, lang)] = (outcome, await r.json())
     assert ended.returncode == 0, ended.err[-3000:]
     assert key not in ended.err + ended.out and url.rsplit("/", 1)[1] not in ended.err + ended.out
     return seen
@@ -111,12 +139,16 @@ async def test_the_page_verifies_a_live_head_and_refuses_a_tilted_photo_in_kk_an
     ~10-20°, under those thresholds, so the genuine clip runs against RASTAU_LIVENESS_STILLS (tests and dev only;
     docs/liveness.md): what it proves is the whole path (camera, page, socket, workers, tracker, match, evidence)."""
     pytest.importorskip("playwright")
+    from playwright.async_api import async_playwright
+
     rng = random.Random(11)
     tilted = write_y4m(tmp_path / "tilted.y4m",
                        photo_clip(CHALLENGE, Shot("obama/obama1.jpg"), rng, motion="tilted"), 3)
     genuine = write_y4m(tmp_path / "genuine.y4m", genuine_clip(CHALLENGE, "obama", rng), 3)
-    refused = await capture_round(tmp_path / "measured", {"tilted": tilted})
-    verified = await capture_round(tmp_path / "stills", {"genuine": genuine}, RASTAU_LIVENESS_STILLS="1")
+    async with async_playwright() as playwright:
+        refused = await capture_round(playwright, tmp_path / "measured", {"tilted": tilted})
+        verified = await capture_round(playwright, tmp_path / "stills", {"genuine": genuine},
+                                       RASTAU_LIVENESS_STILLS="1")
     for lang in ("kk", "ru"):
         page, visit = refused[("tilted", lang)]
         assert page.startswith("not_live|") and NOT_RECOGNISED[lang] in page, page
