@@ -30,7 +30,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.close(config.stash[_stderr])
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: a run with -p no:timeout has no such hook
 def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
     if settings.method != "thread":
         return None  # a test that asks for another method gets pytest-timeout's own
