@@ -10,11 +10,12 @@ server and the bot need not know SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from core.db.channels import ChannelRepo  # issue 14: patient channels, SMS budget, inbound dedupe
 from core.db.engine import READ_ONLY_OPTION
@@ -60,39 +61,174 @@ def _translated(exc: BaseException) -> Exception | None:
     return None
 
 
+class SqliteWriters:
+    """Group commit for SQLite: the writers of this process that queue while one writes share its transaction.
+
+    SQLite admits one writer at a time, and each commit waits for an fsync (synchronous=FULL), which on this
+    class of disk costs as much as the writer's own work. So writers queue on an asyncio lock (a FIFO beats
+    SQLite's busy handler, which sleeps up to 100 ms per retry), and the first of a burst opens the transaction
+    (BEGIN IMMEDIATE); each one after it runs in a savepoint of that transaction, so a writer that fails or
+    leaves without committing takes back only its own statements. A writer's commit releases its savepoint, and
+    while more writers wait (up to MAX_GROUP) it hands the lock on and waits for the one COMMIT that makes the
+    whole group durable: nobody is told "committed" before the fsync, and if the COMMIT fails, every writer of
+    the group is told so. Nothing is weakened: each writer still sees the writes before it and is atomic alone.
+    Other processes (the bot beside the server) still meet the busy timeout.
+    """
+
+    MAX_GROUP = 32
+
+    def __init__(self, engine: AsyncEngine):
+        self._engine = engine
+        self._lock = asyncio.Lock()
+        self._waiting = 0  # writers queued on the lock
+        self._conn: AsyncConnection | None = None  # the group's open transaction
+        self._released: list[asyncio.Future[None]] = []  # writers done in it, waiting for its COMMIT
+        self._orphan_commits: set[asyncio.Future[None]] = set()  # held so they are not collected mid-commit
+
+    async def enter(self) -> tuple[AsyncConnection, AsyncTransaction | None]:
+        """Wait for the turn to write; the connection and the writer's savepoint (None for the group's first)."""
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._waiting -= 1
+            if self._released and self._waiting == 0 and not self._lock.locked():
+                # the writer before counted on this one to commit its group, and this one gave up waiting
+                task = asyncio.ensure_future(self._commit_orphaned())
+                self._orphan_commits.add(task)
+                task.add_done_callback(self._orphan_commits.discard)
+            raise
+        self._waiting -= 1
+        try:
+            if self._conn is None:
+                conn = await self._engine.connect()
+                try:
+                    await conn.begin()
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._conn = conn
+                return conn, None
+            return self._conn, await self._conn.begin_nested()
+        except BaseException as exc:
+            await self._end_group(exc)
+            raise
+
+    async def leave(self, savepoint: AsyncTransaction | None, *, commit: bool) -> None:
+        """End a writer's turn (it holds the lock): keep or take back its statements; when it is the last of the
+        group, COMMIT for all. Returns once the writer's statements are durable (commit) or gone."""
+        assert self._conn is not None, "a writer leaves the group it entered"
+        try:
+            if savepoint is not None:
+                await (savepoint.commit() if commit else savepoint.rollback())
+            elif not commit:  # the group's first writer, alone in the transaction: nothing else to keep
+                await self._end_group(None)
+                return
+        except BaseException as exc:  # the transaction itself is broken: nothing of the group can be kept
+            await self._end_group(exc)
+            raise
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if commit:
+            self._released.append(done)
+        if self._waiting and len(self._released) < self.MAX_GROUP:
+            self._lock.release()
+            if commit:
+                await asyncio.shield(done)
+            return
+        if not self._released:
+            await self._end_group(None)
+            return
+        # shielded: a cancelled request must not leave the group's COMMIT half-awaited
+        await asyncio.shield(self._commit_group())
+        if commit:
+            await done  # raises, as for every writer of the group, when the COMMIT failed
+
+    async def _commit_orphaned(self) -> None:
+        async with self._lock:
+            if self._released and self._conn is not None:
+                await self._commit_group(release=False)
+
+    async def _commit_group(self, *, release: bool = True) -> None:
+        conn, released = self._conn, self._released
+        assert conn is not None
+        self._conn, self._released = None, []
+        try:
+            await conn.commit()
+        except Exception as exc:  # noqa: BLE001 - every writer of the group hears it; none of its statements stays
+            for writer in released:
+                if not writer.done():
+                    writer.set_exception(_translated(exc) or DatabaseUnavailable("the group's commit failed"))
+            with contextlib.suppress(Exception):  # a COMMIT refused (busy) leaves the transaction open
+                await conn.rollback()
+        else:
+            for writer in released:
+                if not writer.done():
+                    writer.set_result(None)
+        finally:
+            try:
+                await conn.close()
+            finally:
+                if release:
+                    self._lock.release()
+
+    async def _end_group(self, failure: BaseException | None) -> None:
+        """Roll the group's transaction back and let the next writer in; writers waiting for its COMMIT are told
+        it failed (``failure`` is why)."""
+        conn, released = self._conn, self._released
+        self._conn, self._released = None, []
+        for writer in released:
+            if not writer.done():
+                writer.set_exception(DatabaseUnavailable(f"the group's transaction failed ({type(failure).__name__})"))
+        try:
+            if conn is not None:
+                try:
+                    await conn.rollback()
+                finally:
+                    await conn.close()
+        finally:
+            self._lock.release()
+
+
 class UnitOfWork:
     conn: AsyncConnection
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writer: asyncio.Lock | None = None):
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writers: SqliteWriters | None = None):
         self._engine = engine
         self.row_locks = engine.dialect.name != "sqlite"  # SQLite's BEGIN IMMEDIATE already serialises
         self._read_only = read_only
         # PostgreSQL reads in READ COMMITTED, where each statement sees its own snapshot inside a transaction or
         # outside one: a reader outside saves the BEGIN and ROLLBACK round trips and gives up nothing
         self._autocommit = read_only and engine.dialect.name == "postgresql"
-        self._writer = None if read_only else writer
+        self._writers = None if read_only else writers
+        self._savepoint: AsyncTransaction | None = None
+        self._reader: AsyncConnection | None = None  # SQLite: what the unit reads through after its commit
         self._committed = False
 
     async def __aenter__(self) -> UnitOfWork:
-        if self._writer is not None:
-            await self._writer.acquire()
         try:
-            self.conn = await self._engine.connect()
-            try:
-                if self._autocommit:
-                    await self.conn.execution_options(isolation_level="AUTOCOMMIT")
-                elif self._read_only:  # SQLite: reports read one snapshot, without the write lock
-                    await self.conn.execution_options(**{READ_ONLY_OPTION: True})
-                await self.conn.begin()
-            except BaseException:
-                await self.conn.close()
-                raise
-        except BaseException as exc:  # no __aexit__ follows a failed __aenter__: let the next writer in
-            self._release_writer()
+            if self._writers is not None:
+                self.conn, self._savepoint = await self._writers.enter()
+            else:
+                self.conn = await self._engine.connect()
+                try:
+                    if self._autocommit:
+                        await self.conn.execution_options(isolation_level="AUTOCOMMIT")
+                    elif self._read_only:  # SQLite: reports read one snapshot, without the write lock
+                        await self.conn.execution_options(**{READ_ONLY_OPTION: True})
+                    await self.conn.begin()
+                except BaseException:
+                    await self.conn.close()
+                    raise
+        except BaseException as exc:
             if (core_error := _translated(exc)) is not None:
                 raise core_error from exc
             raise
-        locks = self.row_locks
+        self._bind(self.conn)
+        return self
+
+    def _bind(self, conn: AsyncConnection) -> None:
+        """Every repository on ``conn``."""
+        self.conn, locks = conn, self.row_locks
         self.audit = AuditRepo(self.conn, locks)
         self.clinics = ClinicRepo(self.conn, locks)
         self.doctors = DoctorRepo(self.conn, locks)
@@ -117,12 +253,21 @@ class UnitOfWork:
         self.record = RecordQueries(self.conn)  # the patient's record and retention (issue 16)
         self.retention = RetentionRepo(self.conn)
         self.channels = ChannelRepo(self.conn, locks)  # issue 14
-        return self
 
     async def commit(self) -> None:
+        """Make the unit's writes durable. On SQLite the writer's turn ends here (the group's connection is the
+        next writer's): what it reads afterwards it reads through a connection of its own, as a reader."""
         await self.audit.flush()
-        await self.conn.commit()
-        self._committed = True
+        if self._writers is not None:
+            self._committed = True  # left the group, whether its COMMIT succeeds or not
+            await self._writers.leave(self._savepoint, commit=True)
+            reader = await self._engine.connect()
+            await reader.execution_options(**{READ_ONLY_OPTION: True})
+            self._bind(reader)
+            self._reader = reader
+        else:
+            await self.conn.commit()
+            self._committed = True
 
     async def rollback(self) -> None:
         await self.conn.rollback()
@@ -139,34 +284,31 @@ class UnitOfWork:
             raise core_error from exc
 
     async def _end(self) -> None:
+        if self._writers is not None:
+            if self._reader is not None:
+                await self._reader.close()
+            elif not self._committed:
+                await self._writers.leave(self._savepoint, commit=False)
+            return
         try:
             if not self._committed:
                 await self.conn.rollback()
         finally:
-            try:
-                await self.conn.close()
-            finally:
-                self._release_writer()
-
-    def _release_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
+            await self.conn.close()
 
 
 class UnitOfWorkFactory:
     """What services receive: call it to open a fresh unit of work on the shared engine.
 
-    On SQLite, writers in this process queue on an asyncio lock before BEGIN IMMEDIATE: SQLite admits one
-    writer at a time anyway, and a FIFO queue beats its busy handler, which sleeps up to 100 ms per retry.
-    Other processes (the bot beside the server) still meet the busy timeout.
+    On SQLite, writers in this process queue and commit in groups (:class:`SqliteWriters`).
     """
 
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
-        self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._writers = SqliteWriters(engine) if engine.dialect.name == "sqlite" else None
 
     def __call__(self, *, read_only: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.engine, read_only=read_only, writer=self._writer)
+        return UnitOfWork(self.engine, read_only=read_only, writers=self._writers)
 
     async def ping(self) -> None:
         """One round trip to the database; DatabaseUnavailable (or the driver's error) when it cannot answer."""
