@@ -91,8 +91,12 @@ class BotApiStandIn:
 
     def __init__(self, bot_id: int | None = None, username: str = "rastau_test_bot", *, port: int = 0,
                  enforce_limits: bool = False, limit_global: int = 30, limit_per_chat: int = 1,
-                 slow_seconds: float = 65.0, echo: Callable[[str], None] | None = None):
+                 slow_seconds: float = 65.0, echo: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        """``clock`` stamps each request and send and counts the limits: a test pacing sends on a faster clock
+        hands the stand-in the same one. ``slow_seconds`` stays real: it is measured against the client's timeout."""
         self.bot_id, self.username, self.port = bot_id, username, port
+        self.clock = clock
         self.enforce_limits, self.limit_global, self.limit_per_chat = enforce_limits, limit_global, limit_per_chat
         self.slow_seconds = slow_seconds  # past aiogram's default 60 s timeout; tests use shorter client timeouts
         self.echo = echo
@@ -272,7 +276,7 @@ class BotApiStandIn:
 
     def _over_limit(self, chat_id: int | None) -> int | None:
         """Seconds until a send to this chat would be within the limits; None if it is now."""
-        now = time.monotonic()
+        now = self.clock()
         chat = self._recent_by_chat[chat_id]
         for times in (self._recent, chat):
             while times and times[0] <= now - 1.0:
@@ -299,7 +303,7 @@ class BotApiStandIn:
         text = params.get("text") or params.get("caption")
         editing = method.lower().startswith("edit")
         message_id = int(params["message_id"]) if editing and params.get("message_id") else next(self._message_ids)
-        now = time.monotonic()
+        now = self.clock()
         self.sent.append(Sent(method, chat_id, text, markup, document, message_id, now))
         if self.enforce_limits:
             self._recent.append(now)
@@ -347,7 +351,7 @@ class BotApiStandIn:
                 waiter.cancel()
 
     def _record(self, method: str, chat_id: int | None, outcome: str) -> None:
-        self.requests.append(Attempt(method, chat_id, outcome))
+        self.requests.append(Attempt(method, chat_id, outcome, self.clock()))
         if self.echo and outcome != "ok":
             self.echo(f"{method} to {chat_id}: answered with fault {outcome}")
 

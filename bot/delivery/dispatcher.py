@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiogram import Bot
@@ -83,8 +82,10 @@ class OutboxDispatcher:
                  lease: dt.timedelta = dt.timedelta(seconds=60), concurrency: int = 32,
                  pacer: Pacer | None = None, channels: Mapping[ChannelName, Channel] | None = None):
         """``pacer``: a `SharedSendPacer` when several dispatchers share Telegram's limits; by default this
-        process keeps them alone (``rate_global`` and ``rate_per_chat`` per second). ``channels``: the patients'
-        other channels (issue 14: SMS, WhatsApp); with any, a patient who blocked the bot is reached on the next."""
+        process keeps them alone (``rate_global`` and ``rate_per_chat`` per second). Its clock tells every send's
+        deadline, so the other channels' pacers must run on the same one (real time in production). ``channels``: the
+        patients' other channels (issue 14: SMS, WhatsApp); with any, a patient who blocked the bot is reached on the
+        next."""
         self._ctx, self._bot, self._renderer = ctx, bot, renderer
         self._channels: dict[ChannelName, Channel] = dict(channels or {})
         self._patient_locks: dict[int, asyncio.Lock] = {}
@@ -114,7 +115,7 @@ class OutboxDispatcher:
             await self.release_own_claims()
             self._released = True
         now = self._ctx.clock.now()
-        send_by = time.monotonic() + self._send_window
+        send_by = self._pacer.now() + self._send_window
         async with self._ctx.uow() as uow:
             rows = await uow.outbox.claim_due(now, self.worker_id, self._lease, self._batch)
             await uow.commit()
@@ -216,7 +217,7 @@ class OutboxDispatcher:
 
     async def _hand_back(self, item: OutboxItem, turn_at: float) -> None:
         """The claim would lapse before this row's turn: queue it again for when its turn comes."""
-        due = self._ctx.clock.now() + dt.timedelta(seconds=max(0.0, turn_at - time.monotonic()))
+        due = self._ctx.clock.now() + dt.timedelta(seconds=max(0.0, turn_at - self._pacer.now()))
         async with self._ctx.uow() as uow:
             await uow.outbox.retry_later(item.id, due, "handed back: its turn to send came after the claim lapsed",
                                          failed=False, worker_id=self.worker_id)

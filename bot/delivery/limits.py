@@ -36,8 +36,33 @@ def _chat_window(chat_id: int) -> str:
     return f"chat:{chat_id}:window"
 
 
+class PaceClock(Protocol):
+    """The time sends are paced on: a monotonic clock and a sleep on that same clock. `REAL_TIME` in production;
+    a test may hand the pacer (and the stand-in that counts Telegram's limits) one that runs faster."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class RealTime:
+    """Real seconds: ``time.monotonic`` and ``asyncio.sleep``."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+REAL_TIME = RealTime()
+
+
 class Pacer(Protocol):
     """What the dispatcher needs of a pacer."""
+
+    def now(self) -> float:
+        """The clock ``not_after`` and `TooLate.at` are on."""
 
     def turn(self, chat_id: int, not_after: float = math.inf) -> AbstractAsyncContextManager[None]: ...
 
@@ -45,7 +70,7 @@ class Pacer(Protocol):
 
 
 class TooLate(Exception):
-    """The send's turn would come after the caller's deadline; ``at`` is when it would come (monotonic)."""
+    """The send's turn would come after the caller's deadline; ``at`` is when it would come (on the pacer's clock)."""
 
     def __init__(self, at: float):
         super().__init__(f"turn at {at:.3f}")
@@ -104,13 +129,18 @@ class SendPacer:
     `TooLate`, and the dispatcher hands the message back for later.
     """
 
-    def __init__(self, global_rate: float, chat_rate: float, clock: Callable[[], float] = time.monotonic, *,
+    def __init__(self, global_rate: float, chat_rate: float, clock: PaceClock = REAL_TIME, *,
                  store: PaceStore | None = None, hold: float = HOLD_S):
-        """``clock`` tells the deadlines (``not_after``) and, by default, the in-memory store's time."""
+        """``clock`` tells the deadlines (``not_after``), paces the waits and, by default, the in-memory store's
+        time; a store that keeps its own time (Redis) needs real time."""
         self._global, self._chat = Pace.per_second(global_rate), Pace.per_second(chat_rate)
-        self._clock = clock
-        self._store = store or MemoryPaceStore(clock)
+        self._clock = clock.now
+        self._sleep = clock.sleep
+        self._store = store or MemoryPaceStore(clock.now)
         self._hold = hold
+
+    def now(self) -> float:
+        return self._clock()
 
     async def pause(self, seconds: float) -> None:
         """Telegram answered 429: wait ``seconds`` before the next send (every dispatcher, when shared)."""
@@ -131,8 +161,8 @@ class SendPacer:
             taken.append((chat_window, self._chat.span))
             await self._take(WINDOW, self._global, member)
             taken.append((WINDOW, self._global.span))
-            while (paused := await self._store.extend(PAUSED, 0)) > 0:  # noqa: ASYNC110 - see _take
-                await asyncio.sleep(paused)  # a 429 that arrived while we waited moves us behind the pause
+            while (paused := await self._store.extend(PAUSED, 0)) > 0:
+                await self._sleep(paused)  # a 429 that arrived while we waited moves us behind the pause
         except PaceStoreDown as exc:
             await self._give_back(taken, member)
             log.warning("send pacer unavailable: handing the message back", error=str(exc))
@@ -155,12 +185,12 @@ class SendPacer:
         if not booked:
             raise TooLate(self._clock() + wait)
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
     async def _take(self, window: str, pace: Pace, member: str) -> None:
         # The state may be in another process's hands (Redis): there is no event to wait on, only the time.
-        while (wait := await self._store.take(window, pace.cap, member, self._hold)) is not None:  # noqa: ASYNC110
-            await asyncio.sleep(min(max(wait, 0.001), POLL_S))
+        while (wait := await self._store.take(window, pace.cap, member, self._hold)) is not None:
+            await self._sleep(min(max(wait, 0.001), POLL_S))
 
     async def _give_back(self, taken: list[tuple[str, float]], member: str) -> None:
         """Answered (or given up): each place frees one span from now, as Telegram counts by arrival."""

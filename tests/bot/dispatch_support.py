@@ -1,7 +1,9 @@
 """Helpers for dispatcher tests: a minimal renderer (the contract, not the bot's texts) and queueing."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -11,6 +13,23 @@ from bot.delivery.types import OutboxItem, Outgoing
 from core.model import OutboxKind, OutboxMessage, Recipient
 
 TOKEN = "123456:TEST-token-for-standin"
+
+
+class FastTime:
+    """Paced time running ``factor`` times faster than real time: the pacer's waits (Telegram's 1/s per chat,
+    30/s overall, 429 pauses) pass in a ``factor``-th of the wall time. Hand the same one to the pacer and to the
+    stand-in that counts the limits, so both count the same seconds; the network's real latency then looks
+    ``factor`` times longer to them, which the pacer must (and does) absorb anyway."""
+
+    def __init__(self, factor: float = 10.0):
+        self.factor = factor
+        self._started = time.monotonic()
+
+    def now(self) -> float:
+        return self._started + (time.monotonic() - self._started) * self.factor
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self.factor)
 
 
 class EchoRenderer:

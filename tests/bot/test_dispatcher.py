@@ -15,19 +15,26 @@ import pytest
 import sqlalchemy as sa
 
 from bot.delivery.dispatcher import OutboxDispatcher
+from bot.delivery.limits import SendPacer
 from core.clock import SystemClock
 from core.db import tables as t
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context
 from devkit.botapi import BotApiStandIn
-from tests.bot.dispatch_support import TOKEN, EchoRenderer, make_bot, queue, statuses
+from tests.bot.dispatch_support import TOKEN, EchoRenderer, FastTime, make_bot, queue, statuses
 
 ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture
-async def standin():
-    api = BotApiStandIn()
+def fast():
+    """Telegram's pace ten times faster: the pacers below and the stand-in that counts the limits share it."""
+    return FastTime(10)
+
+
+@pytest.fixture
+async def standin(fast):
+    api = BotApiStandIn(clock=fast.now)
     api.add_bot(TOKEN, "rastau_test_bot")
     await api.start()
     yield api
@@ -70,14 +77,13 @@ async def test_skipped_message_is_not_sent_and_not_retried(ctx, bot, standin):
     assert standin.sent == [] and renderer.rendered == [mid] and (await statuses(ctx))[mid] == "skipped"
 
 
-@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
-async def test_429_waits_retry_after_then_delivers_once(ctx, bot, standin):
+async def test_429_waits_retry_after_then_delivers_once(ctx, bot, standin, fast):
     mid = await queue(ctx, 1001, "slow down")
     standin.fail_next(1, "429", retry_after=1)
-    dispatcher = OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1", rate_global=1000, rate_per_chat=1000)
-    started = time.monotonic()
+    dispatcher = OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1", pacer=SendPacer(1000, 1000, fast))
+    started = fast.now()
     await dispatcher.drain()
-    waited = time.monotonic() - started
+    waited = fast.now() - started
     assert texts_to(standin, 1001) == [f"slow down #{mid}"]
     assert waited >= 1.0, f"retry_after=1 must be honoured, resent after {waited:.2f}s"
     assert (await statuses(ctx))[mid] == "sent"
@@ -140,22 +146,20 @@ async def test_a_crash_after_the_text_does_not_repeat_it_after_restart(ctx, bot,
     assert (await statuses(ctx))[mid] == "sent"
 
 
-@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
-async def test_rate_caps_hold_overall_and_per_chat(ctx, bot, standin):
+async def test_rate_caps_hold_overall_and_per_chat(ctx, bot, standin, fast):
     for chat in range(40):
         await queue(ctx, 2000 + chat, "burst")
     for _ in range(3):
         await queue(ctx, 3000, "same chat")
-    dispatcher = OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1", rate_global=20, rate_per_chat=1)
+    dispatcher = OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1", pacer=SendPacer(20, 1, fast))
     await dispatcher.drain()
     assert len(standin.sent) == 43
     assert standin.max_rate(window=1.0) <= 20
     assert standin.max_rate_per_chat(window=1.0) <= 1
 
 
-@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
-async def test_the_default_pace_never_trips_telegrams_limits(ctx):
-    strict = BotApiStandIn(enforce_limits=True)  # 429 past 30 sends a second overall or 1 per chat
+async def test_the_default_pace_never_trips_telegrams_limits(ctx, fast):
+    strict = BotApiStandIn(enforce_limits=True, clock=fast.now)  # 429 past 30 sends a second overall or 1 per chat
     await strict.start()
     bot = make_bot(strict.base_url)
     try:
@@ -163,22 +167,25 @@ async def test_the_default_pace_never_trips_telegrams_limits(ctx):
             await queue(ctx, 2000 + chat, "burst")
         for _ in range(3):
             await queue(ctx, 3000, "same chat")
-        await OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1").drain()
+        default_pace = SendPacer(ctx.settings.send_rate_global, ctx.settings.send_rate_per_chat, fast)
+        await OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1", pacer=default_pace).drain()
     finally:
         await bot.session.close()
         await strict.stop()
     assert len(strict.sent) == 48 and strict.limit_violations == 0
 
 
-@pytest.mark.slow  # Telegram pace in real seconds, or a dispatcher process
-async def test_a_misbehaving_telegram_loses_nothing_and_duplicates_nothing(ctx):
-    chaos = BotApiStandIn(enforce_limits=True, slow_seconds=1.0)
+@pytest.mark.slow  # answers slower than the client's timeout, in real seconds
+async def test_a_misbehaving_telegram_loses_nothing_and_duplicates_nothing(ctx, fast):
+    chaos = BotApiStandIn(enforce_limits=True, slow_seconds=2.5, clock=fast.now)
     chaos.random_faults(2026, p429=0.05, p500=0.1, pslow=0.1, pdrop=0.1)
     await chaos.start()
-    bot = make_bot(chaos.base_url, timeout=0.5)
+    bot = make_bot(chaos.base_url, timeout=2.0)
     ids = [await queue(ctx, 6000 + i % 12, "chaos") for i in range(36)]
     try:
-        dispatcher = OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1", lease=dt.timedelta(seconds=10))
+        dispatcher = OutboxDispatcher(ctx, bot, EchoRenderer(), worker_id="w1", lease=dt.timedelta(seconds=10),
+                                      pacer=SendPacer(ctx.settings.send_rate_global, ctx.settings.send_rate_per_chat,
+                                                      fast))
         for _ in range(30):
             await dispatcher.drain()
             if set((await statuses(ctx)).values()) == {"sent"}:
@@ -322,6 +329,9 @@ class NeverYourTurn:
         from bot.delivery.limits import TooLate
         raise TooLate(time.monotonic() + 1)
         yield
+
+    def now(self):
+        return time.monotonic()
 
     async def pause(self, seconds):
         pass
