@@ -308,6 +308,26 @@ def product_logging():
     log_as_the_product()
 
 
+def _commit_without_waiting_for_the_disk(dialect, _conn_rec, _cargs, cparams) -> None:
+    if dialect.driver == "asyncpg":
+        cparams["server_settings"] = {**cparams.get("server_settings", {}), "synchronous_commit": "off"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_commits_without_fsync():
+    """Every PostgreSQL connection a test opens commits without waiting for its WAL to reach the disk
+    (synchronous_commit=off, in the connection's start-up settings): on this disk each wait cost ~5 ms, and a test
+    commits dozens of times. What a test can observe is the same: a commit is visible to every other connection
+    at once, locks and order are unchanged; only a crash of the PostgreSQL server itself, which no test causes,
+    could lose the last commits. Servers the tests start as processes connect as the product does."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    event.listen(Engine, "do_connect", _commit_without_waiting_for_the_disk)
+    yield
+    event.remove(Engine, "do_connect", _commit_without_waiting_for_the_disk)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path):
     """A fresh, empty database: a new SQLite file, or a new schema in the PostgreSQL `test` database."""
