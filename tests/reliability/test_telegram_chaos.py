@@ -14,7 +14,8 @@ Two ways a fault can look to the bot, and they differ for duplicates:
   (at-least-once); the second test counts those duplicates and proves each one is exactly one lost answer.
 
 The clock is a ManualClock moved ten minutes between drains, past every retry backoff; 429 pauses and pacing run
-on real time (seconds): about 30 s for the chaos run and 15 s for the lost answers, per backend.
+on paced time ten times faster than real time (`FastTime`, shared by the pacer and the stand-in that counts the
+limits), while answers too slow for the client are late in real seconds, against the client's real timeout.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from bot.delivery.dispatcher import OutboxDispatcher
+from bot.delivery.limits import SendPacer
 from bot.delivery.types import OutboxItem, Outgoing
 from core.db import tables as t
 from devkit.botapi import BotApiStandIn
-from tests.bot.dispatch_support import TOKEN, make_bot, queue
+from tests.bot.dispatch_support import TOKEN, FastTime, make_bot, queue
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # Telegram's pace in real seconds
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # hundreds of sends, slow answers in real seconds
 
 SEED = 6_2026
 CLIENT_TIMEOUT = 2.0
@@ -106,20 +108,26 @@ def assert_caps_held(standin) -> None:
     assert standin.max_rate_per_chat(window=1.0) <= 1
 
 
+def production_pace(ctx, fast: FastTime) -> SendPacer:
+    """Telegram's pace as the dispatcher keeps it by default (30/s, 1/s per chat), on ``fast``'s time."""
+    return SendPacer(ctx.settings.send_rate_global, ctx.settings.send_rate_per_chat, fast)
+
+
 def expected_parts(ids: dict[int, bool]) -> set[tuple[int, str]]:
     return {(i, "text") for i in ids} | {(i, "document") for i, has_file in ids.items() if has_file}
 
 
 async def test_chaos_nothing_lost_nothing_twice_caps_held(ctx):
     rng = random.Random(SEED)
-    standin = BotApiStandIn(enforce_limits=True, slow_seconds=SLOW_SECONDS)
+    fast = FastTime(10)
+    standin = BotApiStandIn(enforce_limits=True, slow_seconds=SLOW_SECONDS, clock=fast.now)
     standin.add_bot(TOKEN, "rastau_test_bot")
     await standin.start()
     standin.random_faults(SEED, p429=0.03, p500=0.06, pslow=0.03, pdrop=0.05, retry_after=1)
     bot = make_bot(standin.base_url, timeout=CLIENT_TIMEOUT)
     try:
         ids = await queue_mix(ctx, rng, n=260, chats=90, with_file=20)
-        dispatcher = OutboxDispatcher(ctx, bot, TaggedRenderer(), worker_id="chaos")  # production pace: 30/s, 1/s
+        dispatcher = OutboxDispatcher(ctx, bot, TaggedRenderer(), worker_id="chaos", pacer=production_pace(ctx, fast))
         await deliver_everything(ctx, dispatcher)
     finally:
         await bot.session.close()
@@ -194,7 +202,8 @@ class LossyProxy:
 async def test_answers_lost_after_delivery_cost_one_duplicate_each(ctx):
     """Telegram delivered, the bot never heard: the only duplicates, one per lost answer, nothing lost."""
     rng = random.Random(SEED + 1)
-    standin = BotApiStandIn(enforce_limits=True)
+    fast = FastTime(10)
+    standin = BotApiStandIn(enforce_limits=True, clock=fast.now)
     standin.add_bot(TOKEN, "rastau_test_bot")
     await standin.start()
     proxy = LossyProxy(standin.base_url, SEED, p_drop=0.04, p_slow=0.03, slow_seconds=SLOW_SECONDS)
@@ -202,7 +211,8 @@ async def test_answers_lost_after_delivery_cost_one_duplicate_each(ctx):
     bot = make_bot(proxy.base_url, timeout=CLIENT_TIMEOUT)
     try:
         ids = await queue_mix(ctx, rng, n=150, chats=60, with_file=12)
-        await deliver_everything(ctx, OutboxDispatcher(ctx, bot, TaggedRenderer(), worker_id="lossy"))
+        await deliver_everything(ctx, OutboxDispatcher(ctx, bot, TaggedRenderer(), worker_id="lossy",
+                                                       pacer=production_pace(ctx, fast)))
     finally:
         await bot.session.close()
         await proxy.stop()
