@@ -27,6 +27,7 @@ from core.services.visits import register_visit
 from devkit.botapi import BotApiStandIn
 from devkit.sms_gateway import SmsGatewayStandIn
 from tests.bot.dispatch_support import TOKEN, make_bot
+from tests.bot.support import close_bot
 from tests.conftest import test_settings as make_settings
 
 SECRET = "inbound-secret-for-tests-0123456789"
@@ -75,7 +76,7 @@ class Rig:
                                            channels={ChannelName.SMS: self.sms})
 
     async def close(self) -> None:
-        await self.bot.session.close()
+        await close_bot(self.bot)
         await self.sms.close()
 
 

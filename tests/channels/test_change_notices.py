@@ -22,6 +22,7 @@ from core.model import OutboxKind
 from core.services import registry
 from devkit.botapi import BotApiStandIn
 from devkit.sms_gateway import SmsGatewayStandIn
+from tests.bot.support import close_bot
 from tests.channels.test_whatsapp import linked
 from tests.channels.whatsapp_support import start_world, wa_id
 from tests.conftest import VALID_IINS
@@ -58,7 +59,7 @@ async def world(db_url, engine, clock):
     world.clinic, world.asel, world.bolat = clinic, asel, bolat
     yield world
     await sms.close()
-    await bot.session.close()
+    await close_bot(bot)
     await telegram.stop()
     await stop()
     await gateway.stop()

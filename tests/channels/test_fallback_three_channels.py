@@ -20,6 +20,7 @@ from core.services import registry
 from core.services.visits import register_visit
 from devkit.botapi import BotApiStandIn
 from devkit.sms_gateway import SmsGatewayStandIn
+from tests.bot.support import close_bot
 from tests.channels.test_whatsapp import linked
 from tests.channels.whatsapp_support import start_world, wa_id
 from tests.conftest import VALID_IINS
@@ -55,7 +56,7 @@ async def three(db_url, engine, clock):
     world.people = type("People", (), dict(clinic=clinic, doctor=doctor, asel=asel))
     yield world
     await sms.close()
-    await bot.session.close()
+    await close_bot(bot)
     await telegram.stop()
     await stop()
     await gateway.stop()

@@ -23,6 +23,7 @@ from core.services import registry
 from core.services.digest import build_digest
 from core.services.visits import close_expired_windows, register_visit
 from devkit.botapi import BotApiStandIn
+from tests.bot.support import close_bot
 from tests.channels.test_whatsapp import linked
 from tests.channels.whatsapp_support import start_world, wa_id
 from tests.conftest import VALID_IINS
@@ -50,7 +51,7 @@ async def both(db_url, engine, clock):
     world.api.add_user(ASEL)
     world.people = type("People", (), dict(clinic=clinic, doctor=doctor, asel=asel))
     yield world
-    await bot.session.close()
+    await close_bot(bot)
     await telegram.stop()
     await stop()
 
