@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow  # Telegram pace through Redis, in real seconds
 
 RATE = 10  # a lower cap than Telegram's 30/s keeps the runs short; the rules are the same
 CHATS = 12
+# Two seconds of sends at RATE: unshared, the two dispatchers together would send twice RATE in the first.
+BURST = 2 * RATE
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def _shared(redis_url: str, namespace: str) -> SharedSendPacer:
 
 async def test_two_dispatchers_sharing_redis_keep_one_set_of_limits(two_contexts, strict_standin, redis_url,
                                                                     namespace):
-    ids = [await queue(two_contexts[0], 5000 + i % CHATS, "paced") for i in range(4 * RATE)]
+    ids = [await queue(two_contexts[0], 5000 + i % CHATS, "paced") for i in range(BURST)]
     pacers = [_shared(redis_url, namespace), _shared(redis_url, namespace)]  # two connections, as two processes have
     try:
         dispatchers = await _run_two(two_contexts, strict_standin, pacers)
@@ -77,14 +79,14 @@ async def test_two_dispatchers_sharing_redis_keep_one_set_of_limits(two_contexts
 
 async def test_without_the_shared_pacer_two_dispatchers_break_the_limit(two_contexts, strict_standin):
     """The control for the test above: each dispatcher keeping RATE alone sends up to twice RATE together."""
-    for i in range(4 * RATE):
+    for i in range(BURST):
         await queue(two_contexts[0], 5000 + i % CHATS, "unpaced")
     await _run_two(two_contexts, strict_standin, [None, None])
     assert strict_standin.limit_violations > 0 or strict_standin.max_rate() > RATE
 
 
 async def test_a_429_from_telegram_pauses_every_dispatcher(two_contexts, strict_standin, redis_url, namespace):
-    retry_after = 3
+    retry_after = 2  # past the second of grace below: a second in which neither dispatcher may send
     for i in range(2 * RATE):
         await queue(two_contexts[0], 6000 + i, "after a pause")
     strict_standin.fail_next(1, "429", retry_after=retry_after)
