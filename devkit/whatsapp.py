@@ -116,15 +116,18 @@ class WhatsAppStandIn:
                  templates: dict[tuple[str, str], Template] | None = None, enforce_limits: bool = False,
                  limit_per_second: int = 80, pair_cap: int = 1, pair_span: float = 6.0,
                  auto_statuses: tuple[str, ...] = ("sent", "delivered"), slow_seconds: float = 65.0,
-                 clock: Callable[[], float] = time.time, echo: Callable[[str], None] | None = None):
-        """``clock`` (wall time, seconds) tells the 24-hour window and webhook timestamps; tests pass their own."""
+                 clock: Callable[[], float] = time.time, echo: Callable[[str], None] | None = None,
+                 pace_clock: Callable[[], float] = time.monotonic):
+        """``clock`` (wall time, seconds) tells the 24-hour window and webhook timestamps; tests pass their own.
+        ``pace_clock`` stamps each accepted send and counts Meta's limits: a test pacing sends on a faster clock
+        hands the stand-in the same one."""
         self.access_token, self.app_secret, self.phone_number_id = access_token, app_secret, phone_number_id
         self.webhook_url, self.port = webhook_url, port
         self.templates: dict[tuple[str, str], Template] = dict(templates or {})
         self.enforce_limits, self.limit_per_second = enforce_limits, limit_per_second
         self.pair_cap, self.pair_span = pair_cap, pair_span
         self.auto_statuses, self.slow_seconds = auto_statuses, slow_seconds
-        self.clock, self.echo = clock, echo
+        self.clock, self.echo, self.pace_clock = clock, echo, pace_clock
         self.sent: list[WaSent] = []
         self.refused: list[tuple[str, int]] = []  # (to, error code) of requests answered with an error
         self.webhook_answers: list[int] = []  # HTTP status of each webhook the bot was sent
@@ -328,10 +331,10 @@ class WhatsAppStandIn:
             self.limit_violations += 1
             self.refused.append((to, int(limit)))
             return _error(limit)
-        sent = WaSent(f"wamid.OUT{next(self._ids):08d}{secrets.token_hex(6)}", to, kind, body)
+        sent = WaSent(f"wamid.OUT{next(self._ids):08d}{secrets.token_hex(6)}", to, kind, body, at=self.pace_clock())
         self.sent.append(sent)
         if self.enforce_limits:
-            now = time.monotonic()
+            now = sent.at
             self._recent.append(now)
             self._recent_by_pair[to].append(now)
         if self.echo:
@@ -360,7 +363,7 @@ class WhatsAppStandIn:
         return None
 
     def _over_limit(self, to: str) -> str | None:
-        now = time.monotonic()
+        now = self.pace_clock()
         pair = self._recent_by_pair[to]
         while self._recent and self._recent[0] <= now - 1.0:
             self._recent.popleft()
