@@ -29,6 +29,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.transport.requests import ManagedCookiesSession
 
 from core.iin import make_iin
 from core.services import api_keys, registry, visits
@@ -145,10 +146,15 @@ def fuzz_server(tmp_path_factory):
     try:
         asyncio.run(server.wait_ready())
         server.headers = {"Authorization": f"Bearer {key}"}
+        # one keep-alive connection for every case, as a clinic system would hold, instead of a new connection
+        # (and its set-up in both processes) per request; each case's response cookies are still dropped
+        server.session = ManagedCookiesSession()
         server.seeded = seeded
         server.reenrolled = False
         yield server
     finally:
+        if getattr(server, "session", None) is not None:
+            server.session.close()
         code = server.stop()
         errors = server.stderr()
     assert code == 0, errors[-3000:]
@@ -169,7 +175,7 @@ def test_every_operation_keeps_to_the_document(case, fuzz_server):
         # once, so frames reach the real decoder in the face worker instead of stopping at 409 not_enrolled
         asyncio.run(_enrol(fuzz_server.seeded, [1, 2, 3]))
         fuzz_server.reenrolled = True
-    case.call_and_validate(base_url=fuzz_server.base, headers=fuzz_server.headers,
+    case.call_and_validate(base_url=fuzz_server.base, headers=fuzz_server.headers, session=fuzz_server.session,
                            excluded_checks=[positive_data_acceptance], timeout=60)
 
 
