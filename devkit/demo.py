@@ -54,6 +54,7 @@ from server.appkeys import FaceAnalyser
 
 PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "faces"
 BOT_TOKEN = "777000:rastau-demo-token"
+PAGE_INTERVAL_S = 0.2  # server/static/capture.js: MIN_INTERVAL_MS, a frame no sooner than this after the last
 CODE = re.compile(r"\b(\d{6})\b")
 WEB_LINK = re.compile(r"https?://\S+/web/signin/[A-Za-z0-9_-]{43}")
 
@@ -311,7 +312,8 @@ class Story:
 
     async def capture(self, visit_id: int, frame_for: Callable[[Pose], bytes]) -> tuple[list[str], dict]:
         """What the capture page does, over the same WebSocket: open a session, answer every step the server asks
-        for with a camera frame (``frame_for(pose)``), until the server's outcome."""
+        for with a camera frame (``frame_for(pose)``), at most one every PAGE_INTERVAL_S as the page sends them,
+        until the server's outcome."""
         status, session = await self.call("POST", f"/visits/{visit_id}/capture-sessions", self.webcam_key)
         assert status == 201, session
         self.secrets.append(session["url"].rsplit("/", 1)[1])
@@ -319,11 +321,14 @@ class Story:
         self.line(f"   📷 POST /visits/{visit_id}/capture-sessions → {status}: {self.say['capture_open']} "
                   f"(/capture/…, {session['language']})")
         asked: list[str] = []
+        loop, last_sent = asyncio.get_running_loop(), -PAGE_INTERVAL_S
         async with self.http.ws_connect(path + "/ws") as socket:
             while (message := await socket.receive_json(timeout=30))["type"] == "step":
                 if not asked or asked[-1] != message["pose"]:
                     asked.append(message["pose"])
+                await asyncio.sleep(max(0.0, last_sent + PAGE_INTERVAL_S - loop.time()))  # the page's pace
                 await socket.send_bytes(frame_for(Pose(message["pose"])))
+                last_sent = loop.time()
         return asked, message
 
     async def whatsapp_settle(self, name: str) -> None:
