@@ -15,6 +15,7 @@ from bot.channels import sms_texts
 from bot.channels.sms import SmsChannel, count_segments
 from bot.channels.sms_webhook import SmsWebhook
 from bot.delivery.dispatcher import OutboxDispatcher
+from bot.delivery.limits import SendPacer
 from bot.i18n import make_i18n
 from bot.rendering import OutboxRenderer
 from core.channels import ChannelName
@@ -26,7 +27,7 @@ from core.services import Context
 from core.services.visits import register_visit
 from devkit.botapi import BotApiStandIn
 from devkit.sms_gateway import SmsGatewayStandIn
-from tests.bot.dispatch_support import TOKEN, make_bot
+from tests.bot.dispatch_support import TOKEN, FastTime, make_bot
 from tests.bot.support import close_bot
 from tests.conftest import test_settings as make_settings
 
@@ -64,15 +65,17 @@ def sms_ctx(engine, db_url, gateway, clock):
 
 
 class Rig:
-    """The bot's sending side as bot/__main__.py wires it with SMS on."""
+    """The bot's sending side as bot/__main__.py wires it with SMS on, its pace (SMS: one a second per patient) on
+    FastTime shared by the dispatcher and the channel."""
 
     def __init__(self, ctx: Context, telegram: BotApiStandIn):
         self.ctx = ctx
         self.bot = make_bot(telegram.base_url)
-        self.sms = SmsChannel(ctx, I18N)
+        fast = FastTime(10)
+        self.sms = SmsChannel(ctx, I18N, pacer=SendPacer(ctx.settings.sms_rate, 1.0, fast))
         enabled = frozenset({ChannelName.TELEGRAM, ChannelName.SMS})
         self.dispatcher = OutboxDispatcher(ctx, self.bot, OutboxRenderer(ctx, I18N, channels=enabled),
-                                           worker_id="w1", rate_global=1000, rate_per_chat=1000,
+                                           worker_id="w1", pacer=SendPacer(1000, 1000, fast),
                                            channels={ChannelName.SMS: self.sms})
 
     async def close(self) -> None:
