@@ -45,10 +45,9 @@ async def world(db_url, engine, clock):
     await telegram.start()
     bot = create_bot("555000:change-notices", telegram.base_url, timeout=5)
     i18n = make_i18n()
-    sms = SmsChannel(world.ctx, i18n)
+    sms = SmsChannel(world.ctx, i18n, pacer=world.pacer(world.ctx.settings.sms_rate, 1.0))
     renderer = OutboxRenderer(world.ctx, i18n, channels=frozenset(ChannelName))
-    world.dispatcher = OutboxDispatcher(world.ctx, bot, renderer, worker_id="changes", rate_global=1000,
-                                        rate_per_chat=1000,
+    world.dispatcher = OutboxDispatcher(world.ctx, bot, renderer, worker_id="changes", pacer=world.pacer(),
                                         channels={ChannelName.WHATSAPP: world.channel, ChannelName.SMS: sms})
     world.telegram, world.gateway = telegram, gateway
     clinic = await registry.create_clinic(world.ctx, "Emhana No. 5")

@@ -41,8 +41,8 @@ async def both(db_url, engine, clock):
     bot = create_bot("555000:whatsapp-test", telegram.base_url, timeout=5)
     i18n = make_i18n()
     renderer = OutboxRenderer(world.ctx, i18n, channels=frozenset({ChannelName.TELEGRAM, ChannelName.WHATSAPP}))
-    world.dispatcher = OutboxDispatcher(world.ctx, bot, renderer, worker_id="wa-test", rate_global=1000,
-                                        rate_per_chat=1000, channels={ChannelName.WHATSAPP: world.channel})
+    world.dispatcher = OutboxDispatcher(world.ctx, bot, renderer, worker_id="wa-test", pacer=world.pacer(),
+                                        channels={ChannelName.WHATSAPP: world.channel})
     world.telegram = telegram
     clinic = await registry.create_clinic(world.ctx, "Emhana No. 5")
     doctor = await registry.add_doctor(world.ctx, clinic.id, "Aidos Seitkali", "8 (701) 111-22-33")

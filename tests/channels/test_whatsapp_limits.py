@@ -9,8 +9,6 @@ import math
 import pytest
 
 from bot.channels.base import Address, ChannelName, ChannelRetry, CodeMessage
-from bot.delivery.limits import SendPacer
-from tests.bot.dispatch_support import FastTime
 from tests.channels.whatsapp_support import start_world
 
 RECIPIENTS = [f"7701000000{i}" for i in range(4)]
@@ -33,12 +31,12 @@ async def burst(world, clock, per_recipient: int) -> list[BaseException | None]:
 async def test_the_pacer_keeps_meta_limits_per_number_and_per_recipient(db_url, engine, clock):
     world, stop = await start_world(db_url, engine, clock)
     try:
-        fast = FastTime(10)  # Meta's pace ten times faster, counted by the stand-in on the same clock
-        world.api.enforce_limits, world.api.limit_per_second, world.api.pace_clock = True, 5, fast.now
+        # Meta's pace on the world's (ten times real time), counted by the stand-in on the same clock
+        world.api.enforce_limits, world.api.limit_per_second, world.api.pace_clock = True, 5, world.pace.now
         world.api.pair_cap, world.api.pair_span = 1, 1.0
         for number in RECIPIENTS:
             world.api.add_user(number)
-        world.channel._pacer = SendPacer(5, 1, fast)  # what RASTAU_WHATSAPP_RATE=5, ..._PER_RECIPIENT=1 build
+        world.channel._pacer = world.pacer(5, 1)  # what RASTAU_WHATSAPP_RATE=5, ..._PER_RECIPIENT=1 build
         outcomes = await burst(world, clock, per_recipient=3)
         assert outcomes == [None] * 12
         assert world.api.limit_violations == 0 and len(world.api.sent) == 12

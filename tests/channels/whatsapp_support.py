@@ -18,6 +18,7 @@ from core.db.uow import UnitOfWorkFactory
 from core.model import OutboxKind, OutboxMessage, Recipient
 from core.services import Context
 from devkit.whatsapp import WhatsAppStandIn, add_rastau_templates
+from tests.bot.dispatch_support import FastTime
 from tests.conftest import test_settings
 
 VERIFY_TOKEN = "verify-token-0123456789"
@@ -35,6 +36,11 @@ class WaWorld:
     channel: WhatsAppChannel
     inbox: WhatsAppInbox
     webhook_url: str
+    pace: FastTime  # the channel's pace, ten times real time
+
+    def pacer(self, global_rate: float = 1000, chat_rate: float = 1000) -> SendPacer:
+        """A pacer on the world's pace: a dispatcher's deadlines must be on the clock of the channels it sends on."""
+        return SendPacer(global_rate, chat_rate, self.pace)
 
     async def settle(self) -> int:
         """Every webhook answered, then everything queued handled (replies included, and their statuses)."""
@@ -88,7 +94,8 @@ async def start_world(db_url: str, engine: AsyncEngine, clock: ManualClock, **se
                              whatsapp_verify_token=VERIFY_TOKEN, whatsapp_api_base=api.base_url,
                              **settings_overrides)
     ctx = Context.build(settings, UnitOfWorkFactory(engine), clock)
-    channel = WhatsAppChannel(ctx, make_i18n(), pacer=SendPacer(1000, 1000))
+    pace = FastTime(10)
+    channel = WhatsAppChannel(ctx, make_i18n(), pacer=SendPacer(1000, 1000, pace))
     inbox = WhatsAppInbox(ctx, channel)
     runner = web.AppRunner(create_whatsapp_app(ctx, wake=inbox.wake), access_log=None)
     await runner.setup()
@@ -96,7 +103,7 @@ async def start_world(db_url: str, engine: AsyncEngine, clock: ManualClock, **se
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     api.webhook_url = f"http://127.0.0.1:{port}{settings.whatsapp_webhook_path}"
-    world = WaWorld(api, ctx, channel, inbox, api.webhook_url)
+    world = WaWorld(api, ctx, channel, inbox, api.webhook_url, pace)
 
     async def stop() -> None:
         await api.stop()
