@@ -1,13 +1,15 @@
 """Engines for the two supported databases.
 
 SQLite (embedded default): WAL, synchronous=FULL, a busy timeout, foreign keys on, and every transaction
-opened with BEGIN IMMEDIATE so concurrent writers queue instead of failing on lock upgrade.
+opened with BEGIN IMMEDIATE so concurrent writers queue instead of failing on lock upgrade; through aiosqlite with
+one trip to its thread per statement (core.db.sqlite_driver).
 PostgreSQL (asyncpg): READ COMMITTED plus explicit row locks where counters must be exact; a pooled connection idle
 for IDLE_PING_AFTER_S is pinged before use (one that was just used is not: a ping is three round trips).
 Neither echoes SQL, and errors never carry bound parameters (names, phones, stored responses).
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, PoolResetState
+
+from core.db.repositories import SQLITE_SHA256
+from core.db.sqlite_driver import one_trip_connector
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY_OPTION = "rastau_read_only"  # a connection option: begin a deferred (read) transaction on SQLite
@@ -34,7 +39,15 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+        # The pool's rollback of a connection it takes back only when a transaction is still open (_tune_sqlite):
+        # on SQLite each rollback is one more trip to aiosqlite's thread, and most connections come back ended.
+        if parsed.database and parsed.database != ":memory:" and not parsed.query:  # one thread trip a statement
+            engine = create_async_engine(url, hide_parameters=True, pool_reset_on_return=None,
+                                         async_creator=one_trip_connector(parsed.database, timeout=timeout))
+        else:
+            engine = create_async_engine(url, hide_parameters=True, pool_reset_on_return=None,
+                                         connect_args={"timeout": timeout})
         _tune_sqlite(engine)
         return engine
     connect_args = {}
@@ -66,16 +79,30 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError(type(exc).__name__) from exc
 
 
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL, not NORMAL: under WAL, NORMAL survives a crashed process but a power loss takes back commits already
+        # answered (a dispute acknowledged, an attempt counted, audit rows); group commit (core.db.uow) saves the
+        # fsyncs instead, with no loss (bench/RESULTS.md, code verification)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        # the audit chain's hash, so a row is hashed and appended in one statement (repositories.AuditRepo)
+        dbapi_connection.create_function(SQLITE_SHA256, 1, _sha256_hex, deterministic=True)
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _on_reset(dbapi_connection: Any, _record: ConnectionPoolEntry, _state: PoolResetState) -> None:
+        if dbapi_connection.driver_connection.in_transaction:  # read without a trip to the thread
+            dbapi_connection.rollback()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -425,7 +425,8 @@ class VisitRepo(_Repo):
 
     async def save(self, visit: Visit, *, code_used_at: dt.datetime | None = None) -> None:
         """Persist state fields and write each pending event to the events table and the audit chain; with
-        ``code_used_at``, mark the visit's code used (the verification by code that made this change)."""
+        ``code_used_at``, mark the visit's code used (the verification by code that made this change): on
+        PostgreSQL its audit row is then appended in the same statement, so the caller commits next."""
         assert visit.id is not None, "a visit is saved after it was added"
         state = dict(state=visit.state.value, verified_by=visit.verified_by.value if visit.verified_by else None,
                      verified_at=visit.verified_at, answered_at=visit.answered_at,
@@ -437,9 +438,16 @@ class VisitRepo(_Repo):
                       **{f"event_{k}": v for k, v in _event_row(visit.id, events[0]).items()}}
             if code_used_at is None:
                 await self.conn.execute(_SAVE_VISIT_WITH_EVENT, params)
+                await self._audit_event(visit, events[0])
+            elif self._audit.idle:  # the verification's audit row rides along: its chain's head is held until commit
+                audit_row = self._audit.row_params(*self._audit_row(visit, events[0]))
+                saved = await self.conn.execute(_SAVE_VERIFIED_BY_CODE_WITH_AUDIT,
+                                                {**params, "code_used_at": code_used_at, **audit_row})
+                if saved.scalar_one() is None:  # the chain has no head yet: its first row is chained at commit
+                    await self._audit_event(visit, events[0])
             else:
                 await self.conn.execute(_SAVE_VISIT_WITH_EVENT_AND_CODE_USED, {**params, "code_used_at": code_used_at})
-            await self._audit_event(visit, events[0])
+                await self._audit_event(visit, events[0])
         else:
             if code_used_at is not None:
                 await self.conn.execute(_MARK_CODE_USED, {"the_visit": visit.id, "code_used_at": code_used_at})
@@ -456,9 +464,14 @@ class VisitRepo(_Repo):
         await self._audit_event(visit, event)
 
     async def _audit_event(self, visit: Visit, event: VisitEvent) -> None:
-        await self._audit.append(event.at, event.actor.value, f"visit.{event.step}", f"visit:{visit.id}",
-                                 {"from": event.from_state.value if event.from_state else None,
-                                  "to": event.to_state.value, "method": event.method}, clinic_id=visit.clinic_id)
+        await self._audit.append(*self._audit_row(visit, event)[1:], clinic_id=visit.clinic_id)
+
+    @staticmethod
+    def _audit_row(visit: Visit, event: VisitEvent) -> tuple[str, dt.datetime, str, str, str, dict[str, Any]]:
+        """The event's audit row: its chain, then what AuditRepo.append takes."""
+        return (audit.chain_of(visit.clinic_id), event.at, event.actor.value, f"visit.{event.step}",
+                f"visit:{visit.id}", {"from": event.from_state.value if event.from_state else None,
+                                      "to": event.to_state.value, "method": event.method})
 
     async def events(self, visit_id: int) -> list[VisitEvent]:
         rows = (await self.conn.execute(select(t.visit_events).where(t.visit_events.c.visit_id == visit_id)
@@ -500,14 +513,27 @@ class VisitRepo(_Repo):
             .limit(limit))).all()
         return [r.id for r in rows if r.start_at + dt.timedelta(seconds=r.duration_s) < moment]
 
-    async def count_code_attempt(self, visit_id: int, clinic_id: int) -> tuple[Visit, int]:
-        """Count one code attempt and return the visit as it now stands with the new total: one UPDATE, which
-        takes the visit's row lock first, so concurrent checks of one visit count exactly. A check refused
-        afterwards leaves without committing, and so without counting."""
-        row = (await self.conn.execute(_COUNT_CODE_ATTEMPT, {"visit": visit_id, "clinic": clinic_id})).first()
+    async def count_code_attempt(self, visit_id: int, clinic_id: int,
+                                 hour_start: dt.datetime) -> tuple[Visit, int, CodeCheckState]:
+        """Count one code attempt; the visit as it now stands, the new total, and what the check reads next: the
+        visit's code and this clock hour's wrong codes of its doctor and its clinic. The UPDATE takes the visit's
+        row lock first, so concurrent checks of one visit count exactly; a check refused afterwards leaves without
+        committing, and so without counting.
+
+        PostgreSQL reads the code in a statement after the count: a statement's reads see the database as it
+        stood when the statement began, before it waited for the visit's lock, and a code replaced meanwhile
+        (which holds that lock) must be seen replaced. SQLite's writer holds the whole database from BEGIN
+        IMMEDIATE, so nothing changes under it, and the reads ride in the count's RETURNING: one statement."""
+        params = {"visit": visit_id, "clinic": clinic_id, "hour": hour_start}
+        folded = self.conn.dialect.name == "sqlite"
+        row = (await self.conn.execute(_COUNT_CODE_ATTEMPT_AND_READ if folded else _COUNT_CODE_ATTEMPT,
+                                       params)).first()
         if row is None:
             raise NotFound(f"visit {visit_id} not found")
-        return _visit(row), row.code_attempts
+        if not folded:
+            state = (await self.conn.execute(_CODE_CHECK_STATE, {**params, "doctor": row.doctor_id})).one()
+            return _visit(row), row.code_attempts, _code_check_state(state)
+        return _visit(row), row.code_attempts, _code_check_state(row)
 
     async def code_attempts(self, visit_id: int) -> int:
         attempts: int = (await self.conn.execute(select(t.visits.c.code_attempts)
@@ -599,34 +625,66 @@ class CaptureSessionRepo(_Repo):
 
 
 @dataclass(frozen=True)
+class CurrentCode:
+    """The visit's code as a check needs it (the visit_codes row)."""
+    generation: int
+    code_hash: str
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
 class CodeCheckState:
     """What a code check reads after counting its attempt: the visit's current code (None when none was issued)
     and this clock hour's wrong codes of its doctor and of its clinic."""
-    code: AnyRow | None  # the visit_codes row
+    code: CurrentCode | None
     doctor_failures: int
     clinic_failures: int
 
 
+def _code_check_state(row: AnyRow) -> CodeCheckState:
+    code = (CurrentCode(row.code_generation, row.code_hash, row.code_expires_at, row.code_used_at)
+            if row.code_generation is not None else None)
+    return CodeCheckState(code, row.doctor_failures or 0, row.clinic_failures or 0)
+
+
 _dcf, _ccf, _vc = t.doctor_code_failures, t.clinic_code_failures, t.visit_codes
+_CODE_COLUMNS = (("code_generation", _vc.c.generation), ("code_hash", _vc.c.code_hash),
+                 ("code_expires_at", _vc.c.expires_at), ("code_used_at", _vc.c.used_at))
+
+
+def _failures(doctor: ColumnElement[int]) -> tuple[ColumnElement[int], ColumnElement[int]]:
+    """This hour's wrong codes of the doctor and of the clinic (parameters "clinic" and "hour")."""
+    hour: ColumnElement[dt.datetime] = bindparam("hour")
+    return (select(_dcf.c.failures).where(_dcf.c.doctor_id == doctor, _dcf.c.hour_start == hour)
+            .scalar_subquery().label("doctor_failures"),
+            select(_ccf.c.failures).where(_ccf.c.clinic_id == bindparam("clinic"), _ccf.c.hour_start == hour)
+            .scalar_subquery().label("clinic_failures"))
+
+
 _CODE_CHECK_STATE = (
-    select(_vc.c.visit_id, _vc.c.generation, _vc.c.code_hash, _vc.c.issued_at, _vc.c.expires_at, _vc.c.used_at,
-           select(_dcf.c.failures).where(_dcf.c.doctor_id == bindparam("doctor"),
-                                         _dcf.c.hour_start == bindparam("hour")).scalar_subquery().label("doctor"),
-           select(_ccf.c.failures).where(_ccf.c.clinic_id == bindparam("clinic"),
-                                         _ccf.c.hour_start == bindparam("hour")).scalar_subquery().label("clinic"))
+    select(*(column.label(name) for name, column in _CODE_COLUMNS), *_failures(bindparam("doctor")))
     .select_from(t.visits.outerjoin(_vc, _vc.c.visit_id == t.visits.c.id))
     .where(t.visits.c.id == bindparam("visit")))
+# SQLite: the same reads as subqueries of the count's RETURNING (VisitRepo.count_code_attempt says why only there).
+# SQLite's RETURNING is rendered with bare column names, so a subquery names the updated row's columns in full
+# ("visits.id"): bare, "id" would be the subquery's own table's.
+_UPDATED_VISIT: ColumnElement[int] = literal_column("visits.id")
+_UPDATED_DOCTOR: ColumnElement[int] = literal_column("visits.doctor_id")
+_COUNT_CODE_ATTEMPT_AND_READ = (
+    update(t.visits).where(t.visits.c.id == bindparam("visit"), t.visits.c.clinic_id == bindparam("clinic"))
+    .values(code_attempts=t.visits.c.code_attempts + 1)
+    .returning(*t.visits.c,
+               select(t.patient_changes.c.at).where(t.patient_changes.c.id == literal_column(
+                   "visits.verified_enrolment_id")).scalar_subquery().label("enrolled_at"),
+               exists().where(and_(t.visit_events.c.visit_id == _UPDATED_VISIT, t.visit_events.c.step == "verify",
+                                   t.visit_events.c.detail == FRESH_REFERENCE)).label("fresh_reference"),
+               *(select(column).where(_vc.c.visit_id == _UPDATED_VISIT).scalar_subquery().label(name)
+                 for name, column in _CODE_COLUMNS),
+               *_failures(_UPDATED_DOCTOR)))
 
 
 class CodeRepo(_Repo):
-    async def check_state(self, visit_id: int, doctor_id: int, clinic_id: int,
-                          hour_start: dt.datetime) -> CodeCheckState:
-        """The code and both hourly failure counts in one statement. Run after the attempt is counted (which
-        locks the visit), so a code replaced meanwhile is seen replaced."""
-        row = (await self.conn.execute(_CODE_CHECK_STATE, {"visit": visit_id, "doctor": doctor_id,
-                                                           "clinic": clinic_id, "hour": hour_start})).one()
-        return CodeCheckState(row if row.visit_id is not None else None, row.doctor or 0, row.clinic or 0)
-
     async def current(self, visit_id: int) -> AnyRow | None:
         return (await self.conn.execute(select(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id))).first()
 
@@ -1075,6 +1133,35 @@ def _append_audit_row_in_sql() -> Insert:
 
 
 _APPEND_AUDIT_ROW = _append_audit_row_in_sql()
+# PostgreSQL, a verification by code: the state, its event, the code's use and the audit row in one round trip;
+# answers the row's number, or NULL when the chain had no head to append after.
+_AUDITED = _APPEND_AUDIT_ROW.cte("audited")
+_SAVE_VERIFIED_BY_CODE_WITH_AUDIT = _SAVE_VISIT_WITH_EVENT_AND_CODE_USED.add_cte(_AUDITED).returning(
+    select(_AUDITED.c.seq).scalar_subquery())
+SQLITE_SHA256 = "rastau_sha256"  # the SHA-256 hex digest of a text's UTF-8: a function on every SQLite connection
+
+
+def _append_audit_row_sqlite() -> Insert:
+    """SQLite: one row appended after its chain's head, hashed by the database (SQLITE_SHA256, registered by the
+    engine) from the head it reads, in one INSERT that returns the row's number and hash for the head to move to.
+    SQLite has no data-modifying CTE, so moving the head is a second statement; its writer holds the database,
+    so nothing moves the head between the two. Nothing is inserted when the chain has no head yet."""
+    head = t.audit_head
+    seq = head.c.seq + literal_column("1")
+    hashed: ColumnElement[str] = (
+        literal_column("'['") + cast(seq, String) + literal_column("','") + bindparam("content", type_=String)
+        + literal_column("',\"'") + head.c.last_hash + literal_column("'\"]'"))
+    row = select(head.c.chain, seq, *(bindparam(f"row_{name}", type_=String)
+                                      for name in ("at", "actor", "action", "subject", "details")),
+                 head.c.last_hash, getattr(func, SQLITE_SHA256)(hashed)).where(head.c.chain == bindparam("the_chain"))
+    log = t.audit_log
+    return (insert(log).from_select(["chain", "seq", "at", "actor", "action", "subject", "details", "prev_hash",
+                                     "hash"], row).returning(log.c.seq, log.c.hash))
+
+
+_APPEND_AUDIT_ROW_SQLITE = _append_audit_row_sqlite()
+_SET_AUDIT_HEAD = update(t.audit_head).where(_head.chain == bindparam("the_chain")).values(
+    seq=bindparam("head_seq"), last_hash=bindparam("head_hash"))
 
 
 class AuditRepo(_Repo):
@@ -1093,6 +1180,20 @@ class AuditRepo(_Repo):
         self._pending.setdefault(audit.chain_of(clinic_id), []).append(
             (at.astimezone(dt.UTC).isoformat(), actor, action, subject, details))
 
+    @property
+    def idle(self) -> bool:
+        """No row waits to be chained: one may be appended at once without changing the rows' order."""
+        return not self._pending
+
+    @staticmethod
+    def row_params(chain: str, at: dt.datetime, actor: str, action: str, subject: str,
+                   details: dict[str, Any]) -> dict[str, object]:
+        """The parameters of a statement that appends one row to ``chain`` (_APPEND_AUDIT_ROW and its kin)."""
+        stamp = at.astimezone(dt.UTC).isoformat()
+        return {"the_chain": chain, "row_at": stamp, "row_actor": actor, "row_action": action,
+                "row_subject": subject, "row_details": json.dumps(details, sort_keys=True, ensure_ascii=False),
+                "content": audit.hashed_content(stamp, actor, action, subject, details)}
+
     async def flush(self) -> None:
         """Chain the pending rows after their chains' heads. Called by the unit of work just before commit; chains
         in name order, so two transactions writing the same two chains cannot deadlock."""
@@ -1101,13 +1202,17 @@ class AuditRepo(_Repo):
             await self._chain(chain, pending[chain])
 
     async def _chain(self, chain: str, pending: list[_Pending]) -> None:
-        if self.conn.dialect.name == "postgresql" and len(pending) == 1:  # one round trip while the chain waits
+        if len(pending) == 1:  # PostgreSQL: one round trip while the chain waits; SQLite: two statements, not three
             stamp, actor, action, subject, details = pending[0]
-            appended = await self.conn.execute(_APPEND_AUDIT_ROW, {
+            sqlite = self.conn.dialect.name == "sqlite"
+            appended = (await self.conn.execute(_APPEND_AUDIT_ROW_SQLITE if sqlite else _APPEND_AUDIT_ROW, {
                 "the_chain": chain, "row_at": stamp, "row_actor": actor, "row_action": action, "row_subject": subject,
                 "row_details": json.dumps(details, sort_keys=True, ensure_ascii=False),
-                "content": audit.hashed_content(stamp, actor, action, subject, details)})
-            if appended.first() is not None:
+                "content": audit.hashed_content(stamp, actor, action, subject, details)})).first()
+            if appended is not None:
+                if sqlite:
+                    await self.conn.execute(_SET_AUDIT_HEAD, {"the_chain": chain, "head_seq": appended.seq,
+                                                              "head_hash": appended.hash})
                 return
         claim = _CLAIM_AUDIT_SEQS[self.conn.dialect.name]
         row = (await self.conn.execute(claim, {"chain": chain, "rows": len(pending),

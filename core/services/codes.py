@@ -125,10 +125,9 @@ async def verify_code(ctx: Context, clinic_id: int, visit_id: int, code: str,
     policy = ctx.settings.code_policy
     async with ctx.uow() as uow:
         # Counting first takes the visit's row lock; every refusal below leaves without a commit, so uncounted.
-        visit, attempts = await uow.visits.count_code_attempt(visit_id, clinic_id)
-        visit = check_visit(caller, visit)
         hour = hour_start(now)
-        state = await uow.codes.check_state(visit_id, visit.doctor_id, clinic_id, hour)
+        visit, attempts, state = await uow.visits.count_code_attempt(visit_id, clinic_id, hour)
+        visit = check_visit(caller, visit)
         row = state.code
         if visit.state is not VisitState.SCHEDULED:
             if row is not None and row.used_at is not None:

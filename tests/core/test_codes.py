@@ -134,3 +134,32 @@ async def test_non_digit_code_is_a_clear_error(ctx, clinic_world):
     v = await _visit(ctx, clinic_world)
     with pytest.raises(Exception, match="6 digits"):
         await codes.verify_code(ctx, clinic_world.clinic.id, v.id, "12a456")
+
+
+async def test_verification_audited_in_its_clinic_chain_even_as_the_chains_first_row(ctx, clinic_world):
+    """A verification by code appends its audit row with the state change (PostgreSQL: in the same statement) right
+    after the chain's head; a chain with no head yet gets its first row all the same, and the chain verifies."""
+    from core.audit import clinic_chain, find_break
+
+    chain = clinic_chain(clinic_world.clinic.id)
+
+    async def verify_and_read_chain(*, chain_restarted: bool):
+        v = await _visit(ctx, clinic_world)
+        issued = await codes.issue_code(ctx, v.id)
+        if chain_restarted:  # the clinic's chain starts afresh: no head, no row
+            async with ctx.uow() as uow:
+                await uow.conn.execute(sa.delete(t.audit_log).where(t.audit_log.c.chain == chain))
+                await uow.conn.execute(sa.delete(t.audit_head).where(t.audit_head.c.chain == chain))
+                await uow.commit()
+        assert (await codes.verify_code(ctx, clinic_world.clinic.id, v.id, issued.code)).outcome is CodeOutcome.VERIFIED
+        async with ctx.uow(read_only=True) as uow:
+            records = await uow.audit.records(chain)
+            heads = {head.chain: head for head in await uow.audit.heads()}
+        assert find_break(chain, records, heads.get(chain)) is None
+        return v, records
+
+    v, records = await verify_and_read_chain(chain_restarted=False)
+    assert (records[-1].action, records[-1].subject) == ("visit.verify", f"visit:{v.id}")
+    assert records[-2].action == "visit.code_issued"
+    v, records = await verify_and_read_chain(chain_restarted=True)
+    assert [(r.seq, r.action, r.subject) for r in records] == [(1, "visit.verify", f"visit:{v.id}")]
