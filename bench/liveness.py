@@ -254,13 +254,13 @@ async def run_server(workdir: str, *, at_once: list[int], waves: int, workers: i
     url = f"sqlite+aiosqlite:///{os.path.join(workdir, f'captures-{time.time_ns()}.db')}"
     load_before = load_average()
     keys, api_key, visit_ids = await _seed_captures(url, sum(at_once) * waves)
-    frames = _frames(random.Random(11), per_pose=3 * max(at_once) + 12)
     port = free_port()
     env = server_env(url, keys, RASTAU_SERVER_PORT=str(port), RASTAU_FACE_WORKERS=str(workers))
     # production refuses the stills thresholds; capture sessions are the only face evidence, as in production
     env.update(RASTAU_MODE="dev", RASTAU_LIVENESS_STILLS="1", RASTAU_SINGLE_FRAME_FACE="0")
     process = subprocess.Popen([sys.executable, "-m", "server"], env=env, stdout=subprocess.DEVNULL)
     try:
+        frames = _frames(random.Random(11), per_pose=3 * max(at_once) + 12)  # while the server loads its models
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, base, process)
