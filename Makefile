@@ -9,21 +9,16 @@ run: bootstrap
 	.venv/bin/rastau migrate
 	.venv/bin/rastau-server
 
-# Every test, with line coverage of core, server and bot printed at the end, in two runs of pytest-xdist (each
-# worker its own databases, files and ports): first the `isolated` harnesses, one per core and nothing beside
-# them (they live in $(ISOLATED), so only that folder is collected for them unless PYTEST_ARGS names tests: the
-# whole tree costs each worker ~15 s of imports); then the rest on TEST_WORKERS workers, longest first. Three
-# workers on two cores: the tests that wait in real time (Telegram's pace) leave CPU to spare. The second run runs
-# even when the first failed; exit status 5 ("no test selected", e.g. by PYTEST_ARGS) is not a failure.
+# Every test, with line coverage of core, server and bot printed at the end, in one run of pytest-xdist on
+# TEST_WORKERS workers (each its own databases, files and ports), longest first: the kill -9 crash harness starts at
+# once beside the rest (its kills are paced by its dispatchers' own CPU time, so load does not starve it). Three
+# workers on two cores: the tests that wait in real time (Telegram's pace) leave CPU to spare. Exit status 5 ("no
+# test selected", e.g. by PYTEST_ARGS) is not a failure.
 TEST_WORKERS ?= 3
-ISOLATED = tests/reliability
 COVERAGE = --cov=core --cov=server --cov=bot
 test: bootstrap
-	first=0; .venv/bin/python -m pytest -n 2 -m isolated $(COVERAGE) --cov-report= \
-		$(PYTEST_ARGS) $(if $(PYTEST_ARGS),,$(ISOLATED)) || first=$$?; \
-	.venv/bin/python -m pytest -n $(TEST_WORKERS) -m "not isolated" $(COVERAGE) --cov-append \
-		--cov-report=term-missing:skip-covered $(PYTEST_ARGS) || [ $$? -eq 5 ] || exit 1; \
-	[ $$first -eq 0 ] || [ $$first -eq 5 ]
+	.venv/bin/python -m pytest -n $(TEST_WORKERS) $(COVERAGE) --cov-report=term-missing:skip-covered \
+		$(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The inner loop, in under a minute: the unit tier (no processes started, no real-time waits, SQLite only; the
 # real face pipeline in tests/face is left to `make test`).
