@@ -6,6 +6,7 @@ One playwright driver for the test and one chromium per clip (the fake camera's 
 language's page in a fresh context of its own."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -92,9 +93,19 @@ async def clinic_with_key(env: dict, cwd: Path, label: str) -> str:
     return next(word for word in printed.split() if word.startswith("rk_"))
 
 
-async def capture_round(playwright, tmp_path: Path, clips: dict[str, Path], **settings: str) -> dict:
-    """A real server on a fresh database; for each clip a chromium, and for each language a visit, a capture
-    session, the page, and the visit as the API then shows it."""
+def write_clips(folder: Path) -> dict[str, Path]:
+    """The tilted print's clip and the live head's, from one seeded random sequence."""
+    rng = random.Random(11)
+    tilted = write_y4m(folder / "tilted.y4m", photo_clip(CHALLENGE, Shot("obama/obama1.jpg"), rng, motion="tilted"), 3)
+    genuine = write_y4m(folder / "genuine.y4m", genuine_clip(CHALLENGE, "obama", rng), 3)
+    return {"tilted": tilted, "genuine": genuine}
+
+
+async def capture_round(playwright, tmp_path: Path, names: tuple[str, ...], clips: asyncio.Task[dict[str, Path]],
+                        **settings: str) -> dict:
+    """A real server on a fresh database; for each named clip (from ``clips``, awaited only once the server is
+    ready: they are made while it starts) a chromium, and for each language a visit, a capture session, the page,
+    and the visit as the API then shows it."""
     tmp_path.mkdir()
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port), RASTAU_SINGLE_FRAME_FACE="0",
@@ -105,8 +116,8 @@ async def capture_round(playwright, tmp_path: Path, clips: dict[str, Path], **se
     async with running_server(env, tmp_path) as ended, aiohttp.ClientSession() as session:
         await wait_for(session, f"{base}/readyz", 200, READY_TIMEOUT_S)
         patient = await enrolled_patient(session, base, h, language="kk")
-        for name, clip in clips.items():
-            async with chromium_with_camera(playwright, clip) as browser:
+        for name in names:
+            async with chromium_with_camera(playwright, (await clips)[name]) as browser:
                 for lang in ("kk", "ru"):
                     start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
                     async with session.post(f"{base}/api/v1/visits", headers=h, json={
@@ -141,13 +152,10 @@ async def test_the_page_verifies_a_live_head_and_refuses_a_tilted_photo_in_kk_an
     pytest.importorskip("playwright")
     from playwright.async_api import async_playwright
 
-    rng = random.Random(11)
-    tilted = write_y4m(tmp_path / "tilted.y4m",
-                       photo_clip(CHALLENGE, Shot("obama/obama1.jpg"), rng, motion="tilted"), 3)
-    genuine = write_y4m(tmp_path / "genuine.y4m", genuine_clip(CHALLENGE, "obama", rng), 3)
+    clips = asyncio.create_task(asyncio.to_thread(write_clips, tmp_path))  # while the first server starts
     async with async_playwright() as playwright:
-        refused = await capture_round(playwright, tmp_path / "measured", {"tilted": tilted})
-        verified = await capture_round(playwright, tmp_path / "stills", {"genuine": genuine},
+        refused = await capture_round(playwright, tmp_path / "measured", ("tilted",), clips)
+        verified = await capture_round(playwright, tmp_path / "stills", ("genuine",), clips,
                                        RASTAU_LIVENESS_STILLS="1")
     for lang in ("kk", "ru"):
         page, visit = refused[("tilted", lang)]
