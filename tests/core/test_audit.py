@@ -242,7 +242,8 @@ async def _chain_written_before_0006(engine, now: dt.datetime) -> list[dict]:
                                    "hash) VALUES (:seq, :at, :actor, :action, :subject, :details, :prev_hash, :hash)"),
                            rows)
         await conn.execute(sa.text("UPDATE audit_head SET seq = 3, last_hash = :h WHERE id = 1"), {"h": prev})
-        await conn.execute(sa.text("INSERT INTO clinics (id, name, created_at) VALUES (1, 'Emhana', :t)"),
+        await conn.execute(sa.text("INSERT INTO clinics (id, name, created_at) VALUES (1, 'Emhana', :t)"
+                                   ).bindparams(sa.bindparam("t", type_=sa.DateTime())),
                            {"t": now.replace(tzinfo=None)})
     return rows
 

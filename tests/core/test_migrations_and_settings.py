@@ -211,12 +211,15 @@ async def test_dropping_the_clinic_time_zone_keeps_every_row_that_refers_to_a_cl
     try:
         await upgrade_to_head(engine, "0004")
         async with engine.begin() as conn:
-            await conn.execute(sa.text("INSERT INTO clinics (id, name, created_at) VALUES (1, 'Polyclinic', :t)"),
+            stamp = sa.bindparam("t", type_=sa.DateTime())  # as the tables' DateTime binds it, not the driver
+            await conn.execute(sa.text("INSERT INTO clinics (id, name, created_at) VALUES (1, 'Polyclinic', :t)"
+                                       ).bindparams(stamp),
                                {"t": now.replace(tzinfo=None)})
             await conn.execute(sa.text("INSERT INTO doctors (id, clinic_id, full_name, phone, created_at) "
-                                       "VALUES (1, 1, 'Doctor', '+77011234567', :t)"), {"t": now.replace(tzinfo=None)})
+                                       "VALUES (1, 1, 'Doctor', '+77011234567', :t)").bindparams(stamp),
+                               {"t": now.replace(tzinfo=None)})
             await conn.execute(sa.text("INSERT INTO api_keys (clinic_id, key_prefix, key_hash, scopes, created_at) "
-                                       "VALUES (1, '0123456789ab', :h, 'admin', :t)"),
+                                       "VALUES (1, '0123456789ab', :h, 'admin', :t)").bindparams(stamp),
                                {"h": "0" * 64, "t": now.replace(tzinfo=None)})
         await upgrade_to_head(engine)
         async with engine.connect() as conn:

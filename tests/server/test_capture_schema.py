@@ -36,7 +36,8 @@ async def test_widening_verified_by_keeps_every_visit_event_and_code(db_url):
                     "VALUES (1, 1, 'h', :t, :t)",
                     "INSERT INTO outbox (created_at, due_at, kind, recipient_kind, recipient_id, visit_id) "
                     "VALUES (:t, :t, 'attendance_prompt', 'patient', 1, 1)"):
-                await conn.execute(sa.text(statement), {"t": now})
+                stamp = sa.bindparam("t", type_=sa.DateTime())  # as the tables' DateTime binds it, not the driver
+                await conn.execute(sa.text(statement).bindparams(stamp), {"t": now})
         await upgrade_to_head(engine)
         async with engine.begin() as conn:
             counts = [(await conn.execute(sa.text(f"SELECT count(*) FROM {name}"))).scalar_one()  # nosec B608
