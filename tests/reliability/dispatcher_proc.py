@@ -76,7 +76,7 @@ async def dispatch(config: dict, i18n, worker_id: str, lease: float, offset: flo
     bot = Bot(config["token"], session=session)
     channels = ChannelRuntime(ctx, i18n)  # as the bot's process wires them: SMS and WhatsApp when configured
     whatsapp = channels.senders.get(ChannelName.WHATSAPP)
-    if whatsapp is not None:  # a send must not outlast the 3.5 s lease of the alt workers
+    if whatsapp is not None:  # a send must not outlast the short lease of the alt workers
         whatsapp.api.timeout = config["timeout"]  # type: ignore[attr-defined]
     renderer = OutboxRenderer(ctx, i18n, channels=channels.enabled) if channels.senders else OutboxRenderer(ctx, i18n)
     dispatcher = OutboxDispatcher(ctx, bot, renderer, worker_id=worker_id,
