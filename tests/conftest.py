@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import os
 import re
 import secrets
@@ -395,6 +396,14 @@ async def patient_change_rows(ctx, patient_id: int) -> list:
     async with ctx.uow(read_only=True) as uow:
         return list((await uow.conn.execute(select(t.patient_changes).where(
             t.patient_changes.c.patient_id == patient_id).order_by(t.patient_changes.c.id))).all())
+
+
+def pytest_collection_finish(session):
+    """Everything imported and collected so far lives until the process ends: frozen out of the garbage
+    collector's reach, a full collection no longer walks it (0.8 s → 0.4 s a pass in a bot test's process, a
+    pause long enough to time out a stand-in's answer)."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items):
