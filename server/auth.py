@@ -41,7 +41,7 @@ def requires(*scopes: Scope) -> Callable[[_Handler], _Handler]:
     return mark
 
 
-def public(handler: _Handler) -> _Handler:
+def public[Handler: Callable[..., Any]](handler: Handler) -> Handler:
     setattr(handler, ACCESS_ATTR, Access(None))
     return handler
 

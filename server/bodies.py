@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar, overload
+from typing import Annotated, overload
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
@@ -49,7 +49,6 @@ class Body(BaseModel):
         return self
 
 
-M = TypeVar("M", bound=Body)
 
 
 class BodySchema(GenerateJsonSchema):
@@ -86,7 +85,7 @@ def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return seen
 
 
-async def read_json(request: web.Request, model: type[M]) -> M:
+async def read_json[M: Body](request: web.Request, model: type[M]) -> M:
     """A JSON body through ``model``. Duplicate keys are refused: parsers disagree on which one wins (here the
     last), so a proxy or audit tool in front could read a different request than the one we act on."""
     if request.content_type != "application/json":

@@ -6,7 +6,7 @@ read model."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -329,11 +329,10 @@ _IIN_BIRTH_YMD = (cast(func.substr(_p.c.iin, 1, 6), Integer)
 _AGE_AT_VISIT = (_LocalYmd(_v.c.start_at) - _IIN_BIRTH_YMD) // 10000  # whole years on the visit's local day
 _IS_MALE = _IIN_CENTURY_DIGIT % 2 == 1
 _sr, _dx = t.service_rules, t.deaths
-_S = TypeVar("_S", bound="Select[Any]")
 
 
-def _scoped(stmt: _S, clinic: ColumnElement[Any], doctor: ColumnElement[Any] | None,
-            clinic_id: int | None, doctor_id: int | None) -> _S:
+def _scoped[S: Select[Any]](stmt: S, clinic: ColumnElement[Any], doctor: ColumnElement[Any] | None,
+            clinic_id: int | None, doctor_id: int | None) -> S:
     if clinic_id is not None:
         stmt = stmt.where(clinic == clinic_id)
     if doctor_id is not None and doctor is not None:

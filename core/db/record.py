@@ -7,7 +7,7 @@ purge_totals beside what it removes, in the same transaction, for /metrics.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, TypeAlias
+from typing import Any
 
 from sqlalchemy import Row, and_, delete, exists, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import tables as t
 
-AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"
+type AnyRow = Row[*tuple[Any, ...]]
 DONE_STATUSES = ("sent", "skipped", "blocked", "failed")
 
 

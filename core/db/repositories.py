@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -56,7 +56,7 @@ from core.model import (
     VisitState,
 )
 
-AnyRow: TypeAlias = "Row[*tuple[Any, ...]]"  # a result row of any width, read by column label
+type AnyRow = Row[*tuple[Any, ...]]  # a result row of any width, read by column label
 _Select = TypeVar("_Select", bound="Select[*tuple[Any, ...]]")
 
 
@@ -1103,7 +1103,7 @@ _CLAIM_AUDIT_SEQS = {
 _MOVE_AUDIT_HEAD = update(t.audit_head).where(_head.chain == bindparam("the_chain")).values(
     last_hash=bindparam("head_hash"))
 _ADD_AUDIT_ROWS = insert(t.audit_log)
-_Pending: TypeAlias = tuple[str, str, str, str, dict[str, Any]]
+type _Pending = tuple[str, str, str, str, dict[str, Any]]
 
 
 def _append_audit_row_in_sql() -> Insert:

@@ -14,7 +14,7 @@ import html
 import json
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from yarl import URL
@@ -49,10 +49,9 @@ PAGE_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"
 routes = web.RouteTableDef()
 log = get_logger("rastau.server.capture")
 _SETTLING: set[asyncio.Task[Any]] = set()  # sessions being settled: each finishes even if its handler is cancelled
-T = TypeVar("T")
 
 
-async def _settled(work: Coroutine[Any, Any, T]) -> T:
+async def _settled[T](work: Coroutine[Any, Any, T]) -> T:
     """Record a session's end in a task of its own: a page that closes (which cancels its handler) or a server that
     stops cannot interrupt it half-way, so the attempt is always settled and no database connection is left
     mid-statement."""

@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -47,7 +47,6 @@ SESSION_TOKEN = web.RequestKey("web_session_token", str)
 ANONYMOUS_ATTR = "__rastau_web_anonymous__"
 OWN_CSRF_ATTR = "__rastau_web_own_csrf__"
 log = get_logger("rastau.server.web")
-_H = TypeVar("_H", bound=Callable[..., Awaitable[web.StreamResponse]])
 
 
 @dataclass(frozen=True)
@@ -63,13 +62,13 @@ NAV += [NavEntry("/disputes", N_("Disputes")), NavEntry("/doctors", N_("Doctors"
         NavEntry("/clinics", N_("Clinics"), auditors_only=True)]
 
 
-def anonymous(handler: _H) -> _H:
+def anonymous[H: Callable[..., Awaitable[web.StreamResponse]]](handler: H) -> H:
     """A page that needs no session (the sign-in pages, static files)."""
     setattr(handler, ANONYMOUS_ATTR, True)
     return public(handler)
 
 
-def own_csrf(handler: _H) -> _H:
+def own_csrf[H: Callable[..., Awaitable[web.StreamResponse]]](handler: H) -> H:
     """A POST that carries its own proof instead of the session's CSRF token (the sign-in form only)."""
     setattr(handler, OWN_CSRF_ATTR, True)
     return handler
