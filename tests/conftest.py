@@ -409,7 +409,12 @@ def pytest_collection_finish(session):
 def pytest_collection_modifyitems(items):
     """Longest first: tests with a timeout of their own (the harnesses), then the other slow ones, then the rest,
     each group in file order. With several workers the harnesses start at once instead of starting last and
-    running alone."""
+    running alone.
+
+    pytest-xdist's work stealing first hands each of its K workers one contiguous K-th of this order, and an idle
+    worker steals only from the end of another's queue: sorted as it is, the first worker would get every slow
+    test (both crash harnesses one after the other). So the order is dealt out like cards into K hands, each hand
+    longest first, and the hands laid end to end: every worker starts on its share of the slow tests."""
     def allowed_seconds(item) -> float:
         timeout = item.get_closest_marker("timeout")
         if timeout is not None:
@@ -417,3 +422,6 @@ def pytest_collection_modifyitems(items):
         return 1.0 if item.get_closest_marker("slow") else 0.0
 
     items.sort(key=allowed_seconds, reverse=True)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        items[:] = [item for hand in range(workers) for item in items[hand::workers]]
