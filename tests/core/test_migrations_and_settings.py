@@ -11,6 +11,7 @@ from core.db.engine import create_engine
 from core.db.migrate import SchemaNotCurrent, current_revision, ensure_schema_current, head_revision, upgrade_to_head
 from core.logs import configure_logging, get_logger
 from tests.commands import run_command
+from tests.conftest import log_as_the_product
 
 
 async def test_empty_database_upgrades_to_head_and_is_accepted(db_url):
@@ -134,11 +135,15 @@ def test_migrate_cli_on_an_empty_file(tmp_path):
 
 def test_logs_never_carry_a_whole_iin_or_secret_fields(capfd):
     configure_logging("INFO", "json")
-    log = get_logger("t")
-    log.info("patient 900101300017 registered", iin="900101300017", code="123456", bot_token="123:ABC",
-             encoding=[0.1] * 128, frame=b"\xff\xd8jpeg", status_code=200)
-    logging.getLogger("stdlib").warning("lookup for IIN %s failed", "850315400015")
-    err = capfd.readouterr().err
+    try:
+        log = get_logger("t")
+        log.info("patient 900101300017 registered", iin="900101300017", code="123456", bot_token="123:ABC",
+                 encoding=[0.1] * 128, frame=b"\xff\xd8jpeg", status_code=200)
+        logging.getLogger("stdlib").warning("lookup for IIN %s failed", "850315400015")
+        err = capfd.readouterr().err
+    finally:
+        log_as_the_product()  # the next test in this process must not log into this test's capture
+
     assert "900101300017" not in err and "850315400015" not in err
     assert "********0017" in err and "********0015" in err
     assert "123456" not in err and "123:ABC" not in err and "0.1, 0.1" not in err and "jpeg" not in err

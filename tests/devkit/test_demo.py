@@ -9,6 +9,7 @@ import pytest
 
 from devkit.demo import NARRATION, play
 from server.face.pool import FacePool
+from tests.conftest import log_as_the_product
 
 pytestmark = pytest.mark.slow  # the whole story with real server, bot and stand-in
 
@@ -38,7 +39,10 @@ def face_pool():
 @pytest.mark.parametrize("lang", ["ru", "kk"])
 async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lang, face_pool):
     out, logs = io.StringIO(), io.StringIO()
-    run = await play(lang, quick=True, out=out, log_stream=logs, log_level="INFO", face_pool=face_pool)
+    try:
+        run = await play(lang, quick=True, out=out, log_stream=logs, log_level="INFO", face_pool=face_pool)
+    finally:
+        log_as_the_product()  # play() logs into `logs`; the tests after this one in this process log as before
 
     assert [(e.label, e.mode, e.state, e.verified_by, e.answer) for e in run.evidence] == EXPECTED
     story = out.getvalue()

@@ -21,7 +21,7 @@ from server.app import create_app
 from server.appkeys import CTX
 from server.auth import public
 from tests import conftest as root_conftest
-from tests.conftest import PG_URL, T0
+from tests.conftest import PG_URL, T0, log_as_the_product
 from tests.server.conftest import add_visit
 from tests.server.support import FakeAnalyser, TcpProxy, fake_frame
 from tests.server.test_verification import enrol
@@ -162,6 +162,7 @@ async def test_logs_carry_one_access_line_per_request_and_no_iin_code_or_key(cli
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+        log_as_the_product()  # structlog too: the next test in this process must not log into this test's capture
     logged = capsys.readouterr().err
     access = [line for line in logged.splitlines() if '"event": "request"' in line]
     assert len(access) == 4
