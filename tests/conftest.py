@@ -358,6 +358,18 @@ async def engine(db_url):
     await eng.dispose()
 
 
+@pytest.fixture(scope="module")
+def started_pool():
+    """One real face worker for a module (the demo's stories, the enrolment runs): each test would otherwise
+    spawn its own and load dlib's models."""
+    from server.face.pool import FacePool  # only the modules that ask for a face worker pay its imports
+
+    pool = FacePool(1)
+    asyncio.run(pool.start())
+    yield pool
+    asyncio.run(pool.close())
+
+
 @pytest.fixture
 def clock():
     return ManualClock(T0)

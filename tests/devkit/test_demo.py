@@ -2,13 +2,11 @@
 must hold none of the secrets the story used."""
 from __future__ import annotations
 
-import asyncio
 import io
 
 import pytest
 
 from devkit.demo import NARRATION, play
-from server.face.pool import FacePool
 from tests.conftest import log_as_the_product
 
 pytestmark = pytest.mark.slow  # the whole story with real server, bot and stand-in
@@ -27,20 +25,11 @@ EXPECTED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def face_pool():
-    """One real face worker for both languages' stories: each would otherwise spawn its own and load dlib."""
-    pool = FacePool(1)
-    asyncio.run(pool.start())
-    yield pool
-    asyncio.run(pool.close())
-
-
 @pytest.mark.parametrize("lang", ["ru", "kk"])
-async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lang, face_pool):
+async def test_the_demo_tells_the_whole_story_and_its_logs_keep_every_secret(lang, started_pool):
     out, logs = io.StringIO(), io.StringIO()
     try:
-        run = await play(lang, quick=True, out=out, log_stream=logs, log_level="INFO", face_pool=face_pool)
+        run = await play(lang, quick=True, out=out, log_stream=logs, log_level="INFO", face_pool=started_pool)
     finally:
         log_as_the_product()  # play() logs into `logs`; the tests after this one in this process log as before
 

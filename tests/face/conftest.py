@@ -2,7 +2,6 @@
 rastau-enrol run in process (`enrol`)."""
 from __future__ import annotations
 
-import asyncio
 import io
 import struct
 import zlib
@@ -86,15 +85,6 @@ class _Started:
 
     def __getattr__(self, name: str):
         return getattr(self._pool, name)
-
-
-@pytest.fixture(scope="module")
-def started_pool():
-    """One face worker for a module's enrolment runs."""
-    pool = FacePool(1)
-    asyncio.run(pool.start())
-    yield pool
-    asyncio.run(pool.close())
 
 
 @pytest.fixture
