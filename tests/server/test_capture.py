@@ -18,6 +18,7 @@ from tests.server.support import FakeAnalyser, _encoding
 API = "/api/v1"
 CHALLENGE = "straight,left,straight,right,straight"
 YAW = {"straight": 0.0, "left": 0.35, "right": -0.35}
+PAGE_INTERVAL_S = 0.2  # server/static/capture.js: MIN_INTERVAL_MS, a frame no sooner than this after the last
 
 
 def pose_frame(who: str, pose: str) -> bytes:
@@ -67,8 +68,10 @@ async def opened(client, tenant, visit_id: int) -> str:
     return "/" + url.split("/", 3)[3]
 
 
-async def follow(client, path: str, frame_for) -> tuple[dict, list[dict]]:
-    """Do what the page does: answer every step with a frame (``frame_for(step message)``) until the outcome."""
+async def follow(client, path: str, frame_for, pace: float = 0.0) -> tuple[dict, list[dict]]:
+    """Do what the page does: answer every step with a frame (``frame_for(step message)``) until the outcome,
+    ``pace`` seconds after the previous one (a session decided only by its step's time limit is sent frames at the
+    page's own pace, PAGE_INTERVAL_S: answered at once, its frames went round in a busy loop for the 4 s)."""
     steps = []
     async with client.ws_connect(path + "/ws") as socket:
         while True:
@@ -76,6 +79,8 @@ async def follow(client, path: str, frame_for) -> tuple[dict, list[dict]]:
             if message["type"] == "outcome":
                 return message, steps
             steps.append(message)
+            if steps[:-1]:
+                await asyncio.sleep(pace)
             await socket.send_bytes(frame_for(message))
 
 
@@ -163,7 +168,7 @@ async def test_a_photo_that_never_turns_is_not_live_and_verifies_nothing(client,
     await enrol(ctx, a)
     visit = await add_visit(ctx, a)
     path = await opened(client, a, visit.id)
-    outcome, _ = await follow(client, path, lambda step: pose_frame("asel", "straight"))
+    outcome, _ = await follow(client, path, lambda step: pose_frame("asel", "straight"), pace=PAGE_INTERVAL_S)
     assert outcome == {"type": "outcome", "outcome": "not_live", "reason": "no_turn", "next": "try_again"}
     body = await visit_json(client, a, visit.id)
     assert body["state"] == "scheduled" and body["verified_by"] is None
@@ -252,6 +257,7 @@ async def test_frames_after_the_decision_change_nothing(client, ctx, tenants, fa
     path = await opened(client, a, visit.id)
     async with client.ws_connect(path + "/ws") as socket:
         while (message := await socket.receive_json(timeout=10))["type"] == "step":
+            await asyncio.sleep(PAGE_INTERVAL_S)  # the page's pace (the decision waits for the step's time limit)
             await socket.send_bytes(pose_frame("asel", "straight"))  # a still photo: not live
         assert message["outcome"] == "not_live"
         read = faces.poses_read
