@@ -26,6 +26,13 @@ from core.db.sqlite_driver import one_trip_connector
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY_OPTION = "rastau_read_only"  # a connection option: begin a deferred (read) transaction on SQLite
+# a connection option: begin no transaction at all on SQLite (each statement reads one snapshot of its own, as
+# PostgreSQL's autocommit reads do): for a unit that reads in one statement, saving the BEGIN's trip to the thread
+STATEMENT_READS_OPTION = "rastau_statement_reads"
+# SQLite keeps this many connections open (each with aiosqlite's thread): a request in flight takes one to read its
+# key and the writers share one, so at 16 requests in flight SQLAlchemy's default (5, and 10 more opened and closed
+# again, each a thread started and a file opened) made and closed connections on most requests
+SQLITE_POOL_SIZE = 24
 IDLE_PING_AFTER_S = 2.0
 _CHECKED_IN_AT = "rastau_checked_in_at"
 
@@ -44,6 +51,7 @@ def create_engine(url: str) -> AsyncEngine:
         # on SQLite each rollback is one more trip to aiosqlite's thread, and most connections come back ended.
         if parsed.database and parsed.database != ":memory:" and not parsed.query:  # one thread trip a statement
             engine = create_async_engine(url, hide_parameters=True, pool_reset_on_return=None,
+                                         pool_size=SQLITE_POOL_SIZE, max_overflow=SQLITE_POOL_SIZE,
                                          async_creator=one_trip_connector(parsed.database, timeout=timeout))
         else:
             engine = create_async_engine(url, hide_parameters=True, pool_reset_on_return=None,
@@ -106,4 +114,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
+        options = conn.get_execution_options()
+        if options.get(STATEMENT_READS_OPTION):  # sqlite3 in autocommit: each statement its own read transaction
+            return
+        conn.exec_driver_sql("BEGIN" if options.get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")

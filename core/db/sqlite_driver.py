@@ -85,6 +85,13 @@ class OneTripConnection(aiosqlite.Connection):
     def cursor(self) -> OneTripCursor:  # type: ignore[override]  # no trip to the thread: made at its first statement
         return OneTripCursor(self)
 
+    async def rollback(self) -> None:
+        """Roll back, with no trip to the thread when no transaction is open (a unit that read without BEGIN, or
+        whose transaction already ended). Reading the flag from here is safe: this connection's calls are awaited
+        one after another, so nothing runs on its thread meanwhile."""
+        if self._conn.in_transaction:
+            await super().rollback()
+
     async def in_thread(self, fn: Callable[..., _Outcome], *args: Any) -> _Outcome:
         """``fn(the sqlite3 connection, *args)`` in the connection's thread, one hand-off."""
         outcome: _Outcome = await self._execute(lambda: fn(self._conn, *args))  # type: ignore[no-untyped-call]

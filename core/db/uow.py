@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from core.db.channels import ChannelRepo  # issue 14: patient channels, SMS budget, inbound dedupe
-from core.db.engine import READ_ONLY_OPTION
+from core.db.engine import READ_ONLY_OPTION, STATEMENT_READS_OPTION
 from core.db.queries import FlagQueries, Queries
 from core.db.record import RecordQueries, RetentionRepo  # the patient's record and retention (issue 16)
 from core.db.repositories import (
@@ -192,13 +192,19 @@ class SqliteWriters:
 class UnitOfWork:
     conn: AsyncConnection
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, writers: SqliteWriters | None = None):
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, snapshot: bool = True,
+                 writers: SqliteWriters | None = None):
+        if not (read_only or snapshot):
+            raise ValueError("only a read-only unit of work reads without one snapshot")
         self._engine = engine
         self.row_locks = engine.dialect.name != "sqlite"  # SQLite's BEGIN IMMEDIATE already serialises
         self._read_only = read_only
         # PostgreSQL reads in READ COMMITTED, where each statement sees its own snapshot inside a transaction or
         # outside one: a reader outside saves the BEGIN and ROLLBACK round trips and gives up nothing
         self._autocommit = read_only and engine.dialect.name == "postgresql"
+        # SQLite: a reader that needs no single snapshot across its statements (it reads in one) begins nothing, so
+        # each statement is a read transaction of its own, one trip to the thread instead of three
+        self._statement_reads = not snapshot and engine.dialect.name == "sqlite"
         self._writers = None if read_only else writers
         self._savepoint: AsyncTransaction | None = None
         self._reader: AsyncConnection | None = None  # SQLite: what the unit reads through after its commit
@@ -213,6 +219,8 @@ class UnitOfWork:
                 try:
                     if self._autocommit:
                         await self.conn.execution_options(isolation_level="AUTOCOMMIT")
+                    elif self._statement_reads:
+                        await self.conn.execution_options(**{STATEMENT_READS_OPTION: True})
                     elif self._read_only:  # SQLite: reports read one snapshot, without the write lock
                         await self.conn.execution_options(**{READ_ONLY_OPTION: True})
                     await self.conn.begin()
@@ -307,8 +315,11 @@ class UnitOfWorkFactory:
         self.engine = engine
         self._writers = SqliteWriters(engine) if engine.dialect.name == "sqlite" else None
 
-    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.engine, read_only=read_only, writers=self._writers)
+    def __call__(self, *, read_only: bool = False, snapshot: bool = True) -> UnitOfWork:
+        """A unit of work; ``read_only`` writes nothing, and with ``snapshot=False`` its statements need not read one
+        snapshot of the database together (each reads the database as it stands: a unit that reads in one
+        statement), which on SQLite saves the BEGIN and ROLLBACK."""
+        return UnitOfWork(self.engine, read_only=read_only, snapshot=snapshot, writers=self._writers)
 
     async def ping(self) -> None:
         """One round trip to the database; DatabaseUnavailable (or the driver's error) when it cannot answer."""

@@ -197,7 +197,7 @@ async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | AuditorPr
     prefix = split_key(presented)
     row = None
     if prefix is not None:
-        async with ctx.uow(read_only=True) as uow:
+        async with ctx.uow(read_only=True, snapshot=False) as uow:  # one statement: no transaction around it
             row = await uow.api_keys.by_prefix(prefix)
     expected = row.key_hash if row is not None else "0" * 64
     candidate = _hash(ctx, presented if prefix is not None else "")

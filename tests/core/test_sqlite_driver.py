@@ -1,9 +1,16 @@
 """The SQLite driver makes one trip to aiosqlite's thread per statement, and what it answers is what sqlite3 does:
 rows, row counts, inserted ids, errors."""
-import sqlalchemy as sa
+import asyncio
 
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from core.db import tables as t
 from core.db.engine import create_engine
 from core.db.sqlite_driver import OneTripConnection
+from core.db.uow import UnitOfWorkFactory
+from tests.conftest import T0, migrate_from_template
 
 
 async def test_one_trip_per_statement_with_rows_counts_and_errors(tmp_path, monkeypatch):
@@ -38,5 +45,91 @@ async def test_one_trip_per_statement_with_rows_counts_and_errors(tmp_path, monk
                 raise AssertionError("a duplicate name must be refused")
             assert (await conn.execute(sa.text("SELECT count(*) FROM things"))).scalar_one() == 6
             await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+def _count_trips(monkeypatch) -> list[str]:
+    """Every hand-off to a OneTripConnection's thread from now on (statements, commits and rollbacks alike)."""
+    trips = []
+    real = OneTripConnection._execute
+
+    async def counted(self, fn, *args, **kwargs):
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(OneTripConnection, "_execute", counted)
+    return trips
+
+
+async def _migrated(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'uow.db'}"
+    await migrate_from_template(url)
+    return create_engine(url)
+
+
+async def _clinic_named(uow, clinic_id: int) -> str:
+    return (await uow.conn.execute(sa.select(t.clinics.c.name).where(t.clinics.c.id == clinic_id))).scalar_one()
+
+
+async def test_a_unit_reading_in_one_statement_makes_one_trip_and_sees_each_commit(tmp_path, monkeypatch):
+    """A read-only unit without one snapshot (the API key's lookup on every request) begins no transaction: its
+    statement is one trip, leaving costs none, and each statement reads the database as it stands. A unit that
+    reads one snapshot still begins a read transaction and keeps seeing it."""
+    engine = await _migrated(tmp_path)
+    uows = UnitOfWorkFactory(engine)
+    try:
+        async with uows() as uow:
+            await uow.conn.execute(sa.insert(t.clinics).values(id=1, name="before", created_at=T0))
+            await uow.commit()
+        trips = _count_trips(monkeypatch)
+        async with uows(read_only=True, snapshot=False) as uow:
+            assert await _clinic_named(uow, 1) == "before"
+            assert len(trips) == 1, f"one trip for one statement, no BEGIN before it: {trips}"
+            async with uows() as writer:
+                await writer.conn.execute(sa.update(t.clinics).values(name="after"))
+                await writer.commit()
+            assert await _clinic_named(uow, 1) == "after", "each statement reads what was committed before it"
+        async with uows(read_only=True) as uow:  # one snapshot: what it read first, it reads again
+            assert await _clinic_named(uow, 1) == "after"
+            async with uows() as writer:
+                await writer.conn.execute(sa.update(t.clinics).values(name="later"))
+                await writer.commit()
+            assert await _clinic_named(uow, 1) == "after", "a snapshot unit sees its snapshot"
+        trips.clear()
+        async with uows(read_only=True, snapshot=False) as uow:
+            assert await _clinic_named(uow, 1) == "later"
+        assert len(trips) == 1, f"leaving a unit that began nothing rolls nothing back: {trips}"
+        with pytest.raises(ValueError):
+            uows(snapshot=False)  # a writer's statements always share its transaction
+    finally:
+        await engine.dispose()
+
+
+async def test_requests_in_flight_reuse_pooled_connections(tmp_path):
+    """Twelve units at once, twice over, open no connection the first round did not: each SQLite connection is a
+    thread and a file, and SQLAlchemy's default pool (5) opened and closed the rest on every request."""
+    engine = await _migrated(tmp_path)
+    opened = []
+    event.listen(engine.sync_engine, "connect", lambda *_: opened.append(1))
+    uows = UnitOfWorkFactory(engine)
+
+    async def reader(inside: list[int], all_in: asyncio.Event, held: asyncio.Event) -> None:
+        async with uows(read_only=True, snapshot=False) as uow:
+            await uow.conn.execute(sa.select(t.clinics.c.id))
+            inside.append(1)
+            if len(inside) == 12:
+                all_in.set()
+            await held.wait()
+
+    try:
+        for _ in range(2):
+            inside: list[int] = []
+            all_in, held = asyncio.Event(), asyncio.Event()
+            tasks = [asyncio.create_task(reader(inside, all_in, held)) for _ in range(12)]
+            await asyncio.wait_for(all_in.wait(), 30)
+            held.set()
+            await asyncio.gather(*tasks)
+        assert len(opened) == 12, f"{len(opened)} connections opened for 12 at a time"
     finally:
         await engine.dispose()
