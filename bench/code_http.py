@@ -172,10 +172,10 @@ async def _measured_load(process: subprocess.Popen, port: int, codes: list[tuple
     return result
 
 
-async def run(database_url: str, *, requests: int, setups: list[tuple[int, int]]) -> dict:
+async def run(database_url: str, *, requests: int, setups: list[tuple[int, int]], bare: bool = True) -> dict:
     """The server in each setup (server processes, clinics) in turn, `requests` fresh visits each spread evenly
-    over the setup's clinics, then the bare handler. Setups with the same number of server processes load one
-    server, started and warmed once, one after another (each load measures its own CPU)."""
+    over the setup's clinics, then the bare handler (unless not `bare`). Setups with the same number of server
+    processes load one server, started and warmed once, one after another (each load measures its own CPU)."""
     most = max(clinics for _, clinics in setups)
     needed = [sum(requests // clinics for _, clinics in setups if n < clinics) for n in range(most)]
     keys, codes = await seed(database_url, needed)
@@ -199,10 +199,11 @@ async def run(database_url: str, *, requests: int, setups: list[tuple[int, int]]
                     raise AssertionError(f"not every code verified: {result['outcomes']}")
                 measured[(count, clinics)] = result
     results: dict = {setup: measured[setup] for setup in setups}
-    port = free_port()
-    async with _serving([sys.executable, "-m", "bench.bare_server", str(port)], server_env(database_url, keys),
-                        port) as process:
-        results["bare"] = await _measured_load(process, port, codes[:requests])
+    if bare:
+        port = free_port()
+        async with _serving([sys.executable, "-m", "bench.bare_server", str(port)], server_env(database_url, keys),
+                            port) as process:
+            results["bare"] = await _measured_load(process, port, codes[:requests])
     return results
 
 
@@ -266,10 +267,12 @@ def report(by_db: dict[str, dict], floor: dict, load_before: str, load_after: st
     if "skipped" in floor:
         lines += [f"- pgbench: not run — {floor['skipped']}", ""]
     else:
-        runs = " and ".join(f"{tps:,.0f}" for tps in floor.get("runs", [floor["tps"]]))
-        lines += [f"- pgbench TPC-B-like, {CONCURRENCY} clients: **{floor['tps']:,.0f} transactions/s**, the mean of "
-                  f"a run before and a run after the server's ({runs}; latency average {floor['latency_ms']:.1f} ms, "
-                  f"{floor['seconds']} s each)", ""]
+        tps_runs = floor.get("runs", [floor["tps"]])
+        runs = " and ".join(f"{tps:,.0f}" for tps in tps_runs)
+        which = "the mean of a run before and a run after" if len(tps_runs) > 1 else "one run before"  # 1: smoke
+        lines += [f"- pgbench TPC-B-like, {CONCURRENCY} clients: **{floor['tps']:,.0f} transactions/s**, {which} "
+                  f"the server's ({runs}; latency average {floor['latency_ms']:.1f} ms, {floor['seconds']} s each)",
+                  ""]
     lines += ["| database | server processes | clinics | requests | checks/s | p50 | p99 | server CPU per check | "
               "vs. pgbench | target |", "|---|---|---|---|---|---|---|---|---|---|"]
     for db, results in by_db.items():
@@ -290,7 +293,7 @@ def report(by_db: dict[str, dict], floor: dict, load_before: str, load_after: st
                          f"{r['p50'] * 1000:.1f} ms | {r['p99'] * 1000:.1f} ms | {r['server_cpu_ms']:.1f} ms | "
                          f"{versus} | {target} |")
     bare = ", ".join(f"{db} run {r['bare']['rps']:.0f} req/s ({r['bare']['server_cpu_ms']:.2f} ms of its CPU each)"
-                     for db, r in by_db.items())
+                     for db, r in by_db.items() if "bare" in r)
     client = max(r["client_cpu_ms"] for results in by_db.values() for r in results.values())
     lines += ["", f"- bare aiohttp handler, same load generator: {bare}; the load generator itself spends up to "
                   f"{client:.2f} ms of CPU per request",
