@@ -16,13 +16,13 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection, ExecutionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, PoolResetState
 
 from core.db.repositories import SQLITE_SHA256
-from core.db.sqlite_driver import one_trip_connector
+from core.db.sqlite_driver import POINT_WRITE, OneTripConnection, one_trip_connector
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY_OPTION = "rastau_read_only"  # a connection option: begin a deferred (read) transaction on SQLite
@@ -91,6 +91,9 @@ def _sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_SAVEPOINT_STATEMENTS = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
+
+
 def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -111,6 +114,16 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
     def _on_reset(dbapi_connection: Any, _record: ConnectionPoolEntry, _state: PoolResetState) -> None:
         if dbapi_connection.driver_connection.in_transaction:  # read without a trip to the thread
             dbapi_connection.rollback()
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _before_statement(conn: Connection, _cursor: Any, statement: str, _parameters: Any,
+                          context: ExecutionContext | None, _executemany: bool) -> None:
+        """Tell the one-trip driver whether this statement may run on the loop's thread (sqlite_driver.POINT_WRITE):
+        a marked statement, or a savepoint's (the group commit's writers each run in one)."""
+        driver = conn.connection.driver_connection
+        if isinstance(driver, OneTripConnection):
+            driver.point_next = statement.startswith(_SAVEPOINT_STATEMENTS) or (
+                context is not None and bool(context.execution_options.get(POINT_WRITE)))
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core import audit
 from core.db import tables as t
+from core.db.sqlite_driver import POINT_WRITE
 from core.errors import NotFound
 from core.model import (
     FRESH_REFERENCE,
@@ -362,13 +363,16 @@ FRESH = exists().where(and_(t.visit_events.c.visit_id == t.visits.c.id, t.visit_
                             t.visit_events.c.detail == FRESH_REFERENCE))
 _VISITS = select(t.visits, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference"))
 # Module-level statements with bound parameters are built once, and SQLAlchemy compiles each once: what the code
-# check, the hottest path, runs.
+# check, the hottest path, runs. Those marked _POINT read and write a few rows found by key: on SQLite, while the
+# writer holds the write lock, they run on the event loop's thread (core.db.sqlite_driver.POINT_WRITE).
+_POINT = {POINT_WRITE: True}
 _COUNT_CODE_ATTEMPT = (update(t.visits)
                        .where(t.visits.c.id == bindparam("visit"), t.visits.c.clinic_id == bindparam("clinic"))
                        .values(code_attempts=t.visits.c.code_attempts + 1)
                        .returning(*t.visits.c, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference")))
-_SAVE_VISIT = update(t.visits).where(t.visits.c.id == bindparam("the_visit"))  # SET: the parameters' columns
-_ADD_EVENT = insert(t.visit_events)
+_SAVE_VISIT = (update(t.visits).where(t.visits.c.id == bindparam("the_visit"))  # SET: the parameters' columns
+               .execution_options(**_POINT))
+_ADD_EVENT = insert(t.visit_events).execution_options(**_POINT)
 _STATE_COLUMNS = ("state", "verified_by", "verified_at", "answered_at", "dispute_reason", "attended_claim_at",
                   "verified_enrolment_id")
 _EVENT_COLUMNS = ("visit_id", "at", "step", "from_state", "to_state", "actor", "method", "detail")
@@ -379,7 +383,7 @@ _SAVE_VISIT_WITH_EVENT = (
     .add_cte(insert(t.visit_events).values({name: bindparam(f"event_{name}", type_=t.visit_events.c[name].type)
                                             for name in _EVENT_COLUMNS}).cte("event")))
 _MARK_CODE_USED = update(t.visit_codes).where(t.visit_codes.c.visit_id == bindparam("the_visit")).values(
-    used_at=bindparam("code_used_at", type_=t.visit_codes.c.used_at.type))
+    used_at=bindparam("code_used_at", type_=t.visit_codes.c.used_at.type)).execution_options(**_POINT)
 # A verification by code: the code's use lands in the same statement as the state change it made.
 _SAVE_VISIT_WITH_EVENT_AND_CODE_USED = _SAVE_VISIT_WITH_EVENT.add_cte(_MARK_CODE_USED.cte("code_used"))
 
@@ -681,7 +685,8 @@ _COUNT_CODE_ATTEMPT_AND_READ = (
                                    t.visit_events.c.detail == FRESH_REFERENCE)).label("fresh_reference"),
                *(select(column).where(_vc.c.visit_id == _UPDATED_VISIT).scalar_subquery().label(name)
                  for name, column in _CODE_COLUMNS),
-               *_failures(_UPDATED_DOCTOR)))
+               *_failures(_UPDATED_DOCTOR))
+    .execution_options(**_POINT))
 
 
 class CodeRepo(_Repo):
@@ -1098,10 +1103,10 @@ _CLAIM_AUDIT_SEQS = {
                                              last_hash=bindparam("genesis"))
               .on_conflict_do_update(index_elements=[_head.chain],
                                      set_={"seq": _head.seq + bindparam("rows", type_=Integer)})
-              .returning(_head.seq, _head.last_hash))
+              .returning(_head.seq, _head.last_hash).execution_options(**_POINT))
     for dialect, insert_of in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))}
 _MOVE_AUDIT_HEAD = update(t.audit_head).where(_head.chain == bindparam("the_chain")).values(
-    last_hash=bindparam("head_hash"))
+    last_hash=bindparam("head_hash")).execution_options(**_POINT)
 _ADD_AUDIT_ROWS = insert(t.audit_log)
 type _Pending = tuple[str, str, str, str, dict[str, Any]]
 
@@ -1159,9 +1164,9 @@ def _append_audit_row_sqlite() -> Insert:
                                      "hash"], row).returning(log.c.seq, log.c.hash))
 
 
-_APPEND_AUDIT_ROW_SQLITE = _append_audit_row_sqlite()
+_APPEND_AUDIT_ROW_SQLITE = _append_audit_row_sqlite().execution_options(**_POINT)
 _SET_AUDIT_HEAD = update(t.audit_head).where(_head.chain == bindparam("the_chain")).values(
-    seq=bindparam("head_seq"), last_hash=bindparam("head_hash"))
+    seq=bindparam("head_seq"), last_hash=bindparam("head_hash")).execution_options(**_POINT)
 
 
 class AuditRepo(_Repo):

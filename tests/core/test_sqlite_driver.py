@@ -7,8 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from core.db import tables as t
-from core.db.engine import create_engine
-from core.db.sqlite_driver import OneTripConnection
+from core.db.engine import READ_ONLY_OPTION, create_engine
+from core.db.sqlite_driver import POINT_WRITE, OneTripConnection
 from core.db.uow import UnitOfWorkFactory
 from tests.conftest import T0, migrate_from_template
 
@@ -131,5 +131,43 @@ async def test_requests_in_flight_reuse_pooled_connections(tmp_path):
             held.set()
             await asyncio.gather(*tasks)
         assert len(opened) == 12, f"{len(opened)} connections opened for 12 at a time"
+    finally:
+        await engine.dispose()
+
+
+async def test_point_writes_run_on_the_loop_only_while_the_write_lock_is_held(tmp_path, monkeypatch):
+    """A statement marked POINT_WRITE runs without a trip to the thread only inside a transaction its connection
+    opened with BEGIN IMMEDIATE (which, like COMMIT, still goes to the thread); outside one, or unmarked, it goes to
+    the thread. Whichever thread ran them, statements keep their transaction's atomicity and their errors."""
+    engine = await _migrated(tmp_path)
+    uows = UnitOfWorkFactory(engine)
+    add = sa.insert(t.clinics).execution_options(**{POINT_WRITE: True})
+    names = sa.select(t.clinics.c.name).order_by(t.clinics.c.id)
+    try:
+        async with uows(read_only=True) as uow:  # the connection made, so its set-up's trips are not counted below
+            await uow.conn.execute(names)
+        trips = _count_trips(monkeypatch)
+        async with uows() as uow:
+            await uow.conn.execute(add, {"id": 1, "name": "one", "created_at": T0})
+            await uow.conn.execute(add, {"id": 2, "name": "two", "created_at": T0})
+            assert len(trips) == 1, f"BEGIN IMMEDIATE only: the marked inserts made no trip: {trips}"
+            await uow.conn.execute(sa.update(t.clinics).where(t.clinics.c.id == 2).values(name="TWO"))
+            assert len(trips) == 2, "an unmarked statement goes to the thread"
+            await uow.commit()
+        assert trips[-1] == "commit", "COMMIT (and its fsync) in the thread"
+        trips.clear()
+        async with uows() as uow:
+            await uow.conn.execute(add, {"id": 3, "name": "three", "created_at": T0})
+            with pytest.raises(sa.exc.IntegrityError):
+                await uow.conn.execute(add, {"id": 1, "name": "again", "created_at": T0})
+        assert trips == ["<lambda>", "rollback"], f"BEGIN IMMEDIATE, then the failed unit's ROLLBACK: {trips}"
+        async with uows(read_only=True, snapshot=False) as uow:
+            assert list((await uow.conn.execute(names)).scalars()) == ["one", "TWO"], "the failed unit left nothing"
+        trips.clear()
+        async with engine.connect() as conn:  # a deferred transaction holds no write lock: to the thread
+            await conn.execution_options(**{READ_ONLY_OPTION: True})
+            await conn.execute(add, {"id": 4, "name": "four", "created_at": T0})
+            await conn.commit()
+        assert len(trips) == 3, f"BEGIN, the marked insert and COMMIT, each a trip: {trips}"
     finally:
         await engine.dispose()
