@@ -8,8 +8,9 @@ What runs where:
 - the dispatcher runs in processes of its own (tests/reliability/dispatcher_proc.py): the real
   OutboxDispatcher.run_forever with the real OutboxRenderer and real catalogs, and the WhatsApp and SMS channels
   as bot/channels/wiring.py gives them to the bot, so every code is issued at send time. A fork server imports
-  aiogram once and forks each dispatcher, so 60 restarts cost seconds, not minutes; the final clean run is a
-  freshly exec'd process.
+  aiogram once, builds what each dispatcher would otherwise build on first use, and forks each dispatcher, so a
+  restart is ready after ~10 ms of its CPU, not seconds; the final clean run is a freshly exec'd process, exec'd when
+  the kill phase begins so that its imports overlap it (it waits on stdin for its clock).
 
 Channels (issue 14): of the patients with a single visit, a fifth have only WhatsApp (linked, no Telegram) and a
 fifth only a phone (SMS); the rest use Telegram. Each row must reach its patient on that channel and no other, and
@@ -22,23 +23,27 @@ before a visit (and stay issuable until its window closes, 15 minutes after its 
 The day starts at 08:45; whenever a killed run had caught up with everything due, the next run's clock moves to
 25 minutes past the earliest row still pending — so a code is never more than 25 minutes late, well inside its
 window, however the kills fall. Kills go on until there were at least 55 and every code is out; the final
-run starts at 15:35, when every prompt is due, and delivers the rest.
+run starts at 15:35, when every prompt is due, and delivers the rest. Sends are paced at 1,000/s overall and 10/s
+per chat on every channel: the stand-ins here count no limits (keeping Telegram's is test_telegram_chaos.py's
+subject), and at 30/s and 1/s per chat a run spent most of its wall time waiting for its turn to send.
 
 Most restarts reuse the worker id ``w-main`` (the new process releases the dead one's claims at once); a quarter
 use a fresh id with an 8 s lease. When such a worker died holding claims, the clock moves past that lease (no run
 waits it out in real time); twice, the next run is a ``w-main`` process watched until it took those claims over.
 
 Kill moments, from a seeded RNG, in three kinds:
-- ``startup``: after 0–150 ms of the process's own CPU time from the fork (engine setup, releasing stale claims,
-  the first claim);
+- ``startup``: after 0–50 ms of the process's own CPU time from the fork (engine setup, releasing stale claims,
+  the first claim: on SQLite ready at ~10 ms, stale claims released by ~25, the first claim made by ~35);
 - ``timed``: after 0–1 s of its CPU time from ready (anywhere in claim → render → send → mark done);
 - ``accept``: at the instant a stand-in accepts the k-th message of the run (k = 1…8, on any channel) — the
   window where Telegram, WhatsApp or the gateway has the message and the database does not know yet.
-A run that catches up with everything due before its moment is killed idle (``timed-idle`` …). Moments are counted
-in the dispatcher's CPU time, not in real milliseconds, so the harness runs beside other tests: a loaded machine
-stretches a run's wall time, not the work it gets done. (In real milliseconds a starved run died before it
-delivered anything, and the rows it held were claimed run after run until the dispatcher gave them up as poison:
-every kill costs each row the run held one claim, so a run claims ``BATCH`` = 10 rows at a time, not 50.)
+A run that catches up before its moment is killed idle (``timed-idle`` …): caught up means no row due is left that
+it could take — pending, its own claim, or a claim whose lease expired; a claim a dead *other* worker still holds
+is not its to take (a ``w-alt`` run after a killed ``w-main`` used to idle, polling, until that 60 s lease ran out).
+Moments are counted in the dispatcher's CPU time, not in real milliseconds, so the harness runs beside other tests:
+a loaded machine stretches a run's wall time, not the work it gets done. (In real milliseconds a starved run died
+before it delivered anything, and the rows it held were claimed run after run until the dispatcher gave them up as
+poison: every kill costs each row the run held one claim, so a run claims ``BATCH`` = 10 rows at a time, not 50.)
 
 Exactly once per outbox id at the stand-in cannot be had across a SIGKILL in that last window: neither Telegram's
 API nor WhatsApp's nor the SMS gateway's takes an idempotency key, and nothing can be asked afterwards, so the
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -99,9 +105,12 @@ LEASE_MAIN, LEASE_ALT = 60.0, 8.0
 BATCH = 10  # rows a dispatcher claims at once: a kill costs each row it held one claim (the module docstring)
 CLIENT_TIMEOUT = 5.0  # a send that timed out is sent again, in the same run: duplicates no kill explains. The stand-in
 # answers in milliseconds, but on a loaded machine (GC pauses of this process) 1 s was too short; an 8 s lease fits 5 s
+RATE_GLOBAL, RATE_PER_CHAT = 1000.0, 10.0  # sends per second, every channel: pacing is the chaos test's subject, not
+# this one's (its stand-ins count no limits); at Telegram's 30/s and 1/s per chat a batch spent most of its time
+# waiting for its turn, and a run's life is counted in CPU time, so waiting only stretched the test's wall time
 HOLDS = 2  # times the run after an alt worker died holding claims is watched until it took them over
 KILL_KINDS, KILL_WEIGHTS = ("startup", "timed", "accept"), (1, 6, 3)
-STARTUP_CPU, TIMED_CPU = 0.15, 1.0  # a run's life, in seconds of its own CPU: from the fork, or from ready
+STARTUP_CPU, TIMED_CPU = 0.05, 1.0  # a run's life, in seconds of its own CPU: from the fork, or from ready
 POLL = 0.005  # how often a run's CPU time is read while it lives
 STALLED = 120.0  # real seconds a run may go without reaching its kill moment or catching up: the test is broken
 STALLED_RUNS = 20  # runs in a row without any row reaching an outcome, nor the day moving on: the test is broken
@@ -253,6 +262,14 @@ class ForkServer:
             self._log.close()
 
 
+async def end_process(proc: asyncio.subprocess.Process) -> None:
+    """Kill ``proc`` unless it has exited (the test failed or timed out while it ran), and reap it."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
 def kill9(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -368,17 +385,19 @@ def child_env(db_url: str, settings, standin, whatsapp=None, gateway=None) -> di
     if whatsapp is not None:
         channels.update(whatsapp_phone_number_id=whatsapp.phone_number_id, whatsapp_access_token=whatsapp.access_token,
                         whatsapp_app_secret=whatsapp.app_secret, whatsapp_verify_token="crash-verify-token",
-                        whatsapp_api_base=whatsapp.base_url)
+                        whatsapp_api_base=whatsapp.base_url, whatsapp_rate=RATE_GLOBAL,
+                        whatsapp_rate_per_recipient=RATE_PER_CHAT)
     if gateway is not None:
         channels.update(sms_gateway_url=gateway.base_url, sms_login=gateway.login, sms_password=gateway.password,
-                        sms_dispute_contact=DISPUTE_CONTACT, sms_timeout_seconds=CLIENT_TIMEOUT)
+                        sms_dispute_contact=DISPUTE_CONTACT, sms_timeout_seconds=CLIENT_TIMEOUT,
+                        sms_rate=RATE_GLOBAL)
     config = {
         "settings": {"mode": "dev", "database_url": db_url,
                      "code_hmac_key": settings.code_hmac_key.get_secret_value(),
                      "template_key": settings.template_key.get_secret_value(),
                      "api_key_pepper": settings.api_key_pepper.get_secret_value(), **channels},
         "base_url": standin.base_url, "token": TOKEN, "timeout": CLIENT_TIMEOUT,
-        "rate_global": 100.0, "rate_per_chat": 1.0, "batch": BATCH, "idle": 0.1, "log_level": "WARNING",
+        "rate_global": RATE_GLOBAL, "rate_per_chat": RATE_PER_CHAT, "batch": BATCH, "idle": 0.1, "log_level": "WARNING",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("RASTAU_")}
     env["RASTAU_CRASH_CONFIG"] = json.dumps(config)
@@ -399,6 +418,17 @@ async def outstanding(ctx, kind: str | None = None, due_by: dt.datetime | None =
         cond = sa.and_(cond, o.c.kind == kind)
     if due_by is not None:
         cond = sa.and_(cond, o.c.due_at <= due_by)
+    async with ctx.uow(read_only=True) as uow:
+        return (await uow.conn.execute(sa.select(sa.func.count()).select_from(o).where(cond))).scalar_one()
+
+
+async def workable(ctx, worker: str, now: dt.datetime) -> int:
+    """Rows due by ``now`` that a dispatcher running as ``worker`` has to do: pending ones, its own claims, and
+    claims whose lease has expired. Claims a dead *other* worker still holds are not its work (it cannot take them
+    until their lease expires): a run left with only those has caught up."""
+    o = t.outbox
+    cond = sa.or_(sa.and_(o.c.status == "pending", o.c.due_at <= now),
+                  sa.and_(o.c.status == "sending", sa.or_(o.c.claimed_by == worker, o.c.claim_expires_at < now)))
     async with ctx.uow(read_only=True) as uow:
         return (await uow.conn.execute(sa.select(sa.func.count()).select_from(o).where(cond))).scalar_one()
 
@@ -433,7 +463,7 @@ def sim_now(offset: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(time.time() + offset, dt.UTC)
 
 
-async def live_until(ctx, pid: int, offset: float, *, cpu: float | None = None, since: float = 0.0,
+async def live_until(ctx, pid: int, worker: str, offset: float, *, cpu: float | None = None, since: float = 0.0,
                      fired: asyncio.Event | None = None) -> bool:
     """Let a dispatcher run until its own CPU time reaches ``since + cpu`` or ``fired`` is set: True; False when it
     caught up with everything due first (it is then killed idle). CPU time, not real time: see the module docstring."""
@@ -443,7 +473,7 @@ async def live_until(ctx, pid: int, offset: float, *, cpu: float | None = None, 
         if cpu is not None and cpu_seconds(pid) >= since + cpu:
             return True
         if time.monotonic() >= idle_check:  # ten times a second: is anything due left undone?
-            if not await outstanding(ctx, due_by=sim_now(offset)):
+            if not await workable(ctx, worker, sim_now(offset)):
                 return False
             idle_check = time.monotonic() + 0.1
         assert time.monotonic() < stalled_at, f"a dispatcher ran {STALLED} s without doing its work"
@@ -477,6 +507,12 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
 
     server = ForkServer(env, tmp_path / "dispatchers.log")
     await server.start()
+    # the final run (below) is exec'd now: it imports while the kill phase goes on, then waits on stdin for its clock
+    final_log = open(tmp_path / "final.log", "wb")  # closed once the final run is done
+    final = await asyncio.create_subprocess_exec(
+        sys.executable, str(SCRIPT), "run", "--worker-id", "w-main", "--lease", str(LEASE_MAIN),
+        "--offset-from-stdin", "--until-drained", env=env, cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=final_log)
     offset = SIM_BEGIN.timestamp() - time.time()
     runs: list[Run] = []
     reclaimed_after_lease: set[int] = set()
@@ -497,11 +533,11 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
             run = Run(pid, worker, kind, time.monotonic())
             runs.append(run)
             if kind == "startup":
-                if not await live_until(ctx, pid, offset, cpu=rng.uniform(0.0, STARTUP_CPU)):
+                if not await live_until(ctx, pid, worker, offset, cpu=rng.uniform(0.0, STARTUP_CPU)):
                     run.kind = "startup-idle"
             elif kind == "timed":
                 if await server.wait_ready(pid):
-                    if not await live_until(ctx, pid, offset, cpu=rng.uniform(0.0, TIMED_CPU),
+                    if not await live_until(ctx, pid, worker, offset, cpu=rng.uniform(0.0, TIMED_CPU),
                                             since=cpu_seconds(pid)):
                         run.kind = "timed-idle"
             elif kind == "lease":
@@ -522,7 +558,7 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
                 if await server.wait_ready(pid):
                     standin.echo = whatsapp.echo = gateway.echo = on_accept  # the k-th on any channel
                     try:
-                        if not await live_until(ctx, pid, offset, fired=fired):
+                        if not await live_until(ctx, pid, worker, offset, fired=fired):
                             run.kind = "accept-idle"  # fewer than k messages were due: killed when idle
                     finally:
                         standin.echo = whatsapp.echo = gateway.echo = None
@@ -544,6 +580,10 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
                         offset = max(offset, (next_due + STEP).timestamp() - time.time())
             finished = await finished_rows(ctx)
             stalled_runs = stalled_runs + 1 if (finished, offset) == before else 0
+    except BaseException:
+        await end_process(final)
+        final_log.close()
+        raise
     finally:
         for run in runs:
             if run.status is None:  # the test failed while this one ran
@@ -553,13 +593,12 @@ async def test_kill_9_during_delivery_loses_nothing(db_url, engine, settings, ct
 
     # the last restart: a freshly exec'd dispatcher at the end of the day, left alone until the outbox is empty
     offset = max(offset, SIM_END.timestamp() - time.time())
-    with open(tmp_path / "final.log", "wb") as log:
-        final = await asyncio.create_subprocess_exec(
-            sys.executable, str(SCRIPT), "run", "--worker-id", "w-main", "--lease", str(LEASE_MAIN),
-            "--offset", repr(offset), "--until-drained", env=env, cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=log)
-        runs.append(Run(final.pid, "w-main", "final", time.monotonic()))
-        out, _ = await asyncio.wait_for(final.communicate(), 180)
+    runs.append(Run(final.pid, "w-main", "final", time.monotonic()))  # it sends nothing before its offset comes
+    try:
+        out, _ = await asyncio.wait_for(final.communicate(f"{offset!r}\n".encode()), 180)
+    finally:
+        await end_process(final)
+        final_log.close()
     assert final.returncode == 0, (tmp_path / "final.log").read_text()[-3000:]
     assert b"drained" in out
     finished = time.monotonic()
