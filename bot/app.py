@@ -6,8 +6,6 @@ from typing import Any
 
 from aiogram import Bot, Dispatcher, F
 from aiogram.client.default import DefaultBotProperties
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.enums import ChatType
 from aiogram.exceptions import TelegramAPIError
@@ -23,6 +21,7 @@ from bot.i18n import LANGUAGES
 from bot.menus import UNLINKED, publish_default, registered_commands
 from bot.middlewares import ChatLanguageMiddleware, ProfileMiddleware
 from bot.reason_wait import ReasonWaitMiddleware
+from bot.session import create_session
 from core.config import Settings
 from core.logs import get_logger
 from core.services import Context
@@ -33,8 +32,7 @@ log = get_logger("rastau.bot")
 WEBHOOK_PATH = "/telegram/webhook"
 def create_bot(token: str, api_base: str | None = None, *, timeout: float = 30.0) -> Bot:
     """A Bot speaking HTML, against Telegram or any Bot API server at ``api_base`` (self-hosted, stand-in)."""
-    api = TelegramAPIServer.from_base(api_base) if api_base else PRODUCTION
-    return Bot(token, session=AiohttpSession(api=api, timeout=timeout),
+    return Bot(token, session=create_session(api_base, timeout=timeout),
                default=DefaultBotProperties(parse_mode="HTML"))
 
 

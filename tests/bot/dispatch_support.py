@@ -6,10 +6,9 @@ import datetime as dt
 import time
 
 from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 
 from bot.delivery.types import OutboxItem, Outgoing
+from bot.session import create_session
 from core.model import OutboxKind, OutboxMessage, Recipient
 
 TOKEN = "123456:TEST-token-for-standin"
@@ -61,8 +60,8 @@ async def queue(ctx, chat_id: int, text: str = "hello", *, due: dt.datetime | No
 
 
 def make_bot(base_url: str, token: str = TOKEN, timeout: float = 5.0) -> Bot:
-    session = AiohttpSession(api=TelegramAPIServer.from_base(base_url), timeout=timeout)
-    return Bot(token, session=session)
+    """A plain Bot (no default parse mode) on the product's session (bot.session.create_session)."""
+    return Bot(token, session=create_session(base_url, timeout=timeout))
 
 
 async def statuses(ctx) -> dict[int, str]:
