@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Dialect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
@@ -189,8 +191,82 @@ class SqliteWriters:
             self._lock.release()
 
 
+class _ReaderAfterCommit(AsyncConnection):
+    """SQLite: what a writer reads through after its commit (the group's connection is the next writer's), connected
+    as a reader at its first statement: most units read nothing after committing, and a connection taken from the
+    pool and given back costs the server a check-out and a check-in each."""
+
+    __slots__ = ()
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:  # as AsyncConnection's
+        if self.sync_connection is None:
+            await self.start()
+            await self.execution_options(**{READ_ONLY_OPTION: True})
+        return await super().execute(*args, **kwargs)
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.engine.dialect  # known before connecting
+
+    @dialect.setter
+    def dialect(self, dialect: Dialect) -> None:
+        self._proxied.dialect = dialect
+
+    async def close(self) -> None:
+        if self.sync_connection is not None:
+            await super().close()
+
+
+class _Bound[R]:
+    """A repository of a unit of work, made on the unit's connection at its first use and kept until the unit
+    changes connection (UnitOfWork._bind): a unit uses a few of its two dozen repositories."""
+
+    def __init__(self, _kind: type[R], make: Callable[[UnitOfWork], R]):  # the kind names R for the type checker
+        self._make = make
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+        _BOUND.append(name)
+
+    def __get__(self, uow: UnitOfWork, owner: type | None = None) -> R:
+        repo = self._make(uow)
+        uow.__dict__[self._name] = repo  # found there from now on: this descriptor defines no __set__
+        return repo
+
+
+_BOUND: list[str] = []
+
+
 class UnitOfWork:
     conn: AsyncConnection
+    row_locks: bool
+    audit = _Bound(AuditRepo, lambda u: AuditRepo(u.conn, u.row_locks))
+    clinics = _Bound(ClinicRepo, lambda u: ClinicRepo(u.conn, u.row_locks))
+    doctors = _Bound(DoctorRepo, lambda u: DoctorRepo(u.conn, u.row_locks))
+    admins = _Bound(AdminRepo, lambda u: AdminRepo(u.conn, u.row_locks))
+    patients = _Bound(PatientRepo, lambda u: PatientRepo(u.conn, u.row_locks))
+    templates = _Bound(TemplateRepo, lambda u: TemplateRepo(u.conn, u.row_locks))
+    patient_changes = _Bound(PatientChangeRepo, lambda u: PatientChangeRepo(u.conn, u.row_locks))
+    visits = _Bound(VisitRepo, lambda u: VisitRepo(u.conn, u.row_locks, u.audit))
+    codes = _Bound(CodeRepo, lambda u: CodeRepo(u.conn, u.row_locks))
+    face_failures = _Bound(FaceFailureRepo, lambda u: FaceFailureRepo(u.conn, u.row_locks))
+    outbox = _Bound(OutboxRepo, lambda u: OutboxRepo(u.conn, u.row_locks))
+    api_keys = _Bound(ApiKeyRepo, lambda u: ApiKeyRepo(u.conn, u.row_locks))
+    auditors = _Bound(AuditorRepo, lambda u: AuditorRepo(u.conn, u.row_locks))
+    capture_sessions = _Bound(CaptureSessionRepo, lambda u: CaptureSessionRepo(u.conn, u.row_locks))
+    idempotency = _Bound(IdempotencyRepo, lambda u: IdempotencyRepo(u.conn, u.row_locks))
+    chat_users = _Bound(ChatUserRepo, lambda u: ChatUserRepo(u.conn, u.row_locks))
+    processed_updates = _Bound(ProcessedUpdateRepo, lambda u: ProcessedUpdateRepo(u.conn, u.row_locks))
+    queries = _Bound(Queries, lambda u: Queries(u.conn))
+    # red flags: the operator's lists and the rules' reads
+    deaths = _Bound(DeathListRepo, lambda u: DeathListRepo(u.conn, u.row_locks))
+    service_rules = _Bound(ServiceRuleRepo, lambda u: ServiceRuleRepo(u.conn, u.row_locks))
+    flag_queries = _Bound(FlagQueries, lambda u: FlagQueries(u.conn))
+    # the patient's record and retention (issue 16)
+    record = _Bound(RecordQueries, lambda u: RecordQueries(u.conn))
+    retention = _Bound(RetentionRepo, lambda u: RetentionRepo(u.conn))
+    channels = _Bound(ChannelRepo, lambda u: ChannelRepo(u.conn, u.row_locks))  # issue 14
 
     def __init__(self, engine: AsyncEngine, *, read_only: bool = False, snapshot: bool = True,
                  writers: SqliteWriters | None = None):
@@ -235,32 +311,10 @@ class UnitOfWork:
         return self
 
     def _bind(self, conn: AsyncConnection) -> None:
-        """Every repository on ``conn``."""
-        self.conn, locks = conn, self.row_locks
-        self.audit = AuditRepo(self.conn, locks)
-        self.clinics = ClinicRepo(self.conn, locks)
-        self.doctors = DoctorRepo(self.conn, locks)
-        self.admins = AdminRepo(self.conn, locks)
-        self.patients = PatientRepo(self.conn, locks)
-        self.templates = TemplateRepo(self.conn, locks)
-        self.patient_changes = PatientChangeRepo(self.conn, locks)
-        self.visits = VisitRepo(self.conn, locks, self.audit)
-        self.codes = CodeRepo(self.conn, locks)
-        self.face_failures = FaceFailureRepo(self.conn, locks)
-        self.outbox = OutboxRepo(self.conn, locks)
-        self.api_keys = ApiKeyRepo(self.conn, locks)
-        self.auditors = AuditorRepo(self.conn, locks)
-        self.capture_sessions = CaptureSessionRepo(self.conn, locks)
-        self.idempotency = IdempotencyRepo(self.conn, locks)
-        self.chat_users = ChatUserRepo(self.conn, locks)
-        self.processed_updates = ProcessedUpdateRepo(self.conn, locks)
-        self.queries = Queries(self.conn)
-        self.deaths = DeathListRepo(self.conn, locks)  # red flags: the operator's lists and the rules' reads
-        self.service_rules = ServiceRuleRepo(self.conn, locks)
-        self.flag_queries = FlagQueries(self.conn)
-        self.record = RecordQueries(self.conn)  # the patient's record and retention (issue 16)
-        self.retention = RetentionRepo(self.conn)
-        self.channels = ChannelRepo(self.conn, locks)  # issue 14
+        """Every repository on ``conn``: each made at its first use (a unit uses a few of them)."""
+        self.conn = conn
+        for name in _BOUND:
+            self.__dict__.pop(name, None)
 
     async def commit(self) -> None:
         """Make the unit's writes durable. On SQLite the writer's turn ends here (the group's connection is the
@@ -269,10 +323,8 @@ class UnitOfWork:
         if self._writers is not None:
             self._committed = True  # left the group, whether its COMMIT succeeds or not
             await self._writers.leave(self._savepoint, commit=True)
-            reader = await self._engine.connect()
-            await reader.execution_options(**{READ_ONLY_OPTION: True})
-            self._bind(reader)
-            self._reader = reader
+            self._reader = _ReaderAfterCommit(self._engine)
+            self._bind(self._reader)
         else:
             await self.conn.commit()
             self._committed = True

@@ -79,3 +79,32 @@ async def test_a_failed_group_commit_is_reported_to_every_writer_of_the_group(ct
     kept = await _subjects(ctx, clinic_chain(clinic_id))
     assert kept == [f"writer:{n}" for n in range(8) if n not in failed], "no row of the failed group remains"
     assert await _writer(ctx, clinic_id, 99) == "committed"  # the next writer starts afresh
+
+
+async def test_a_writer_reads_after_its_commit_through_a_reader_taken_only_when_it_reads(ctx, clinic_world,
+                                                                                        sqlite_only):
+    """After its commit a writer reads through a connection of its own (the group's is the next writer's), taken
+    from the pool at its first statement; a writer that reads nothing afterwards takes none."""
+    clinic_id = clinic_world.clinic.id
+    checkouts = [0]
+
+    @event.listens_for(ctx.uow.engine.sync_engine, "checkout")
+    def _on_checkout(*_args):
+        checkouts[0] += 1
+
+    async def rename(name: str, *, read_after: bool) -> str | None:
+        async with ctx.uow() as uow:
+            await uow.conn.execute(sa.update(t.clinics).where(t.clinics.c.id == clinic_id).values(name=name))
+            await uow.commit()
+            if read_after:
+                return (await uow.clinics.get(clinic_id)).name
+        return None
+
+    await rename("warm", read_after=False)  # the group's first writer's connection is in the pool now
+    checkouts[0] = 0
+    assert await rename("quiet", read_after=False) is None
+    assert checkouts[0] == 1, "the group's connection only: no reader for a writer that reads nothing after"
+    names = await asyncio.gather(*(rename(f"reader {n}", read_after=True) for n in range(5)))
+    assert all(int(name.split()[1]) >= n for n, name in enumerate(names)), f"each sees its own or a later: {names}"
+    async with ctx.uow(read_only=True) as uow:
+        assert (await uow.clinics.get(clinic_id)).name == "reader 4"
