@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Dialect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.db.channels import ChannelRepo  # issue 14: patient channels, SMS budget, inbound dedupe
 from core.db.engine import READ_ONLY_OPTION, STATEMENT_READS_OPTION
@@ -63,6 +63,27 @@ def _translated(exc: BaseException) -> Exception | None:
     return None
 
 
+class _WriterSavepoint:
+    """A grouped writer's savepoint, as plain statements: SQLAlchemy's own (begin_nested) compiles its SAVEPOINT and
+    RELEASE anew for every writer. Writers of a group take their turns one after another, so one name serves."""
+
+    NAME = "rastau_writer"
+
+    def __init__(self, conn: AsyncConnection):
+        self._conn = conn
+
+    async def begin(self) -> _WriterSavepoint:
+        await self._conn.exec_driver_sql(f"SAVEPOINT {self.NAME}")
+        return self
+
+    async def commit(self) -> None:
+        await self._conn.exec_driver_sql(f"RELEASE SAVEPOINT {self.NAME}")
+
+    async def rollback(self) -> None:
+        await self._conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {self.NAME}")
+        await self._conn.exec_driver_sql(f"RELEASE SAVEPOINT {self.NAME}")
+
+
 class SqliteWriters:
     """Group commit for SQLite: the writers of this process that queue while one writes share its transaction.
 
@@ -87,7 +108,7 @@ class SqliteWriters:
         self._released: list[asyncio.Future[None]] = []  # writers done in it, waiting for its COMMIT
         self._orphan_commits: set[asyncio.Future[None]] = set()  # held so they are not collected mid-commit
 
-    async def enter(self) -> tuple[AsyncConnection, AsyncTransaction | None]:
+    async def enter(self) -> tuple[AsyncConnection, _WriterSavepoint | None]:
         """Wait for the turn to write; the connection and the writer's savepoint (None for the group's first)."""
         self._waiting += 1
         try:
@@ -111,12 +132,12 @@ class SqliteWriters:
                     raise
                 self._conn = conn
                 return conn, None
-            return self._conn, await self._conn.begin_nested()
+            return self._conn, await _WriterSavepoint(self._conn).begin()
         except BaseException as exc:
             await self._end_group(exc)
             raise
 
-    async def leave(self, savepoint: AsyncTransaction | None, *, commit: bool) -> None:
+    async def leave(self, savepoint: _WriterSavepoint | None, *, commit: bool) -> None:
         """End a writer's turn (it holds the lock): keep or take back its statements; when it is the last of the
         group, COMMIT for all. Returns once the writer's statements are durable (commit) or gone."""
         assert self._conn is not None, "a writer leaves the group it entered"
@@ -282,7 +303,7 @@ class UnitOfWork:
         # each statement is a read transaction of its own, one trip to the thread instead of three
         self._statement_reads = not snapshot and engine.dialect.name == "sqlite"
         self._writers = None if read_only else writers
-        self._savepoint: AsyncTransaction | None = None
+        self._savepoint: _WriterSavepoint | None = None
         self._reader: AsyncConnection | None = None  # SQLite: what the unit reads through after its commit
         self._committed = False
 

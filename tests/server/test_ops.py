@@ -199,3 +199,15 @@ async def test_requests_in_flight_finish_before_the_app_shuts_down(settings, ctx
         response = await in_flight
         assert response.status == 200 and await response.json() == {"decision": "match"}
         await closing
+
+
+async def test_request_ids_made_here_are_distinct_and_unique_to_a_process(client):
+    """An id the client did not offer is made by the server: 32 safe characters, never the same twice, and a
+    forked process (another server process) makes its own."""
+    from server import observe
+
+    ids = [(await client.get("/healthz")).headers["X-Request-ID"] for _ in range(3)]
+    assert len(set(ids)) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    observe._new_process_tag()  # what a forked child runs first (os.register_at_fork)
+    forked = observe.new_request_id()
+    assert forked[:16] != ids[0][:16] and forked not in ids
