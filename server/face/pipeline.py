@@ -1,16 +1,18 @@
 """One frame → one face encoding, or the reason there is none. Runs inside a face worker process.
 
 ``face_recognition`` is imported lazily: importing it loads the dlib models (~100 MB), which only the
-worker processes need, never the web server's own process.
+worker processes need, never the web server's own process; so are OpenCV and numpy (the server's process imports
+this module for :class:`FaceAnalysis` alone). ``warm_up`` loads them all in each worker at its start.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import cv2
-import numpy as np
+from typing import TYPE_CHECKING
 
 from server.face.image import MAX_BYTES, MAX_PIXELS, decode_frame
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Detection runs in two passes, because HOG cost grows with pixels and a webcam face is large:
 QUICK_SIDE = 320       # 1st: a copy at most 320 px long, no upsampling — finds a face ≥ ~80 px there in ~6 ms
@@ -54,6 +56,7 @@ def detect_faces(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def _detect(rgb: np.ndarray, max_side: int, upsample: int) -> list[tuple[int, int, int, int]]:
+    import cv2
     import face_recognition
 
     height, width = rgb.shape[:2]
@@ -73,7 +76,10 @@ def _detect(rgb: np.ndarray, max_side: int, upsample: int) -> list[tuple[int, in
 
 def warm_up() -> None:
     """Run the detector and the encoder once so a worker's first real frame is not slowed by lazy set-up."""
+    import cv2  # noqa: F401 - loaded here, at the worker's start, rather than by its first frame
     import face_recognition
+    import numpy as np
+    from PIL import Image, ImageOps  # noqa: F401 - as cv2
 
     blank = np.zeros((64, 64, 3), dtype=np.uint8)
     face_recognition.face_locations(blank)
