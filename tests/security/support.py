@@ -19,10 +19,9 @@ from pathlib import Path
 import aiohttp
 
 from core.db.engine import create_engine
-from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context
-from tests.conftest import test_settings
+from tests.conftest import migrate_from_template, test_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 240  # two busy cores load the dlib models slowly
@@ -56,10 +55,15 @@ class Seeded:
     keys: dict[str, str]
     clock_offset_seconds: float = 0.0
     ctx: Context | None = None
+    migrated: bool = False
 
     async def open(self) -> Context:
+        """A Context on the database, migrated on the first open (a copy of the process's migrated template, as
+        Alembic would leave it: ``tests.conftest.migrate_from_template``)."""
+        if not self.migrated:
+            await migrate_from_template(self.url)
+            self.migrated = True
         engine = create_engine(self.url)
-        await upgrade_to_head(engine)
         settings = test_settings(self.url, **self.keys, clock_offset_seconds=self.clock_offset_seconds)
         self.ctx = Context.build(settings, UnitOfWorkFactory(engine), settings.clock())
         return self.ctx

@@ -199,7 +199,7 @@ async def _seed_shared(seeded: Seeded) -> dict:
 
 
 async def _count(url: str, sql: str, **params) -> int:
-    seeded = Seeded(url, new_secrets())
+    seeded = Seeded(url, new_secrets(), migrated=True)  # the test's database, as its servers left it
     ctx = await seeded.open()
     try:
         async with ctx.uow(read_only=True) as uow:

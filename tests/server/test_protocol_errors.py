@@ -8,7 +8,8 @@ import json
 import aiohttp
 import pytest
 
-from tests.server.test_real_server import free_port, rastau, running_server, server_env, wait_for
+from tests.conftest import migrate_from_template
+from tests.server.test_real_server import free_port, running_server, server_env, wait_for
 
 SECRET = "900101300017"  # an IIN a hostile or broken client puts in a header
 
@@ -52,7 +53,7 @@ async def test_an_unparsable_request_is_a_problem_that_quotes_nothing(client, ca
 async def test_the_real_server_names_no_versions_and_refuses_oversized_headers_as_problems(tmp_path):
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port))
-    rastau(env, tmp_path, "migrate")
+    await migrate_from_template(env["RASTAU_DATABASE_URL"])  # as `rastau migrate` would
     async with running_server(env, tmp_path) as ended:
         async with aiohttp.ClientSession() as session:
             await wait_for(session, f"http://127.0.0.1:{port}/healthz", 200, 120)

@@ -20,6 +20,7 @@ import pytest
 
 import server.__main__ as server_entry
 from core.config import MissingSecrets
+from tests.conftest import migrate_from_template
 
 pytestmark = pytest.mark.slow  # python -m server as a process
 
@@ -177,7 +178,7 @@ def _listening_sockets(port: int) -> int:
 async def test_several_server_processes_share_one_port_and_stop_together(tmp_path):
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port), RASTAU_SERVER_PROCESSES="2")
-    rastau(env, tmp_path, "migrate")
+    await migrate_from_template(env["RASTAU_DATABASE_URL"])  # the CLI's migrate is the first test's
     async with running_server(env, tmp_path, stop_timeout=90) as ended, aiohttp.ClientSession() as session:
         await wait_for(session, f"http://127.0.0.1:{port}/healthz", 200, 60)
         for _ in range(300):  # the second process starts its own interpreter: up to a minute on busy cores
