@@ -44,14 +44,22 @@ GiB = 2**30
 # --- the corpus --------------------------------------------------------------------------------------------
 
 def gradient(width: int = 640, height: int = 480, noise: float = 0.0) -> np.ndarray:
-    """A smooth colour gradient (no face anywhere), optionally with noise so it compresses less."""
-    x = np.linspace(0, 255, width, dtype=np.float32)
-    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    rgb = np.stack([np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width)),
-                    np.full((height, width), 128, np.float32)], axis=-1)
-    if noise:
-        rgb = rgb + np.random.default_rng(7).normal(0, noise, rgb.shape).astype(np.float32)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    """A smooth colour gradient (no face anywhere), optionally with Gaussian noise (σ = ``noise``) so it
+    compresses less. Built in place, in float32 throughout: the 25-megapixel canvas cost 4.3 s of CPU and ~1 GB
+    with whole-frame float64 temporaries."""
+    channels = (np.linspace(0, 255, width, dtype=np.float32),
+                np.linspace(0, 255, height, dtype=np.float32)[:, None], np.float32(128))
+    if not noise:
+        rgb = np.empty((height, width, 3), np.uint8)
+        for at, channel in enumerate(channels):
+            rgb[..., at] = np.clip(channel, 0, 255).astype(np.uint8)
+        return rgb
+    noisy = np.random.default_rng(7).standard_normal((height, width, 3), dtype=np.float32)
+    noisy *= noise
+    for at, channel in enumerate(channels):
+        noisy[..., at] += channel
+    np.clip(noisy, 0, 255, out=noisy)
+    return noisy.astype(np.uint8)
 
 
 def jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
