@@ -2,8 +2,9 @@
 install`), its fake camera fed from .y4m clips built here from devkit.liveness_clips' genuine and attack
 sequences, against a real `python -m server` with real face workers. A genuine clip verifies the visit face_live; a
 photo tilted toward each asked side is not_live; in Kazakh and in Russian; screenshots under the test's tmp dir.
-One playwright driver for the test and one chromium per clip (the fake camera's file is a launch argument), each
-language's page in a fresh context of its own."""
+One playwright driver and one chromium for the test, each language's page in a fresh context of its own. The fake
+camera's file is a launch argument, but Chromium opens it each time a page starts the camera: it is a symlink the
+test points at each round's clip before that round's pages open."""
 from __future__ import annotations
 
 import asyncio
@@ -51,17 +52,39 @@ def write_y4m(path: Path, clip: list[tuple[float, bytes]], frames_per_step: int)
     return path
 
 
+class Camera:
+    """Debian's chromium, started on first use, whose fake camera plays the clip last shown (Chromium loops it) to
+    every page that starts the camera after that: the camera's file is a symlink, replaced atomically."""
+
+    def __init__(self, playwright, folder: Path):
+        self._playwright, self._link, self._browser = playwright, folder / "camera.y4m", None
+
+    async def showing(self, clip: Path):
+        """The browser, its camera now playing ``clip`` (to pages opened from now on: none may be open)."""
+        fresh = self._link.with_name("camera.y4m.next")
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(clip)
+        os.replace(fresh, self._link)
+        if self._browser is None:
+            self._browser = await self._playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={self._link}"])
+        return self._browser
+
+    async def close(self) -> None:
+        if self._browser is not None:
+            await self._browser.close()
+
+
 @contextlib.asynccontextmanager
-async def chromium_with_camera(playwright, clip: Path):
-    """Debian's chromium whose fake camera plays ``clip`` (Chromium loops it) to every page it opens."""
-    browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}"])
+async def chromium_with_camera(playwright, folder: Path):
+    """One chromium for the whole test (see Camera), closed after the block."""
+    camera = Camera(playwright, folder)
     try:
-        yield browser
+        yield camera
     finally:
-        await browser.close()
+        await camera.close()
 
 
 async def capture_in_browser(browser, url: str, shot: Path) -> str:
@@ -101,11 +124,11 @@ def write_clips(folder: Path) -> dict[str, Path]:
     return {"tilted": tilted, "genuine": genuine}
 
 
-async def capture_round(playwright, tmp_path: Path, names: tuple[str, ...], clips: asyncio.Task[dict[str, Path]],
+async def capture_round(camera: Camera, tmp_path: Path, names: tuple[str, ...], clips: asyncio.Task[dict[str, Path]],
                         **settings: str) -> dict:
     """A real server on a fresh database; for each named clip (from ``clips``, awaited only once the server is
-    ready: they are made while it starts) a chromium, and for each language a visit, a capture session, the page,
-    and the visit as the API then shows it."""
+    ready: they are made while it starts) the camera showing it, and for each language a visit, a capture session,
+    the page, and the visit as the API then shows it."""
     tmp_path.mkdir()
     port = free_port()
     env = server_env(tmp_path, RASTAU_SERVER_PORT=str(port), RASTAU_SINGLE_FRAME_FACE="0",
@@ -117,21 +140,21 @@ async def capture_round(playwright, tmp_path: Path, names: tuple[str, ...], clip
         await wait_for(session, f"{base}/readyz", 200, READY_TIMEOUT_S)
         patient = await enrolled_patient(session, base, h, language="kk")
         for name in names:
-            async with chromium_with_camera(playwright, (await clips)[name]) as browser:
-                for lang in ("kk", "ru"):
-                    start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
-                    async with session.post(f"{base}/api/v1/visits", headers=h, json={
-                            "doctor_id": 1, "patient_id": patient, "start": start, "duration_minutes": 20,
-                            "service_code": "A01", "mode": "in_person"}) as r:
-                        visit = (await r.json())["id"]
-                    async with session.post(f"{base}/api/v1/visits/{visit}/capture-sessions", headers=h) as r:
-                        assert r.status == 201
-                        url = (await r.json())["url"]
-                    shot = tmp_path / f"capture-{name}-{lang}.png"
-                    outcome = await capture_in_browser(browser, f"{url}?lang={lang}", shot)
-                    assert shot.stat().st_size > 10_000
-                    async with session.get(f"{base}/api/v1/visits/{visit}", headers=h) as r:
-                        seen[(name, lang)] = (outcome, await r.json())
+            browser = await camera.showing((await clips)[name])
+            for lang in ("kk", "ru"):
+                start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
+                async with session.post(f"{base}/api/v1/visits", headers=h, json={
+                        "doctor_id": 1, "patient_id": patient, "start": start, "duration_minutes": 20,
+                        "service_code": "A01", "mode": "in_person"}) as r:
+                    visit = (await r.json())["id"]
+                async with session.post(f"{base}/api/v1/visits/{visit}/capture-sessions", headers=h) as r:
+                    assert r.status == 201
+                    url = (await r.json())["url"]
+                shot = tmp_path / f"capture-{name}-{lang}.png"
+                outcome = await capture_in_browser(browser, f"{url}?lang={lang}", shot)
+                assert shot.stat().st_size > 10_000
+                async with session.get(f"{base}/api/v1/visits/{visit}", headers=h) as r:
+                    seen[(name, lang)] = (outcome, await r.json())
     assert ended.returncode == 0, ended.err[-3000:]
     assert key not in ended.err + ended.out and url.rsplit("/", 1)[1] not in ended.err + ended.out
     return seen
@@ -153,10 +176,9 @@ async def test_the_page_verifies_a_live_head_and_refuses_a_tilted_photo_in_kk_an
     from playwright.async_api import async_playwright
 
     clips = asyncio.create_task(asyncio.to_thread(write_clips, tmp_path))  # while the first server starts
-    async with async_playwright() as playwright:
-        refused = await capture_round(playwright, tmp_path / "measured", ("tilted",), clips)
-        verified = await capture_round(playwright, tmp_path / "stills", ("genuine",), clips,
-                                       RASTAU_LIVENESS_STILLS="1")
+    async with async_playwright() as playwright, chromium_with_camera(playwright, tmp_path) as camera:
+        refused = await capture_round(camera, tmp_path / "measured", ("tilted",), clips)
+        verified = await capture_round(camera, tmp_path / "stills", ("genuine",), clips, RASTAU_LIVENESS_STILLS="1")
     for lang in ("kk", "ru"):
         page, visit = refused[("tilted", lang)]
         assert page.startswith("not_live|") and NOT_RECOGNISED[lang] in page, page
