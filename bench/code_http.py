@@ -51,11 +51,12 @@ WHY_MISSED_SQLITE = (
     "- why SQLite misses: it admits one writer at a time. Checks queued meanwhile now share one write transaction "
     "and one fsync'd COMMIT (group commit, each check in a savepoint of its own), and a check is seven statements "
     "(the attempt counted with the code and both caps read in its RETURNING, the code used, the state, its event, "
-    "the audit row hashed by SQLite itself, the chain's head moved; BEGIN IMMEDIATE or a savepoint), each one trip "
-    "to aiosqlite's thread instead of four. What is left is the server's CPU per check (HTTP, the key lookup, the "
-    "service, SQLAlchemy), in one process on cores shared with the load generator and whatever else runs (the load "
-    "average); more server processes would only queue on SQLite's file lock, and PostgreSQL is the database for a "
-    "higher rate.")
+    "the audit row hashed by SQLite itself, the chain's head moved; BEGIN IMMEDIATE or a savepoint), run on the "
+    "event loop's thread while the group holds the write lock: only BEGIN IMMEDIATE, the group's COMMIT and the "
+    "key lookup (one statement, no transaction) go to aiosqlite's thread. What is left is the server's CPU per check "
+    "(HTTP, the key lookup, the service, SQLAlchemy), in one process on cores shared with the load generator and "
+    "whatever else runs (the load average); more server processes would only queue on SQLite's file lock, and "
+    "PostgreSQL is the database for a higher rate.")
 
 SQLITE_DURABILITY = (
     "- SQLite stays at synchronous=FULL: every commit is fsync'd before any check in it is answered. "
