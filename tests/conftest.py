@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ from core.db.engine import create_engine, is_sqlite
 from core.db.migrate import upgrade_to_head
 from core.db.uow import UnitOfWorkFactory
 from core.logs import configure_logging
+from core.model import Clinic, ClinicAdmin, Doctor, Patient
 from core.services import Context, registry
+from tests.worlds import built_once
 
 PG_URL = os.environ.get("RASTAU_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 T0 = dt.datetime(2026, 11, 25, 4, 0, tzinfo=dt.UTC)  # 09:00 in Almaty
@@ -76,9 +79,13 @@ class _SettingsWithoutDotenv(Settings):
         return init_settings, env_settings, file_secret_settings
 
 
+_SECRETS = {name: secrets.token_urlsafe(32) for name in ("code_hmac_key", "template_key", "api_key_pepper")}
+
+
 def test_settings(database_url: str, **overrides) -> Settings:
-    values = dict(mode=Mode.DEV, database_url=database_url, code_hmac_key=secrets.token_urlsafe(32),
-                  template_key=secrets.token_urlsafe(32), api_key_pepper=secrets.token_urlsafe(32),
+    """Dev-mode settings on ``database_url``, with this process's random secrets (one set per process, so that a world
+    a fixture built once can be copied for the next test: tests/worlds.py)."""
+    values = dict(mode=Mode.DEV, database_url=database_url, **_SECRETS,
                   single_frame_face=True)  # the single-frame route's tests; capture tests turn it off
     values.update(overrides)
     return _SettingsWithoutDotenv(_env_file=None, **values)
@@ -117,6 +124,10 @@ class _Templates:
         self._pg_script: str | None = None
         self.pg_template: str | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="rastau-templates-")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return self._sqlite
 
     async def sqlite_file(self) -> Path:
         if self._sqlite is None:
@@ -215,7 +226,10 @@ class _SpareSchemas:
         self.filled: set[str] = set()  # schemas migrate_from_template filled, to be kept when their test ends
         self._spares: list[str] = []
         self._reset_sql: str | None = None  # the emptying, with {schema} for the spare's name
-        self._fingerprint: str | None = None
+        self.fingerprint: str | None = None  # the template's catalog (_CATALOG_FINGERPRINT)
+        self.children_first: list[str] = []  # the template's tables, children before the tables they refer to
+        self.sequences: list[str] = []
+        self.template_counts: str | None = None  # the template's rows and sequences (tests/worlds.py)
 
     def keep(self, schema: str) -> bool:
         if schema not in self.filled:
@@ -232,12 +246,11 @@ class _SpareSchemas:
             return False
         conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"))
         try:
-            if self._reset_sql is None:
-                await self._learn_template(conn, _TEMPLATES.pg_template)
+            await self.learn(conn)
             while self._spares:
                 spare = self._spares.pop()
                 try:
-                    if self._reset_sql and await conn.fetchval(_CATALOG_FINGERPRINT, spare) == self._fingerprint:
+                    if self._reset_sql and await conn.fetchval(_CATALOG_FINGERPRINT, spare) == self.fingerprint:
                         async with conn.transaction():
                             await conn.execute("SET LOCAL lock_timeout = '2s'")
                             await conn.execute(f'DROP SCHEMA "{schema}"; ALTER SCHEMA "{spare}" RENAME TO "{schema}"')
@@ -251,9 +264,12 @@ class _SpareSchemas:
         finally:
             await conn.close()
 
-    async def _learn_template(self, conn, template: str) -> None:
-        """The emptying's SQL, from the template's catalog; none (no reuse) if foreign keys form a cycle."""
-        self._fingerprint = await conn.fetchval(_CATALOG_FINGERPRINT, template)
+    async def learn(self, conn) -> None:
+        """The emptying's SQL, from the template's catalog (once); none (no reuse) if foreign keys form a cycle."""
+        if self._reset_sql is not None or _TEMPLATES.pg_template is None:
+            return
+        template = _TEMPLATES.pg_template
+        self.fingerprint = await conn.fetchval(_CATALOG_FINGERPRINT, template)
         tables = {row["relname"] for row in await conn.fetch(
             "SELECT relname FROM pg_class WHERE relnamespace = $1::regnamespace AND relkind IN ('r', 'p')", template)}
         parents = {table: set() for table in tables}
@@ -272,10 +288,12 @@ class _SpareSchemas:
             children_first += leaves
             for leaf in leaves:
                 del parents[leaf]
+        self.children_first = children_first
         seeded = [t for t in sorted(tables)
                   if await conn.fetchval(f'SELECT EXISTS (SELECT FROM "{template}"."{t}")')]
         sequences = [row["relname"] for row in await conn.fetch(
             "SELECT relname FROM pg_class WHERE relnamespace = $1::regnamespace AND relkind = 'S'", template)]
+        self.sequences = sequences
         statements = [f'DELETE FROM "{{schema}}"."{t}"' for t in children_first]
         statements += [f'INSERT INTO "{{schema}}"."{t}" SELECT * FROM "{template}"."{t}"' for t in seeded]
         statements += [f"SELECT setval('\"{{schema}}\".\"{s}\"', last_value, is_called) FROM \"{template}\".\"{s}\""
@@ -292,7 +310,11 @@ _SPARES = _SpareSchemas()
 
 
 def pytest_sessionfinish(session):
-    """The spare schemas and the template go with the process that made them."""
+    """The spare schemas, the worlds' and the template go with the process that made them."""
+    from tests import worlds
+
+    if worlds.pg_schemas():
+        asyncio.run(worlds.drop_all())
     if _SPARES._spares or _TEMPLATES.pg_template:
         asyncio.run(_SPARES.drop_all())
 
@@ -388,15 +410,28 @@ def ctx(engine, settings, clock):
 VALID_IINS = ["900101300017", "850315400015", "021231500015", "880725400129", "991231300457"]
 
 
-@pytest.fixture
-async def clinic_world(ctx):
-    """One clinic with a doctor, an admin and two patients."""
+@dataclass
+class ClinicWorld:
+    clinic: Clinic
+    doctor: Doctor
+    admin: ClinicAdmin
+    p1: Patient
+    p2: Patient
+
+
+async def _clinic_world(ctx) -> ClinicWorld:
     clinic = await registry.create_clinic(ctx, "Emhana No. 5")
     doctor = await registry.add_doctor(ctx, clinic.id, "Aidos Seitkali", "8 (701) 111-22-33")
     admin = await registry.add_admin(ctx, clinic.id, "Gulnara Admin", "+7 702 555 44 33")
     p1 = (await registry.upsert_patient(ctx, clinic.id, VALID_IINS[0], "Asel N.", "87011234567", "kk")).patient
     p2 = (await registry.upsert_patient(ctx, clinic.id, VALID_IINS[1], "Ivan P.", "+7 705 765 43 21", "ru")).patient
-    return type("World", (), dict(clinic=clinic, doctor=doctor, admin=admin, p1=p1, p2=p2))
+    return ClinicWorld(clinic, doctor, admin, p1, p2)
+
+
+@pytest.fixture
+async def clinic_world(ctx) -> ClinicWorld:
+    """One clinic with a doctor, an admin and two patients (built once per process: tests/worlds.py)."""
+    return await built_once(ctx, _clinic_world)
 
 
 async def patient_change_rows(ctx, patient_id: int) -> list:

@@ -1,12 +1,18 @@
 """The shared database fixtures hand every test a clean, migrated database, also when a PostgreSQL schema is
-reused from an earlier test (tests/conftest.py, ``_SpareSchemas``)."""
+reused from an earlier test (tests/conftest.py, ``_SpareSchemas``), and a world of its own when a world fixture
+copies what it built for an earlier test (tests/worlds.py)."""
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import uuid
+
 import asyncpg
+import pytest
 
 from core.db.engine import create_engine
 from core.services import registry
-from tests.conftest import PG_URL, migrate_from_template, pg_schema
+from tests.conftest import PG_URL, T0, VALID_IINS, migrate_from_template, pg_or_skip, pg_schema
 from tests.conftest import _pg_execute as pg_execute
 from tests.conftest import test_settings as settings_for
 
@@ -84,3 +90,125 @@ async def _schema_oid(name: str) -> int | None:
         return await conn.fetchval("SELECT oid FROM pg_namespace WHERE nspname = $1", name)
     finally:
         await conn.close()
+
+
+# --- worlds built once per process (tests/worlds.py) -----------------------------------------------------------------
+
+_BUILDS: list[str] = []
+
+
+async def _one_clinic(ctx, name: str):
+    """A world: a clinic with a doctor and a patient, and the clock moved on as a builder may move it."""
+    import datetime as dt
+
+    _BUILDS.append(name)
+    clinic = await registry.create_clinic(ctx, name)
+    doctor = await registry.add_doctor(ctx, clinic.id, "Doctor", "+77011112233")
+    ctx.clock.advance(dt.timedelta(minutes=7))
+    patient = (await registry.upsert_patient(ctx, clinic.id, VALID_IINS[0], "Asel N.", "87011234567", "kk")).patient
+    return {"clinic": clinic, "doctor": doctor, "patient": patient}
+
+
+@contextlib.asynccontextmanager
+async def _database(kind: str, tmp_path, name: str):
+    """A fresh test database of the template's, and a services Context on it (as the engine and ctx fixtures)."""
+    from core.clock import ManualClock
+    from core.db.uow import UnitOfWorkFactory
+    from core.services import Context
+    from tests.conftest import _SPARES
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"  # as pg_schema() makes one, inside the test's event loop
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / f'{name}.db'}"
+    else:
+        await pg_execute(f'CREATE SCHEMA "{schema}"')
+        url = f"{PG_URL}?search_path={schema}"
+    try:
+        await migrate_from_template(url)
+        engine = create_engine(url)
+        try:
+            yield Context.build(settings_for(url), UnitOfWorkFactory(engine), ManualClock(T0))
+        finally:
+            await engine.dispose()
+    finally:
+        if kind != "sqlite" and not _SPARES.keep(schema):
+            await pg_execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def _dump(ctx) -> dict[str, list]:
+    """Every row of every table, in primary key order."""
+    import sqlalchemy as sa
+
+    from core.db import tables as t
+    async with ctx.uow.engine.connect() as conn:
+        return {table.name: [tuple(row) for row in (await conn.execute(
+                    sa.select(table).order_by(*table.primary_key.columns))).all()]
+                for table in t.metadata.sorted_tables}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_world_is_built_once_and_each_later_test_gets_a_copy_of_its_own(kind, tmp_path, monkeypatch):
+    """The first build's database, row for row (ids, keys, audit chain, sequences), the clock where the builder
+    left it and an equal but separate result; what a test then writes stays in its own database."""
+    from tests.worlds import built_once
+
+    if kind == "postgres":
+        pg_or_skip()
+    monkeypatch.delenv("RASTAU_TEST_BUILD_WORLDS", raising=False)
+    name = f"Copied {kind}"
+    async with _database(kind, tmp_path, "first") as first:
+        built = await built_once(first, _one_clinic, name)
+        assert _BUILDS.count(name) == 1
+        rows = await _dump(first)
+        assert rows["clinics"] and rows["audit_log"]
+        await registry.create_clinic(first, "Written after the build")  # not in the world
+        async with _database(kind, tmp_path, "second") as second:
+            copy = await built_once(second, _one_clinic, name)
+            assert _BUILDS.count(name) == 1, "the second test got a copy, not a build"
+            assert copy == built and copy is not built and copy["clinic"] is not built["clinic"]
+            assert second.clock.now() == first.clock.now() == T0 + dt.timedelta(minutes=7)
+            assert await _dump(second) == rows
+            copy["clinic"].name = "changed by the second test"
+            late = await registry.create_clinic(second, "The second test's")
+            assert late.id == rows["clinics"][-1][0] + 1, "sequences continue where the build left them"
+            async with _database(kind, tmp_path, "third") as third:
+                again = await built_once(third, _one_clinic, name)
+                assert again == built and await _dump(third) == rows
+        assert _BUILDS.count(name) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_database_written_to_before_the_world_gets_the_world_built_on_top(kind, tmp_path, monkeypatch):
+    """A copy would drop what another fixture wrote before the world: such a test gets a full build."""
+    from tests.worlds import built_once
+
+    if kind == "postgres":
+        pg_or_skip()
+    monkeypatch.delenv("RASTAU_TEST_BUILD_WORLDS", raising=False)
+    name = f"Written first {kind}"
+    async with _database(kind, tmp_path, "first") as first:
+        await built_once(first, _one_clinic, name)
+    async with _database(kind, tmp_path, "second") as second:
+        earlier = await registry.create_clinic(second, "Another fixture's")
+        world = await built_once(second, _one_clinic, name)
+        assert _BUILDS.count(name) == 2
+        assert world["clinic"].id == earlier.id + 1
+        assert {row[1] for row in (await _dump(second))["clinics"]} == {"Another fixture's", name}
+
+
+async def test_other_settings_or_another_clock_make_another_world(tmp_path, monkeypatch):
+    """The world is a function of the settings and the clock's start too: a change in either builds anew."""
+    from tests.worlds import built_once
+
+    monkeypatch.delenv("RASTAU_TEST_BUILD_WORLDS", raising=False)
+    name = "Keyed"
+    async with _database("sqlite", tmp_path, "first") as first:
+        await built_once(first, _one_clinic, name)
+    async with _database("sqlite", tmp_path, "second") as second:
+        second.clock.advance(dt.timedelta(seconds=1))
+        await built_once(second, _one_clinic, name)
+    async with _database("sqlite", tmp_path, "third") as third:
+        longer = third.settings.code_validity_minutes + 1
+        third.settings = third.settings.model_copy(update={"code_validity_minutes": longer})
+        await built_once(third, _one_clinic, name)
+    assert _BUILDS.count(name) == 3

@@ -9,7 +9,8 @@ import pytest
 from core.model import VisitMode
 from core.services import visits
 from server.app import create_app
-from tests.server.support import CLINIC_A_IINS, CLINIC_B_IINS, Conformance, FakeAnalyser, make_tenant
+from tests.server.support import CLINIC_A_IINS, CLINIC_B_IINS, Conformance, FakeAnalyser, Tenant, make_tenant
+from tests.worlds import built_once
 
 
 @pytest.fixture
@@ -36,11 +37,16 @@ async def client(aiohttp_client, app):
     return await aiohttp_client(app)
 
 
-@pytest.fixture
-async def tenants(ctx):
+async def _tenants(ctx) -> tuple[Tenant, Tenant]:
     a = await make_tenant(ctx, "Polyclinic A", CLINIC_A_IINS, 1110000)
     b = await make_tenant(ctx, "Polyclinic B", CLINIC_B_IINS, 2220000)
     return a, b
+
+
+@pytest.fixture
+async def tenants(ctx) -> tuple[Tenant, Tenant]:
+    """Two clinics with doctors, patients and keys (built once per process: tests/worlds.py)."""
+    return await built_once(ctx, _tenants)
 
 
 async def add_visit(ctx, tenant, *, mode=VisitMode.IN_PERSON, doctor_id=None, patient=0,

@@ -11,6 +11,7 @@ from core.services import auditors, registry, web_sessions
 from core.services.chat import link_chat_by_phone
 from server.app import create_app
 from tests.server.support import CLINIC_A_IINS, CLINIC_B_IINS, FakeAnalyser, Tenant, make_tenant
+from tests.worlds import built_once
 
 ADMIN_A_CHAT, ADMIN_B_CHAT, AUDITOR_CHAT = 5001, 5002, 5003
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
@@ -26,8 +27,7 @@ class World:
     auditor: int
 
 
-@pytest.fixture
-async def world(ctx) -> World:
+async def _world(ctx) -> World:
     a = await make_tenant(ctx, "Polyclinic A", CLINIC_A_IINS, 1110000)
     b = await make_tenant(ctx, "Polyclinic B", CLINIC_B_IINS, 2220000)
     admin_a = await registry.add_admin(ctx, a.clinic_id, "Aigerim Admin", "+77011234501")
@@ -37,6 +37,12 @@ async def world(ctx) -> World:
     await link_chat_by_phone(ctx, ADMIN_B_CHAT, "+77011234502", "ru")
     await link_chat_by_phone(ctx, AUDITOR_CHAT, "+77011234503", "ru")
     return World(a, b, admin_a.id, admin_b.id, auditor.id)
+
+
+@pytest.fixture
+async def world(ctx) -> World:
+    """Built once per process (tests/worlds.py)."""
+    return await built_once(ctx, _world)
 
 
 @pytest.fixture
