@@ -461,7 +461,10 @@ def pytest_collection_modifyitems(items):
     pytest-xdist's work stealing first hands each of its K workers one contiguous K-th of this order, and an idle
     worker steals only from the end of another's queue: sorted as it is, the first worker would get every slow
     test (both crash harnesses one after the other). So the order is dealt out like cards into K hands, each hand
-    longest first, and the hands laid end to end: every worker starts on its share of the slow tests."""
+    longest first, and the hands laid end to end: every worker starts on its share of the slow tests. The tests of
+    a module that share one of its module-scoped fixtures (a fuzzed server process, a face worker pool) are one
+    card: dealt one by one, each worker that got one of them started the fixture again (the fuzz's server and its
+    seeding four times, ~4-6 s each)."""
     def allowed_seconds(item) -> float:
         timeout = item.get_closest_marker("timeout")
         if timeout is not None:
@@ -471,4 +474,52 @@ def pytest_collection_modifyitems(items):
     items.sort(key=allowed_seconds, reverse=True)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        items[:] = [item for hand in range(workers) for item in items[hand::workers]]
+        items[:] = _deal(items, workers)
+
+
+def _module_fixture(item) -> str | None:
+    """The module-scoped fixture of this project's (tests/) that the test uses, if any."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name in item.fixturenames if info is not None else ():
+        for fixturedef in info.name2fixturedefs.get(name, ()):
+            if fixturedef.scope == "module" and getattr(fixturedef.func, "__module__", "").startswith("tests."):
+                return name
+    return None
+
+
+def _deal(items: list, workers: int) -> list:
+    """The cards (a test, or a module's tests sharing a module fixture) in order, each to the hand holding the fewest
+    tests so far; then each hand is brought to the size of the share xdist's work stealing first sends its worker
+    (``len(pending) // workers_left``, in worker order) by moving single tests from the ends of hands (the
+    quickest) to hands that are short, so that every hand starts exactly where its worker's share does."""
+    cards: list[list] = []
+    shared: dict[tuple, list] = {}
+    for item in items:
+        fixture = _module_fixture(item)
+        if fixture is None:
+            cards.append([item])
+        elif (key := (item.path, fixture)) in shared:
+            shared[key].append(item)
+        else:
+            cards.append(shared.setdefault(key, [item]))
+    hands: list[list[list]] = [[] for _ in range(workers)]
+    held = [0] * workers
+    for card in cards:
+        fewest = held.index(min(held))
+        hands[fewest].append(card)
+        held[fewest] += len(card)
+    sizes, left = [], len(items)
+    for n in range(workers):
+        sizes.append(left // (workers - n))
+        left -= sizes[-1]
+    spare: list[list] = []
+    for n, hand in enumerate(hands):
+        while held[n] > sizes[n] and len(hand[-1]) == 1:
+            spare.append(hand.pop())
+            held[n] -= 1
+    for n, hand in enumerate(hands):
+        while held[n] < sizes[n] and spare:
+            hand.append(spare.pop())
+            held[n] += 1
+    hands[-1].extend(spare)  # none is left (the hands' sizes add up to the tests'), but none is ever lost
+    return [item for hand in hands for card in hand for item in card]
