@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
@@ -20,6 +21,7 @@ from core.services.flags import FlagKind
 from core.services.visits import patient_disputes, register_visit
 from tests.conftest import VALID_IINS
 from tests.core.test_flags import DAY, build_world
+from tests.worlds import built_once
 
 
 async def _clinic(ctx, name: str, doctor_phone: str, admin_phone: str, iins: list[str]):
@@ -28,7 +30,7 @@ async def _clinic(ctx, name: str, doctor_phone: str, admin_phone: str, iins: lis
     admin = await registry.add_admin(ctx, clinic.id, f"Admin of {name}", admin_phone)
     patients = [(await registry.upsert_patient(ctx, clinic.id, iin, f"Patient {n}", f"+7705000{n}{n}{n}{n}",
                                                "ru")).patient for n, iin in enumerate(iins)]
-    return type("C", (), dict(clinic=clinic, doctor=doctor, admin=admin, patients=patients))
+    return SimpleNamespace(clinic=clinic, doctor=doctor, admin=admin, patients=patients)
 
 
 async def _disputed_visit(ctx, clinic, clock, patient, *, reason: str | None = "I was at work that day") -> int:
@@ -50,8 +52,8 @@ async def _disputed_change(ctx, clinic, clock, patient) -> int:
     return change
 
 
-@pytest.fixture
-async def two_clinics(ctx, clock):
+async def _two_clinics(ctx):
+    clock = ctx.clock
     a = await _clinic(ctx, "Emhana No. 5", "+77011112233", "+77025554433", VALID_IINS[:2])
     b = await _clinic(ctx, "Phantom Polyclinic", "+77011112299", "+77025554499", VALID_IINS[2:4])
     a.first = await _disputed_visit(ctx, a, clock, a.patients[0])
@@ -59,6 +61,12 @@ async def two_clinics(ctx, clock):
     a.change = await _disputed_change(ctx, a, clock, a.patients[1])
     a.second = await _disputed_visit(ctx, a, clock, a.patients[1], reason=None)
     return a, b
+
+
+@pytest.fixture
+async def two_clinics(ctx):
+    """Built once per process (tests/worlds.py)."""
+    return await built_once(ctx, _two_clinics)
 
 
 async def _reviews_and_audit_rows(ctx, clinic_id: int) -> tuple[int, list]:
@@ -181,14 +189,19 @@ async def test_the_queue_csv_escapes_what_patients_wrote(ctx, clock, two_clinics
 
 # --- scorecards and the clinics side by side, on the red flags' world (tests/core/test_flags.py) ---------------------
 
-@pytest.fixture
-async def world(ctx):
+async def _flags_world_with_admins(ctx):
     w = await build_world(ctx)
     admins = {}
     for label, c in (("honest", w.honest), ("phantom", w.phantom), ("third", w.third)):
         admins[label] = Viewer.admin((await registry.add_admin(ctx, c.id, f"Admin {label}",
                                                                f"+770255500{len(admins)}0")).id, c.id)
     return w, admins
+
+
+@pytest.fixture
+async def world(ctx):
+    """Built once per process (tests/worlds.py): ~1 s of CPU a build."""
+    return await built_once(ctx, _flags_world_with_admins)
 
 
 async def test_a_scorecard_names_the_doctors_flags_with_their_visits_and_30_days_of_evidence(ctx, world):
