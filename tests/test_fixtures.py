@@ -146,9 +146,19 @@ async def _dump(ctx) -> dict[str, list]:
                 for table in t.metadata.sorted_tables}
 
 
+async def _built_twice(kind: str, tmp_path, name: str) -> None:
+    """The two builds after which a world is kept: the first test's, and the second's (a key seen once is not)."""
+    from tests.worlds import built_once
+
+    for n in (1, 2):
+        async with _database(kind, tmp_path, f"build {n}") as ctx:
+            await built_once(ctx, _one_clinic, name)
+    assert _BUILDS.count(name) == 2
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-async def test_a_world_is_built_once_and_each_later_test_gets_a_copy_of_its_own(kind, tmp_path, monkeypatch):
-    """The first build's database, row for row (ids, keys, audit chain, sequences), the clock where the builder
+async def test_a_world_built_twice_is_copied_for_each_later_test_a_world_of_its_own(kind, tmp_path, monkeypatch):
+    """The kept build's database, row for row (ids, keys, audit chain, sequences), the clock where the builder
     left it and an equal but separate result; what a test then writes stays in its own database."""
     from tests.worlds import built_once
 
@@ -157,24 +167,27 @@ async def test_a_world_is_built_once_and_each_later_test_gets_a_copy_of_its_own(
     monkeypatch.delenv("RASTAU_TEST_BUILD_WORLDS", raising=False)
     name = f"Copied {kind}"
     async with _database(kind, tmp_path, "first") as first:
-        built = await built_once(first, _one_clinic, name)
+        await built_once(first, _one_clinic, name)
         assert _BUILDS.count(name) == 1
-        rows = await _dump(first)
+    async with _database(kind, tmp_path, "second") as second:
+        built = await built_once(second, _one_clinic, name)
+        assert _BUILDS.count(name) == 2
+        rows = await _dump(second)
         assert rows["clinics"] and rows["audit_log"]
-        await registry.create_clinic(first, "Written after the build")  # not in the world
-        async with _database(kind, tmp_path, "second") as second:
-            copy = await built_once(second, _one_clinic, name)
-            assert _BUILDS.count(name) == 1, "the second test got a copy, not a build"
+        await registry.create_clinic(second, "Written after the build")  # not in the world
+        async with _database(kind, tmp_path, "third") as third:
+            copy = await built_once(third, _one_clinic, name)
+            assert _BUILDS.count(name) == 2, "the third test got a copy, not a build"
             assert copy == built and copy is not built and copy["clinic"] is not built["clinic"]
-            assert second.clock.now() == first.clock.now() == T0 + dt.timedelta(minutes=7)
-            assert await _dump(second) == rows
-            copy["clinic"].name = "changed by the second test"
-            late = await registry.create_clinic(second, "The second test's")
+            assert third.clock.now() == second.clock.now() == T0 + dt.timedelta(minutes=7)
+            assert await _dump(third) == rows
+            copy["clinic"].name = "changed by the third test"
+            late = await registry.create_clinic(third, "The third test's")
             assert late.id == rows["clinics"][-1][0] + 1, "sequences continue where the build left them"
-            async with _database(kind, tmp_path, "third") as third:
-                again = await built_once(third, _one_clinic, name)
-                assert again == built and await _dump(third) == rows
-        assert _BUILDS.count(name) == 1
+            async with _database(kind, tmp_path, "fourth") as fourth:
+                again = await built_once(fourth, _one_clinic, name)
+                assert again == built and await _dump(fourth) == rows
+    assert _BUILDS.count(name) == 2
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -186,14 +199,13 @@ async def test_a_database_written_to_before_the_world_gets_the_world_built_on_to
         pg_or_skip()
     monkeypatch.delenv("RASTAU_TEST_BUILD_WORLDS", raising=False)
     name = f"Written first {kind}"
-    async with _database(kind, tmp_path, "first") as first:
-        await built_once(first, _one_clinic, name)
-    async with _database(kind, tmp_path, "second") as second:
-        earlier = await registry.create_clinic(second, "Another fixture's")
-        world = await built_once(second, _one_clinic, name)
-        assert _BUILDS.count(name) == 2
+    await _built_twice(kind, tmp_path, name)
+    async with _database(kind, tmp_path, "third") as third:
+        earlier = await registry.create_clinic(third, "Another fixture's")
+        world = await built_once(third, _one_clinic, name)
+        assert _BUILDS.count(name) == 3
         assert world["clinic"].id == earlier.id + 1
-        assert {row[1] for row in (await _dump(second))["clinics"]} == {"Another fixture's", name}
+        assert {row[1] for row in (await _dump(third))["clinics"]} == {"Another fixture's", name}
 
 
 async def test_other_settings_or_another_clock_make_another_world(tmp_path, monkeypatch):
@@ -202,13 +214,12 @@ async def test_other_settings_or_another_clock_make_another_world(tmp_path, monk
 
     monkeypatch.delenv("RASTAU_TEST_BUILD_WORLDS", raising=False)
     name = "Keyed"
-    async with _database("sqlite", tmp_path, "first") as first:
-        await built_once(first, _one_clinic, name)
-    async with _database("sqlite", tmp_path, "second") as second:
-        second.clock.advance(dt.timedelta(seconds=1))
-        await built_once(second, _one_clinic, name)
-    async with _database("sqlite", tmp_path, "third") as third:
-        longer = third.settings.code_validity_minutes + 1
-        third.settings = third.settings.model_copy(update={"code_validity_minutes": longer})
-        await built_once(third, _one_clinic, name)
-    assert _BUILDS.count(name) == 3
+    await _built_twice("sqlite", tmp_path, name)
+    async with _database("sqlite", tmp_path, "later") as later:
+        later.clock.advance(dt.timedelta(seconds=1))
+        await built_once(later, _one_clinic, name)
+    async with _database("sqlite", tmp_path, "latest") as latest:
+        longer = latest.settings.code_validity_minutes + 1
+        latest.settings = latest.settings.model_copy(update={"code_validity_minutes": longer})
+        await built_once(latest, _one_clinic, name)
+    assert _BUILDS.count(name) == 4

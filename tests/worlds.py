@@ -1,6 +1,7 @@
 """Worlds built once per test process: a fixture that fills the test's database through the services (clinics,
-doctors, patients, keys, linked chats) builds it for the first test that asks, and every later test gets a copy of
-that database, row for row, and a copy of what the fixture returned (``built_once``).
+doctors, patients, keys, linked chats) builds it for the first two tests that ask, keeps the second build, and every
+later test gets a copy of that database, row for row, and a copy of what the fixture returned (``built_once``). (A
+key seen only once, say settings holding a stand-in's random port, so costs no copy.)
 
 A world is a function of the settings (secrets included), the clock's start and the builder alone, and the copy is
 the same data: the same rows, ids, sequences, random keys and audit chain the builder left. So the key is the
@@ -8,7 +9,9 @@ builder, the backend and every setting but the database's address, and the clock
 clock that is not a ManualClock, a keystore of its own, a database another fixture already wrote to, a schema
 that is not the template's, a result that does not pickle) builds the world as before. The copy goes into the
 test's own fresh database (its own SQLite file, its own PostgreSQL schema), so each test still starts from a clean
-world of its own; only the building is shared.
+world of its own; only the building is shared. On SQLite the kept world is a file (SQLite's backup, also into the
+test's file); on PostgreSQL a schema of plain tables holding the rows (CREATE TABLE AS: no indexes or keys, so no
+catalog work to speak of), copied into the test's schema after it is emptied, and the sequences' values.
 
 Building the server tests' two tenants cost ~60 ms of CPU a test, the web dashboard's world ~80 ms, the
 clinic_world ~28 ms, on every one of ~700 tests; a copy costs a few milliseconds. ``RASTAU_TEST_BUILD_WORLDS=1``
@@ -42,13 +45,15 @@ class _Saved:
     now: Any  # the clock after building
     sqlite: Path | None = None
     sqlite_keys: Path | None = None  # the keystore beside the SQLite file, when the builder made one
-    pg_schema: str | None = None
-    pg_filled: tuple[str, ...] = ()  # the snapshot schema's tables that hold rows, parents first
+    pg_schema: str | None = None  # a schema holding a copy of each table that has rows (no keys, no indexes)
+    pg_filled: tuple[str, ...] = ()  # those tables, parents first
+    pg_sequences: tuple[tuple[str, int, bool], ...] = ()  # each sequence's last_value and is_called
 
 
 class _Worlds:
     def __init__(self) -> None:
         self.saved: dict[tuple, _Saved] = {}
+        self.seen: set[tuple] = set()  # keys built once: the second build is kept (a one-off key costs no copy)
         self.failed: set[tuple] = set()  # keys whose world could not be kept: built every time
         self.pg_schemas: list[str] = []
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -85,7 +90,9 @@ async def built_once[T](ctx: Any, build: Callable[..., Awaitable[T]], *args: obj
         ctx.clock.set(saved.now)
         return pickle.loads(saved.result)
     result = await build(ctx, *args)
-    if saved is None:
+    if saved is None and key not in _WORLDS.seen:
+        _WORLDS.seen.add(key)
+    elif saved is None:
         try:
             pickled = pickle.dumps(result)
         except (pickle.PicklingError, TypeError, AttributeError):  # what pickle raises for what it cannot copy
@@ -132,13 +139,14 @@ def _schema(url: str) -> str | None:
     return make_url(url).query.get(_SEARCH_PATH)
 
 
-def _copy_rows_sql(source: str, target: str, filled: tuple[str, ...]) -> str:
+def _restore_sql(saved: _Saved, target: str) -> str:
+    """The test's schema emptied (children first), the world's rows copied in (parents first), its sequences set."""
     from tests.conftest import _SPARES
 
     statements = [f'DELETE FROM "{target}"."{t}"' for t in _SPARES.children_first]
-    statements += [f'INSERT INTO "{target}"."{t}" SELECT * FROM "{source}"."{t}"' for t in filled]
-    statements += [f"SELECT setval('\"{target}\".\"{s}\"', last_value, is_called) FROM \"{source}\".\"{s}\""
-                   for s in _SPARES.sequences]
+    statements += [f'INSERT INTO "{target}"."{t}" SELECT * FROM "{saved.pg_schema}"."{t}"' for t in saved.pg_filled]
+    statements += [f"SELECT setval('\"{target}\".\"{s}\"', {value}, {called})"
+                   for s, value, called in saved.pg_sequences]
     return ";\n".join(statements)
 
 
@@ -178,18 +186,20 @@ async def _save(url: str, result: bytes, now: Any) -> _Saved | None:
         await _SPARES.learn(conn)
         if not _SPARES.children_first or await conn.fetchval(_CATALOG_FINGERPRINT, schema) != _SPARES.fingerprint:
             return None  # the builder changed the schema itself
-        await conn.execute(f'CREATE SCHEMA "{snapshot}"')
-        _WORLDS.pg_schemas.append(snapshot)
-        await conn.execute((await _TEMPLATES.pg_script()).replace("{schema}", snapshot))
-        async with conn.transaction():
-            await conn.execute(_copy_rows_sql(schema, snapshot, tuple(reversed(_SPARES.children_first))))
         parents_first = list(reversed(_SPARES.children_first))
         holding = {row[0] for row in await conn.fetch(" UNION ALL ".join(
-            f"SELECT '{t}' WHERE EXISTS (SELECT FROM \"{snapshot}\".\"{t}\")" for t in parents_first))}
+            f"SELECT '{t}' WHERE EXISTS (SELECT FROM \"{schema}\".\"{t}\")" for t in parents_first))}
         filled = tuple(t for t in parents_first if t in holding)
+        sequences = tuple([(s, *await conn.fetchrow(f'SELECT last_value, is_called FROM "{schema}"."{s}"'))
+                           for s in _SPARES.sequences])
+        async with conn.transaction():  # plain tables (CREATE TABLE AS): a store of rows, no catalog work to speak of
+            await conn.execute(f'CREATE SCHEMA "{snapshot}"')
+            _WORLDS.pg_schemas.append(snapshot)
+            for t in filled:
+                await conn.execute(f'CREATE TABLE "{snapshot}"."{t}" AS SELECT * FROM "{schema}"."{t}"')
     finally:
         await conn.close()
-    return _Saved(result, now, pg_schema=snapshot, pg_filled=filled)
+    return _Saved(result, now, pg_schema=snapshot, pg_filled=filled, pg_sequences=sequences)
 
 
 async def _restore(saved: _Saved, url: str) -> bool:
@@ -218,7 +228,7 @@ async def _restore(saved: _Saved, url: str) -> bool:
             return False
         async with conn.transaction():
             await conn.execute("SET LOCAL lock_timeout = '2s'")
-            await conn.execute(_copy_rows_sql(saved.pg_schema, schema, saved.pg_filled))
+            await conn.execute(_restore_sql(saved, schema))
         return True
     except asyncpg.PostgresError:
         return False
