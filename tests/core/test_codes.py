@@ -10,6 +10,7 @@ from core.codes import CodeOutcome
 from core.db import tables as t
 from core.model import VisitMode, VisitState
 from core.services import codes, visits
+from tests.core.sqlite_trips import count_trips
 
 
 async def _visit(ctx, world, mode=VisitMode.ONLINE, starts_in=dt.timedelta(minutes=10)):
@@ -171,20 +172,11 @@ async def test_a_code_check_on_sqlite_hands_only_its_begin_and_commit_to_the_dri
     """The check's statements (count, code used, state, event, audit row, chain head, savepoints) are point writes
     run under the write lock on the event loop's thread (core.db.sqlite_driver.POINT_WRITE); a trip to aiosqlite's
     thread each cost the server more CPU than SQLite's work. What takes or waits for the lock still goes there."""
-    from core.db.sqlite_driver import OneTripConnection
-
     if ctx.uow.engine.dialect.name != "sqlite":
         pytest.skip("aiosqlite's thread is SQLite's")
     v = await _visit(ctx, clinic_world)
     issued = await codes.issue_code(ctx, v.id)
-    trips = []
-    real = OneTripConnection._execute
-
-    async def counted(self, fn, *args, **kwargs):
-        trips.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(OneTripConnection, "_execute", counted)
+    trips = count_trips(monkeypatch)
     check = await codes.verify_code(ctx, clinic_world.clinic.id, v.id, issued.code)
     assert check.outcome is CodeOutcome.VERIFIED
     assert trips == ["<lambda>", "commit"], f"BEGIN IMMEDIATE and COMMIT only: {trips}"

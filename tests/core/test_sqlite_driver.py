@@ -11,6 +11,7 @@ from core.db.engine import READ_ONLY_OPTION, create_engine
 from core.db.sqlite_driver import POINT_WRITE, OneTripConnection
 from core.db.uow import UnitOfWorkFactory
 from tests.conftest import T0, migrate_from_template
+from tests.core.sqlite_trips import count_trips
 
 
 async def test_one_trip_per_statement_with_rows_counts_and_errors(tmp_path, monkeypatch):
@@ -49,19 +50,6 @@ async def test_one_trip_per_statement_with_rows_counts_and_errors(tmp_path, monk
         await engine.dispose()
 
 
-def _count_trips(monkeypatch) -> list[str]:
-    """Every hand-off to a OneTripConnection's thread from now on (statements, commits and rollbacks alike)."""
-    trips = []
-    real = OneTripConnection._execute
-
-    async def counted(self, fn, *args, **kwargs):
-        trips.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(OneTripConnection, "_execute", counted)
-    return trips
-
-
 async def _migrated(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'uow.db'}"
     await migrate_from_template(url)
@@ -82,7 +70,7 @@ async def test_a_unit_reading_in_one_statement_makes_one_trip_and_sees_each_comm
         async with uows() as uow:
             await uow.conn.execute(sa.insert(t.clinics).values(id=1, name="before", created_at=T0))
             await uow.commit()
-        trips = _count_trips(monkeypatch)
+        trips = count_trips(monkeypatch)
         async with uows(read_only=True, snapshot=False) as uow:
             assert await _clinic_named(uow, 1) == "before"
             assert len(trips) == 1, f"one trip for one statement, no BEGIN before it: {trips}"
@@ -146,7 +134,7 @@ async def test_point_writes_run_on_the_loop_only_while_the_write_lock_is_held(tm
     try:
         async with uows(read_only=True) as uow:  # the connection made, so its set-up's trips are not counted below
             await uow.conn.execute(names)
-        trips = _count_trips(monkeypatch)
+        trips = count_trips(monkeypatch)
         async with uows() as uow:
             await uow.conn.execute(add, {"id": 1, "name": "one", "created_at": T0})
             await uow.conn.execute(add, {"id": 2, "name": "two", "created_at": T0})
