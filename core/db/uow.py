@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Dialect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -242,8 +242,10 @@ class _Bound[R]:
     """A repository of a unit of work, made on the unit's connection at its first use and kept until the unit
     changes connection (UnitOfWork._bind): a unit uses a few of its two dozen repositories."""
 
-    def __init__(self, _kind: type[R], make: Callable[[UnitOfWork], R]):  # the kind names R for the type checker
-        self._make = make
+    def __init__(self, kind: type[R], make: Callable[[UnitOfWork], R] | None = None):
+        """``make`` for a repository made otherwise than as most are, ``kind(connection, row_locks)``."""
+        made_as_most = cast(Callable[[AsyncConnection, bool], R], kind)
+        self._make = make or (lambda uow: made_as_most(uow.conn, uow.row_locks))
         self._name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -262,32 +264,32 @@ _BOUND: list[str] = []
 class UnitOfWork:
     conn: AsyncConnection
     row_locks: bool
-    audit = _Bound(AuditRepo, lambda u: AuditRepo(u.conn, u.row_locks))
-    clinics = _Bound(ClinicRepo, lambda u: ClinicRepo(u.conn, u.row_locks))
-    doctors = _Bound(DoctorRepo, lambda u: DoctorRepo(u.conn, u.row_locks))
-    admins = _Bound(AdminRepo, lambda u: AdminRepo(u.conn, u.row_locks))
-    patients = _Bound(PatientRepo, lambda u: PatientRepo(u.conn, u.row_locks))
-    templates = _Bound(TemplateRepo, lambda u: TemplateRepo(u.conn, u.row_locks))
-    patient_changes = _Bound(PatientChangeRepo, lambda u: PatientChangeRepo(u.conn, u.row_locks))
+    audit = _Bound(AuditRepo)
+    clinics = _Bound(ClinicRepo)
+    doctors = _Bound(DoctorRepo)
+    admins = _Bound(AdminRepo)
+    patients = _Bound(PatientRepo)
+    templates = _Bound(TemplateRepo)
+    patient_changes = _Bound(PatientChangeRepo)
     visits = _Bound(VisitRepo, lambda u: VisitRepo(u.conn, u.row_locks, u.audit))
-    codes = _Bound(CodeRepo, lambda u: CodeRepo(u.conn, u.row_locks))
-    face_failures = _Bound(FaceFailureRepo, lambda u: FaceFailureRepo(u.conn, u.row_locks))
-    outbox = _Bound(OutboxRepo, lambda u: OutboxRepo(u.conn, u.row_locks))
-    api_keys = _Bound(ApiKeyRepo, lambda u: ApiKeyRepo(u.conn, u.row_locks))
-    auditors = _Bound(AuditorRepo, lambda u: AuditorRepo(u.conn, u.row_locks))
-    capture_sessions = _Bound(CaptureSessionRepo, lambda u: CaptureSessionRepo(u.conn, u.row_locks))
-    idempotency = _Bound(IdempotencyRepo, lambda u: IdempotencyRepo(u.conn, u.row_locks))
-    chat_users = _Bound(ChatUserRepo, lambda u: ChatUserRepo(u.conn, u.row_locks))
-    processed_updates = _Bound(ProcessedUpdateRepo, lambda u: ProcessedUpdateRepo(u.conn, u.row_locks))
+    codes = _Bound(CodeRepo)
+    face_failures = _Bound(FaceFailureRepo)
+    outbox = _Bound(OutboxRepo)
+    api_keys = _Bound(ApiKeyRepo)
+    auditors = _Bound(AuditorRepo)
+    capture_sessions = _Bound(CaptureSessionRepo)
+    idempotency = _Bound(IdempotencyRepo)
+    chat_users = _Bound(ChatUserRepo)
+    processed_updates = _Bound(ProcessedUpdateRepo)
     queries = _Bound(Queries, lambda u: Queries(u.conn))
     # red flags: the operator's lists and the rules' reads
-    deaths = _Bound(DeathListRepo, lambda u: DeathListRepo(u.conn, u.row_locks))
-    service_rules = _Bound(ServiceRuleRepo, lambda u: ServiceRuleRepo(u.conn, u.row_locks))
+    deaths = _Bound(DeathListRepo)
+    service_rules = _Bound(ServiceRuleRepo)
     flag_queries = _Bound(FlagQueries, lambda u: FlagQueries(u.conn))
     # the patient's record and retention (issue 16)
     record = _Bound(RecordQueries, lambda u: RecordQueries(u.conn))
     retention = _Bound(RetentionRepo, lambda u: RetentionRepo(u.conn))
-    channels = _Bound(ChannelRepo, lambda u: ChannelRepo(u.conn, u.row_locks))  # issue 14
+    channels = _Bound(ChannelRepo)  # issue 14
 
     def __init__(self, engine: AsyncEngine, *, read_only: bool = False, snapshot: bool = True,
                  writers: SqliteWriters | None = None):
