@@ -49,8 +49,6 @@ if str(ROOT) not in sys.path:
 
 import sqlalchemy as sa  # noqa: E402
 from aiogram import Bot  # noqa: E402
-from aiogram.client.session.aiohttp import AiohttpSession  # noqa: E402
-from aiogram.client.telegram import TelegramAPIServer  # noqa: E402
 from aiogram.methods import SendMessage  # noqa: E402
 from aiogram.methods.base import Response  # noqa: E402
 
@@ -58,6 +56,7 @@ from bot.channels.wiring import ChannelRuntime  # noqa: E402
 from bot.delivery.dispatcher import OutboxDispatcher  # noqa: E402
 from bot.i18n import LANGUAGES, day_and_time, day_name, make_i18n, short_when, until, when  # noqa: E402
 from bot.rendering import OutboxRenderer  # noqa: E402
+from bot.session import BotSession, create_session  # noqa: E402
 from core.channels import ChannelName  # noqa: E402
 from core.clock import ShiftedClock  # noqa: E402
 from core.config import Settings  # noqa: E402
@@ -74,10 +73,10 @@ def _say(line: str) -> None:
     os.write(1, (line + "\n").encode())  # one write(2): lines of parent and children never interleave
 
 
-def prepare(config: dict) -> tuple[Settings, AiohttpSession]:
-    """The settings, and the bot's HTTP session: it opens no connection before its first request (aiohttp's own
-    session and its sockets are made then), so a copy made before a fork is the child's alone."""
-    session = AiohttpSession(api=TelegramAPIServer.from_base(config["base_url"]), timeout=config["timeout"])
+def prepare(config: dict) -> tuple[Settings, BotSession]:
+    """The settings, and the bot's HTTP session as the bot makes it: it opens no connection before its first request
+    (aiohttp's own session and its sockets are made then), so a copy made before a fork is the child's alone."""
+    session = create_session(config["base_url"], timeout=config["timeout"])
     return Settings(_env_file=None, **config["settings"]), session
 
 
@@ -100,7 +99,7 @@ def warm(settings: Settings) -> None:
 
 
 async def dispatch(config: dict, i18n, worker_id: str, lease: float, offset: float, until_drained: bool,
-                   prepared: tuple[Settings, AiohttpSession] | None = None) -> None:
+                   prepared: tuple[Settings, BotSession] | None = None) -> None:
     settings, session = prepared or prepare(config)
     engine = create_engine(settings.database_url)
     ctx = Context.build(settings, UnitOfWorkFactory(engine), ShiftedClock(offset))
@@ -146,7 +145,7 @@ async def _exit_when_orphaned(parent: int) -> None:
 
 
 def _run_child(config: dict, i18n, worker_id: str, lease: float, offset: float, until_drained: bool,
-               prepared: tuple[Settings, AiohttpSession] | None = None) -> int:
+               prepared: tuple[Settings, BotSession] | None = None) -> int:
     try:
         asyncio.run(dispatch(config, i18n, worker_id, lease, offset, until_drained, prepared))
         return 0
@@ -173,7 +172,7 @@ def serve(config: dict) -> None:
                 pass
 
 
-def _serve(config: dict, i18n, prepared: tuple[Settings, AiohttpSession], children: set[int]) -> None:
+def _serve(config: dict, i18n, prepared: tuple[Settings, BotSession], children: set[int]) -> None:
     for raw in sys.stdin:
         words = raw.split()
         if not words:
