@@ -59,6 +59,8 @@ async def store_known_codes(conn: AsyncConnection, ctx: Context, visit_ids: list
         "VALUES (:visit, 1, :hash, :issued, :expires)"),
         [{"visit": v, "hash": ctx.hasher.digest(v, 1, c), "issued": db_time(engine, now),
           "expires": db_time(engine, now + dt.timedelta(hours=13))} for v, c in codes])
+    await conn.execute(text("UPDATE visits SET code_generation = 1 WHERE id = :visit"),  # as CodeRepo.put does
+                       [{"visit": v} for v, _ in codes])
     return codes
 
 

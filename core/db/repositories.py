@@ -647,13 +647,13 @@ class CodeCheckState:
 
 
 def _code_check_state(row: AnyRow) -> CodeCheckState:
-    code = (CurrentCode(row.code_generation, row.code_hash, row.code_expires_at, row.code_used_at)
-            if row.code_generation is not None else None)
+    code = (CurrentCode(row.code_row_generation, row.code_hash, row.code_expires_at, row.code_used_at)
+            if row.code_row_generation is not None else None)
     return CodeCheckState(code, row.doctor_failures or 0, row.clinic_failures or 0)
 
 
 _dcf, _ccf, _vc = t.doctor_code_failures, t.clinic_code_failures, t.visit_codes
-_CODE_COLUMNS = (("code_generation", _vc.c.generation), ("code_hash", _vc.c.code_hash),
+_CODE_COLUMNS = (("code_row_generation", _vc.c.generation), ("code_hash", _vc.c.code_hash),
                  ("code_expires_at", _vc.c.expires_at), ("code_used_at", _vc.c.used_at))
 
 
@@ -694,7 +694,8 @@ class CodeRepo(_Repo):
         return (await self.conn.execute(select(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id))).first()
 
     async def put(self, visit_id: int, code_hash: str, issued_at: dt.datetime, expires_at: dt.datetime) -> int:
-        """Store a new code for the visit, replacing (and so invalidating) any earlier one."""
+        """Store a new code for the visit, replacing (and so invalidating) any earlier one, and its generation on
+        the visit's row (which this locks): what a code check that waited for that lock tells it by."""
         row = await self.current(visit_id)
         generation = (row.generation + 1) if row else 1
         values = dict(generation=generation, code_hash=code_hash, issued_at=issued_at, expires_at=expires_at,
@@ -703,6 +704,7 @@ class CodeRepo(_Repo):
             await self.conn.execute(update(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id).values(**values))
         else:
             await self.conn.execute(insert(t.visit_codes).values(visit_id=visit_id, **values))
+        await self.conn.execute(update(t.visits).where(t.visits.c.id == visit_id).values(code_generation=generation))
         return generation
 
     async def next_generation(self, visit_id: int) -> int:

@@ -147,6 +147,9 @@ visits = Table(
     Column("registered_late", Boolean, nullable=False, server_default=false()),
     Column("verified_enrolment_id", ForeignKey("patient_changes.id", ondelete="SET NULL")),
     Column("code_requests", Integer, nullable=False, server_default="0"),
+    # The generation of the visit's code in visit_codes (None: none issued), written with it (CodeRepo.put) under
+    # this row's lock: a code check's count sees it as the lock left it (VisitRepo.count_code_attempt).
+    Column("code_generation", Integer),
     Column("created_at", UtcDateTime, nullable=False),
     Index("ix_visits_clinic_start", "clinic_id", "start_at"),
     Index("ix_visits_doctor_start", "doctor_id", "start_at"),

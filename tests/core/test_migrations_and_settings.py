@@ -235,3 +235,34 @@ async def test_dropping_the_clinic_time_zone_keeps_every_row_that_refers_to_a_cl
         await engine.dispose()
     assert "timezone" not in columns
     assert counts == [1, 1, 1]
+
+
+async def test_code_generation_is_filled_from_each_visits_code(db_url):
+    """0014 copies each issued code's generation onto its visit: a code check compares the two, and reads the code
+    again (a second round trip) wherever they differ."""
+    import sqlalchemy as sa
+
+    engine = create_engine(db_url)
+    now = dt.datetime(2026, 11, 25, 4, 0, tzinfo=dt.UTC).replace(tzinfo=None)  # as a driver takes it
+    try:
+        await upgrade_to_head(engine, "0013")
+        async with engine.begin() as conn:
+            for statement in (
+                    "INSERT INTO clinics (id, name, created_at) VALUES (1, 'Polyclinic', :t)",
+                    "INSERT INTO doctors (id, clinic_id, full_name, phone, created_at) "
+                    "VALUES (1, 1, 'Doctor', '+77011234567', :t)",
+                    "INSERT INTO patients (id, clinic_id, iin, full_name, phone, language, chat_blocked, created_at,"
+                    " updated_at) VALUES (1, 1, '900101300017', 'P', '+77051234567', 'ru', false, :t, :t)",
+                    *(f"INSERT INTO visits (id, clinic_id, doctor_id, patient_id, start_at, duration_s, mode, "
+                      f"service_code, state, created_at) VALUES ({i}, 1, 1, 1, :t, 1200, 'online', 'A01', "
+                      f"'scheduled', :t)" for i in (1, 2)),
+                    "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
+                    "VALUES (1, 3, 'h', :t, :t)"):
+                stamp = sa.bindparam("t", type_=sa.DateTime())  # as the tables' DateTime binds it, not the driver
+                await conn.execute(sa.text(statement).bindparams(stamp), {"t": now})
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            generations = (await conn.execute(sa.text("SELECT id, code_generation FROM visits ORDER BY id"))).all()
+    finally:
+        await engine.dispose()
+    assert [tuple(row) for row in generations] == [(1, 3), (2, None)]
