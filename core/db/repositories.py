@@ -366,10 +366,6 @@ _VISITS = select(t.visits, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_
 # check, the hottest path, runs. Those marked _POINT read and write a few rows found by key: on SQLite, while the
 # writer holds the write lock, they run on the event loop's thread (core.db.sqlite_driver.POINT_WRITE).
 _POINT = {POINT_WRITE: True}
-_COUNT_CODE_ATTEMPT = (update(t.visits)
-                       .where(t.visits.c.id == bindparam("visit"), t.visits.c.clinic_id == bindparam("clinic"))
-                       .values(code_attempts=t.visits.c.code_attempts + 1)
-                       .returning(*t.visits.c, ENROLLED_AT.label("enrolled_at"), FRESH.label("fresh_reference")))
 _SAVE_VISIT = (update(t.visits).where(t.visits.c.id == bindparam("the_visit"))  # SET: the parameters' columns
                .execution_options(**_POINT))
 _ADD_EVENT = insert(t.visit_events).execution_options(**_POINT)
@@ -522,22 +518,24 @@ class VisitRepo(_Repo):
         """Count one code attempt; the visit as it now stands, the new total, and what the check reads next: the
         visit's code and this clock hour's wrong codes of its doctor and its clinic. The UPDATE takes the visit's
         row lock first, so concurrent checks of one visit count exactly; a check refused afterwards leaves without
-        committing, and so without counting.
+        committing, and so without counting. The reads ride in the count's RETURNING: one statement.
 
-        PostgreSQL reads the code in a statement after the count: a statement's reads see the database as it
-        stood when the statement began, before it waited for the visit's lock, and a code replaced meanwhile
-        (which holds that lock) must be seen replaced. SQLite's writer holds the whole database from BEGIN
-        IMMEDIATE, so nothing changes under it, and the reads ride in the count's RETURNING: one statement."""
+        SQLite's writer holds the whole database from BEGIN IMMEDIATE, so nothing changes under it. A PostgreSQL
+        statement's reads see the database as it stood when it began, before it waited for the visit's lock; only
+        the visit row it updates is the one the lock left. A code issued meanwhile (CodeRepo.put, under that lock)
+        shows as the row's code_generation differing from the code read, one used meanwhile as a visit no longer
+        scheduled: then the code is read again, now after the lock. The hourly wrong codes read may be a wait old:
+        they only let a check go on to compare, and the conditional UPDATEs that count a wrong code (CodeRepo.
+        take_doctor_failure, take_clinic_failure) are what hold the caps exactly."""
         params = {"visit": visit_id, "clinic": clinic_id, "hour": hour_start}
-        folded = self.conn.dialect.name == "sqlite"
-        row = (await self.conn.execute(_COUNT_CODE_ATTEMPT_AND_READ if folded else _COUNT_CODE_ATTEMPT,
-                                       params)).first()
+        row = (await self.conn.execute(_COUNT_CODE_ATTEMPT_AND_READ, params)).first()
         if row is None:
             raise NotFound(f"visit {visit_id} not found")
-        if not folded:
+        state = row
+        if self.conn.dialect.name == "postgresql" and (row.code_generation != row.code_row_generation
+                                                       or row.state != VisitState.SCHEDULED.value):
             state = (await self.conn.execute(_CODE_CHECK_STATE, {**params, "doctor": row.doctor_id})).one()
-            return _visit(row), row.code_attempts, _code_check_state(state)
-        return _visit(row), row.code_attempts, _code_check_state(row)
+        return _visit(row), row.code_attempts, _code_check_state(state)
 
     async def code_attempts(self, visit_id: int) -> int:
         attempts: int = (await self.conn.execute(select(t.visits.c.code_attempts)
@@ -670,7 +668,7 @@ _CODE_CHECK_STATE = (
     select(*(column.label(name) for name, column in _CODE_COLUMNS), *_failures(bindparam("doctor")))
     .select_from(t.visits.outerjoin(_vc, _vc.c.visit_id == t.visits.c.id))
     .where(t.visits.c.id == bindparam("visit")))
-# SQLite: the same reads as subqueries of the count's RETURNING (VisitRepo.count_code_attempt says why only there).
+# The same reads as subqueries of the count's RETURNING (VisitRepo.count_code_attempt says when they are read again).
 # SQLite's RETURNING is rendered with bare column names, so a subquery names the updated row's columns in full
 # ("visits.id"): bare, "id" would be the subquery's own table's.
 _UPDATED_VISIT: ColumnElement[int] = literal_column("visits.id")

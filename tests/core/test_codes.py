@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from core.audit import clinic_chain, find_break
 from core.codes import CodeOutcome
 from core.db import tables as t
-from core.model import VisitMode, VisitState
+from core.model import Actor, VerificationMethod, VisitMode, VisitState
 from core.services import codes, visits
 from tests.core.sqlite_trips import count_trips
 
@@ -188,3 +188,102 @@ async def test_a_code_check_on_sqlite_hands_only_its_begin_and_commit_to_the_dri
     assert records[-1].subject == f"visit:{v.id}" and records[-1].action == "visit.verify"
     assert find_break(clinic_chain(clinic_world.clinic.id), records,
                       heads[clinic_chain(clinic_world.clinic.id)]) is None
+
+
+async def _while_another_holds_the_visit(ctx, visit_id: int, change, check):
+    """Run ``check`` while another transaction, holding the visit's row lock as issue_code does, makes ``change``:
+    the check's count starts (and so takes its snapshot), waits for that lock, and the change commits under it."""
+    async with ctx.uow() as holder:
+        visit = await holder.visits.get(visit_id, lock=True)
+        await change(holder, visit)
+        holder_pid = (await holder.conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+        checking = asyncio.create_task(check())
+        async with ctx.uow.engine.connect() as watcher:
+            for _ in range(500):
+                waiting = (await watcher.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+                    {"pid": holder_pid})).scalar_one()
+                await watcher.rollback()
+                if waiting or checking.done():
+                    break
+                await asyncio.sleep(0.01)
+        assert waiting and not checking.done(), "the check must be waiting for the visit's row lock"
+        await holder.commit()
+    return await checking
+
+
+async def _put_code(ctx, uow, visit_id: int, code: str) -> None:
+    """A new code for the visit, as issue_code stores one (its caller holds the visit's row lock)."""
+    generation = await uow.codes.next_generation(visit_id)
+    now = ctx.clock.now()
+    await uow.codes.put(visit_id, ctx.hasher.digest(visit_id, generation, code), now, now + dt.timedelta(minutes=30))
+
+
+@pytest.mark.parametrize("code_before", [True, False], ids=["replaced", "first"])
+async def test_a_check_waiting_while_a_new_code_is_issued_compares_the_new_code(ctx, clinic_world, code_before):
+    """PostgreSQL: the check counts its attempt and reads the code in one statement, whose reads see the database as
+    it stood before the statement waited for the visit's lock. A code issued meanwhile must still be the one
+    compared: the replaced code is WRONG (a clinic holding an old code cannot get it accepted by racing a resend),
+    and a first code issued while the check waited is compared, not missed as NO_CODE."""
+    if ctx.uow.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's writer holds the whole database from BEGIN IMMEDIATE: nothing changes under a check")
+    v = await _visit(ctx, clinic_world)
+    old = (await codes.issue_code(ctx, v.id)).code if code_before else None
+    new = _other(old) if old else "246810"
+
+    async def issue_new(uow, _visit):
+        await _put_code(ctx, uow, v.id, new)
+
+    checked = old or new
+    check = await _while_another_holds_the_visit(
+        ctx, v.id, issue_new, lambda: codes.verify_code(ctx, clinic_world.clinic.id, v.id, checked))
+    if code_before:
+        assert check.outcome is CodeOutcome.WRONG, "the replaced code must not verify"
+        assert (await codes.verify_code(ctx, clinic_world.clinic.id, v.id, new)).outcome is CodeOutcome.VERIFIED
+    else:
+        assert check.outcome is CodeOutcome.VERIFIED
+    assert (await visits.get_visit(ctx, clinic_world.clinic.id, v.id)).visit.state is VisitState.VERIFIED
+
+
+async def test_a_check_waiting_while_another_check_uses_the_code_answers_already_used(ctx, clinic_world):
+    """PostgreSQL: a check that waited for the lock of a check verifying with the same code sees the code used."""
+    if ctx.uow.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's writer holds the whole database from BEGIN IMMEDIATE: nothing changes under a check")
+    v = await _visit(ctx, clinic_world)
+    issued = await codes.issue_code(ctx, v.id)
+
+    async def verify(uow, visit):
+        now = ctx.clock.now()
+        visit.verify(VerificationMethod.CODE, Actor.DOCTOR, now)
+        await uow.visits.save(visit, code_used_at=now)
+
+    check = await _while_another_holds_the_visit(
+        ctx, v.id, verify, lambda: codes.verify_code(ctx, clinic_world.clinic.id, v.id, issued.code))
+    assert check.outcome is CodeOutcome.ALREADY_USED
+
+
+async def test_a_code_check_on_postgresql_counts_and_reads_in_one_round_trip(ctx, clinic_world):
+    """A verified check's round trips to PostgreSQL: BEGIN, the count with the code and the hour's wrong codes in
+    its RETURNING, the state with its event, the code's use and the audit row, COMMIT. The server's CPU goes per
+    round trip; the code was read in a statement of its own before."""
+    if ctx.uow.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's trips are counted by the test above")
+    v = await _visit(ctx, clinic_world)
+    issued = await codes.issue_code(ctx, v.id)
+    trips: list[str] = []
+
+    def statement(_conn, _cursor, sql, *_args):
+        trips.append(" ".join(sql.split()[:2]))
+
+    engine = ctx.uow.engine.sync_engine
+    listeners = {"before_cursor_execute": statement, "begin": lambda _conn: trips.append("BEGIN"),
+                 "commit": lambda _conn: trips.append("COMMIT")}
+    for name, listener in listeners.items():
+        sa.event.listen(engine, name, listener)
+    try:
+        check = await codes.verify_code(ctx, clinic_world.clinic.id, v.id, issued.code)
+    finally:
+        for name, listener in listeners.items():
+            sa.event.remove(engine, name, listener)
+    assert check.outcome is CodeOutcome.VERIFIED
+    assert trips == ["BEGIN", "UPDATE visits", "WITH event", "COMMIT"], trips
