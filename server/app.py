@@ -12,6 +12,7 @@ from aiohttp import hdrs, web, web_protocol
 
 from core.config import Settings
 from core.db.engine import create_engine
+from core.db.key_cache import key_cache
 from core.db.migrate import ensure_schema_current
 from core.db.uow import UnitOfWorkFactory
 from core.logs import configure_logging, get_logger
@@ -37,8 +38,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(settings.database_url)
     try:
         await ensure_schema_current(engine)
-        app[CTX] = Context.build(settings, UnitOfWorkFactory(engine), settings.clock())
-        yield
+        async with key_cache(engine) as keys:  # PostgreSQL: clinic keys read from memory while notified of changes
+            app[CTX] = Context.build(settings, UnitOfWorkFactory(engine), settings.clock(), key_cache=keys)
+            yield
     finally:
         await engine.dispose()
 

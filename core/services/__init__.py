@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from core.clock import Clock
 from core.codes import CodeHasher
 from core.config import Settings
+from core.db.key_cache import KeyCache
 from core.db.keystore import PatientKeyStore, default_keystore_url
 from core.db.uow import UnitOfWorkFactory
 from core.face_references import TemplateCipher
@@ -20,10 +21,12 @@ class Context:
     hasher: CodeHasher
     cipher: TemplateCipher
     keys: PatientKeyStore  # the patients' own keys for their face references (issue 16: crypto-shredding)
+    key_cache: KeyCache | None = None  # the server's, on PostgreSQL: API key rows kept while notified of changes
 
     @classmethod
-    def build(cls, settings: Settings, uow: UnitOfWorkFactory, clock: Clock) -> Context:
+    def build(cls, settings: Settings, uow: UnitOfWorkFactory, clock: Clock,
+              key_cache: KeyCache | None = None) -> Context:
         return cls(uow=uow, clock=clock, settings=settings, hasher=CodeHasher(settings.code_key_bytes()),
                    cipher=TemplateCipher(settings.template_key_bytes()),
                    keys=PatientKeyStore(settings.keystore_url or default_keystore_url(settings.database_url),
-                                        settings.template_key_bytes()))
+                                        settings.template_key_bytes()), key_cache=key_cache)

@@ -190,19 +190,30 @@ def split_key(presented: str) -> str | None:
 
 async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | AuditorPrincipal | None:
     """The principal for a live key, or None; ApiKeyExpired for the right key past its expiry. The hash
-    comparison is constant-time and always performed. The lookup is one read statement, made on every request,
-    so a revoked key is refused at once (an auditor's key: a second, for the auditor and its clinics, so a removed
-    auditor or a narrowed scope holds at once too); the key's last use is written only when the recorded one is
-    older than USE_RECORDED_EVERY."""
+    comparison is constant-time and always performed, and expiry is checked against the clock on every use.
+    The key's row is read with one statement, except a clinic key's on a server on PostgreSQL, which is kept in
+    the process (core.db.key_cache) while the database's notifications of key changes reach it: there a
+    revocation, expiry, scope change or removal holds from the moment its notification arrives (normally within a
+    millisecond of the commit), and while the listener is down every lookup reads the database. An auditor's key
+    is always read, with a second statement for the auditor and its clinics, so a removed auditor or a narrowed
+    scope holds at once. The key's last use is written only when the recorded one is older than
+    USE_RECORDED_EVERY."""
     prefix = split_key(presented)
+    cache = ctx.key_cache
     row = None
+    token = None  # set when the row is read from the database with a cache to keep it in
     if prefix is not None:
-        async with ctx.uow(read_only=True, snapshot=False) as uow:  # one statement: no transaction around it
-            row = await uow.api_keys.by_prefix(prefix)
+        row = cache.get(prefix) if cache is not None else None
+        if row is None:
+            token = cache.token() if cache is not None else None  # before the read: a later change wins
+            async with ctx.uow(read_only=True, snapshot=False) as uow:  # one statement: no transaction around it
+                row = await uow.api_keys.by_prefix(prefix)
     expected = row.key_hash if row is not None else "0" * 64
     candidate = _hash(ctx, presented if prefix is not None else "")
     if not hmac.compare_digest(candidate, expected) or row is None or row.revoked_at is not None:
         return None
+    if cache is not None and token is not None:
+        cache.put(row, token)
     now = ctx.clock.now()
     if row.expires_at is not None and now >= row.expires_at:
         raise ApiKeyExpired(row.key_prefix, row.expires_at)
@@ -211,6 +222,8 @@ async def authenticate(ctx: Context, presented: str) -> ApiPrincipal | AuditorPr
         async with ctx.uow() as uow:
             await uow.api_keys.touch(row.id, now, stale)
             await uow.commit()
+        if cache is not None:
+            cache.used(row.key_prefix, now)
     if row.auditor_id is not None:
         async with ctx.uow(read_only=True) as uow:
             auditor = await uow.auditors.get(row.auditor_id)
