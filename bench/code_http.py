@@ -38,10 +38,11 @@ TARGET_VS_PGBENCH = 0.3
 TARGET_SQLITE = 300.0
 WHY_MISSED_PG = (
     "- why PostgreSQL misses where it does: the cost is the server's CPU per round trip, not the database's work. A "
-    "verified check is six round trips (the key lookup; BEGIN, the attempt counted with the visit returned, the code "
-    "and both caps read, the state saved with its event, the code's use and the audit row appended to its clinic's "
-    "chain in one statement; COMMIT), about as many as pgbench's, but each costs the server about 0.2–0.3 ms of CPU "
-    "— SQLAlchemy, asyncpg, the event loop, and the kernel's share of a loopback socket write — where pgbench's C "
+    "verified check is four round trips (BEGIN; the attempt counted with the code and both caps read in its "
+    "RETURNING; the state, its event, the code's use and the audit row appended to its clinic's chain in one "
+    "statement; COMMIT; the API key is read from the process's memory), fewer than pgbench's, but each costs "
+    "the server about 0.15–0.2 ms of CPU — SQLAlchemy, asyncpg, the event loop, and the kernel's share of a "
+    "loopback socket write — where pgbench's C "
     "client spends microseconds. With every visit in one clinic, each check also waits its turn on that clinic's "
     "audit-chain head, held from the saving statement to COMMIT; spread over clinics, as an operator runs them, "
     "checks of different clinics never wait on each other. On 2 cores shared by the server, PostgreSQL, the load "
