@@ -15,8 +15,9 @@ run: bootstrap
 # Every test, with line coverage of core, server and bot printed at the end, in one run of pytest-xdist on
 # TEST_WORKERS workers (each its own databases, files and ports), longest first: the kill -9 crash harness starts at
 # once beside the rest (its kills are paced by its dispatchers' own CPU time, so load does not starve it). Three
-# workers on two cores, measured one after another on this machine (Intel host, 2026-11-29): 2 workers 7:22,
-# 3 workers 6:36, 4 workers 7:36 — a fourth only adds its imports and contention now that few tests wait in real time.
+# workers on two cores, measured one after another on this machine: on the Intel host (2026-11-29) 2 workers 7:22,
+# 3 workers 6:36, 4 workers 7:36; on the AMD EPYC host (2026-11-30) 3 workers 3:49, 4 workers 3:38, 5 workers 3:46.
+# A fourth helps a little on the faster host and costs a minute on the slower one (its imports and contention).
 # "worksteal": a worker that runs out of tests takes half of a busy worker's queue (the default hands each worker
 # one fixed chunk of the longest-first order, so one worker got every slow test and ran them one after another
 # while the others sat idle). Exit status 5 ("no test selected", e.g. by PYTEST_ARGS) is not a failure.
