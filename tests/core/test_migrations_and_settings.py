@@ -10,6 +10,7 @@ from core.config import MissingSecrets, Mode, Settings
 from core.db.engine import create_engine
 from core.db.migrate import SchemaNotCurrent, current_revision, ensure_schema_current, head_revision, upgrade_to_head
 from core.logs import configure_logging, get_logger
+from tests import raw_rows
 from tests.commands import run_command
 from tests.conftest import log_as_the_product
 
@@ -216,16 +217,10 @@ async def test_dropping_the_clinic_time_zone_keeps_every_row_that_refers_to_a_cl
     try:
         await upgrade_to_head(engine, "0004")
         async with engine.begin() as conn:
-            stamp = sa.bindparam("t", type_=sa.DateTime())  # as the tables' DateTime binds it, not the driver
-            await conn.execute(sa.text("INSERT INTO clinics (id, name, created_at) VALUES (1, 'Polyclinic', :t)"
-                                       ).bindparams(stamp),
-                               {"t": now.replace(tzinfo=None)})
-            await conn.execute(sa.text("INSERT INTO doctors (id, clinic_id, full_name, phone, created_at) "
-                                       "VALUES (1, 1, 'Doctor', '+77011234567', :t)").bindparams(stamp),
-                               {"t": now.replace(tzinfo=None)})
-            await conn.execute(sa.text("INSERT INTO api_keys (clinic_id, key_prefix, key_hash, scopes, created_at) "
-                                       "VALUES (1, '0123456789ab', :h, 'admin', :t)").bindparams(stamp),
-                               {"h": "0" * 64, "t": now.replace(tzinfo=None)})
+            await raw_rows.insert(conn, [
+                *raw_rows.CLINIC_DOCTOR_PATIENT[:2],  # the clinic and its doctor
+                "INSERT INTO api_keys (clinic_id, key_prefix, key_hash, scopes, created_at) "
+                f"VALUES (1, '0123456789ab', '{'0' * 64}', 'admin', :t)"], now.replace(tzinfo=None))
         await upgrade_to_head(engine)
         async with engine.connect() as conn:
             columns = await conn.run_sync(lambda c: [col["name"] for col in sa.inspect(c).get_columns("clinics")])
@@ -247,19 +242,13 @@ async def test_code_generation_is_filled_from_each_visits_code(db_url):
     try:
         await upgrade_to_head(engine, "0013")
         async with engine.begin() as conn:
-            for statement in (
-                    "INSERT INTO clinics (id, name, created_at) VALUES (1, 'Polyclinic', :t)",
-                    "INSERT INTO doctors (id, clinic_id, full_name, phone, created_at) "
-                    "VALUES (1, 1, 'Doctor', '+77011234567', :t)",
-                    "INSERT INTO patients (id, clinic_id, iin, full_name, phone, language, chat_blocked, created_at,"
-                    " updated_at) VALUES (1, 1, '900101300017', 'P', '+77051234567', 'ru', false, :t, :t)",
-                    *(f"INSERT INTO visits (id, clinic_id, doctor_id, patient_id, start_at, duration_s, mode, "
-                      f"service_code, state, created_at) VALUES ({i}, 1, 1, 1, :t, 1200, 'online', 'A01', "
-                      f"'scheduled', :t)" for i in (1, 2)),
-                    "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
-                    "VALUES (1, 3, 'h', :t, :t)"):
-                stamp = sa.bindparam("t", type_=sa.DateTime())  # as the tables' DateTime binds it, not the driver
-                await conn.execute(sa.text(statement).bindparams(stamp), {"t": now})
+            await raw_rows.insert(conn, [
+                *raw_rows.CLINIC_DOCTOR_PATIENT,
+                *(f"INSERT INTO visits (id, clinic_id, doctor_id, patient_id, start_at, duration_s, mode, "
+                  f"service_code, state, created_at) VALUES ({i}, 1, 1, 1, :t, 1200, 'online', 'A01', "
+                  f"'scheduled', :t)" for i in (1, 2)),
+                "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
+                "VALUES (1, 3, 'h', :t, :t)"], now)
         await upgrade_to_head(engine)
         async with engine.connect() as conn:
             generations = (await conn.execute(sa.text("SELECT id, code_generation FROM visits ORDER BY id"))).all()

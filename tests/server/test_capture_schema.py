@@ -9,6 +9,7 @@ from core.db import tables as t
 from core.db.engine import create_engine
 from core.db.migrate import upgrade_to_head
 from core.services import capture, registry, visits
+from tests import raw_rows
 from tests.server.support import _encoding
 
 
@@ -21,23 +22,17 @@ async def test_widening_verified_by_keeps_every_visit_event_and_code(db_url):
     try:
         await upgrade_to_head(engine, "0006")
         async with engine.begin() as conn:
-            for statement in (
-                    "INSERT INTO clinics (id, name, created_at) VALUES (1, 'Polyclinic', :t)",
-                    "INSERT INTO doctors (id, clinic_id, full_name, phone, created_at) "
-                    "VALUES (1, 1, 'Doctor', '+77011234567', :t)",
-                    "INSERT INTO patients (id, clinic_id, iin, full_name, phone, language, chat_blocked, created_at,"
-                    " updated_at) VALUES (1, 1, '900101300017', 'P', '+77051234567', 'ru', false, :t, :t)",
-                    "INSERT INTO visits (id, clinic_id, doctor_id, patient_id, start_at, duration_s, mode, "
-                    "service_code, state, verified_by, created_at) "
-                    "VALUES (1, 1, 1, 1, :t, 1200, 'in_person', 'A01', 'verified', 'face', :t)",
-                    "INSERT INTO visit_events (visit_id, at, step, to_state, actor, method) "
-                    "VALUES (1, :t, 'verify', 'verified', 'clinic_system', 'face')",
-                    "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
-                    "VALUES (1, 1, 'h', :t, :t)",
-                    "INSERT INTO outbox (created_at, due_at, kind, recipient_kind, recipient_id, visit_id) "
-                    "VALUES (:t, :t, 'attendance_prompt', 'patient', 1, 1)"):
-                stamp = sa.bindparam("t", type_=sa.DateTime())  # as the tables' DateTime binds it, not the driver
-                await conn.execute(sa.text(statement).bindparams(stamp), {"t": now})
+            await raw_rows.insert(conn, [
+                *raw_rows.CLINIC_DOCTOR_PATIENT,
+                "INSERT INTO visits (id, clinic_id, doctor_id, patient_id, start_at, duration_s, mode, "
+                "service_code, state, verified_by, created_at) "
+                "VALUES (1, 1, 1, 1, :t, 1200, 'in_person', 'A01', 'verified', 'face', :t)",
+                "INSERT INTO visit_events (visit_id, at, step, to_state, actor, method) "
+                "VALUES (1, :t, 'verify', 'verified', 'clinic_system', 'face')",
+                "INSERT INTO visit_codes (visit_id, generation, code_hash, issued_at, expires_at) "
+                "VALUES (1, 1, 'h', :t, :t)",
+                "INSERT INTO outbox (created_at, due_at, kind, recipient_kind, recipient_id, visit_id) "
+                "VALUES (:t, :t, 'attendance_prompt', 'patient', 1, 1)"], now)
         await upgrade_to_head(engine)
         async with engine.begin() as conn:
             counts = [(await conn.execute(sa.text(f"SELECT count(*) FROM {name}"))).scalar_one()  # nosec B608
