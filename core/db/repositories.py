@@ -691,19 +691,19 @@ class CodeRepo(_Repo):
     async def current(self, visit_id: int) -> AnyRow | None:
         return (await self.conn.execute(select(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id))).first()
 
-    async def put(self, visit_id: int, code_hash: str, issued_at: dt.datetime, expires_at: dt.datetime) -> int:
-        """Store a new code for the visit, replacing (and so invalidating) any earlier one, and its generation on
-        the visit's row (which this locks): what a code check that waited for that lock tells it by."""
-        row = await self.current(visit_id)
-        generation = (row.generation + 1) if row else 1
+    async def put(self, visit_id: int, generation: int, code_hash: str, issued_at: dt.datetime,
+                  expires_at: dt.datetime) -> None:
+        """Store the visit's new code, replacing (and so invalidating) any earlier one, and its generation on the
+        visit's row (which this locks): what a code check that waited for that lock tells it by. ``generation`` is
+        :meth:`next_generation`'s, read in the same unit under the visit's lock, the one the hash was made with
+        (1: the visit has no code row yet)."""
         values = dict(generation=generation, code_hash=code_hash, issued_at=issued_at, expires_at=expires_at,
                       used_at=None)
-        if row:
+        if generation > 1:
             await self.conn.execute(update(t.visit_codes).where(t.visit_codes.c.visit_id == visit_id).values(**values))
         else:
             await self.conn.execute(insert(t.visit_codes).values(visit_id=visit_id, **values))
         await self.conn.execute(update(t.visits).where(t.visits.c.id == visit_id).values(code_generation=generation))
-        return generation
 
     async def next_generation(self, visit_id: int) -> int:
         row = await self.current(visit_id)

@@ -38,7 +38,7 @@ async def issue_code(ctx: Context, visit_id: int) -> IssuedCode | None:
         code = generate_code()
         generation = await uow.codes.next_generation(visit_id)
         expires = policy.expiry(now, end)
-        await uow.codes.put(visit_id, ctx.hasher.digest(visit_id, generation, code), now, expires)
+        await uow.codes.put(visit_id, generation, ctx.hasher.digest(visit_id, generation, code), now, expires)
         await uow.visits.record_event(visit, VisitEvent(visit_id, now, "code_issued", visit.state, visit.state,
                                                            Actor.SCHEDULER, "code", f"generation {generation}"))
         await uow.commit()

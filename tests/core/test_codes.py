@@ -216,7 +216,8 @@ async def _put_code(ctx, uow, visit_id: int, code: str) -> None:
     """A new code for the visit, as issue_code stores one (its caller holds the visit's row lock)."""
     generation = await uow.codes.next_generation(visit_id)
     now = ctx.clock.now()
-    await uow.codes.put(visit_id, ctx.hasher.digest(visit_id, generation, code), now, now + dt.timedelta(minutes=30))
+    await uow.codes.put(visit_id, generation, ctx.hasher.digest(visit_id, generation, code), now,
+                        now + dt.timedelta(minutes=30))
 
 
 @pytest.mark.parametrize("code_before", [True, False], ids=["replaced", "first"])
