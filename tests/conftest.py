@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,7 +226,7 @@ class _SpareSchemas:
     def __init__(self) -> None:
         self.filled: set[str] = set()  # schemas migrate_from_template filled, to be kept when their test ends
         self._spares: list[str] = []
-        self._reset_sql: str | None = None  # the emptying, with {schema} for the spare's name
+        self._seeded: list[str] | None = None  # the template's tables with rows in them (None: not learnt yet)
         self.fingerprint: str | None = None  # the template's catalog (_CATALOG_FINGERPRINT)
         self.children_first: list[str] = []  # the template's tables, children before the tables they refer to
         self.sequences: list[str] = []
@@ -250,11 +251,11 @@ class _SpareSchemas:
             while self._spares:
                 spare = self._spares.pop()
                 try:
-                    if self._reset_sql and await conn.fetchval(_CATALOG_FINGERPRINT, spare) == self.fingerprint:
+                    if self.children_first and await conn.fetchval(_CATALOG_FINGERPRINT, spare) == self.fingerprint:
                         async with conn.transaction():
                             await conn.execute("SET LOCAL lock_timeout = '2s'")
                             await conn.execute(f'DROP SCHEMA "{schema}"; ALTER SCHEMA "{spare}" RENAME TO "{schema}"')
-                            await conn.execute(self._reset_sql.replace("{schema}", schema))
+                            await conn.execute(self._as_template_sql(schema))
                         self.filled.add(schema)
                         return True
                 except asyncpg.PostgresError:
@@ -265,8 +266,9 @@ class _SpareSchemas:
             await conn.close()
 
     async def learn(self, conn) -> None:
-        """The emptying's SQL, from the template's catalog (once); none (no reuse) if foreign keys form a cycle."""
-        if self._reset_sql is not None or _TEMPLATES.pg_template is None:
+        """The template's tables (children first), seeded tables and sequences, from its catalog (once); no tables (no
+        reuse) if foreign keys form a cycle."""
+        if self._seeded is not None or _TEMPLATES.pg_template is None:
             return
         template = _TEMPLATES.pg_template
         self.fingerprint = await conn.fetchval(_CATALOG_FINGERPRINT, template)
@@ -283,22 +285,31 @@ class _SpareSchemas:
         while parents:
             leaves = sorted(t for t in parents if not any(t in ps for ps in parents.values()))
             if not leaves:
-                self._reset_sql = ""
+                self._seeded = []
                 return
             children_first += leaves
             for leaf in leaves:
                 del parents[leaf]
         self.children_first = children_first
-        seeded = [t for t in sorted(tables)
-                  if await conn.fetchval(f'SELECT EXISTS (SELECT FROM "{template}"."{t}")')]
-        sequences = [row["relname"] for row in await conn.fetch(
+        self._seeded = [t for t in sorted(tables)
+                        if await conn.fetchval(f'SELECT EXISTS (SELECT FROM "{template}"."{t}")')]
+        self.sequences = [row["relname"] for row in await conn.fetch(
             "SELECT relname FROM pg_class WHERE relnamespace = $1::regnamespace AND relkind = 'S'", template)]
-        self.sequences = sequences
-        statements = [f'DELETE FROM "{{schema}}"."{t}"' for t in children_first]
-        statements += [f'INSERT INTO "{{schema}}"."{t}" SELECT * FROM "{template}"."{t}"' for t in seeded]
-        statements += [f"SELECT setval('\"{{schema}}\".\"{s}\"', last_value, is_called) FROM \"{template}\".\"{s}\""
-                       for s in sequences]
-        self._reset_sql = ";\n".join(statements)
+
+    def refill_sql(self, target: str, source: str, tables: Iterable[str], setvals: list[str]) -> str:
+        """``target`` (a schema of the template's shape) emptied, children first, then ``tables``' rows copied in from
+        ``source`` and the sequences set by ``setvals``: how a spare becomes the template again, and how a test's
+        schema gets a saved world (tests/worlds.py)."""
+        statements = [f'DELETE FROM "{target}"."{t}"' for t in self.children_first]
+        statements += [f'INSERT INTO "{target}"."{t}" SELECT * FROM "{source}"."{t}"' for t in tables]
+        return ";\n".join([*statements, *setvals])
+
+    def _as_template_sql(self, schema: str) -> str:
+        template = _TEMPLATES.pg_template
+        assert template is not None and self._seeded is not None, "learnt from the template"
+        return self.refill_sql(schema, template, self._seeded, [
+            f"SELECT setval('\"{schema}\".\"{s}\"', last_value, is_called) FROM \"{template}\".\"{s}\""
+            for s in self.sequences])
 
     async def drop_all(self) -> None:
         for schema in [*self._spares, *([_TEMPLATES.pg_template] if _TEMPLATES.pg_template else [])]:

@@ -143,11 +143,8 @@ def _restore_sql(saved: _Saved, target: str) -> str:
     """The test's schema emptied (children first), the world's rows copied in (parents first), its sequences set."""
     from tests.conftest import _SPARES
 
-    statements = [f'DELETE FROM "{target}"."{t}"' for t in _SPARES.children_first]
-    statements += [f'INSERT INTO "{target}"."{t}" SELECT * FROM "{saved.pg_schema}"."{t}"' for t in saved.pg_filled]
-    statements += [f"SELECT setval('\"{target}\".\"{s}\"', {value}, {called})"
-                   for s, value, called in saved.pg_sequences]
-    return ";\n".join(statements)
+    return _SPARES.refill_sql(target, saved.pg_schema, saved.pg_filled, [
+        f"SELECT setval('\"{target}\".\"{s}\"', {value}, {called})" for s, value, called in saved.pg_sequences])
 
 
 def _counts_sql(schema: str) -> str:
