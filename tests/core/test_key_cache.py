@@ -3,7 +3,6 @@ the database's notification arrives, a lost listener stops the cache at once, a 
 nothing stale behind, and a warm lookup costs no statement. Real PostgreSQL, real notifications."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import os
@@ -18,6 +17,7 @@ from core.db.key_cache import KeyCache
 from core.db.repositories import ApiKeyRepo
 from core.db.uow import UnitOfWorkFactory
 from core.services import Context, api_keys
+from tests.polling import until
 
 on_postgres = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 
@@ -34,17 +34,9 @@ class HeardCache(KeyCache):
         super()._notified(conn, pid, channel, payload)
         self.heard.append(payload)
 
-
     async def heard_again(self, *prefixes: str, after: list[str]) -> None:
         """Wait until each prefix was heard once more than in ``after`` (a copy of ``heard`` taken earlier)."""
-        await until(lambda: all(self.heard.count(p) > after.count(p) for p in prefixes))
-
-
-async def until(condition, within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.002)
+        await until(lambda: all(self.heard.count(p) > after.count(p) for p in prefixes), within=2.0)
 
 
 @pytest.fixture
@@ -82,7 +74,7 @@ async def _warm(ctx: Context, *keys: str) -> list[str]:
     cache = ctx.key_cache
     prefixes = [api_keys.split_key(k) for k in keys]
     assert isinstance(cache, HeardCache)
-    await until(lambda: all(p in cache.heard for p in prefixes))
+    await until(lambda: all(p in cache.heard for p in prefixes), within=2.0)
     deadline = time.monotonic() + 2.0
     for key, prefix in zip(keys, prefixes, strict=True):
         while cache.get(prefix) is None:
@@ -157,7 +149,7 @@ async def test_a_change_notified_between_the_read_and_the_keeping_leaves_nothing
         cached, cache, other, clinic_world, monkeypatch):
     key = (await api_keys.create_api_key(cached, clinic_world.clinic.id, ["webcam"])).key
     prefix = api_keys.split_key(key)
-    await until(lambda: prefix in cache.heard)  # its creation's notification, out of the way
+    await until(lambda: prefix in cache.heard, within=2.0)  # its creation's notification, out of the way
     read = ApiKeyRepo.by_prefix
     revoking = []
 
@@ -187,7 +179,7 @@ async def test_a_row_read_while_the_listener_was_down_is_not_kept_once_it_listen
         cached, cache, other, clinic_world, monkeypatch):
     key = (await api_keys.create_api_key(cached, clinic_world.clinic.id, ["webcam"])).key
     prefix = api_keys.split_key(key)
-    await until(lambda: prefix in cache.heard)
+    await until(lambda: prefix in cache.heard, within=2.0)
     read = ApiKeyRepo.by_prefix
     revoking = []
 
@@ -200,7 +192,7 @@ async def test_a_row_read_while_the_listener_was_down_is_not_kept_once_it_listen
         return row
 
     await _kill_listener(other)
-    await until(lambda: not cache.listening)
+    await until(lambda: not cache.listening, within=2.0)
     monkeypatch.setattr(ApiKeyRepo, "by_prefix", read_revoked_unheard_then_listening)
     assert await api_keys.authenticate(cached, key) is not None
     assert await api_keys.authenticate(cached, key) is None
@@ -228,7 +220,7 @@ async def test_a_warm_lookup_makes_no_statement_and_recording_a_use_notifies_nob
     assert len([s for s in statements if s.startswith("UPDATE api_keys")]) == 1
     heard = cache.heard.count(prefix)
     marker = (await api_keys.create_api_key(cached, clinic, ["webcam"])).key  # notified after the use's UPDATE
-    await until(lambda: api_keys.split_key(marker) in cache.heard)
+    await until(lambda: api_keys.split_key(marker) in cache.heard, within=2.0)
     assert cache.heard.count(prefix) == heard and cache.get(prefix) is not None
     statements.clear()
     assert await api_keys.authenticate(cached, key) is not None

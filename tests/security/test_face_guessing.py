@@ -20,6 +20,7 @@ from core.config import Settings
 from core.services import Context, api_keys, registry, visits
 from server.app import create_app
 from tests.conftest import pg_schema
+from tests.polling import until
 from tests.security.support import Seeded, ServerProcess, new_secrets, pinned_clock_offset
 from tests.security.test_code_guessing import _count
 from tests.server.conftest import add_visit
@@ -78,13 +79,6 @@ async def hourly(ctx, scope: str, subject_id: int) -> int:
             {"s": scope, "i": subject_id})).scalar_one()
 
 
-async def until(condition, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "the burst never settled"
-        await asyncio.sleep(0.01)
-
-
 async def capped_client(aiohttp_client, settings, ctx, conformance, **caps):
     capped = Settings(_env_file=None, **{**settings.model_dump(), **caps})
     application = create_app(capped, ctx=Context.build(capped, ctx.uow, ctx.clock), face_pool=FakeAnalyser())
@@ -106,7 +100,8 @@ async def test_a_burst_for_one_visit_counts_exactly_the_cap_and_a_match_past_it_
     faces.gate.clear()
     flying = [asyncio.create_task(post_frame(client, a, visit.id, fake_frame("face", "impostor")))
               for _ in range(12)]
-    await until(lambda: faces.held + sum(task.done() for task in flying) == 12)
+    await until(lambda: faces.held + sum(task.done() for task in flying) == 12, within=20.0,
+                failing="the burst never settled")
     assert faces.held == VISIT_CAP  # only the reserved frames reached the face workers
 
     # the patient's own face, while the five reserved frames are still being analysed: past the cap, refused

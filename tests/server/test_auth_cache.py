@@ -3,7 +3,6 @@ twice is read once, and a key revoked by the operator's CLI (another process) an
 notification reaches the server."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -11,16 +10,10 @@ import pytest
 from core.services import api_keys
 from server.app import create_app
 from server.appkeys import CTX
+from tests.polling import until
 from tests.server.support import FakeAnalyser
 
 API = "/api/v1"
-
-
-async def _until(condition, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
@@ -29,7 +22,7 @@ async def test_the_server_keeps_a_key_and_refuses_it_once_revoked_elsewhere(aioh
     client = await aiohttp_client(create_app(settings, face_pool=FakeAnalyser()))  # its own engine and cache
     cache = client.app[CTX].key_cache
     assert cache is not None
-    await _until(lambda: cache.listening)
+    await until(lambda: cache.listening, within=5.0)
     key = (await api_keys.create_api_key(ctx, clinic_world.clinic.id, ["clinic_system"])).key
     prefix = api_keys.split_key(key)
     headers = {"Authorization": f"Bearer {key}"}
@@ -43,5 +36,5 @@ async def test_the_server_keeps_a_key_and_refuses_it_once_revoked_elsewhere(aioh
         assert time.monotonic() < deadline, "the key was never kept"
 
     await api_keys.revoke_api_key(ctx, prefix)  # `rastau revoke-api-key`: another engine, another process
-    await _until(lambda: cache.get(prefix) is None)
+    await until(lambda: cache.get(prefix) is None, within=5.0)
     assert (await client.get(f"{API}/visits", headers=headers)).status == 401
